@@ -1,0 +1,182 @@
+"""Typed settings: one TOML file plus ``MOSAIC_*`` environment overrides.
+
+Every option is declared here with its type, default and a one-line doc; this module is the
+reference that ``docs/configuration.md`` and ``mosaic config show`` are built from.
+Nested options are overridden from the environment with a double underscore, for example
+``MOSAIC_DICOM__PORT=11113`` or ``MOSAIC_STORAGE__BACKEND=s3``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class DuplicatePolicy(enum.StrEnum):
+    """What to do when an instance arrives whose SOP Instance UID is stored with different bytes."""
+
+    REJECT = "reject"
+    """Refuse the new object (DIMSE status 0x0111 Duplicate SOP Instance); the stored one stays."""
+    KEEP_NEW_VERSION = "keep-new-version"
+    """Store the new object as current; the previous version stays in the instance history."""
+
+
+class StorageBackend(enum.StrEnum):
+    FILESYSTEM = "filesystem"
+    S3 = "s3"
+
+
+class HttpSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP server (0 picks a free port).")
+
+
+class DicomPeer(BaseModel):
+    """A known DICOM application entity: a modality, a PACS or a workstation."""
+
+    ae_title: str = Field(description="The peer's AE title (at most 16 characters).")
+    host: str = Field(description="Host name or address where the peer listens.")
+    port: int = Field(ge=1, le=65535, description="TCP port where the peer listens.")
+    may_store: bool = Field(True, description="The peer may send C-STORE to Mosaic.")
+    may_find: bool = Field(True, description="The peer may query Mosaic with C-FIND.")
+    may_move: bool = Field(True, description="The peer may ask Mosaic for C-MOVE.")
+    may_get: bool = Field(True, description="The peer may retrieve from Mosaic with C-GET.")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not value or len(value) > 16 or "\\" in value:
+            raise ValueError(f"AE title {value!r} must be 1-16 characters without backslash")
+        return value
+
+
+class DicomSettings(BaseModel):
+    ae_title: str = Field("MOSAIC", description="Mosaic's own AE title.")
+    host: str = Field("127.0.0.1", description="Address the DICOM listener binds to.")
+    port: int = Field(11112, ge=0, le=65535, description="TCP port of the DICOM listener (0 picks a free port).")
+    max_associations: int = Field(32, ge=1, description="Most associations served at the same time.")
+    max_pdu_size: int = Field(0, ge=0, description="Largest PDU Mosaic receives, in bytes (0: unlimited).")
+    network_timeout: float = Field(60.0, gt=0, description="Seconds without network traffic before aborting.")
+    allow_unknown_calling_aes: bool = Field(
+        True, description="Accept associations from AE titles not listed in `peers` (for all services)."
+    )
+    peers: list[DicomPeer] = Field(
+        default_factory=list, description="Known peers: move destinations and allowed callers."
+    )
+
+
+class StorageSettings(BaseModel):
+    backend: StorageBackend = Field(StorageBackend.FILESYSTEM, description="Where blobs live: filesystem or s3.")
+    path: Path | None = Field(None, description="Folder of the filesystem backend (default: <data_dir>/blobs).")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint URL (None: AWS default).")
+    s3_bucket: str = Field("mosaic", description="S3 bucket holding the blobs.")
+    s3_prefix: str = Field("", description="Key prefix inside the bucket.")
+    s3_region: str = Field("us-east-1", description="S3 region name.")
+    s3_access_key_id: str | None = Field(None, description="S3 access key (None: the boto3 default chain).")
+    s3_secret_access_key: str | None = Field(None, description="S3 secret key (None: the boto3 default chain).")
+    s3_create_bucket: bool = Field(False, description="Create the bucket at start-up if it is missing.")
+
+
+class IndexSettings(BaseModel):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the index (default: SQLite at <data_dir>/index.sqlite; "
+        "postgresql+psycopg://… for PostgreSQL).",
+    )
+    pool_size: int = Field(10, ge=1, description="Connections kept open to PostgreSQL.")
+
+
+class IngestSettings(BaseModel):
+    duplicate_policy: DuplicatePolicy = Field(
+        DuplicatePolicy.REJECT,
+        description="Same SOP Instance UID with different bytes: reject, or keep-new-version.",
+    )
+    bulk_data_threshold: int = Field(
+        1024, ge=16, description="Values larger than this (bytes) are left out of the indexed metadata."
+    )
+
+
+class LogSettings(BaseModel):
+    level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    json_format: bool = Field(False, description="Write logs as one JSON object per line.")
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by ``MOSAIC_CONFIG`` (or given to :func:`load_settings`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self._path is None:
+            return {}
+        with open(self._path, "rb") as toml_file:
+            return tomllib.load(toml_file)
+
+
+class Settings(BaseSettings):
+    """The whole of Mosaic's configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="MOSAIC_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(Path("./mosaic-data"), description="Folder for the index, blobs and state.")
+    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
+    dicom: DicomSettings = Field(default_factory=DicomSettings)  # type: ignore[arg-type]
+    storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
+    index: IndexSettings = Field(default_factory=IndexSettings)  # type: ignore[arg-type]
+    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
+    log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
+
+    _config_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = os.environ.get("MOSAIC_CONFIG")
+        return (init_settings, env_settings, _TomlSource(settings_cls, Path(path) if path else None))
+
+    @property
+    def index_url(self) -> str:
+        return self.index.url or f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def blob_path(self) -> Path:
+        return (self.storage.path or self.data_dir / "blobs").resolve()
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings: explicit overrides, then ``MOSAIC_*`` env, then the TOML file."""
+    if config_file is not None:
+        os.environ["MOSAIC_CONFIG"] = str(config_file)
+    return Settings(**overrides)
+
+
+def iter_options(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """List every option as (dotted name, type, default, doc), for documentation and `config show`."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(iter_options(annotation, f"{prefix}{name}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        type_name = getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+        rows.append((f"{prefix}{name}", str(type_name), repr(default), field.description or ""))
+    return rows

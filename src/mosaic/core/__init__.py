@@ -1,0 +1,1 @@
+"""Leaf package: identifiers, DICOM helpers, errors and event types. Imports nothing internal."""

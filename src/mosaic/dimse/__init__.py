@@ -1,0 +1,1 @@
+"""DICOM networking (pynetdicom): thin SCP handlers that call the services, and SCU clients."""

@@ -1,0 +1,131 @@
+"""Storage Commitment Push Model SCP (PS3.4 Annex J).
+
+The N-ACTION request is answered at once; the outcome, checked against the index (each referenced
+instance must be stored with the same SOP class), is sent as an N-EVENT-REPORT: on the same
+association while it is open, otherwise on a new association to the requestor when it is a
+configured peer. Every request and result is recorded in the ``storage_commitment`` table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from queue import Empty, Queue
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.events import Event
+from pynetdicom.sop_class import StorageCommitmentPushModel
+
+from mosaic.config import DicomSettings
+from mosaic.index.schema import StorageCommitment
+from mosaic.services.retrieve import RetrieveService
+
+log = logging.getLogger("mosaic.dimse.commitment")
+
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+CLASS_INSTANCE_CONFLICT = 0x0119
+PROCESSING_FAILURE = 0x0110
+
+
+class StorageCommitmentSCP:
+    def __init__(self, retrieve: RetrieveService, settings: DicomSettings) -> None:
+        self.retrieve = retrieve
+        self.settings = settings
+        self._queue: Queue[tuple[Any, str, Dataset] | None] = Queue()
+        self._worker = threading.Thread(target=self._run, name="storage-commitment", daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def on_n_action(self, event: Event) -> tuple[int, Dataset | None]:
+        request = event.action_information
+        if event.request.ActionTypeID != 1 or "TransactionUID" not in request:
+            return 0x0123, None  # No such action type / invalid argument
+        calling = event.assoc.requestor.ae_title.strip()
+        with self.retrieve.database.session(write=True) as session:
+            session.add(StorageCommitment(
+                TransactionUID=str(request.TransactionUID), requestor_ae_title=calling[:16],
+                request_json=json.dumps(request.to_json_dict()), created_at=datetime.now(UTC)))
+        self._queue.put((event.assoc, calling, request))
+        return 0x0000, None
+
+    def outcome(self, request: Dataset) -> tuple[int, Dataset]:
+        """The event report for a request: type 1 (all committed) or 2 (some failed)."""
+        references = list(request.get("ReferencedSOPSequence", []))
+        stored = self.retrieve.instances_by_uid([str(item.ReferencedSOPInstanceUID) for item in references])
+        report = Dataset()
+        report.TransactionUID = request.TransactionUID
+        committed, failed = [], []
+        for item in references:
+            reference = Dataset()
+            reference.ReferencedSOPClassUID = item.ReferencedSOPClassUID
+            reference.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
+            instance = stored.get(str(item.ReferencedSOPInstanceUID))
+            if instance is None:
+                reference.FailureReason = NO_SUCH_OBJECT_INSTANCE
+                failed.append(reference)
+            elif instance.SOPClassUID != str(item.ReferencedSOPClassUID):
+                reference.FailureReason = CLASS_INSTANCE_CONFLICT
+                failed.append(reference)
+            else:
+                committed.append(reference)
+        report.ReferencedSOPSequence = committed
+        if failed:
+            report.FailedSOPSequence = failed
+        return (2 if failed else 1), report
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=1)
+            except Empty:
+                continue
+            if item is None:
+                return
+            association, calling, request = item
+            try:
+                self._report(association, calling, request)
+            except Exception:
+                log.exception("storage commitment %s: event report failed", request.get("TransactionUID"))
+
+    def _report(self, association: Any, calling: str, request: Dataset) -> None:
+        event_type, report = self.outcome(request)
+        transaction = str(request.TransactionUID)
+        delivered = False
+        time.sleep(0.05)  # let the N-ACTION response go out first
+        if association.is_established:
+            status = association.send_n_event_report(report, event_type, StorageCommitmentPushModel,
+                                                     STORAGE_COMMITMENT_INSTANCE)
+            delivered = bool(status) and status.get("Status", 0xFFFF) == 0
+        if not delivered:
+            delivered = self._report_on_new_association(calling, report, event_type)
+        with self.retrieve.database.session(write=True) as session:
+            row = session.query(StorageCommitment).filter_by(TransactionUID=transaction).one()
+            row.state = ("COMMITTED" if event_type == 1 else "FAILED") if delivered else "UNDELIVERED"
+            row.result_json = json.dumps(report.to_json_dict())
+        log.info("storage commitment %s for %r: event type %d, delivered=%s", transaction, calling, event_type,
+                 delivered)
+
+    def _report_on_new_association(self, calling: str, report: Dataset, event_type: int) -> bool:
+        peer = next((peer for peer in self.settings.peers if peer.ae_title == calling), None)
+        if peer is None:
+            log.warning("storage commitment result for unknown AE %r cannot be delivered", calling)
+            return False
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.add_requested_context(StorageCommitmentPushModel)
+        association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        if not association.is_established:
+            return False
+        try:
+            status = association.send_n_event_report(report, event_type, StorageCommitmentPushModel,
+                                                     STORAGE_COMMITMENT_INSTANCE)
+            return bool(status) and status.get("Status", 0xFFFF) == 0
+        finally:
+            association.release()

@@ -1,0 +1,60 @@
+"""Presentation contexts Mosaic accepts: every storage SOP class in every common transfer syntax."""
+
+from __future__ import annotations
+
+from pynetdicom import AE
+from pynetdicom.presentation import (
+    QueryRetrievePresentationContexts,
+    StoragePresentationContexts,
+    build_context,
+)
+from pynetdicom.sop_class import (
+    StorageCommitmentPushModel,
+    Verification,
+    _STORAGE_CLASSES,
+)
+
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.100",  # MPEG2 Main Profile
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264
+    "1.2.840.10008.1.2.4.103",  # MPEG-4 AVC/H.264 BD-compatible
+    "1.2.840.10008.1.2.4.104",  # MPEG-4 AVC/H.264 2D video
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile
+]
+
+STORAGE_SOP_CLASSES = sorted({str(uid) for uid in _STORAGE_CLASSES.values()})
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+def add_scp_contexts(ae: AE) -> None:
+    """Everything Mosaic serves as SCP. Storage contexts also accept the SCU role so C-GET can send."""
+    ae.add_supported_context(Verification)
+    for context in QueryRetrievePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax)
+    ae.add_supported_context(StorageCommitmentPushModel)
+    for uid in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+
+
+def storage_context(sop_class_uid: str, transfer_syntax_uid: str) -> object:
+    return build_context(sop_class_uid, [transfer_syntax_uid])
+
+
+__all__ = ["STORAGE_SOP_CLASSES", "StoragePresentationContexts", "add_scp_contexts"]

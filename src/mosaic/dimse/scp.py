@@ -1,0 +1,217 @@
+"""The DICOM listener: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET and Storage Commitment SCPs.
+
+Handlers are thin: they check the calling AE's permissions, call a service and turn its answer
+or its error into a DIMSE status. Incoming C-STORE data sets are received into a temporary file
+(never held whole in memory) and handed to the ingest service as a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from mosaic.config import DicomPeer, DicomSettings
+from mosaic.core.errors import InvalidObject, QueryError, StorageFailure
+from mosaic.dimse.commitment import StorageCommitmentSCP
+from mosaic.dimse.contexts import PATIENT_ROOT_FIND, add_scp_contexts
+from mosaic.services.ingest import IngestService
+from mosaic.services.metrics import RETRIEVE_TOTAL
+from mosaic.services.query import QueryService
+from mosaic.services.retrieve import RetrieveService
+
+log = logging.getLogger("mosaic.dimse")
+
+_config.STORE_RECV_CHUNKED_DATASET = True
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_HANDLER_LEVEL = "none"
+
+NOT_AUTHORISED = 0x0124
+OUT_OF_RESOURCES = 0xA700
+UNABLE_TO_PROCESS = 0xC001
+MOVE_DESTINATION_UNKNOWN = 0xA801
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+PENDING = 0xFF00
+CANCEL = 0xFE00
+
+
+class DicomServer:
+    """Mosaic's DIMSE application entity, serving many associations at once."""
+
+    def __init__(self, settings: DicomSettings, ingest: IngestService, query: QueryService,
+                 retrieve: RetrieveService) -> None:
+        self.settings = settings
+        self.ingest = ingest
+        self.query = query
+        self.retrieve = retrieve
+        self.commitment = StorageCommitmentSCP(retrieve, settings)
+        self.ae = AE(ae_title=settings.ae_title)
+        self.ae.maximum_associations = settings.max_associations
+        self.ae.maximum_pdu_size = settings.max_pdu_size
+        self.ae.network_timeout = settings.network_timeout
+        self.ae.acse_timeout = 30
+        self.ae.dimse_timeout = settings.network_timeout
+        if not settings.allow_unknown_calling_aes:
+            self.ae.require_calling_aet = [peer.ae_title for peer in settings.peers] or ["\x00NOBODY"]
+        add_scp_contexts(self.ae)
+        self._server: ThreadedAssociationServer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the DICOM listener is not running")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_C_ECHO, self.on_c_echo),
+            (evt.EVT_C_STORE, self.on_c_store),
+            (evt.EVT_C_FIND, self.on_c_find),
+            (evt.EVT_C_MOVE, self.on_c_move),
+            (evt.EVT_C_GET, self.on_c_get),
+            (evt.EVT_N_ACTION, self.commitment.on_n_action),
+            (evt.EVT_CONN_OPEN, _set_nodelay),
+        ]
+        self._server = self.ae.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+        )
+        log.info("DICOM listener %s on %s:%d", self.settings.ae_title, self.settings.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self.commitment.stop()
+
+    # --- access -----------------------------------------------------------------------------
+
+    def _peer(self, ae_title: str) -> DicomPeer | None:
+        for peer in self.settings.peers:
+            if peer.ae_title == ae_title:
+                return peer
+        return None
+
+    def _allowed(self, event: Event, service: str) -> bool:
+        calling = event.assoc.requestor.ae_title.strip()
+        peer = self._peer(calling)
+        if peer is None:
+            allowed = self.settings.allow_unknown_calling_aes
+        else:
+            allowed = bool(getattr(peer, f"may_{service}"))
+        if not allowed:
+            log.warning("refused %s from AE %r at %s: not permitted by dicom.peers", service.upper(), calling,
+                        event.assoc.requestor.address)
+        return allowed
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    def on_c_echo(self, event: Event) -> int:
+        return 0x0000
+
+    def on_c_store(self, event: Event) -> int | Dataset:
+        if not self._allowed(event, "store"):
+            return NOT_AUTHORISED
+        request = event.request
+        calling = event.assoc.requestor.ae_title.strip()
+        path = Path(event.dataset_path)
+        try:
+            result = self.ingest.store(path, door="dimse", source_ae_title=calling,
+                                       expected_sop_class_uid=str(request.AffectedSOPClassUID))
+        except InvalidObject as exc:
+            return _status(exc.status, str(exc))
+        except StorageFailure as exc:
+            log.error("C-STORE of %s from %r failed: %s", request.AffectedSOPInstanceUID, calling, exc)
+            return _status(OUT_OF_RESOURCES, str(exc))
+        if result.sop_instance_uid != str(request.AffectedSOPInstanceUID):
+            log.warning("C-STORE from %r: Affected SOP Instance UID %s differs from the data set's %s",
+                        calling, request.AffectedSOPInstanceUID, result.sop_instance_uid)
+        return 0x0000
+
+    def on_c_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        if not self._allowed(event, "find"):
+            yield NOT_AUTHORISED, None
+            return
+        root = "PATIENT" if str(event.request.AffectedSOPClassUID) == PATIENT_ROOT_FIND else "STUDY"
+        try:
+            identifier = event.identifier
+            responses = list(self.query.c_find(identifier, root=root))
+        except QueryError as exc:
+            log.warning("C-FIND from %r refused: %s", event.assoc.requestor.ae_title, exc)
+            yield _status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
+            return
+        except Exception as exc:
+            log.exception("C-FIND failed")
+            yield _status(UNABLE_TO_PROCESS, f"{type(exc).__name__}: {exc}"), None
+            return
+        for response in responses:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, response
+
+    def on_c_move(self, event: Event) -> Iterator[Any]:
+        if not self._allowed(event, "move"):
+            yield None, None
+            return
+        destination = event.move_destination.strip() if event.move_destination else ""
+        peer = self._peer(destination)
+        if peer is None:
+            log.warning("C-MOVE to unknown destination %r refused", destination)
+            yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
+            return
+        yield peer.host, peer.port, {"ae_title": peer.ae_title}
+        yield from self._sub_operations(event, "C-MOVE")
+
+    def on_c_get(self, event: Event) -> Iterator[Any]:
+        if not self._allowed(event, "get"):
+            yield 0
+            return
+        yield from self._sub_operations(event, "C-GET")
+
+    def _sub_operations(self, event: Event, service: str) -> Iterator[Any]:
+        try:
+            instances = self.retrieve.instances_for_identifier(event.identifier)
+        except QueryError as exc:
+            log.warning("%s refused: %s", service, exc)
+            yield 0
+            return
+        yield len(instances)
+        for instance in instances:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            try:
+                dataset = self.retrieve.read_dataset(instance)
+            except Exception as exc:
+                log.error("%s: cannot read stored instance %s: %s", service, instance.SOPInstanceUID, exc)
+                yield OUT_OF_RESOURCES, None
+                continue
+            RETRIEVE_TOTAL.labels("dimse").inc()
+            yield PENDING, dataset
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status
+
+
+def _set_nodelay(event: Event) -> None:
+    import socket
+
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass

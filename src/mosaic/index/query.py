@@ -1,0 +1,359 @@
+"""Query matching per PS3.4 C.2.2.2, translated to SQL; one engine for C-FIND and QIDO-RS.
+
+Supported matching: single value, wildcard (``*``, ``?``), range (DA, TM, DT), list of UIDs (and
+backslash-separated lists for other VRs), universal (empty value) and, for keys that have no
+indexed column, the same rules applied to the stored metadata of each candidate.
+Person names match case-insensitively, against any component group (alphabetic, ideographic,
+phonetic).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from mosaic.core.errors import QueryError
+from mosaic.index.attributes import COMPUTED_KEYS, INTEGER_KEYS, KEYS_OF_LEVEL, MODEL_OF_LEVEL, PERSON_NAME_KEYS
+from mosaic.index.schema import Instance, Patient, Series, Study
+
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+_PARENT_LEVELS = {"PATIENT": (), "STUDY": ("PATIENT",), "SERIES": ("PATIENT", "STUDY"),
+                  "IMAGE": ("PATIENT", "STUDY", "SERIES")}
+_WRAPPED_LIST_KEYS = frozenset({"ModalitiesInStudy", "SOPClassesInStudy"})
+_UNIQUE_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
+                "IMAGE": "SOPInstanceUID"}
+_NOT_KEYS = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle",
+                       "InstanceAvailability", "TimezoneOffsetFromUTC"})
+
+
+@dataclass
+class MatchKey:
+    """One key of a query: its keyword, VR and matching value ('' means universal matching)."""
+
+    keyword: str
+    value: str
+    vr: str
+
+
+@dataclass
+class Query:
+    """A query at one level: matching keys plus the attributes to return."""
+
+    level: str
+    keys: list[MatchKey]
+    return_keywords: list[str] = field(default_factory=list)
+    fuzzy: bool = False
+    limit: int | None = None
+    offset: int = 0
+
+
+@dataclass
+class Match:
+    """One matching entity: its rows at its level and above, and its (representative) metadata."""
+
+    level: str
+    rows: dict[str, Any]
+    metadata: dict[str, Any] | None = None
+
+
+def query_from_identifier(identifier: Dataset, *, root: str) -> Query:
+    """A :class:`Query` from a C-FIND identifier (raises :class:`QueryError` when it is malformed)."""
+    level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+    if level not in LEVELS:
+        raise QueryError(f"Query/Retrieve Level {level!r} is not one of {', '.join(LEVELS)}")
+    if root == "STUDY" and level == "PATIENT":
+        raise QueryError("the Study Root information model has no PATIENT level")
+    keys: list[MatchKey] = []
+    for element in identifier:
+        keyword = element.keyword or ""
+        if not keyword or keyword in _NOT_KEYS or element.tag.group in (0x0000, 0x0002):
+            continue
+        if element.VR == "SQ":
+            keys.append(MatchKey(keyword, "", "SQ"))
+            continue
+        value = element.value
+        if value is None:
+            text = ""
+        elif isinstance(value, list | tuple) or (hasattr(value, "__iter__") and not isinstance(value, str | bytes)):
+            text = "\\".join(str(item) for item in value)
+        elif isinstance(value, bytes):
+            text = value.decode("latin-1")
+        else:
+            text = str(value)
+        keys.append(MatchKey(keyword, text.strip(), str(element.VR)))
+    return Query(level=level, keys=keys, return_keywords=[key.keyword for key in keys])
+
+
+def _like_pattern(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _has_wildcard(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+class QueryEngine:
+    """Runs a :class:`Query` against the index."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def find(self, query: Query) -> list[Match]:
+        statement, post_filters = self._statement(query)
+        if not post_filters:
+            statement = self._page(statement, query)
+        rows = self.session.execute(statement).all()
+        matches = [self._match(query.level, row) for row in rows]
+        needs_metadata = bool(post_filters) or any(
+            not self._has_column(query.level, keyword) for keyword in query.return_keywords
+        )
+        if needs_metadata:
+            self._attach_metadata(query.level, matches)
+        if post_filters:
+            matches = [match for match in matches if all(_matches_metadata(match, key) for key in post_filters)]
+            end = None if query.limit is None else query.offset + query.limit
+            matches = matches[query.offset:end]
+        return matches
+
+    def count(self, query: Query) -> int:
+        statement, post_filters = self._statement(query)
+        if post_filters:
+            return len(self.find(Query(query.level, query.keys, [], query.fuzzy)))
+        return int(self.session.scalar(select(func.count()).select_from(statement.subquery())) or 0)
+
+    @staticmethod
+    def _page(statement: Select[Any], query: Query) -> Select[Any]:
+        if query.offset:
+            statement = statement.offset(query.offset)
+        if query.limit is not None:
+            statement = statement.limit(query.limit)
+        return statement
+
+    def _statement(self, query: Query) -> tuple[Select[Any], list[MatchKey]]:
+        levels = (*_PARENT_LEVELS[query.level], query.level)
+        statement = self._joins(query.level)
+        post_filters: list[MatchKey] = []
+        for key in query.keys:
+            if not key.value or key.vr == "SQ":
+                continue
+            owner = self._owner_level(key.keyword, levels)
+            if owner is None:
+                if self._belongs_below(key.keyword, query.level):
+                    continue  # a key of a lower level: not a matching key at this level (PS3.4 C.4.1.2.1)
+                post_filters.append(key)
+                continue
+            condition = self._condition(MODEL_OF_LEVEL[owner], key)
+            if condition is not None:
+                statement = statement.where(condition)
+        order = MODEL_OF_LEVEL[query.level].pk
+        return statement.order_by(order), post_filters
+
+    @staticmethod
+    def _joins(level: str) -> Select[Any]:
+        if level == "PATIENT":
+            return select(Patient)
+        if level == "STUDY":
+            return select(Study, Patient).join(Patient, Study.patient_pk == Patient.pk)
+        if level == "SERIES":
+            return (select(Series, Study, Patient).join(Study, Series.study_pk == Study.pk)
+                    .join(Patient, Study.patient_pk == Patient.pk))
+        return (select(Instance, Series, Study, Patient).join(Series, Instance.series_pk == Series.pk)
+                .join(Study, Series.study_pk == Study.pk).join(Patient, Study.patient_pk == Patient.pk))
+
+    @staticmethod
+    def _owner_level(keyword: str, levels: Sequence[str]) -> str | None:
+        for level in levels:
+            if keyword in KEYS_OF_LEVEL[level] or keyword in COMPUTED_KEYS[level]:
+                return level
+        return None
+
+    @staticmethod
+    def _belongs_below(keyword: str, level: str) -> bool:
+        below = LEVELS[LEVELS.index(level) + 1:]
+        return any(keyword in KEYS_OF_LEVEL[lower] or keyword in COMPUTED_KEYS[lower] for lower in below)
+
+    def _has_column(self, level: str, keyword: str) -> bool:
+        if keyword in ("QueryRetrieveLevel",):
+            return True
+        return self._owner_level(keyword, (*_PARENT_LEVELS[level], level)) is not None
+
+    @staticmethod
+    def _condition(model: type[Any], key: MatchKey) -> ColumnElement[bool] | None:
+        keyword, value = key.keyword, key.value
+        if keyword in _WRAPPED_LIST_KEYS:
+            column = getattr(model, keyword)
+            options = [item for item in value.split("\\") if item]
+            return or_(*[column.like(f"%\\{_like_pattern(item)}\\%", escape="\\") for item in options])
+        if keyword in PERSON_NAME_KEYS and hasattr(model, f"{keyword}Upper"):
+            return _person_name_condition(getattr(model, f"{keyword}Upper"), value)
+        column = getattr(model, keyword)
+        if keyword in INTEGER_KEYS:
+            try:
+                numbers = [int(item) for item in value.split("\\") if item.strip()]
+            except ValueError as exc:
+                raise QueryError(f"{keyword} value {value!r} is not an integer") from exc
+            return column.in_(numbers)
+        return _text_condition(column, value, key.vr)
+
+    def _match(self, level: str, row: Any) -> Match:
+        levels = (level, *reversed(_PARENT_LEVELS[level]))
+        return Match(level=level, rows={name: entity for name, entity in zip(levels, row, strict=False)})
+
+    def _attach_metadata(self, level: str, matches: list[Match]) -> None:
+        if not matches:
+            return
+        if level == "IMAGE":
+            for match in matches:
+                match.metadata = json.loads(match.rows["IMAGE"].metadata_json)
+            return
+        pks = [match.rows[level].pk for match in matches]
+        if level == "SERIES":
+            group = Instance.series_pk
+            representative = select(func.min(Instance.pk)).where(Instance.series_pk.in_(pks)).group_by(group)
+            rows = self.session.execute(
+                select(Instance.series_pk, Instance.metadata_json).where(Instance.pk.in_(representative))).all()
+        elif level == "STUDY":
+            representative = (select(func.min(Instance.pk)).join(Series, Instance.series_pk == Series.pk)
+                              .where(Series.study_pk.in_(pks)).group_by(Series.study_pk))
+            rows = self.session.execute(
+                select(Series.study_pk, Instance.metadata_json).join(Series, Instance.series_pk == Series.pk)
+                .where(Instance.pk.in_(representative))).all()
+        else:
+            representative = (select(func.min(Instance.pk)).join(Series, Instance.series_pk == Series.pk)
+                              .join(Study, Series.study_pk == Study.pk)
+                              .where(Study.patient_pk.in_(pks)).group_by(Study.patient_pk))
+            rows = self.session.execute(
+                select(Study.patient_pk, Instance.metadata_json).join(Series, Instance.series_pk == Series.pk)
+                .join(Study, Series.study_pk == Study.pk).where(Instance.pk.in_(representative))).all()
+        by_pk = {pk: json.loads(text) for pk, text in rows}
+        for match in matches:
+            match.metadata = by_pk.get(match.rows[level].pk, {})
+
+
+def _text_condition(column: Any, value: str, vr: str) -> ColumnElement[bool] | None:
+    if vr in ("DA", "TM", "DT") and "-" in value:
+        low, _, high = value.partition("-")
+        conditions = []
+        if low:
+            conditions.append(column >= low.strip())
+        if high:
+            conditions.append(column <= high.strip() + "~")  # '~' sorts after digits: "0727" covers 0727xx
+        conditions.append(column != "")
+        return and_(*conditions)
+    options = value.split("\\") if "\\" in value else [value]
+    clauses: list[ColumnElement[bool]] = []
+    for option in options:
+        if _has_wildcard(option):
+            if option.strip("*") == "":
+                return None  # "*" alone matches everything, including empty values
+            clauses.append(column.like(_like_pattern(option), escape="\\"))
+        elif vr == "TM":
+            clauses.append(column.like(_like_pattern(option) + "%", escape="\\"))
+        else:
+            clauses.append(column == option)
+    return or_(*clauses) if len(clauses) > 1 else clauses[0]
+
+
+def _person_name_condition(column: Any, value: str) -> ColumnElement[bool] | None:
+    """Case-insensitive, against the whole name or any one of its component groups."""
+    pattern_value = value.upper()
+    if pattern_value.strip("*") == "":
+        return None
+    pattern = _like_pattern(pattern_value)
+    if "=" in pattern_value:
+        return column.like(pattern, escape="\\")
+    return or_(
+        column.like(pattern, escape="\\"),
+        column.like(pattern + "=%", escape="\\"),
+        column.like("%=" + pattern, escape="\\"),
+        column.like("%=" + pattern + "=%", escape="\\"),
+    )
+
+
+def _matches_metadata(match: Match, key: MatchKey) -> bool:
+    """Apply the matching rules to a key without an indexed column, on the stored metadata."""
+    metadata = match.metadata or {}
+    tag = tag_for_keyword(key.keyword)
+    if tag is None:
+        return True
+    element = metadata.get(f"{tag:08X}")
+    values = element.get("Value", []) if element else []
+    texts: list[str] = []
+    for item in values:
+        if isinstance(item, dict):
+            texts.extend(str(group) for group in item.values())
+        else:
+            texts.append(str(item))
+    if not texts:
+        return False
+    options = key.value.split("\\")
+    for option in options:
+        for text in texts:
+            if _text_matches(text, option, key.vr):
+                return True
+    return False
+
+
+def _text_matches(text: str, option: str, vr: str) -> bool:
+    import fnmatch
+
+    if vr in ("DA", "TM", "DT") and "-" in option:
+        low, _, high = option.partition("-")
+        return (not low or text >= low) and (not high or text <= high + "~")
+    if vr == "PN":
+        text, option = text.upper(), option.upper()
+    if _has_wildcard(option):
+        return fnmatch.fnmatchcase(text, option.replace("[", "[[]"))
+    return text == option
+
+
+def response_value(match: Match, keyword: str) -> Any:
+    """The value of ``keyword`` for a match: an indexed column, a computed attribute, or the metadata."""
+    levels = (match.level, *reversed(_PARENT_LEVELS[match.level]))
+    for level in levels:
+        row = match.rows.get(level)
+        if row is None:
+            continue
+        if keyword in COMPUTED_KEYS[level]:
+            value = getattr(row, keyword)
+            if keyword in _WRAPPED_LIST_KEYS:
+                return [item for item in str(value).split("\\") if item]
+            return value
+        if keyword in KEYS_OF_LEVEL[level] and keyword not in ("RequestedProcedureID",
+                                                               "ScheduledProcedureStepID"):
+            value = getattr(row, keyword)
+            return "" if value is None else value
+    return None
+
+
+def metadata_element(match: Match, keyword: str) -> dict[str, Any] | None:
+    tag = tag_for_keyword(keyword)
+    if tag is None or match.metadata is None:
+        return None
+    element = match.metadata.get(f"{tag:08X}")
+    if element is None or "BulkDataURI" in element:
+        return None
+    return element  # type: ignore[no-any-return]
+
+
+def keyword_vr(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise QueryError(f"unknown attribute {keyword!r}")
+    return str(dictionary_VR(tag))
+
+
+def keyword_of(tag: int) -> str:
+    return str(keyword_for_tag(tag))
+
+
+def unique_key(level: str) -> str:
+    return _UNIQUE_KEYS[level]

@@ -1,0 +1,193 @@
+"""Patient / Study / Series / Instance, the instance history and the event outbox.
+
+Each level carries the PS3.4 Annex C matching keys of the Patient Root and Study Root
+information models as indexed columns, plus the computed attributes (Number of … Related …,
+ModalitiesInStudy, SOPClassesInStudy). Every instance keeps its full header as DICOM JSON so
+metadata queries never read a blob. Person names are stored decoded (Unicode) with an
+upper-case twin column for case-insensitive matching.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _key(length: int = 64) -> Mapped[str]:
+    """A matching-key column: never NULL (empty string when absent), indexed."""
+    return mapped_column(String(length), nullable=False, default="", index=True)
+
+
+class Patient(Base):
+    __tablename__ = "patient"
+    __table_args__ = (UniqueConstraint("PatientID", "IssuerOfPatientID", name="uq_patient_identity"),)
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    PatientID: Mapped[str] = _key()
+    IssuerOfPatientID: Mapped[str] = _key()
+    PatientName: Mapped[str] = mapped_column(String(320), nullable=False, default="")
+    PatientNameUpper: Mapped[str] = _key(320)
+    PatientBirthDate: Mapped[str] = _key(8)
+    PatientBirthTime: Mapped[str] = _key(16)
+    PatientSex: Mapped[str] = _key(16)
+    EthnicGroup: Mapped[str] = _key()
+    NumberOfPatientRelatedStudies: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    NumberOfPatientRelatedSeries: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    NumberOfPatientRelatedInstances: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class Study(Base):
+    __tablename__ = "study"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.pk"), nullable=False, index=True)
+    StudyInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    StudyDate: Mapped[str] = _key(8)
+    StudyTime: Mapped[str] = _key(16)
+    AccessionNumber: Mapped[str] = _key()
+    StudyID: Mapped[str] = _key(16)
+    ReferringPhysicianName: Mapped[str] = mapped_column(String(320), nullable=False, default="")
+    ReferringPhysicianNameUpper: Mapped[str] = _key(320)
+    StudyDescription: Mapped[str] = _key()
+    PatientAge: Mapped[str] = _key(4)
+    PatientSize: Mapped[str] = _key(16)
+    PatientWeight: Mapped[str] = _key(16)
+    NameOfPhysiciansReadingStudy: Mapped[str] = _key(320)
+    InstitutionName: Mapped[str] = _key()
+    ModalitiesInStudy: Mapped[str] = _key(256)
+    """Backslash-separated, each value wrapped: ``\\CT\\SR\\`` so one LIKE finds one modality."""
+    SOPClassesInStudy: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    NumberOfStudyRelatedSeries: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    NumberOfStudyRelatedInstances: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.pk"), nullable=False, index=True)
+    SeriesInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    Modality: Mapped[str] = _key(16)
+    SeriesNumber: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    SeriesDate: Mapped[str] = _key(8)
+    SeriesTime: Mapped[str] = _key(16)
+    SeriesDescription: Mapped[str] = _key()
+    BodyPartExamined: Mapped[str] = _key(16)
+    Laterality: Mapped[str] = _key(16)
+    StationName: Mapped[str] = _key(16)
+    InstitutionalDepartmentName: Mapped[str] = _key()
+    PerformedProcedureStepStartDate: Mapped[str] = _key(8)
+    PerformedProcedureStepStartTime: Mapped[str] = _key(16)
+    RequestedProcedureID: Mapped[str] = _key(16)
+    ScheduledProcedureStepID: Mapped[str] = _key(16)
+    NumberOfSeriesRelatedInstances: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class Instance(Base):
+    __tablename__ = "instance"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.pk"), nullable=False, index=True)
+    SOPInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    SOPClassUID: Mapped[str] = _key()
+    InstanceNumber: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    ContentDate: Mapped[str] = _key(8)
+    ContentTime: Mapped[str] = _key(16)
+    AcquisitionNumber: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    NumberOfFrames: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    Rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    Columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    TransferSyntaxUID: Mapped[str] = mapped_column(String(64), nullable=False)
+    blob_key: Mapped[str] = mapped_column(String(256), nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    dataset_offset: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    """Where the dataset starts in the blob (after preamble and File Meta Information)."""
+    metadata_json: Mapped[str] = mapped_column(Text, nullable=False)
+    """DICOM JSON of the header; values over the bulk-data threshold are BulkDataURIs."""
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    received_via: Mapped[str] = mapped_column(String(32), nullable=False, default="")
+    source_ae_title: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class InstanceVersion(Base):
+    """A replaced version of an instance (ingest.duplicate_policy = keep-new-version)."""
+
+    __tablename__ = "instance_version"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    instance_pk: Mapped[int] = mapped_column(ForeignKey("instance.pk"), nullable=False, index=True)
+    SOPInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    TransferSyntaxUID: Mapped[str] = mapped_column(String(64), nullable=False)
+    blob_key: Mapped[str] = mapped_column(String(256), nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    metadata_json: Mapped[str] = mapped_column(Text, nullable=False)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    replaced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class Event(Base):
+    """The transactional outbox: written with the index change it describes, read in ``seq`` order."""
+
+    __tablename__ = "event"
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    PatientID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    IssuerOfPatientID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    StudyInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    SeriesInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    SOPInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    payload: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+
+
+class StorageCommitment(Base):
+    """A storage commitment request (N-ACTION) and its outcome (N-EVENT-REPORT)."""
+
+    __tablename__ = "storage_commitment"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    TransactionUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    requestor_ae_title: Mapped[str] = mapped_column(String(16), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="PENDING")
+    request_json: Mapped[str] = mapped_column(Text, nullable=False)
+    result_json: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+Index("ix_study_patient_date", Study.patient_pk, Study.StudyDate)

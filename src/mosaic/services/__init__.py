@@ -1,0 +1,1 @@
+"""Services: the only owners of index + storage transactions; every door calls these."""

@@ -1,0 +1,298 @@
+"""The one ingest path: C-STORE, STOW-RS, uploads, imports and migration all call :class:`IngestService`.
+
+parse → validate → (duplicate check) → store blob (phase one) → index rows + outbox event in one
+transaction → commit blob (phase two), or revoke the blob when anything after phase one fails.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mosaic.config import DuplicatePolicy, IngestSettings
+from mosaic.core.dicom import ParsedInstance, metadata_json, parse_instance
+from mosaic.core.errors import DuplicateInstance, InvalidObject
+from mosaic.core.events import EventType
+from mosaic.index.attributes import (
+    INSTANCE_KEYS,
+    PATIENT_KEYS,
+    SERIES_KEYS,
+    STUDY_KEYS,
+    column_values,
+    column_widths,
+)
+from mosaic.index.database import Database
+from mosaic.index.schema import Event, Instance, InstanceVersion, Patient, Series, Study
+from mosaic.services.metrics import INGEST_BYTES, INGEST_SECONDS, INGEST_TOTAL
+from mosaic.storage.base import BlobStore, StoredBlob, sha256_of
+
+log = logging.getLogger("mosaic.ingest")
+
+_WIDTHS = {model: column_widths(model) for model in (Patient, Study, Series, Instance)}
+
+
+class IngestOutcome(enum.StrEnum):
+    STORED = "stored"
+    ALREADY_STORED = "already-stored"
+    """Same SOP Instance UID, identical bytes: success, nothing stored twice."""
+    REPLACED = "replaced"
+    """Same SOP Instance UID, different bytes, policy keep-new-version: the old one is in history."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: IngestOutcome
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sha256: str
+    size: int
+
+
+class IngestService:
+    """Stores DICOM objects: the only code that writes instances into the index and the blob store."""
+
+    def __init__(self, database: Database, blobs: BlobStore, settings: IngestSettings) -> None:
+        self.database = database
+        self.blobs = blobs
+        self.settings = settings
+
+    def store(
+        self,
+        source: Path | bytes,
+        *,
+        door: str,
+        source_ae_title: str = "",
+        expected_sop_class_uid: str | None = None,
+    ) -> IngestResult:
+        """Store one Part 10 object (file path or bytes). Raises :class:`InvalidObject` with the reason."""
+        started = time.perf_counter()
+        try:
+            result = self._store(source, door, source_ae_title, expected_sop_class_uid)
+        except InvalidObject as exc:
+            INGEST_TOTAL.labels(door, "rejected").inc()
+            log.warning("ingest rejected via %s from %r: %s", door, source_ae_title or "-", exc)
+            raise
+        INGEST_TOTAL.labels(door, result.outcome.value).inc()
+        INGEST_SECONDS.labels(door).observe(time.perf_counter() - started)
+        if result.outcome != IngestOutcome.ALREADY_STORED:
+            INGEST_BYTES.labels(door).inc(result.size)
+        return result
+
+    def _store(
+        self, source: Path | bytes, door: str, source_ae_title: str, expected_sop_class_uid: str | None
+    ) -> IngestResult:
+        parsed = parse_instance(source)
+        if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
+            raise InvalidObject(
+                f"SOP Class UID {parsed.sop_class_uid} in the data set does not match the negotiated "
+                f"SOP Class {expected_sop_class_uid}",
+                sop_instance_uid=parsed.sop_instance_uid,
+                status=0xA900,
+            )
+        sha256, size = sha256_of(source)
+        existing = self._existing(parsed.sop_instance_uid)
+        if existing is not None and existing == sha256:
+            return self._result(IngestOutcome.ALREADY_STORED, parsed, sha256, size)
+        if existing is not None and self.settings.duplicate_policy == DuplicatePolicy.REJECT:
+            raise DuplicateInstance(parsed.sop_instance_uid)
+        metadata = json.dumps(metadata_json(parsed.dataset, self.settings.bulk_data_threshold),
+                              separators=(",", ":"), ensure_ascii=False)
+        blob = self.blobs.write(source)
+        try:
+            outcome = self._index_with_retry(parsed, blob, metadata, door, source_ae_title)
+        except BaseException:
+            self.blobs.revoke(blob)
+            raise
+        if outcome == IngestOutcome.ALREADY_STORED:
+            self.blobs.revoke(blob)  # a concurrent association stored the same bytes first
+        else:
+            self.blobs.commit(blob)
+        return self._result(outcome, parsed, blob.sha256, blob.size)
+
+    @staticmethod
+    def _result(outcome: IngestOutcome, parsed: ParsedInstance, sha256: str, size: int) -> IngestResult:
+        return IngestResult(outcome, parsed.sop_instance_uid, parsed.sop_class_uid,
+                            parsed.study_instance_uid, parsed.series_instance_uid, sha256, size)
+
+    def _existing(self, sop_instance_uid: str) -> str | None:
+        with self.database.session() as session:
+            return session.scalar(select(Instance.sha256).where(Instance.SOPInstanceUID == sop_instance_uid))
+
+    def _index_with_retry(
+        self, parsed: ParsedInstance, blob: StoredBlob, metadata: str, door: str, source_ae_title: str
+    ) -> IngestOutcome:
+        # concurrent associations may create the same patient/study/series at once (PostgreSQL):
+        # the loser of the unique constraint retries and then finds the winner's rows
+        for attempt in range(5):
+            try:
+                with self.database.session(write=True) as session:
+                    return _IndexWriter(session, parsed, blob, metadata, door, source_ae_title,
+                                        self.settings.duplicate_policy).write()
+            except IntegrityError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+
+class _IndexWriter:
+    """Index rows and outbox events for one instance, inside one transaction."""
+
+    def __init__(self, session: Session, parsed: ParsedInstance, blob: StoredBlob, metadata: str,
+                 door: str, source_ae_title: str, policy: DuplicatePolicy) -> None:
+        self.session = session
+        self.parsed = parsed
+        self.dataset = parsed.dataset
+        self.blob = blob
+        self.metadata = metadata
+        self.door = door
+        self.source_ae_title = source_ae_title
+        self.policy = policy
+        self.now = datetime.now(UTC)
+        self.events: list[Event] = []
+
+    def write(self) -> IngestOutcome:
+        existing = self.session.scalar(
+            select(Instance).where(Instance.SOPInstanceUID == self.parsed.sop_instance_uid).with_for_update()
+        )
+        if existing is not None:
+            return self._replace(existing)
+        patient = self._patient()
+        study = self._study(patient)
+        series = self._series(study, patient)
+        instance = Instance(
+            series_pk=series.pk,
+            **column_values(self.dataset, INSTANCE_KEYS, _WIDTHS[Instance]),
+            TransferSyntaxUID=self.parsed.transfer_syntax_uid,
+            blob_key=self.blob.key, size=self.blob.size, sha256=self.blob.sha256,
+            dataset_offset=self.parsed.dataset_offset, metadata_json=self.metadata, version=1,
+            received_via=self.door, source_ae_title=self.source_ae_title[:16], received_at=self.now,
+        )
+        instance.SOPInstanceUID = self.parsed.sop_instance_uid
+        instance.SOPClassUID = self.parsed.sop_class_uid
+        self.session.add(instance)
+        for model, pk, column in ((Series, series.pk, "NumberOfSeriesRelatedInstances"),
+                                  (Study, study.pk, "NumberOfStudyRelatedInstances"),
+                                  (Patient, patient.pk, "NumberOfPatientRelatedInstances")):
+            self._increment(model, pk, column)
+        self._add_sop_class(study)
+        self._event(EventType.INSTANCE_STORED, patient, {
+            "SOPClassUID": self.parsed.sop_class_uid, "size": self.blob.size, "door": self.door,
+            "source_ae_title": self.source_ae_title,
+        })
+        self.session.add_all(self.events)
+        return IngestOutcome.STORED
+
+    def _replace(self, existing: Instance) -> IngestOutcome:
+        if existing.sha256 == self.blob.sha256:
+            return IngestOutcome.ALREADY_STORED
+        if self.policy == DuplicatePolicy.REJECT:
+            raise DuplicateInstance(self.parsed.sop_instance_uid)
+        self.session.add(InstanceVersion(
+            instance_pk=existing.pk, SOPInstanceUID=existing.SOPInstanceUID, version=existing.version,
+            TransferSyntaxUID=existing.TransferSyntaxUID, blob_key=existing.blob_key, size=existing.size,
+            sha256=existing.sha256, metadata_json=existing.metadata_json, received_at=existing.received_at,
+            replaced_at=self.now,
+        ))
+        for key, value in column_values(self.dataset, INSTANCE_KEYS, _WIDTHS[Instance]).items():
+            if key not in ("SOPInstanceUID", "SOPClassUID"):
+                setattr(existing, key, value)
+        existing.TransferSyntaxUID = self.parsed.transfer_syntax_uid
+        existing.blob_key = self.blob.key
+        existing.size = self.blob.size
+        existing.sha256 = self.blob.sha256
+        existing.dataset_offset = self.parsed.dataset_offset
+        existing.metadata_json = self.metadata
+        existing.version += 1
+        existing.received_via = self.door
+        existing.source_ae_title = self.source_ae_title[:16]
+        existing.received_at = self.now
+        self.session.add(Event(
+            type=EventType.INSTANCE_REPLACED.value, created_at=self.now,
+            StudyInstanceUID=self.parsed.study_instance_uid, SeriesInstanceUID=self.parsed.series_instance_uid,
+            SOPInstanceUID=self.parsed.sop_instance_uid,
+            payload=json.dumps({"version": existing.version, "door": self.door}),
+        ))
+        return IngestOutcome.REPLACED
+
+    def _patient(self) -> Patient:
+        values = column_values(self.dataset, PATIENT_KEYS, _WIDTHS[Patient])
+        patient = self.session.scalar(select(Patient).where(
+            Patient.PatientID == values["PatientID"], Patient.IssuerOfPatientID == values["IssuerOfPatientID"]))
+        if patient is None:
+            patient = Patient(**values, created_at=self.now, updated_at=self.now)
+            self.session.add(patient)
+            self.session.flush()
+            self._event(EventType.PATIENT_CREATED, patient, {})
+        return patient
+
+    def _study(self, patient: Patient) -> Study:
+        study = self.session.scalar(select(Study).where(
+            Study.StudyInstanceUID == self.parsed.study_instance_uid))
+        if study is None:
+            values = column_values(self.dataset, STUDY_KEYS, _WIDTHS[Study])
+            values["StudyInstanceUID"] = self.parsed.study_instance_uid
+            study = Study(patient_pk=patient.pk, **values, created_at=self.now, updated_at=self.now)
+            self.session.add(study)
+            self.session.flush()
+            self._increment(Patient, patient.pk, "NumberOfPatientRelatedStudies")
+            self._event(EventType.STUDY_CREATED, patient, {})
+        elif study.patient_pk != patient.pk:
+            log.warning("study %s already belongs to another patient; instance %s filed under the existing "
+                        "patient", study.StudyInstanceUID, self.parsed.sop_instance_uid)
+        else:
+            study.updated_at = self.now
+        return study
+
+    def _series(self, study: Study, patient: Patient) -> Series:
+        series = self.session.scalar(select(Series).where(
+            Series.SeriesInstanceUID == self.parsed.series_instance_uid))
+        if series is None:
+            values = column_values(self.dataset, SERIES_KEYS, _WIDTHS[Series])
+            values["SeriesInstanceUID"] = self.parsed.series_instance_uid
+            series = Series(study_pk=study.pk, **values, created_at=self.now, updated_at=self.now)
+            self.session.add(series)
+            self.session.flush()
+            self._increment(Study, study.pk, "NumberOfStudyRelatedSeries")
+            self._increment(Patient, study.patient_pk, "NumberOfPatientRelatedSeries")
+            modality = series.Modality
+            if modality and f"\\{modality}\\" not in study.ModalitiesInStudy:
+                study.ModalitiesInStudy = (study.ModalitiesInStudy or "\\") + f"{modality}\\"
+            self._event(EventType.SERIES_CREATED, patient, {"Modality": modality})
+        else:
+            series.updated_at = self.now
+        return series
+
+    def _add_sop_class(self, study: Study) -> None:
+        classes = study.SOPClassesInStudy
+        if f"\\{self.parsed.sop_class_uid}\\" not in (classes or ""):
+            study.SOPClassesInStudy = (classes or "\\") + f"{self.parsed.sop_class_uid}\\"
+
+    def _increment(self, model: type[Any], pk: int, column: str) -> None:
+        self.session.execute(
+            update(model).where(model.pk == pk).values({column: getattr(model, column) + 1})
+            .execution_options(synchronize_session=False)
+        )
+
+    def _event(self, event_type: EventType, patient: Patient, payload: dict[str, Any]) -> None:
+        self.events.append(Event(
+            type=event_type.value, created_at=self.now, PatientID=patient.PatientID,
+            IssuerOfPatientID=patient.IssuerOfPatientID,
+            StudyInstanceUID=self.parsed.study_instance_uid if event_type != EventType.PATIENT_CREATED else "",
+            SeriesInstanceUID=self.parsed.series_instance_uid
+            if event_type in (EventType.SERIES_CREATED, EventType.INSTANCE_STORED) else "",
+            SOPInstanceUID=self.parsed.sop_instance_uid if event_type == EventType.INSTANCE_STORED else "",
+            payload=json.dumps(payload),
+        ))

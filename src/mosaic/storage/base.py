@@ -1,0 +1,103 @@
+"""The blob store interface (Orthanc's IStorageArea, dcm4chee's commit/revoke).
+
+A write is two-phase: :meth:`BlobStore.write` makes the bytes durable under a new key and
+returns a :class:`StoredBlob`; the caller then commits its index row and calls
+:meth:`BlobStore.commit`, or calls :meth:`BlobStore.revoke` to remove the bytes again. A crash
+between the two leaves at worst an orphan blob (found by ``mosaic verify``), never an indexed
+object without bytes. Keys are new for every write, so stored bytes are never rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from mosaic.config import Settings
+
+CHUNK_SIZE = 1024 * 1024
+BlobSource = bytes | Path | BinaryIO
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """Bytes written in phase one: durable, not yet referenced by the index."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+class BlobStore(Protocol):
+    """What every backend provides."""
+
+    name: str
+
+    def write(self, source: BlobSource) -> StoredBlob:
+        """Phase one: stream ``source`` to a new key, hashing as it goes."""
+
+    def commit(self, blob: StoredBlob) -> None:
+        """Phase two: the index now references ``blob``."""
+
+    def revoke(self, blob: StoredBlob) -> None:
+        """Undo phase one: the index will never reference ``blob``."""
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable binary stream of the blob; raises ``FileNotFoundError`` if missing."""
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes from offset ``start``."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int: ...
+
+    def delete(self, key: str) -> None:
+        """Remove a blob (retention and purge only; originals are otherwise never touched)."""
+
+    def iter_keys(self) -> Iterator[str]:
+        """Every committed or orphaned key (for verification and reconciliation)."""
+
+
+def new_key() -> str:
+    """A fresh key: ``ab/cd/abcd….dcm``, spread over 65,536 folders."""
+    name = uuid.uuid4().hex
+    return f"{name[:2]}/{name[2:4]}/{name}.dcm"
+
+
+def iter_chunks(source: BlobSource) -> Iterator[bytes]:
+    if isinstance(source, bytes):
+        for start in range(0, len(source), CHUNK_SIZE):
+            yield source[start : start + CHUNK_SIZE]
+        return
+    if isinstance(source, Path):
+        with open(source, "rb") as stream:
+            yield from iter(lambda: stream.read(CHUNK_SIZE), b"")
+        return
+    yield from iter(lambda: source.read(CHUNK_SIZE), b"")
+
+
+def sha256_of(source: BlobSource) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in iter_chunks(source):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """The backend the configuration names."""
+    from mosaic.config import StorageBackend
+
+    if settings.storage.backend == StorageBackend.S3:
+        from mosaic.storage.s3 import S3BlobStore
+
+        return S3BlobStore.from_settings(settings.storage)
+    from mosaic.storage.filesystem import FileSystemBlobStore
+
+    return FileSystemBlobStore(settings.blob_path)

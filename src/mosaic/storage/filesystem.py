@@ -1,0 +1,81 @@
+"""Blobs as files in a local folder (the embedded default)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from mosaic.core.errors import StorageFailure
+from mosaic.storage.base import BlobSource, StoredBlob, iter_chunks, new_key
+
+_TMP = ".incoming"
+
+
+class FileSystemBlobStore:
+    name = "filesystem"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / _TMP).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if ".." in key.split("/") or key.startswith("/"):
+            raise StorageFailure(f"invalid blob key {key!r}")
+        return self.root / key
+
+    def write(self, source: BlobSource) -> StoredBlob:
+        key = new_key()
+        final = self._path(key)
+        temporary = self.root / _TMP / final.name
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(temporary, "wb") as out:
+                for chunk in iter_chunks(source):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(temporary, final)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise StorageFailure(f"cannot write blob {key}: {exc}") from exc
+        return StoredBlob(key=key, size=size, sha256=digest.hexdigest())
+
+    def commit(self, blob: StoredBlob) -> None:
+        """Nothing to do: the bytes were made durable under their final name in phase one."""
+
+    def revoke(self, blob: StoredBlob) -> None:
+        self._path(blob.key).unlink(missing_ok=True)
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self._path(key), "rb")
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        with open(self._path(key), "rb") as stream:
+            stream.seek(start)
+            return stream.read(length)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def local_path(self, key: str) -> Path:
+        """The file behind a key (lets DIMSE egress read without copying)."""
+        return self._path(key)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def iter_keys(self) -> Iterator[str]:
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [name for name in dirnames if name != _TMP]
+            for filename in filenames:
+                yield os.path.relpath(os.path.join(dirpath, filename), self.root).replace(os.sep, "/")

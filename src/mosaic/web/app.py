@@ -1,0 +1,50 @@
+"""The ASGI application: health, metrics and the change feed (DICOMweb and the viewer mount here later)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Query
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from mosaic import __version__
+
+if TYPE_CHECKING:
+    from mosaic.app import Mosaic
+
+
+def create_app(mosaic: Mosaic) -> FastAPI:
+    app = FastAPI(title="Mosaic", version=__version__)
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        """Liveness and readiness: the index answers and the blob store is reachable."""
+        checks: dict[str, Any] = {}
+        try:
+            with mosaic.database.session() as session:
+                session.execute(text("SELECT 1"))
+            checks["index"] = "ok"
+        except Exception as exc:
+            checks["index"] = f"error: {exc}"
+        try:
+            mosaic.blobs.exists("healthz-probe")
+            checks["storage"] = "ok"
+        except Exception as exc:
+            checks["storage"] = f"error: {exc}"
+        healthy = all(value == "ok" for value in checks.values())
+        return JSONResponse({"status": "ok" if healthy else "error", "version": __version__, "checks": checks},
+                            status_code=200 if healthy else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/changes")
+    def changes(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        """Index changes in order: pass the returned ``last`` as ``since`` to get the next page."""
+        page = mosaic.changes.page(since, limit)
+        return {"changes": page.changes, "last": page.last, "done": page.done}
+
+    return app
