@@ -143,7 +143,7 @@ def bulk_data_uri(tag: BaseTag) -> str:
 def metadata_json(dataset: Dataset, bulk_data_threshold: int) -> dict[str, Any]:
     """DICOM JSON (PS3.18 F.2) of a header, with large values replaced by a BulkDataURI."""
     result: dict[str, Any] = {}
-    for tag in dataset.keys():
+    for tag in list(dataset.keys()):
         if tag.group == 0x0002:
             continue
         raw = dataset.get_item(tag)

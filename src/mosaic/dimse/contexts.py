@@ -9,9 +9,9 @@ from pynetdicom.presentation import (
     build_context,
 )
 from pynetdicom.sop_class import (
+    _STORAGE_CLASSES,
     StorageCommitmentPushModel,
     Verification,
-    _STORAGE_CLASSES,
 )
 
 TRANSFER_SYNTAXES = [

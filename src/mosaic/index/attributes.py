@@ -59,7 +59,7 @@ def text_value(dataset: Dataset, keyword: str) -> str:
         return ""
     if isinstance(value, PersonName):
         return str(value).strip()
-    if isinstance(value, list | tuple) or hasattr(value, "__iter__") and not isinstance(value, str | bytes):
+    if isinstance(value, list | tuple) or (hasattr(value, "__iter__") and not isinstance(value, str | bytes)):
         return "\\".join(str(item) for item in value)
     if isinstance(value, bytes):
         return value.decode("ascii", "replace").strip("\x00 ")

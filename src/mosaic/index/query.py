@@ -157,7 +157,7 @@ class QueryEngine:
         return statement.order_by(order), post_filters
 
     @staticmethod
-    def _joins(level: str) -> Select[Any]:
+    def _joins(level: str) -> Any:
         if level == "PATIENT":
             return select(Patient)
         if level == "STUDY":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -12,7 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mosaic.core.errors import StorageFailure
-from mosaic.storage.base import BlobSource, StoredBlob, new_key, sha256_of
+from mosaic.storage.base import BlobSource, StoredBlob, iter_chunks, new_key, sha256_of
 
 if TYPE_CHECKING:
     from mosaic.config import StorageSettings
@@ -48,22 +50,41 @@ class S3BlobStore:
         return self.prefix + key
 
     def write(self, source: BlobSource) -> StoredBlob:
-        sha256, size = sha256_of(source)
         key = new_key()
+        spool: BinaryIO | None = None
         try:
             if isinstance(source, bytes):
+                sha256, size = sha256_of(source)
                 body: BinaryIO = io.BytesIO(source)
-                self.client.upload_fileobj(body, self.bucket, self._object_key(key),
-                                           ExtraArgs={"Metadata": {"sha256": sha256}})
             elif isinstance(source, Path):
-                self.client.upload_file(str(source), self.bucket, self._object_key(key),
-                                        ExtraArgs={"Metadata": {"sha256": sha256}})
+                sha256, size = sha256_of(source)
+                body = open(source, "rb")  # noqa: SIM115 - closed below
+                spool = body
+            elif _seekable(source):
+                # Hash from the current position, then upload from the same position.
+                start = source.tell()
+                sha256, size = sha256_of(source)
+                source.seek(start)
+                body = source
             else:
-                source.seek(0)
-                self.client.upload_fileobj(source, self.bucket, self._object_key(key),
-                                           ExtraArgs={"Metadata": {"sha256": sha256}})
+                # A forward-only stream (socket, pipe) cannot be read twice: hash while spooling it.
+                spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
+                digest = hashlib.sha256()
+                size = 0
+                for chunk in iter_chunks(source):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    spool.write(chunk)
+                sha256 = digest.hexdigest()
+                spool.seek(0)
+                body = spool
+            self.client.upload_fileobj(body, self.bucket, self._object_key(key),
+                                       ExtraArgs={"Metadata": {"sha256": sha256}})
         except (BotoCoreError, ClientError, OSError) as exc:
             raise StorageFailure(f"cannot write blob {key} to s3://{self.bucket}: {exc}") from exc
+        finally:
+            if spool is not None:
+                spool.close()
         return StoredBlob(key=key, size=size, sha256=sha256)
 
     def commit(self, blob: StoredBlob) -> None:
@@ -72,30 +93,45 @@ class S3BlobStore:
     def revoke(self, blob: StoredBlob) -> None:
         self.delete(blob.key)
 
+    def _missing(self, key: str, exc: ClientError) -> Exception:
+        """``FileNotFoundError`` for a missing object (as the filesystem backend), else ``StorageFailure``."""
+        location = f"s3://{self.bucket}/{self._object_key(key)}"
+        if _is_not_found(exc):
+            return FileNotFoundError(location)
+        return StorageFailure(f"cannot read {location}: {exc}")
+
     def open(self, key: str) -> BinaryIO:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))
         except ClientError as exc:
-            raise FileNotFoundError(f"s3://{self.bucket}/{self._object_key(key)}") from exc
+            raise self._missing(key, exc) from exc
         return response["Body"]  # type: ignore[no-any-return]
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        response = self.client.get_object(
-            Bucket=self.bucket, Key=self._object_key(key), Range=f"bytes={start}-{start + length - 1}"
-        )
+        try:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self._object_key(key), Range=f"bytes={start}-{start + length - 1}"
+            )
+        except ClientError as exc:
+            raise self._missing(key, exc) from exc
         return response["Body"].read()  # type: ignore[no-any-return]
 
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
-        except ClientError:
-            return False
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return False
+            raise self._missing(key, exc) from exc
         return True
 
     def size(self, key: str) -> int:
-        head = self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+        except ClientError as exc:
+            raise self._missing(key, exc) from exc
         return int(head["ContentLength"])
 
     def delete(self, key: str) -> None:
@@ -106,3 +142,20 @@ class S3BlobStore:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for item in page.get("Contents", []):
                 yield item["Key"][len(self.prefix):]
+
+
+_SPOOL_IN_MEMORY = 8 * 1024 * 1024
+"""A forward-only stream is spooled in memory up to this size, then in a temporary file."""
+
+
+def _seekable(stream: BinaryIO) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _is_not_found(exc: ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return error.get("Code") in {"404", "NoSuchKey", "NotFound"} or status == 404
