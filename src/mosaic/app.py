@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from mosaic.config import Settings
+from mosaic.dimse.receive import spool_into
 from mosaic.dimse.scp import DicomServer
 from mosaic.index.database import Database
 from mosaic.services.changes import ChangeFeed
@@ -45,6 +46,9 @@ class Mosaic:
 
     def start(self, *, dicom: bool = True, http: bool = True) -> None:
         if dicom:
+            incoming = getattr(self.blobs, "incoming", None)
+            if incoming is not None:
+                spool_into(incoming)
             self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve)
             self.dicom.start()
         if http:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -109,7 +109,7 @@ class IngestService:
             raise DuplicateInstance(parsed.sop_instance_uid)
         metadata = json.dumps(metadata_json(parsed.dataset, self.settings.bulk_data_threshold),
                               separators=(",", ":"), ensure_ascii=False)
-        blob = self.blobs.write(source)
+        blob = self.blobs.write(source, sha256=sha256)
         try:
             outcome = self._index_with_retry(parsed, blob, metadata, door, source_ae_title)
         except BaseException:
@@ -164,35 +164,52 @@ class _IndexWriter:
         self.events: list[Event] = []
 
     def write(self) -> IngestOutcome:
-        existing = self.session.scalar(
-            select(Instance).where(Instance.SOPInstanceUID == self.parsed.sop_instance_uid).with_for_update()
-        )
-        if existing is not None:
+        existing_pk = self.session.scalar(
+            select(Instance.pk).where(Instance.SOPInstanceUID == self.parsed.sop_instance_uid))
+        if existing_pk is not None:
+            existing = self.session.scalars(select(Instance).where(Instance.pk == existing_pk)
+                                            .with_for_update()).one()
             return self._replace(existing)
-        patient = self._patient()
-        study = self._study(patient)
-        series = self._series(study, patient)
-        instance = Instance(
-            series_pk=series.pk,
-            **column_values(self.dataset, INSTANCE_KEYS, _WIDTHS[Instance]),
-            TransferSyntaxUID=self.parsed.transfer_syntax_uid,
-            blob_key=self.blob.key, size=self.blob.size, sha256=self.blob.sha256,
-            dataset_offset=self.parsed.dataset_offset, metadata_json=self.metadata, version=1,
-            received_via=self.door, source_ae_title=self.source_ae_title[:16], received_at=self.now,
+        # the common case (the series is known) uses one joined lookup and Core statements
+        known = self.session.execute(
+            select(Series.pk, Series.study_pk, Study.patient_pk, Study.SOPClassesInStudy, Patient.PatientID,
+                   Patient.IssuerOfPatientID)
+            .join(Study, Series.study_pk == Study.pk).join(Patient, Study.patient_pk == Patient.pk)
+            .where(Series.SeriesInstanceUID == self.parsed.series_instance_uid)).first()
+        if known is None:
+            patient = self._patient()
+            study = self._study(patient)
+            series = self._series(study, patient)
+            series_pk, study_pk, patient_pk = series.pk, study.pk, study.patient_pk
+            sop_classes, patient_id, issuer = study.SOPClassesInStudy, patient.PatientID, patient.IssuerOfPatientID
+        else:
+            series_pk, study_pk, patient_pk, sop_classes, patient_id, issuer = known
+        values = column_values(self.dataset, INSTANCE_KEYS, _WIDTHS[Instance])
+        values.update(
+            series_pk=series_pk, SOPInstanceUID=self.parsed.sop_instance_uid, SOPClassUID=self.parsed.sop_class_uid,
+            TransferSyntaxUID=self.parsed.transfer_syntax_uid, blob_key=self.blob.key, size=self.blob.size,
+            sha256=self.blob.sha256, dataset_offset=self.parsed.dataset_offset, metadata_json=self.metadata,
+            version=1, received_via=self.door, source_ae_title=self.source_ae_title[:16], received_at=self.now,
         )
-        instance.SOPInstanceUID = self.parsed.sop_instance_uid
-        instance.SOPClassUID = self.parsed.sop_class_uid
-        self.session.add(instance)
-        for model, pk, column in ((Series, series.pk, "NumberOfSeriesRelatedInstances"),
-                                  (Study, study.pk, "NumberOfStudyRelatedInstances"),
-                                  (Patient, patient.pk, "NumberOfPatientRelatedInstances")):
-            self._increment(model, pk, column)
-        self._add_sop_class(study)
-        self._event(EventType.INSTANCE_STORED, patient, {
-            "SOPClassUID": self.parsed.sop_class_uid, "size": self.blob.size, "door": self.door,
-            "source_ae_title": self.source_ae_title,
-        })
+        self.session.execute(insert(Instance).values(values))
+        self.session.execute(update(Series).where(Series.pk == series_pk).values(
+            NumberOfSeriesRelatedInstances=Series.NumberOfSeriesRelatedInstances + 1, updated_at=self.now))
+        study_values: dict[str, Any] = {
+            "NumberOfStudyRelatedInstances": Study.NumberOfStudyRelatedInstances + 1, "updated_at": self.now}
+        if f"\\{self.parsed.sop_class_uid}\\" not in (sop_classes or ""):
+            study_values["SOPClassesInStudy"] = (sop_classes or "\\") + f"{self.parsed.sop_class_uid}\\"
+        self.session.execute(update(Study).where(Study.pk == study_pk).values(study_values))
+        self.session.execute(update(Patient).where(Patient.pk == patient_pk).values(
+            NumberOfPatientRelatedInstances=Patient.NumberOfPatientRelatedInstances + 1))
         self.session.add_all(self.events)
+        self.session.flush()
+        self.session.execute(insert(Event).values(
+            type=EventType.INSTANCE_STORED.value, created_at=self.now, PatientID=patient_id,
+            IssuerOfPatientID=issuer, StudyInstanceUID=self.parsed.study_instance_uid,
+            SeriesInstanceUID=self.parsed.series_instance_uid, SOPInstanceUID=self.parsed.sop_instance_uid,
+            payload=json.dumps({"SOPClassUID": self.parsed.sop_class_uid, "size": self.blob.size,
+                                "door": self.door, "source_ae_title": self.source_ae_title}),
+        ))
         return IngestOutcome.STORED
 
     def _replace(self, existing: Instance) -> IngestOutcome:
@@ -274,11 +291,6 @@ class _IndexWriter:
         else:
             series.updated_at = self.now
         return series
-
-    def _add_sop_class(self, study: Study) -> None:
-        classes = study.SOPClassesInStudy
-        if f"\\{self.parsed.sop_class_uid}\\" not in (classes or ""):
-            study.SOPClassesInStudy = (classes or "\\") + f"{self.parsed.sop_class_uid}\\"
 
     def _increment(self, model: type[Any], pk: int, column: str) -> None:
         self.session.execute(

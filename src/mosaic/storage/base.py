@@ -37,8 +37,11 @@ class BlobStore(Protocol):
 
     name: str
 
-    def write(self, source: BlobSource) -> StoredBlob:
-        """Phase one: stream ``source`` to a new key, hashing as it goes."""
+    def write(self, source: BlobSource, sha256: str | None = None) -> StoredBlob:
+        """Phase one: stream ``source`` to a new key, hashing as it goes.
+
+        ``sha256``, when the caller already hashed ``source``, lets a backend skip re-reading it.
+        """
 
     def commit(self, blob: StoredBlob) -> None:
         """Phase two: the index now references ``blob``."""

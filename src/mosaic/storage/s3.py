@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import tempfile
@@ -49,42 +50,39 @@ class S3BlobStore:
     def _object_key(self, key: str) -> str:
         return self.prefix + key
 
-    def write(self, source: BlobSource) -> StoredBlob:
+    def write(self, source: BlobSource, sha256: str | None = None) -> StoredBlob:
+        """Upload to a new key; the hash is always recomputed from what is uploaded."""
         key = new_key()
-        spool: BinaryIO | None = None
         try:
-            if isinstance(source, bytes):
-                sha256, size = sha256_of(source)
-                body: BinaryIO = io.BytesIO(source)
-            elif isinstance(source, Path):
-                sha256, size = sha256_of(source)
-                body = open(source, "rb")  # noqa: SIM115 - closed below
-                spool = body
-            elif _seekable(source):
-                # Hash from the current position, then upload from the same position.
-                start = source.tell()
-                sha256, size = sha256_of(source)
-                source.seek(start)
-                body = source
-            else:
-                # A forward-only stream (socket, pipe) cannot be read twice: hash while spooling it.
-                spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
-                digest = hashlib.sha256()
-                size = 0
-                for chunk in iter_chunks(source):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    spool.write(chunk)
-                sha256 = digest.hexdigest()
-                spool.seek(0)
-                body = spool
-            self.client.upload_fileobj(body, self.bucket, self._object_key(key),
-                                       ExtraArgs={"Metadata": {"sha256": sha256}})
+            with contextlib.ExitStack() as cleanup:
+                if isinstance(source, bytes):
+                    sha256, size = sha256_of(source)
+                    body: BinaryIO = io.BytesIO(source)
+                elif isinstance(source, Path):
+                    sha256, size = sha256_of(source)
+                    body = cleanup.enter_context(open(source, "rb"))
+                elif _seekable(source):
+                    # Hash from the current position, then upload from that same position.
+                    start = source.tell()
+                    sha256, size = sha256_of(source)
+                    source.seek(start)
+                    body = source
+                else:
+                    # A forward-only stream (socket, pipe) cannot be read twice: hash while spooling it.
+                    spool = cleanup.enter_context(tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY))
+                    digest = hashlib.sha256()
+                    size = 0
+                    for chunk in iter_chunks(source):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        spool.write(chunk)
+                    sha256 = digest.hexdigest()
+                    spool.seek(0)
+                    body = spool  # type: ignore[assignment]
+                self.client.upload_fileobj(body, self.bucket, self._object_key(key),
+                                           ExtraArgs={"Metadata": {"sha256": sha256}})
         except (BotoCoreError, ClientError, OSError) as exc:
             raise StorageFailure(f"cannot write blob {key} to s3://{self.bucket}: {exc}") from exc
-        finally:
-            if spool is not None:
-                spool.close()
         return StoredBlob(key=key, size=size, sha256=sha256)
 
     def commit(self, blob: StoredBlob) -> None:
