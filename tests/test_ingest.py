@@ -196,3 +196,18 @@ def test_queries_read_metadata_from_the_index_not_the_blobs(archive: Mosaic) -> 
     identifier.SOPInstanceUID = ""
     [response] = list(archive.query.c_find(identifier, root="PATIENT"))
     assert response.ProtocolName == "Thorax"
+
+
+def test_stored_original_does_not_change_when_the_source_file_changes(archive: Mosaic, tmp_path: Path) -> None:
+    source = tmp_path / "from-user.dcm"
+    data = make_bytes()
+    source.write_bytes(data)
+    result = archive.ingest.store(source, door="import")
+    with open(source, "r+b") as stream:  # the user edits their own copy in place afterwards
+        stream.seek(len(data) - 1)
+        stream.write(b"\xff")
+    with archive.database.session() as session:
+        key = session.scalars(select(Instance.blob_key)).one()
+    with archive.blobs.open(key) as stream:
+        assert stream.read() == data
+    assert result.sha256 == __import__("hashlib").sha256(data).hexdigest()

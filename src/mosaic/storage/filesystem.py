@@ -34,7 +34,8 @@ class FileSystemBlobStore:
     def write(self, source: BlobSource, sha256: str | None = None) -> StoredBlob:
         key = new_key()
         final = self._path(key)
-        if isinstance(source, Path) and sha256 is not None:
+        if isinstance(source, Path) and sha256 is not None and source.parent == self.incoming:
+            # only our own spool files are linked: a user's file could be changed in place later
             linked = self._link(source, final, sha256)
             if linked is not None:
                 return linked

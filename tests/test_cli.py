@@ -1,0 +1,109 @@
+"""The `mosaic` command line: config show, import, verify, echo."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mosaic.app import Mosaic
+from mosaic.cli import app
+from mosaic.config import DicomSettings, HttpSettings, Settings
+from mosaic.index.schema import Instance
+from tests.factory import make_bytes
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    folder = tmp_path / "incoming"
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    for number in range(3):
+        (folder / f"ct{number}.dcm").write_bytes(make_bytes(patient_id="IMP1", instance_number=number))
+    (folder / "nested" / "deeper" / "mr.dcm").write_bytes(make_bytes(patient_id="IMP2", modality="MR"))
+    (folder / "nested" / "notes.txt").write_text("not an image")
+    (folder / "nested" / "cut.dcm").write_bytes(make_bytes()[:-50])
+    return folder
+
+
+def test_config_show_prints_every_option_with_environment_overrides(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    config = tmp_path / "mosaic.toml"
+    config.write_text('[dicom]\nae_title = "FROMFILE"\nport = 4242\n')
+    monkeypatch.setenv("MOSAIC_DICOM__PORT", "11999")
+    result = runner.invoke(app, ["config", "show", "--config", str(config)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "'FROMFILE'" in result.output  # from the TOML file
+    assert "11999" in result.output  # the environment wins over the file
+    for option in ("http.port", "storage.backend", "ingest.duplicate_policy", "index.url"):
+        assert option in result.output
+
+
+def test_import_stores_recursively_reports_rejects_and_is_safe_to_rerun(corpus: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = runner.invoke(app, ["import", str(corpus), "--data-dir", str(data_dir)], env={"COLUMNS": "200"})
+    assert first.exit_code == 0, first.output
+    assert "stored" in first.output
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in first.output.splitlines()
+             if line.count("│") >= 3}
+    assert lines["stored"] == "4" and lines["rejected"] == "2"
+    assert "notes.txt" in first.output and "not a DICOM file" in first.output
+    assert "cut.dcm" in first.output and "truncated" in first.output
+
+    again = runner.invoke(app, ["import", str(corpus), "--data-dir", str(data_dir)], env={"COLUMNS": "200"})
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in again.output.splitlines()
+             if line.count("│") >= 3}
+    assert lines["stored"] == "0" and lines["already-stored"] == "4"
+
+
+def test_verify_reports_missing_and_corrupt_objects_by_uid(corpus: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    runner.invoke(app, ["import", str(corpus), "--data-dir", str(data_dir)])
+    clean = runner.invoke(app, ["verify", "--data-dir", str(data_dir)])
+    assert clean.exit_code == 0, clean.output
+    assert "4 ok, 0 missing, 0 corrupt" in clean.output
+
+    node = Mosaic(Settings(data_dir=data_dir))
+    with node.database.session() as session:
+        first, second = session.query(Instance).order_by(Instance.pk).limit(2).all()
+    node.stop()
+    (data_dir / "blobs" / first.blob_key).unlink()
+    corrupted = data_dir / "blobs" / second.blob_key
+    payload = bytearray(corrupted.read_bytes())
+    payload[-1] ^= 0xFF
+    corrupted.write_bytes(bytes(payload))
+
+    broken = runner.invoke(app, ["verify", "--data-dir", str(data_dir)], env={"COLUMNS": "250"})
+    assert broken.exit_code == 1
+    assert "1 missing, 1 corrupt" in broken.output
+    assert first.SOPInstanceUID in broken.output and second.SOPInstanceUID in broken.output
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Mosaic]:
+    node = Mosaic(Settings(data_dir=tmp_path / "node", http=HttpSettings(port=0), dicom=DicomSettings(port=0)))
+    node.start()
+    yield node
+    node.stop()
+
+
+def test_echo_reports_success_against_a_live_peer(running: Mosaic) -> None:
+    result = runner.invoke(app, ["echo", f"MOSAIC@127.0.0.1:{running.dicom_port}"])
+    assert result.exit_code == 0, result.output
+    assert "success" in result.output
+
+
+def test_echo_to_nothing_fails_clearly() -> None:
+    from tests.helpers import free_port
+
+    result = runner.invoke(app, ["echo", f"NOBODY@127.0.0.1:{free_port()}"])
+    assert result.exit_code == 1
+    assert "failed" in result.output
+
+
+def test_echo_rejects_a_malformed_peer() -> None:
+    result = runner.invoke(app, ["echo", "not-a-peer"])
+    assert result.exit_code == 2

@@ -1,0 +1,67 @@
+"""Operations over HTTP: health, Prometheus metrics and the change feed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mosaic.app import Mosaic
+from mosaic.config import DicomSettings, HttpSettings, Settings
+from tests.factory import make_bytes
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Mosaic]:
+    mosaic = Mosaic(Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0)))
+    mosaic.start()
+    yield mosaic
+    mosaic.stop()
+
+
+def url(node: Mosaic, path: str) -> str:
+    return f"http://127.0.0.1:{node.http_port}{path}"
+
+
+def test_healthz_reports_index_and_storage(node: Mosaic) -> None:
+    response = httpx.get(url(node, "/healthz"))
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"index": "ok", "storage": "ok"}
+
+
+def test_metrics_expose_ingest_and_query_histograms(node: Mosaic) -> None:
+    node.ingest.store(make_bytes(), door="test")
+    from pydicom.dataset import Dataset
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    list(node.query.c_find(identifier, root="STUDY"))
+    text = httpx.get(url(node, "/metrics")).text
+    assert 'mosaic_ingest_seconds_bucket{door="test",le="0.1"}' in text
+    assert 'mosaic_ingest_total{door="test",outcome="stored"}' in text
+    assert 'mosaic_query_seconds_count{door="dimse",level="STUDY"}' in text
+
+
+def test_change_feed_pages_through_events_in_order(node: Mosaic) -> None:
+    for number in range(3):
+        node.ingest.store(make_bytes(patient_id=f"FEED{number}"), door="test")
+    seen: list[int] = []
+    since = 0
+    while True:
+        page = httpx.get(url(node, "/api/changes"), params={"since": since, "limit": 5}).json()
+        seen.extend(change["seq"] for change in page["changes"])
+        since = page["last"]
+        if page["done"]:
+            break
+    assert len(seen) == 12  # per new patient: PatientCreated, StudyCreated, SeriesCreated, InstanceStored
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    types = [change["type"] for change in httpx.get(url(node, "/api/changes"), params={"limit": 4}).json()["changes"]]
+    assert types == ["PatientCreated", "StudyCreated", "SeriesCreated", "InstanceStored"]
+
+
+def test_change_feed_rejects_bad_parameters(node: Mosaic) -> None:
+    assert httpx.get(url(node, "/api/changes"), params={"since": -1}).status_code == 422
+    assert httpx.get(url(node, "/api/changes"), params={"limit": "many"}).status_code == 422
