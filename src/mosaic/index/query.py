@@ -16,6 +16,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -81,7 +82,7 @@ def query_from_identifier(identifier: Dataset, *, root: str) -> Query:
         value = element.value
         if value is None:
             text = ""
-        elif isinstance(value, list | tuple) or (hasattr(value, "__iter__") and not isinstance(value, str | bytes)):
+        elif isinstance(value, list | tuple | MultiValue):
             text = "\\".join(str(item) for item in value)
         elif isinstance(value, bytes):
             text = value.decode("latin-1")
@@ -191,7 +192,8 @@ class QueryEngine:
         if keyword in _WRAPPED_LIST_KEYS:
             column = getattr(model, keyword)
             options = [item for item in value.split("\\") if item]
-            return or_(*[column.like(f"%\\{_like_pattern(item)}\\%", escape="\\") for item in options])
+            # values are stored wrapped in backslashes ("\\CT\\MR\\"); "\\\\" is a literal backslash in LIKE
+            return or_(*[column.like(f"%\\\\{_like_pattern(item)}\\\\%", escape="\\") for item in options])
         if keyword in PERSON_NAME_KEYS and hasattr(model, f"{keyword}Upper"):
             return _person_name_condition(getattr(model, f"{keyword}Upper"), value)
         column = getattr(model, keyword)
