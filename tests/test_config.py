@@ -75,3 +75,9 @@ def test_every_option_is_documented() -> None:
     missing = [name for name, _type, _default, _doc in iter_options() if f"`{name}`" not in documented]
     assert missing == []
     assert all(doc for _name, _type, _default, doc in iter_options() if not _name.startswith("dicom.peers"))
+
+
+def test_configuration_doc_is_the_generated_one() -> None:
+    from mosaic.config_docs import render
+
+    assert DOCS.read_text() == render(), "run `mosaic config docs > docs/configuration.md`"

@@ -49,7 +49,8 @@ class Mosaic:
             incoming = getattr(self.blobs, "incoming", None)
             if incoming is not None:
                 spool_into(incoming)
-            self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve)
+            self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve,
+                                     spool_folder=incoming)
             self.dicom.start()
         if http:
             config = uvicorn.Config(self.http_app(), host=self.settings.http.host, port=self.settings.http.port,

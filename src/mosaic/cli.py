@@ -162,5 +162,13 @@ def config_show(config: ConfigOption = None) -> None:
     console.print(table)
 
 
+@config_app.command("docs")
+def config_docs() -> None:
+    """Print docs/configuration.md (every option with its type, default and doc)."""
+    from mosaic.config_docs import render
+
+    print(render(), end="")
+
+
 if __name__ == "__main__":
     app()

@@ -64,6 +64,10 @@ class DicomSettings(BaseModel):
     max_associations: int = Field(32, ge=1, description="Most associations served at the same time.")
     max_pdu_size: int = Field(0, ge=0, description="Largest PDU Mosaic receives, in bytes (0: unlimited).")
     network_timeout: float = Field(60.0, gt=0, description="Seconds without network traffic before aborting.")
+    streaming_store: bool = Field(
+        True, description="Serve storage-only associations with Mosaic's streaming C-STORE receiver "
+        "(false: pynetdicom serves every association).",
+    )
     allow_unknown_calling_aes: bool = Field(
         True, description="Accept associations from AE titles not listed in `peers` (for all services)."
     )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from pynetdicom import AE
+from typing import Any
+
+from pynetdicom import AE, acse
 from pynetdicom.presentation import (
+    PresentationContext,
     QueryRetrievePresentationContexts,
     StoragePresentationContexts,
     build_context,
+    negotiate_as_acceptor,
 )
 from pynetdicom.sop_class import (
     _STORAGE_CLASSES,
@@ -51,6 +55,43 @@ def add_scp_contexts(ae: AE) -> None:
     ae.add_supported_context(StorageCommitmentPushModel)
     for uid in STORAGE_SOP_CLASSES:
         ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+
+
+def negotiate_with_receiver_preference(
+    rq_contexts: list[PresentationContext], ac_contexts: list[PresentationContext],
+    roles: dict[str, tuple[bool | None, bool | None]] | None = None,
+) -> tuple[list[PresentationContext], list[Any]]:
+    """pynetdicom's acceptor negotiation, except for contexts the requestor proposes to be SCP of.
+
+    pynetdicom accepts the first of *its own* transfer syntaxes that the requestor proposed. When the
+    requestor takes the SCP role (the storage contexts of a C-GET association) it is the receiver and
+    lists its preferred syntax first (dcmtk getscu ``+xy``, ``+xv``…): Mosaic then follows that order,
+    so a stored JPEG or JPEG 2000 object can be sent as stored instead of failing for lack of a context.
+    """
+    roles = roles or {}
+    reversed_contexts = [cx for cx in rq_contexts if roles.get(cx.abstract_syntax, (None, None))[1]]
+    if not reversed_contexts:
+        return negotiate_as_acceptor(rq_contexts, ac_contexts, roles)
+    others = [cx for cx in rq_contexts if cx not in reversed_contexts]
+    results, role_items = negotiate_as_acceptor(others, ac_contexts, roles) if others else ([], [])
+    supported = {cx.abstract_syntax: cx for cx in ac_contexts}
+    for rq_context in reversed_contexts:
+        ac_context = supported.get(rq_context.abstract_syntax)
+        tailored: list[PresentationContext] = []
+        if ac_context is not None:
+            ordered = [syntax for syntax in rq_context.transfer_syntax if syntax in ac_context.transfer_syntax]
+            context = build_context(ac_context.abstract_syntax, ordered or ac_context.transfer_syntax)
+            context.scu_role, context.scp_role = ac_context.scu_role, ac_context.scp_role
+            tailored = [context]
+        result, items = negotiate_as_acceptor([rq_context], tailored, roles)
+        results.extend(result)
+        role_items.extend(items)
+    unique_roles = {item.sop_class_uid: item for item in role_items}
+    return (sorted(results, key=lambda cx: cx.context_id),
+            sorted(unique_roles.values(), key=lambda item: item.sop_class_uid))
+
+
+acse.negotiate_as_acceptor = negotiate_with_receiver_preference  # type: ignore[attr-defined]
 
 
 def storage_context(sop_class_uid: str, transfer_syntax_uid: str) -> object:

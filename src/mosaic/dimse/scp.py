@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,12 @@ from mosaic.config import DicomPeer, DicomSettings
 from mosaic.core.errors import InvalidObject, QueryError, StorageFailure
 from mosaic.dimse.commitment import StorageCommitmentSCP
 from mosaic.dimse.contexts import PATIENT_ROOT_FIND, add_scp_contexts
+from mosaic.dimse.egress import StoredFileDataset, move_contexts
+from mosaic.dimse.fast_store import AssociationSlots, StoreContext, StoreRequestHandler
 from mosaic.services.ingest import IngestService
 from mosaic.services.metrics import RETRIEVE_TOTAL
 from mosaic.services.query import QueryService
-from mosaic.services.retrieve import RetrieveService
+from mosaic.services.retrieve import RetrieveService, StoredInstance
 
 log = logging.getLogger("mosaic.dimse")
 
@@ -46,8 +49,9 @@ class DicomServer:
     """Mosaic's DIMSE application entity, serving many associations at once."""
 
     def __init__(self, settings: DicomSettings, ingest: IngestService, query: QueryService,
-                 retrieve: RetrieveService) -> None:
+                 retrieve: RetrieveService, spool_folder: Path | None = None) -> None:
         self.settings = settings
+        self.spool_folder = spool_folder
         self.ingest = ingest
         self.query = query
         self.retrieve = retrieve
@@ -80,12 +84,27 @@ class DicomServer:
             (evt.EVT_N_ACTION, self.commitment.on_n_action),
             (evt.EVT_CONN_OPEN, _set_nodelay),
         ]
-        self._server = self.ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
-        )
+        server = self.ae.make_server((self.settings.host, self.settings.port), evt_handlers=handlers,
+                                     server_class=ThreadedAssociationServer, request_handler=StoreRequestHandler)
+        if self.settings.streaming_store:
+            slots = AssociationSlots(self.settings.max_associations,
+                                     lambda: sum(1 for assoc in self.ae.active_associations if assoc.is_acceptor))
+            server.store_context = StoreContext(  # type: ignore[attr-defined]
+                ae_title=self.settings.ae_title, maximum_length=self.settings.max_pdu_size,
+                network_timeout=self.settings.network_timeout,
+                implementation_class_uid=str(self.ae.implementation_class_uid),
+                implementation_version_name=str(self.ae.implementation_version_name or "MOSAIC"),
+                spool_folder=self.spool_folder, calling_allowed=self._may_associate,
+                store=self.store_received, slots=slots)
+            self._slots = slots
+        self.ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
+        self._server = server
         log.info("DICOM listener %s on %s:%d", self.settings.ae_title, self.settings.host, self.port)
 
     def stop(self) -> None:
+        if getattr(self, "_slots", None) is not None:
+            self._slots.close_all()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -118,23 +137,34 @@ class DicomServer:
         return 0x0000
 
     def on_c_store(self, event: Event) -> int | Dataset:
-        if not self._allowed(event, "store"):
-            return NOT_AUTHORISED
-        request = event.request
+        request: Any = event.request
         calling = event.assoc.requestor.ae_title.strip()
-        path = Path(event.dataset_path)
+        status, comment = self.store_received(Path(event.dataset_path), calling, str(request.AffectedSOPClassUID),
+                                              str(request.AffectedSOPInstanceUID))
+        return _status(status, comment) if comment else status
+
+    def _may_associate(self, calling: str) -> bool:
+        return self.settings.allow_unknown_calling_aes or self._peer(calling) is not None
+
+    def store_received(self, path: Path, calling: str, sop_class_uid: str,
+                       sop_instance_uid: str) -> tuple[int, str | None]:
+        """The one C-STORE handler of both receive paths: (DIMSE status, error comment)."""
+        peer = self._peer(calling)
+        if not (peer.may_store if peer is not None else self.settings.allow_unknown_calling_aes):
+            log.warning("refused C-STORE of %s from AE %r: not permitted by dicom.peers", sop_instance_uid, calling)
+            return NOT_AUTHORISED, f"AE {calling} may not store"
         try:
             result = self.ingest.store(path, door="dimse", source_ae_title=calling,
-                                       expected_sop_class_uid=str(request.AffectedSOPClassUID))
+                                       expected_sop_class_uid=sop_class_uid)
         except InvalidObject as exc:
-            return _status(exc.status, str(exc))
+            return exc.status, str(exc)
         except StorageFailure as exc:
-            log.error("C-STORE of %s from %r failed: %s", request.AffectedSOPInstanceUID, calling, exc)
-            return _status(OUT_OF_RESOURCES, str(exc))
-        if result.sop_instance_uid != str(request.AffectedSOPInstanceUID):
+            log.error("C-STORE of %s from %r failed: %s", sop_instance_uid, calling, exc)
+            return OUT_OF_RESOURCES, str(exc)
+        if result.sop_instance_uid != sop_instance_uid:
             log.warning("C-STORE from %r: Affected SOP Instance UID %s differs from the data set's %s",
-                        calling, request.AffectedSOPInstanceUID, result.sop_instance_uid)
-        return 0x0000
+                        calling, sop_instance_uid, result.sop_instance_uid)
+        return 0x0000, None
 
     def on_c_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
         if not self._allowed(event, "find"):
@@ -168,8 +198,16 @@ class DicomServer:
             log.warning("C-MOVE to unknown destination %r refused", destination)
             yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
             return
-        yield peer.host, peer.port, {"ae_title": peer.ae_title}
-        yield from self._sub_operations(event, "C-MOVE")
+        try:
+            instances = self.retrieve.instances_for_identifier(event.identifier)
+        except QueryError as exc:
+            log.warning("C-MOVE refused: %s", exc)
+            instances = []
+        # the association to the destination proposes the stored SOP classes and transfer syntaxes
+        contexts = move_contexts([(instance.SOPClassUID, instance.TransferSyntaxUID) for instance in instances])
+        yield peer.host, peer.port, {"ae_title": peer.ae_title, "contexts": contexts or None,
+                                     "evt_handlers": [(evt.EVT_CONN_OPEN, _set_nodelay)]}
+        yield from self._sub_operations(event, "C-MOVE", instances)
 
     def on_c_get(self, event: Event) -> Iterator[Any]:
         if not self._allowed(event, "get"):
@@ -177,26 +215,31 @@ class DicomServer:
             return
         yield from self._sub_operations(event, "C-GET")
 
-    def _sub_operations(self, event: Event, service: str) -> Iterator[Any]:
-        try:
-            instances = self.retrieve.instances_for_identifier(event.identifier)
-        except QueryError as exc:
-            log.warning("%s refused: %s", service, exc)
-            yield 0
-            return
+    def _sub_operations(self, event: Event, service: str,
+                        instances: list[StoredInstance] | None = None) -> Iterator[Any]:
+        if instances is None:
+            try:
+                instances = self.retrieve.instances_for_identifier(event.identifier)
+            except QueryError as exc:
+                log.warning("%s refused: %s", service, exc)
+                yield 0
+                return
         yield len(instances)
         for instance in instances:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            try:
-                dataset = self.retrieve.read_dataset(instance)
-            except Exception as exc:
-                log.error("%s: cannot read stored instance %s: %s", service, instance.SOPInstanceUID, exc)
-                yield OUT_OF_RESOURCES, None
-                continue
-            RETRIEVE_TOTAL.labels("dimse").inc()
-            yield PENDING, dataset
+            with ExitStack() as stack:
+                try:
+                    path = stack.enter_context(self.retrieve.local_file(instance))
+                except Exception as exc:
+                    log.error("%s: cannot read stored instance %s: %s", service, instance.SOPInstanceUID, exc)
+                    yield OUT_OF_RESOURCES, None
+                    continue
+                RETRIEVE_TOTAL.labels("dimse").inc()
+                # sent from the stored file, bytes as received (see mosaic.dimse.egress)
+                yield PENDING, StoredFileDataset(path, instance.SOPClassUID, instance.SOPInstanceUID,
+                                                 instance.TransferSyntaxUID)
 
 
 def _status(code: int, comment: str) -> Dataset:

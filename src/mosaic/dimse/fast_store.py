@@ -1,0 +1,367 @@
+"""Streaming C-STORE receiver for storage-only associations.
+
+Modalities and PACS sending images open associations that propose only storage SOP classes (and
+Verification). For those, Mosaic answers the Upper Layer protocol itself: each data set is streamed
+from the socket straight into a spool file on the blob store's file system and handed to the ingest
+service, without pynetdicom's per-PDU event machinery (the part that capped a pynetdicom SCP at about
+Orthanc's rate, see docs/benchmarks.md). Every other association (query, retrieve, commitment, role
+selection, user identity) goes to pynetdicom unchanged: the request is only peeked at, never consumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom.transport import RequestHandler
+
+from mosaic.dimse import upper_layer as ul
+from mosaic.dimse.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+
+log = logging.getLogger("mosaic.dimse.store")
+
+_STORAGE = frozenset(STORAGE_SOP_CLASSES)
+_TRANSFER_SYNTAXES = frozenset(TRANSFER_SYNTAXES)
+_VERIFICATION_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+_BUFFER = 256 * 1024
+PEEK_LIMIT = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """What the receiver needs from the DICOM server: identity, limits and the store callback."""
+
+    ae_title: str
+    maximum_length: int
+    network_timeout: float
+    implementation_class_uid: str
+    implementation_version_name: str
+    spool_folder: Path | None
+    calling_allowed: Callable[[str], bool]
+    """Whether an AE title may associate at all (unknown AEs, dicom.allow_unknown_calling_aes)."""
+    store: Callable[[Path, str, str, str], tuple[int, str | None]]
+    """(spool file, calling AE, affected SOP class, affected SOP instance) → (status, error comment)."""
+    slots: AssociationSlots
+    """Association slots shared with pynetdicom's count against dicom.max_associations."""
+
+
+def is_storage_only(request: ul.AssociateRequest) -> bool:
+    """A storage-only association: every context is a storage class or Verification, no extra roles."""
+    if not request.contexts or request.other_user_items:
+        return False
+    if any(scp_role for _scu_role, scp_role in request.role_selection.values()):
+        return False
+    return all(context.abstract_syntax in _STORAGE or context.abstract_syntax == ul.VERIFICATION
+               for context in request.contexts)
+
+
+def peek_associate_rq(sock: socket.socket, timeout: float) -> bytes | None:
+    """The A-ASSOCIATE-RQ waiting on ``sock``, read without consuming it (None if it is not one)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        readable, _, _ = select.select([sock], [], [], remaining)
+        if not readable:
+            return None
+        data = sock.recv(PEEK_LIMIT, socket.MSG_PEEK)
+        if not data:
+            return None
+        if data[0] != ul.A_ASSOCIATE_RQ:
+            return None
+        if len(data) >= 6:
+            (length,) = struct.unpack(">I", data[2:6])
+            if length + 6 > PEEK_LIMIT:
+                return None
+            if len(data) >= length + 6:
+                return data[: length + 6]
+        time.sleep(0.001)  # the rest of the request is still in flight
+
+
+class StoreRequestHandler(RequestHandler):
+    """pynetdicom's per-connection handler, with storage-only associations served by :class:`StoreAssociation`."""
+
+    def handle(self) -> None:
+        context: StoreContext | None = getattr(self.server, "store_context", None)
+        sock = self.request
+        if context is None or not isinstance(sock, socket.socket):
+            super().handle()
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pdu = peek_associate_rq(sock, context.network_timeout)
+            request = ul.parse_associate_rq(pdu) if pdu is not None else None
+        except (OSError, ul.ProtocolError):
+            request = None
+        if request is None or pdu is None or not is_storage_only(request):
+            super().handle()
+            return
+        sock.recv(len(pdu), socket.MSG_WAITALL)  # consume the request we peeked at
+        StoreAssociation(context, sock, self.client_address, request).run()
+
+
+class StoreAssociation:
+    """One storage-only association, from A-ASSOCIATE-AC to release or abort."""
+
+    def __init__(self, context: StoreContext, sock: socket.socket, address: Any,
+                 request: ul.AssociateRequest) -> None:
+        self.context = context
+        self.sock = sock
+        self.address = address
+        self.request = request
+        self.calling = request.calling_ae_title
+        self.accepted: dict[int, tuple[str, str]] = {}
+        """context id → (abstract syntax, transfer syntax)"""
+        self.buffer = bytearray(_BUFFER)
+        self.view = memoryview(self.buffer)
+        self.command = bytearray()
+        self.store: _IncomingStore | None = None
+
+    def run(self) -> None:
+        self.sock.settimeout(self.context.network_timeout)
+        try:
+            if not self._accept():
+                return
+            self._serve()
+        except (OSError, ul.ProtocolError, TimeoutError) as exc:
+            log.warning("association from %r at %s ended abnormally: %s", self.calling, self.address, exc)
+            self._send_quietly(ul.encode_abort(2, 0))
+        finally:
+            if self.store is not None:
+                self.store.discard()
+            self._close()
+
+    # --- association establishment ---------------------------------------------------------------------
+
+    def _accept(self) -> bool:
+        request = self.request
+        if request.application_context != ul.APPLICATION_CONTEXT:
+            self.sock.sendall(ul.encode_associate_rj(1, 1, 2))
+            return False
+        if not request.protocol_version & 1:
+            self.sock.sendall(ul.encode_associate_rj(1, 2, 2))
+            return False
+        if not self.context.calling_allowed(self.calling):
+            log.warning("association from unknown AE %r at %s rejected (dicom.allow_unknown_calling_aes)",
+                        self.calling, self.address)
+            self.sock.sendall(ul.encode_associate_rj(1, 1, 3))
+            return False
+        if not self.context.slots.reserve(self.sock):
+            log.warning("association from %r rejected: dicom.max_associations reached", self.calling)
+            self.sock.sendall(ul.encode_associate_rj(2, 3, 2))
+            return False
+        self._reserved = True
+        results = []
+        for proposed in request.contexts:
+            if proposed.abstract_syntax == ul.VERIFICATION:
+                supported: tuple[str, ...] | frozenset[str] = _VERIFICATION_SYNTAXES
+            else:
+                supported = _TRANSFER_SYNTAXES
+            chosen = next((syntax for syntax in proposed.transfer_syntaxes if syntax in supported), None)
+            if chosen is None:
+                first = proposed.transfer_syntaxes[0] if proposed.transfer_syntaxes else ""
+                results.append((proposed.context_id, ul.TRANSFER_SYNTAXES_NOT_SUPPORTED, first))
+                continue
+            self.accepted[proposed.context_id] = (proposed.abstract_syntax, chosen)
+            results.append((proposed.context_id, ul.ACCEPTANCE, chosen))
+        self.sock.sendall(ul.encode_associate_ac(
+            request, results, self.context.maximum_length, self.context.implementation_class_uid,
+            self.context.implementation_version_name))
+        log.debug("association from %r at %s: %d of %d contexts accepted", self.calling, self.address,
+                  len(self.accepted), len(results))
+        return True
+
+    # --- data transfer -------------------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            header = self._read_exact(6)
+            if header is None:
+                raise ul.ProtocolError("the peer closed the connection without releasing")
+            pdu_type = header[0]
+            (length,) = struct.unpack(">I", header[2:6])
+            if pdu_type == ul.P_DATA_TF:
+                self._p_data(length)
+            elif pdu_type == ul.A_RELEASE_RQ:
+                self._read_exact(length)
+                self.sock.sendall(ul.encode_release_rp())
+                return
+            elif pdu_type == ul.A_ABORT:
+                self._read_exact(length)
+                log.info("association from %r aborted by the peer", self.calling)
+                return
+            else:
+                raise ul.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X} during data transfer")
+
+    def _p_data(self, length: int) -> None:
+        remaining = length
+        while remaining > 0:
+            header = self._read_exact(6)
+            if header is None:
+                raise ul.ProtocolError("connection closed inside a P-DATA-TF")
+            item_length, context_id, control = struct.unpack(">IBB", header)
+            if item_length < 2 or item_length + 4 > remaining:
+                raise ul.ProtocolError("PDV item length does not fit its P-DATA-TF")
+            if context_id not in self.accepted:
+                raise ul.ProtocolError(f"PDV on presentation context {context_id}, which was not accepted")
+            value_length = item_length - 2
+            last = bool(control & 0x02)
+            if control & 0x01:
+                data = self._read_exact(value_length)
+                if data is None:
+                    raise ul.ProtocolError("connection closed inside a command")
+                self.command += data
+                if last:
+                    self._on_command(context_id)
+            else:
+                if self.store is None or self.store.context_id != context_id:
+                    raise ul.ProtocolError("data set fragment without a C-STORE request")
+                self._stream(value_length, self.store.stream)
+                if last:
+                    self._on_data_set_complete()
+            remaining -= item_length + 4
+
+    def _on_command(self, context_id: int) -> None:
+        elements = ul.decode_command(bytes(self.command))
+        self.command.clear()
+        command_field = ul.command_us(elements, ul.COMMAND_FIELD)
+        message_id = ul.command_us(elements, ul.MESSAGE_ID) or 0
+        sop_class = ul.command_text(elements, ul.AFFECTED_SOP_CLASS_UID)
+        if command_field == ul.C_ECHO_RQ:
+            self.sock.sendall(ul.encode_command_pdata(
+                context_id, ul.encode_response(ul.C_ECHO_RSP, message_id, sop_class or ul.VERIFICATION, 0)))
+            return
+        if command_field != ul.C_STORE_RQ:
+            raise ul.ProtocolError(f"command 0x{command_field or 0:04X} is not served on a storage association")
+        if ul.command_us(elements, ul.COMMAND_DATA_SET_TYPE) == ul.NO_DATA_SET:
+            raise ul.ProtocolError("C-STORE request without a data set")
+        sop_instance = ul.command_text(elements, ul.AFFECTED_SOP_INSTANCE_UID)
+        transfer_syntax = self.accepted[context_id][1]
+        self.store = _IncomingStore(context_id, message_id, sop_class, sop_instance, transfer_syntax,
+                                    self.context, self.calling)
+
+    def _on_data_set_complete(self) -> None:
+        store = self.store
+        assert store is not None
+        self.store = None
+        path = store.finish()
+        try:
+            status, comment = self.context.store(path, self.calling, store.sop_class_uid, store.sop_instance_uid)
+        finally:
+            path.unlink(missing_ok=True)
+        self.sock.sendall(ul.encode_command_pdata(store.context_id, ul.encode_response(
+            ul.C_STORE_RSP, store.message_id, store.sop_class_uid, status, store.sop_instance_uid, comment)))
+
+    # --- socket helpers --------------------------------------------------------------------------------------
+
+    def _read_exact(self, count: int) -> bytes | None:
+        if count == 0:
+            return b""
+        view = self.view if count <= len(self.buffer) else memoryview(bytearray(count))
+        received = 0
+        while received < count:
+            got = self.sock.recv_into(view[received:count])
+            if got == 0:
+                return None
+            received += got
+        return bytes(view[:count])
+
+    def _stream(self, count: int, out: BinaryIO) -> None:
+        while count > 0:
+            got = self.sock.recv_into(self.view[: min(count, len(self.buffer))])
+            if got == 0:
+                raise ul.ProtocolError("connection closed inside a data set")
+            out.write(self.view[:got])
+            count -= got
+
+    def _send_quietly(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(data)
+
+    def _close(self) -> None:
+        if getattr(self, "_reserved", False):
+            self.context.slots.release(self.sock)
+            self._reserved = False
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class _IncomingStore:
+    """One data set being received: a Part 10 spool file (File Meta Information, then the bytes as sent)."""
+
+    def __init__(self, context_id: int, message_id: int, sop_class_uid: str, sop_instance_uid: str,
+                 transfer_syntax_uid: str, context: StoreContext, calling: str) -> None:
+        self.context_id = context_id
+        self.message_id = message_id
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+        folder = str(context.spool_folder) if context.spool_folder is not None else None
+        self.stream = tempfile.NamedTemporaryFile(dir=folder, suffix=".dcm", delete=False)  # noqa: SIM115
+        self.path = Path(self.stream.name)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+        meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+        meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+        meta.ImplementationClassUID = UID(context.implementation_class_uid)
+        meta.ImplementationVersionName = context.implementation_version_name
+        if calling:
+            meta.SourceApplicationEntityTitle = calling
+        self.stream.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(self.stream, meta, enforce_standard=True)  # type: ignore[arg-type]
+
+    def finish(self) -> Path:
+        self.stream.close()
+        return self.path
+
+    def discard(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
+class AssociationSlots:
+    """Counts associations served by the streaming path against dicom.max_associations."""
+
+    def __init__(self, maximum: int, busy: Callable[[], int]) -> None:
+        self.maximum = maximum
+        self.busy = busy
+        self._active: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def reserve(self, sock: socket.socket) -> bool:
+        with self._lock:
+            if len(self._active) + self.busy() >= self.maximum:
+                return False
+            self._active.add(sock)
+            return True
+
+    def release(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._active.discard(sock)
+
+    def close_all(self) -> None:
+        """Shut the sockets of running associations (server stop)."""
+        with self._lock:
+            active = list(self._active)
+        for sock in active:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
