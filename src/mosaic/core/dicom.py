@@ -66,7 +66,7 @@ def parse_instance(source: Path | bytes) -> ParsedInstance:
             _check_complete(dataset, stream, size)
         uids = _identifying_uids(dataset)
         return ParsedInstance(
-            *uids, transfer_syntax_uid=transfer_syntax, dataset=dataset, dataset_offset=_offset(stream)
+            *uids, transfer_syntax_uid=transfer_syntax, dataset=dataset, dataset_offset=_offset(stream, dataset)
         )
     finally:
         stream.close()
@@ -171,10 +171,16 @@ def _guess_vr(dataset: Dataset, tag: BaseTag) -> str:
         return "OB"
 
 
-def _offset(stream: BinaryIO) -> int:
+def _offset(stream: BinaryIO, dataset: Dataset) -> int:
     stream.seek(128)
     if stream.read(4) != b"DICM":
         return 0
+    meta = getattr(dataset, "file_meta", None)
+    group_length = meta.get("FileMetaInformationGroupLength") if meta is not None else None
+    if isinstance(group_length, int) and group_length > 0:
+        # preamble + prefix + the (0002,0000) element itself (explicit VR UL: 12 bytes) + the group
+        return 132 + 12 + group_length
+    stream.seek(132)
     from pydicom.filereader import _read_file_meta_info
 
     _read_file_meta_info(stream)

@@ -11,6 +11,8 @@ selection, user identity) goes to pynetdicom unchanged: the request is only peek
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import logging
 import os
 import select
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
@@ -53,8 +55,9 @@ class StoreContext:
     spool_folder: Path | None
     calling_allowed: Callable[[str], bool]
     """Whether an AE title may associate at all (unknown AEs, dicom.allow_unknown_calling_aes)."""
-    store: Callable[[Path, str, str, str], tuple[int, str | None]]
-    """(spool file, calling AE, affected SOP class, affected SOP instance) → (status, error comment)."""
+    store: Callable[[Path, str, str, str, str | None], tuple[int, str | None]]
+    """(spool file, calling AE, affected SOP class, affected SOP instance, SHA-256 of the file)
+    → (status, error comment)."""
     slots: AssociationSlots
     """Association slots shared with pynetdicom's count against dicom.max_associations."""
 
@@ -232,7 +235,7 @@ class StoreAssociation:
             else:
                 if self.store is None or self.store.context_id != context_id:
                     raise ul.ProtocolError("data set fragment without a C-STORE request")
-                self._stream(value_length, self.store.stream)
+                self._stream(value_length, self.store)
                 if last:
                     self._on_data_set_complete()
             remaining -= item_length + 4
@@ -262,7 +265,8 @@ class StoreAssociation:
         self.store = None
         path = store.finish()
         try:
-            status, comment = self.context.store(path, self.calling, store.sop_class_uid, store.sop_instance_uid)
+            status, comment = self.context.store(path, self.calling, store.sop_class_uid, store.sop_instance_uid,
+                                                 store.sha256.hexdigest())
         finally:
             path.unlink(missing_ok=True)
         self.sock.sendall(ul.encode_command_pdata(store.context_id, ul.encode_response(
@@ -282,7 +286,7 @@ class StoreAssociation:
             received += got
         return bytes(view[:count])
 
-    def _stream(self, count: int, out: BinaryIO) -> None:
+    def _stream(self, count: int, out: _IncomingStore) -> None:
         while count > 0:
             got = self.sock.recv_into(self.view[: min(count, len(self.buffer))])
             if got == 0:
@@ -323,8 +327,16 @@ class _IncomingStore:
         meta.ImplementationVersionName = context.implementation_version_name
         if calling:
             meta.SourceApplicationEntityTitle = calling
-        self.stream.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(self.stream, meta, enforce_standard=True)  # type: ignore[arg-type]
+        self.sha256 = hashlib.sha256()
+        header = io.BytesIO()
+        header.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(header, meta, enforce_standard=True)  # type: ignore[arg-type]
+        self.write(header.getvalue())
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append received bytes, hashing them on the way (the file is never re-read to hash it)."""
+        self.sha256.update(data)
+        self.stream.write(data)
 
     def finish(self) -> Path:
         self.stream.close()

@@ -146,8 +146,8 @@ class DicomServer:
     def _may_associate(self, calling: str) -> bool:
         return self.settings.allow_unknown_calling_aes or self._peer(calling) is not None
 
-    def store_received(self, path: Path, calling: str, sop_class_uid: str,
-                       sop_instance_uid: str) -> tuple[int, str | None]:
+    def store_received(self, path: Path, calling: str, sop_class_uid: str, sop_instance_uid: str,
+                       sha256: str | None = None) -> tuple[int, str | None]:
         """The one C-STORE handler of both receive paths: (DIMSE status, error comment)."""
         peer = self._peer(calling)
         if not (peer.may_store if peer is not None else self.settings.allow_unknown_calling_aes):
@@ -155,7 +155,7 @@ class DicomServer:
             return NOT_AUTHORISED, f"AE {calling} may not store"
         try:
             result = self.ingest.store(path, door="dimse", source_ae_title=calling,
-                                       expected_sop_class_uid=sop_class_uid)
+                                       expected_sop_class_uid=sop_class_uid, sha256=sha256)
         except InvalidObject as exc:
             return exc.status, str(exc)
         except StorageFailure as exc:

@@ -106,6 +106,8 @@ class QueryEngine:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        # SQLite's LIKE ignores case: wildcard matching there uses GLOB, case-sensitive like LIKE elsewhere
+        self.glob = session.get_bind().dialect.name == "sqlite"
 
     def find(self, query: Query) -> list[Match]:
         statement, post_filters = self._statement(query)
@@ -151,7 +153,7 @@ class QueryEngine:
                     continue  # a key of a lower level: not a matching key at this level (PS3.4 C.4.1.2.1)
                 post_filters.append(key)
                 continue
-            condition = self._condition(MODEL_OF_LEVEL[owner], key)
+            condition = self._condition(MODEL_OF_LEVEL[owner], key, glob=self.glob)
             if condition is not None:
                 statement = statement.where(condition)
         order = MODEL_OF_LEVEL[query.level].pk
@@ -187,13 +189,13 @@ class QueryEngine:
         return self._owner_level(keyword, (*_PARENT_LEVELS[level], level)) is not None
 
     @staticmethod
-    def _condition(model: type[Any], key: MatchKey) -> ColumnElement[bool] | None:
+    def _condition(model: type[Any], key: MatchKey, *, glob: bool = False) -> ColumnElement[bool] | None:
         keyword, value = key.keyword, key.value
         if keyword in _WRAPPED_LIST_KEYS:
             column = getattr(model, keyword)
             options = [item for item in value.split("\\") if item]
-            # values are stored wrapped in backslashes ("\\CT\\MR\\"); "\\\\" is a literal backslash in LIKE
-            return or_(*[column.like(f"%\\\\{_like_pattern(item)}\\\\%", escape="\\") for item in options])
+            # values are stored wrapped in backslashes ("\\CT\\MR\\")
+            return or_(*[_wildcard(column, f"*\\{item}\\*", glob) for item in options])
         if keyword in PERSON_NAME_KEYS and hasattr(model, f"{keyword}Upper"):
             return _person_name_condition(getattr(model, f"{keyword}Upper"), value)
         column = getattr(model, keyword)
@@ -203,7 +205,7 @@ class QueryEngine:
             except ValueError as exc:
                 raise QueryError(f"{keyword} value {value!r} is not an integer") from exc
             return column.in_(numbers)
-        return _text_condition(column, value, key.vr)
+        return _text_condition(column, value, key.vr, glob=glob)
 
     def _match(self, level: str, row: Any) -> Match:
         levels = (level, *reversed(_PARENT_LEVELS[level]))
@@ -240,7 +242,14 @@ class QueryEngine:
             match.metadata = by_pk.get(match.rows[level].pk, {})
 
 
-def _text_condition(column: Any, value: str, vr: str) -> ColumnElement[bool] | None:
+def _wildcard(column: Any, value: str, glob: bool) -> ColumnElement[bool]:
+    """Case-sensitive wildcard matching of ``*`` and ``?`` (PS3.4 C.2.2.2.4) on any engine."""
+    if glob:
+        return column.op("GLOB")(value.replace("[", "[[]"))  # type: ignore[no-any-return]
+    return column.like(_like_pattern(value), escape="\\")  # type: ignore[no-any-return]
+
+
+def _text_condition(column: Any, value: str, vr: str, *, glob: bool = False) -> ColumnElement[bool] | None:
     if vr in ("DA", "TM", "DT") and "-" in value:
         low, _, high = value.partition("-")
         conditions = []
@@ -256,7 +265,7 @@ def _text_condition(column: Any, value: str, vr: str) -> ColumnElement[bool] | N
         if _has_wildcard(option):
             if option.strip("*") == "":
                 return None  # "*" alone matches everything, including empty values
-            clauses.append(column.like(_like_pattern(option), escape="\\"))
+            clauses.append(_wildcard(column, option, glob))
         elif vr == "TM":
             clauses.append(column.like(_like_pattern(option) + "%", escape="\\"))
         else:

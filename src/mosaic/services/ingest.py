@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -39,6 +39,29 @@ from mosaic.storage.base import BlobStore, StoredBlob, sha256_of
 log = logging.getLogger("mosaic.ingest")
 
 _WIDTHS = {model: column_widths(model) for model in (Patient, Study, Series, Instance)}
+
+# prepared once: the hot path binds parameters instead of building statements per instance
+_instance, _series, _study, _patient, _event = (
+    cast(Table, model.__table__) for model in (Instance, Series, Study, Patient, Event))
+_FIND_INSTANCE = select(_instance.c.pk).where(_instance.c.SOPInstanceUID == bindparam("uid"))
+_FIND_SERIES = (
+    select(_series.c.pk, _series.c.study_pk, _study.c.patient_pk, _study.c.SOPClassesInStudy,
+           _patient.c.PatientID, _patient.c.IssuerOfPatientID)
+    .join(_study, _series.c.study_pk == _study.c.pk).join(_patient, _study.c.patient_pk == _patient.c.pk)
+    .where(_series.c.SeriesInstanceUID == bindparam("uid"))
+)
+_EXISTING_SHA256 = select(_instance.c.sha256).where(_instance.c.SOPInstanceUID == bindparam("uid"))
+_INSERT_INSTANCE = _instance.insert()
+_INSERT_EVENT = _event.insert()
+_BUMP_SERIES = _series.update().where(_series.c.pk == bindparam("b_pk")).values(
+    NumberOfSeriesRelatedInstances=_series.c.NumberOfSeriesRelatedInstances + 1, updated_at=bindparam("b_now"))
+_BUMP_STUDY = _study.update().where(_study.c.pk == bindparam("b_pk")).values(
+    NumberOfStudyRelatedInstances=_study.c.NumberOfStudyRelatedInstances + 1, updated_at=bindparam("b_now"))
+_BUMP_STUDY_CLASSES = _study.update().where(_study.c.pk == bindparam("b_pk")).values(
+    NumberOfStudyRelatedInstances=_study.c.NumberOfStudyRelatedInstances + 1, updated_at=bindparam("b_now"),
+    SOPClassesInStudy=bindparam("b_classes"))
+_BUMP_PATIENT = _patient.update().where(_patient.c.pk == bindparam("b_pk")).values(
+    NumberOfPatientRelatedInstances=_patient.c.NumberOfPatientRelatedInstances + 1)
 
 
 class IngestOutcome(enum.StrEnum):
@@ -75,11 +98,15 @@ class IngestService:
         door: str,
         source_ae_title: str = "",
         expected_sop_class_uid: str | None = None,
+        sha256: str | None = None,
     ) -> IngestResult:
-        """Store one Part 10 object (file path or bytes). Raises :class:`InvalidObject` with the reason."""
+        """Store one Part 10 object (file path or bytes). Raises :class:`InvalidObject` with the reason.
+
+        ``sha256`` may be given by a door that hashed the bytes as it received them.
+        """
         started = time.perf_counter()
         try:
-            result = self._store(source, door, source_ae_title, expected_sop_class_uid)
+            result = self._store(source, door, source_ae_title, expected_sop_class_uid, sha256)
         except InvalidObject as exc:
             INGEST_TOTAL.labels(door, "rejected").inc()
             log.warning("ingest rejected via %s from %r: %s", door, source_ae_title or "-", exc)
@@ -90,9 +117,8 @@ class IngestService:
             INGEST_BYTES.labels(door).inc(result.size)
         return result
 
-    def _store(
-        self, source: Path | bytes, door: str, source_ae_title: str, expected_sop_class_uid: str | None
-    ) -> IngestResult:
+    def _store(self, source: Path | bytes, door: str, source_ae_title: str, expected_sop_class_uid: str | None,
+               known_sha256: str | None) -> IngestResult:
         parsed = parse_instance(source)
         if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
             raise InvalidObject(
@@ -101,7 +127,10 @@ class IngestService:
                 sop_instance_uid=parsed.sop_instance_uid,
                 status=0xA900,
             )
-        sha256, size = sha256_of(source)
+        if known_sha256 is not None and isinstance(source, Path):
+            sha256, size = known_sha256, source.stat().st_size
+        else:
+            sha256, size = sha256_of(source)
         existing = self._existing(parsed.sop_instance_uid)
         if existing is not None and existing == sha256:
             return self._result(IngestOutcome.ALREADY_STORED, parsed, sha256, size)
@@ -127,8 +156,8 @@ class IngestService:
                             parsed.study_instance_uid, parsed.series_instance_uid, sha256, size)
 
     def _existing(self, sop_instance_uid: str) -> str | None:
-        with self.database.session() as session:
-            return session.scalar(select(Instance.sha256).where(Instance.SOPInstanceUID == sop_instance_uid))
+        with self.database.engine.connect() as connection:
+            return connection.execute(_EXISTING_SHA256, {"uid": sop_instance_uid}).scalar()
 
     def _index_with_retry(
         self, parsed: ParsedInstance, blob: StoredBlob, metadata: str, door: str, source_ae_title: str
@@ -164,22 +193,20 @@ class _IndexWriter:
         self.events: list[Event] = []
 
     def write(self) -> IngestOutcome:
-        existing_pk = self.session.scalar(
-            select(Instance.pk).where(Instance.SOPInstanceUID == self.parsed.sop_instance_uid))
+        connection = self.session.connection()
+        existing_pk = connection.execute(_FIND_INSTANCE, {"uid": self.parsed.sop_instance_uid}).scalar()
         if existing_pk is not None:
             existing = self.session.scalars(select(Instance).where(Instance.pk == existing_pk)
                                             .with_for_update()).one()
             return self._replace(existing)
-        # the common case (the series is known) uses one joined lookup and Core statements
-        known = self.session.execute(
-            select(Series.pk, Series.study_pk, Study.patient_pk, Study.SOPClassesInStudy, Patient.PatientID,
-                   Patient.IssuerOfPatientID)
-            .join(Study, Series.study_pk == Study.pk).join(Patient, Study.patient_pk == Patient.pk)
-            .where(Series.SeriesInstanceUID == self.parsed.series_instance_uid)).first()
+        # the common case (the series is known): one joined lookup, then prepared Core statements
+        known = connection.execute(_FIND_SERIES, {"uid": self.parsed.series_instance_uid}).first()
         if known is None:
             patient = self._patient()
             study = self._study(patient)
             series = self._series(study, patient)
+            self.session.add_all(self.events)
+            self.session.flush()
             series_pk, study_pk, patient_pk = series.pk, study.pk, study.patient_pk
             sop_classes, patient_id, issuer = study.SOPClassesInStudy, patient.PatientID, patient.IssuerOfPatientID
         else:
@@ -191,25 +218,21 @@ class _IndexWriter:
             sha256=self.blob.sha256, dataset_offset=self.parsed.dataset_offset, metadata_json=self.metadata,
             version=1, received_via=self.door, source_ae_title=self.source_ae_title[:16], received_at=self.now,
         )
-        self.session.execute(insert(Instance).values(values))
-        self.session.execute(update(Series).where(Series.pk == series_pk).values(
-            NumberOfSeriesRelatedInstances=Series.NumberOfSeriesRelatedInstances + 1, updated_at=self.now))
-        study_values: dict[str, Any] = {
-            "NumberOfStudyRelatedInstances": Study.NumberOfStudyRelatedInstances + 1, "updated_at": self.now}
-        if f"\\{self.parsed.sop_class_uid}\\" not in (sop_classes or ""):
-            study_values["SOPClassesInStudy"] = (sop_classes or "\\") + f"{self.parsed.sop_class_uid}\\"
-        self.session.execute(update(Study).where(Study.pk == study_pk).values(study_values))
-        self.session.execute(update(Patient).where(Patient.pk == patient_pk).values(
-            NumberOfPatientRelatedInstances=Patient.NumberOfPatientRelatedInstances + 1))
-        self.session.add_all(self.events)
-        self.session.flush()
-        self.session.execute(insert(Event).values(
-            type=EventType.INSTANCE_STORED.value, created_at=self.now, PatientID=patient_id,
-            IssuerOfPatientID=issuer, StudyInstanceUID=self.parsed.study_instance_uid,
-            SeriesInstanceUID=self.parsed.series_instance_uid, SOPInstanceUID=self.parsed.sop_instance_uid,
-            payload=json.dumps({"SOPClassUID": self.parsed.sop_class_uid, "size": self.blob.size,
-                                "door": self.door, "source_ae_title": self.source_ae_title}),
-        ))
+        connection.execute(_INSERT_INSTANCE, values)
+        connection.execute(_BUMP_SERIES, {"b_pk": series_pk, "b_now": self.now})
+        if f"\\{self.parsed.sop_class_uid}\\" in (sop_classes or ""):
+            connection.execute(_BUMP_STUDY, {"b_pk": study_pk, "b_now": self.now})
+        else:
+            classes = (sop_classes or "\\") + f"{self.parsed.sop_class_uid}\\"
+            connection.execute(_BUMP_STUDY_CLASSES, {"b_pk": study_pk, "b_now": self.now, "b_classes": classes})
+        connection.execute(_BUMP_PATIENT, {"b_pk": patient_pk})
+        connection.execute(_INSERT_EVENT, {
+            "type": EventType.INSTANCE_STORED.value, "created_at": self.now, "PatientID": patient_id,
+            "IssuerOfPatientID": issuer, "StudyInstanceUID": self.parsed.study_instance_uid,
+            "SeriesInstanceUID": self.parsed.series_instance_uid, "SOPInstanceUID": self.parsed.sop_instance_uid,
+            "payload": json.dumps({"SOPClassUID": self.parsed.sop_class_uid, "size": self.blob.size,
+                                   "door": self.door, "source_ae_title": self.source_ae_title}),
+        })
         return IngestOutcome.STORED
 
     def _replace(self, existing: Instance) -> IngestOutcome:

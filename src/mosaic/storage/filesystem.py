@@ -19,6 +19,7 @@ class FileSystemBlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._folders: set[Path] = set()
         (root / _TMP).mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
@@ -50,17 +51,22 @@ class FileSystemBlobStore:
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self._folder(final.parent)
             os.rename(temporary, final)
         except OSError as exc:
             temporary.unlink(missing_ok=True)
             raise StorageFailure(f"cannot write blob {key}: {exc}") from exc
         return StoredBlob(key=key, size=size, sha256=digest.hexdigest())
 
+    def _folder(self, folder: Path) -> None:
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders.add(folder)
+
     def _link(self, source: Path, final: Path, sha256: str) -> StoredBlob | None:
         """Hard-link a received file into place (same file system): no copy, same durability."""
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self._folder(final.parent)
             os.link(source, final)
         except OSError:
             return None
