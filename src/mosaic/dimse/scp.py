@@ -98,7 +98,9 @@ class DicomServer:
                 store=self.store_received, slots=slots)
             self._slots = slots
         self.ae._servers.append(server)
-        threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
+        # a short poll interval: stop() (server.shutdown) returns within 50 ms instead of 500 ms
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="dicom-listener",
+                         daemon=True).start()
         self._server = server
         log.info("DICOM listener %s on %s:%d", self.settings.ae_title, self.settings.host, self.port)
 
@@ -157,6 +159,9 @@ class DicomServer:
             result = self.ingest.store(path, door="dimse", source_ae_title=calling,
                                        expected_sop_class_uid=sop_class_uid, sha256=sha256)
         except InvalidObject as exc:
+            # the data set may not even name itself: the request's Affected SOP Instance UID does
+            log.warning("C-STORE of %s (%s) from %r refused with 0x%04X: %s", sop_instance_uid, sop_class_uid,
+                        calling, exc.status, exc.reason)
             return exc.status, str(exc)
         except StorageFailure as exc:
             log.error("C-STORE of %s from %r failed: %s", sop_instance_uid, calling, exc)

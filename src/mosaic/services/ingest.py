@@ -136,10 +136,12 @@ class IngestService:
             return self._result(IngestOutcome.ALREADY_STORED, parsed, sha256, size)
         if existing is not None and self.settings.duplicate_policy == DuplicatePolicy.REJECT:
             raise DuplicateInstance(parsed.sop_instance_uid)
-        metadata = json.dumps(metadata_json(parsed.dataset, self.settings.bulk_data_threshold),
-                              separators=(",", ":"), ensure_ascii=False)
         blob = self.blobs.write(source, sha256=sha256)
         try:
+            # built while the blob store makes the bytes durable (flushed before the index commit)
+            metadata = json.dumps(metadata_json(parsed.dataset, self.settings.bulk_data_threshold),
+                                  separators=(",", ":"), ensure_ascii=False)
+            self.blobs.flush(blob)  # bytes durable before the row that names them commits
             outcome = self._index_with_retry(parsed, blob, metadata, door, source_ae_title)
         except BaseException:
             self.blobs.revoke(blob)

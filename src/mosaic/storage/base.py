@@ -43,6 +43,9 @@ class BlobStore(Protocol):
         ``sha256``, when the caller already hashed ``source``, lets a backend skip re-reading it.
         """
 
+    def flush(self, blob: StoredBlob) -> None:
+        """Wait until ``blob``'s bytes are durable; called just before the index row naming it commits."""
+
     def commit(self, blob: StoredBlob) -> None:
         """Phase two: the index now references ``blob``."""
 

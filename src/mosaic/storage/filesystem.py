@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +15,19 @@ from mosaic.storage.base import BlobSource, StoredBlob, iter_chunks, new_key
 _TMP = ".incoming"
 
 
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as stream:
+        os.fsync(stream.fileno())
+
+
 class FileSystemBlobStore:
     name = "filesystem"
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._folders: set[Path] = set()
+        self._syncing: dict[str, Future[None]] = {}
+        self._sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-fsync")
         (root / _TMP).mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
@@ -70,14 +78,27 @@ class FileSystemBlobStore:
             os.link(source, final)
         except OSError:
             return None
-        with open(final, "rb") as stream:
-            os.fsync(stream.fileno())
-        return StoredBlob(key=str(final.relative_to(self.root)), size=final.stat().st_size, sha256=sha256)
+        key = str(final.relative_to(self.root))
+        # the fsync runs while the caller prepares its index rows; flush() waits for it before the commit
+        self._syncing[key] = self._sync_pool.submit(_fsync, final)
+        return StoredBlob(key=key, size=final.stat().st_size, sha256=sha256)
+
+    def flush(self, blob: StoredBlob) -> None:
+        """Wait until the bytes of ``blob`` are durable (before the index row that names them commits)."""
+        pending = self._syncing.pop(blob.key, None)
+        if pending is not None:
+            try:
+                pending.result()
+            except OSError as exc:
+                raise StorageFailure(f"cannot make blob {blob.key} durable: {exc}") from exc
 
     def commit(self, blob: StoredBlob) -> None:
         """Nothing to do: the bytes were made durable under their final name in phase one."""
 
     def revoke(self, blob: StoredBlob) -> None:
+        pending = self._syncing.pop(blob.key, None)
+        if pending is not None:
+            pending.cancel()
         self._path(blob.key).unlink(missing_ok=True)
 
     def open(self, key: str) -> BinaryIO:

@@ -85,6 +85,9 @@ class S3BlobStore:
             raise StorageFailure(f"cannot write blob {key} to s3://{self.bucket}: {exc}") from exc
         return StoredBlob(key=key, size=size, sha256=sha256)
 
+    def flush(self, blob: StoredBlob) -> None:
+        """Nothing to wait for: an upload is durable when it returns."""
+
     def commit(self, blob: StoredBlob) -> None:
         """Nothing to do: the object is complete once the upload returns."""
 
