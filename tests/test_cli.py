@@ -107,3 +107,25 @@ def test_echo_to_nothing_fails_clearly() -> None:
 def test_echo_rejects_a_malformed_peer() -> None:
     result = runner.invoke(app, ["echo", "not-a-peer"])
     assert result.exit_code == 2
+
+
+def test_verify_repair_indexes_an_orphan_blob(tmp_path: Path) -> None:
+    # an orphan: bytes made durable, then the index commit was lost (a crash between the two phases)
+    data_dir = tmp_path / "data"
+    node = Mosaic(Settings(data_dir=data_dir))
+    orphan = node.blobs.write(make_bytes(patient_id="ORPHAN"))
+    garbage = node.blobs.write(b"not dicom")
+    node.stop()
+    report = runner.invoke(app, ["verify", "--data-dir", str(data_dir)], env={"COLUMNS": "250"})
+    assert report.exit_code == 0 and "2 orphan blobs" in report.output
+    repaired = runner.invoke(app, ["verify", "--repair", "--data-dir", str(data_dir)], env={"COLUMNS": "250"})
+    assert "stored:" in repaired.output and "kept:" in repaired.output
+    node = Mosaic(Settings(data_dir=data_dir))
+    try:
+        from mosaic.services.verify import VerifyService
+
+        after = VerifyService(node.database, node.blobs).run()
+        assert after.checked == 1 and after.orphans == [garbage.key]
+        assert not node.blobs.exists(orphan.key)
+    finally:
+        node.stop()

@@ -97,7 +97,11 @@ def import_(
 
 
 @app.command()
-def verify(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+def verify(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Index orphan blobs that hold valid DICOM.")] = False,
+) -> None:
     """Re-read every stored object and report missing or corrupt ones (exit code 1 if any)."""
     from mosaic.app import Mosaic
     from mosaic.services.verify import VerifyService
@@ -108,6 +112,7 @@ def verify(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
                   console=console) as progress:
         task = progress.add_task("verify", total=service.total())
         report = service.run(lambda count: progress.advance(task, count))
+    repaired = service.repair_orphans(node.ingest, report.orphans) if repair and report.orphans else {}
     node.stop()
     console.print(f"checked {report.checked}: {report.ok} ok, {len(report.missing)} missing, "
                   f"{len(report.corrupt)} corrupt, {len(report.orphans)} orphan blobs")
@@ -116,7 +121,8 @@ def verify(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     for line in report.corrupt:
         console.print(f"[red]corrupt[/] {line}", highlight=False)
     for key in report.orphans[:50]:
-        console.print(f"[yellow]orphan[/] blob {key} (not referenced by the index)", highlight=False)
+        what = repaired.get(key, "not referenced by the index; `mosaic verify --repair` indexes it")
+        console.print(f"[yellow]orphan[/] blob {key}: {what}", highlight=False)
     if not report.healthy:
         raise typer.Exit(1)
 

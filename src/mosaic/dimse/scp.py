@@ -216,7 +216,9 @@ class DicomServer:
 
     def on_c_get(self, event: Event) -> Iterator[Any]:
         if not self._allowed(event, "get"):
-            yield 0
+            # refused, not "success, nothing matched": pynetdicom only takes a status after a count
+            yield 1
+            yield _status(NOT_AUTHORISED, "this AE may not retrieve with C-GET"), None
             return
         yield from self._sub_operations(event, "C-GET")
 

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
+from mosaic.core.errors import InvalidObject, StorageFailure
 from mosaic.index.database import Database
 from mosaic.index.schema import Instance, InstanceVersion
+from mosaic.services.ingest import IngestService
 from mosaic.storage.base import CHUNK_SIZE, BlobStore
 
 
@@ -65,6 +67,25 @@ class VerifyService:
                 known.update(session.scalars(select(InstanceVersion.blob_key)).all())
             report.orphans = sorted(key for key in self.blobs.iter_keys() if key not in known)
         return report
+
+    def repair_orphans(self, ingest: IngestService, keys: list[str]) -> dict[str, str]:
+        """Index orphan blobs (bytes written, index commit lost): {key: what happened}.
+
+        Each orphan goes through the ingest path again (a new blob), and the orphan is removed only
+        once its content is indexed: stored now, or already stored with identical bytes.
+        """
+        outcomes: dict[str, str] = {}
+        for key in keys:
+            try:
+                with self.blobs.open(key) as stream:
+                    data = stream.read()
+                result = ingest.store(data, door="repair")
+            except (InvalidObject, StorageFailure, OSError) as exc:
+                outcomes[key] = f"kept: {exc}"
+                continue
+            self.blobs.delete(key)
+            outcomes[key] = f"{result.outcome.value}: {result.sop_instance_uid}"
+        return outcomes
 
     def _check(self, key: str, sha256: str) -> str | None:
         digest = hashlib.sha256()
