@@ -35,6 +35,10 @@ class StorageBackend(enum.StrEnum):
 class HttpSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP server (0 picks a free port).")
+    public_url: str | None = Field(
+        None, description="URL clients reach Mosaic at, e.g. https://pacs.example.org (behind a proxy); "
+        "by default taken from each request's Host header.",
+    )
 
 
 class DicomPeer(BaseModel):

@@ -53,6 +53,8 @@ class Query:
     fuzzy: bool = False
     limit: int | None = None
     offset: int = 0
+    with_metadata: bool = False
+    """Attach each match's (representative) stored metadata even when every key has a column."""
 
 
 @dataclass
@@ -115,7 +117,7 @@ class QueryEngine:
             statement = self._page(statement, query)
         rows = self.session.execute(statement).all()
         matches = [self._match(query.level, row) for row in rows]
-        needs_metadata = bool(post_filters) or any(
+        needs_metadata = query.with_metadata or bool(post_filters) or any(
             not self._has_column(query.level, keyword) for keyword in query.return_keywords
         )
         if needs_metadata:

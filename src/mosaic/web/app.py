@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 def create_app(mosaic: Mosaic) -> FastAPI:
     app = FastAPI(title="Mosaic", version=__version__)
+    app.state.public_url = mosaic.settings.http.public_url
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -47,4 +48,7 @@ def create_app(mosaic: Mosaic) -> FastAPI:
         page = mosaic.changes.page(since, limit)
         return {"changes": page.changes, "last": page.last, "done": page.done}
 
+    from mosaic.dicomweb.routes import create_router
+
+    app.include_router(create_router(mosaic))
     return app

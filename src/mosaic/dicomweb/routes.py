@@ -1,0 +1,198 @@
+"""The DICOMweb routes under ``/dicom-web``: STOW-RS, QIDO-RS and WADO-RS metadata.
+
+Handlers are thin: parse the request, call a service, encode the answer with the shared codecs
+(mosaic.dicomweb.multipart, mosaic.dicomweb.dicomjson).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from mosaic.core.errors import QueryError
+from mosaic.dicomweb.dicomjson import MEDIA_TYPE, dumps, instance_metadata, json_array, match_json
+from mosaic.dicomweb.multipart import MultipartError, media_type_parameters, read_parts
+from mosaic.dicomweb.qido import parse_qido
+from mosaic.dicomweb.stow import StowService
+from mosaic.services.metadata import MetadataService
+
+if TYPE_CHECKING:
+    from mosaic.app import Mosaic
+
+PREFIX = "/dicom-web"
+_GZIP_MIN = 1024
+
+
+def problem(status: int, message: str) -> JSONResponse:
+    """An error answer that says what was wrong (PS3.18 lets the body explain)."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def base_url(request: Request) -> str:
+    """The DICOMweb root as the client sees it (so BulkDataURIs point at the origin the viewer used).
+
+    ``http.public_url`` when configured (behind a proxy); else the request's Host header. A client that
+    connected straight to a non-default port but left the port out of Host (dicomweb-client does) gets
+    the port it connected to.
+    """
+    public_url = getattr(request.app.state, "public_url", None)
+    if public_url:
+        return public_url.rstrip("/") + PREFIX
+    url = request.base_url
+    server = request.scope.get("server")
+    if url.port is None and server and url.hostname == server[0] and server[1] not in (80, 443):
+        url = url.replace(port=server[1])
+    return str(url).rstrip("/") + PREFIX
+
+
+def dicom_json(request: Request, body: bytes, *, status: int = 200, headers: dict[str, str] | None = None,
+               etag: str | None = None) -> Response:
+    headers = dict(headers or {})
+    if etag is not None:
+        headers["ETag"] = etag
+        headers["Cache-Control"] = "no-cache"
+        if etag in {value.strip() for value in request.headers.get("if-none-match", "").split(",")}:
+            return Response(status_code=304, headers=headers)
+    if len(body) >= _GZIP_MIN and "gzip" in request.headers.get("accept-encoding", ""):
+        body = gzip.compress(body, compresslevel=5)
+        headers["Content-Encoding"] = "gzip"
+        headers["Vary"] = "Accept-Encoding"
+    return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def create_router(mosaic: Mosaic) -> APIRouter:
+    router = APIRouter(prefix=PREFIX)
+    metadata_service = MetadataService(mosaic.database)
+    spool_folder: Path | None = getattr(mosaic.blobs, "incoming", None)
+    stow = StowService(mosaic.ingest, spool_folder)
+
+    # --- QIDO-RS ---------------------------------------------------------------------------------
+
+    def qido(request: Request, level: str, fixed: dict[str, str]) -> Response:
+        try:
+            parsed = parse_qido(level, request.query_params.multi_items(), fixed)
+            query = parsed.query
+            if parsed.include_all:
+                query.with_metadata = True
+            matches = mosaic.query.find(query, door="dicomweb")
+            total = mosaic.query.count(query) if query.offset or len(matches) == query.limit else len(matches)
+        except QueryError as exc:
+            return problem(400, str(exc))
+        root = base_url(request)
+        objects = []
+        for match in matches:
+            response = mosaic.query.response(match, query, root="STUDY")
+            objects.append(dumps(match_json(response, match, _retrieve_url(root, match, level),
+                                            include_all=parsed.include_all)).decode("utf-8"))
+        return dicom_json(request, json_array(objects), headers={"X-Total-Count": str(total)})
+
+    @router.get("/studies")
+    def search_studies(request: Request) -> Response:
+        return qido(request, "STUDY", {})
+
+    @router.get("/series")
+    def search_series(request: Request) -> Response:
+        return qido(request, "SERIES", {})
+
+    @router.get("/instances")
+    def search_instances(request: Request) -> Response:
+        return qido(request, "IMAGE", {})
+
+    @router.get("/studies/{study}/series")
+    def search_study_series(request: Request, study: str) -> Response:
+        return qido(request, "SERIES", {"StudyInstanceUID": study})
+
+    @router.get("/studies/{study}/instances")
+    def search_study_instances(request: Request, study: str) -> Response:
+        return qido(request, "IMAGE", {"StudyInstanceUID": study})
+
+    @router.get("/studies/{study}/series/{series}/instances")
+    def search_series_instances(request: Request, study: str, series: str) -> Response:
+        return qido(request, "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series})
+
+    # --- WADO-RS metadata ------------------------------------------------------------------------
+
+    def metadata(request: Request, study: str, series: str | None = None, sop: str | None = None) -> Response:
+        rows = metadata_service.metadata(study, series, sop)
+        if not rows:
+            what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
+            return problem(404, f"{what} is not in the archive")
+        root = base_url(request)
+        digest = hashlib.sha1(usedforsecurity=False)
+        objects = []
+        for row in rows:
+            digest.update(f"{row.SOPInstanceUID}:{row.version};".encode())
+            url = f"{root}/studies/{row.StudyInstanceUID}/series/{row.SeriesInstanceUID}/instances/{row.SOPInstanceUID}"
+            objects.append(instance_metadata(row.metadata_json, url))
+        digest.update(root.encode())
+        return dicom_json(request, json_array(objects), etag=f'"{digest.hexdigest()}"')
+
+    @router.get("/studies/{study}/metadata")
+    def study_metadata(request: Request, study: str) -> Response:
+        return metadata(request, study)
+
+    @router.get("/studies/{study}/series/{series}/metadata")
+    def series_metadata(request: Request, study: str, series: str) -> Response:
+        return metadata(request, study, series)
+
+    @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+    def instance_metadata_route(request: Request, study: str, series: str, sop: str) -> Response:
+        return metadata(request, study, series, sop)
+
+    # --- STOW-RS ---------------------------------------------------------------------------------
+
+    async def store(request: Request, study: str | None) -> Response:
+        media_type, parameters = media_type_parameters(request.headers.get("content-type", ""))
+        if media_type != "multipart/related":
+            return problem(415, f"STOW-RS takes multipart/related bodies, not {media_type or 'no content type'!r}")
+        part_type = parameters.get("type", "application/dicom").lower()
+        if part_type not in ("application/dicom", "application/dicom+json"):
+            return problem(415, f"multipart/related type {part_type!r} is not application/dicom "
+                                "or application/dicom+json")
+        counter = itertools.count()
+
+        def sink() -> tuple[Path, BinaryIO]:
+            handle = tempfile.NamedTemporaryFile(dir=spool_folder, prefix=f"stow{next(counter)}-",  # noqa: SIM115
+                                                 suffix=".dcm", delete=False)
+            return Path(handle.name), handle  # type: ignore[return-value]
+
+        try:
+            parts = await read_parts(request.stream(), parameters.get("boundary", ""), sink)
+        except MultipartError as exc:
+            return problem(400, f"malformed multipart body: {exc}")
+        if not parts:
+            return problem(400, "the multipart body has no parts")
+        source = request.client.host if request.client else "http"
+        root = base_url(request)
+        outcome = await run_in_threadpool(stow.store_parts, parts, study_uid=study, base_url=root, source=source,
+                                          json_request=part_type == "application/dicom+json")
+        study_url = f"{root}/studies/{study}" if study else None
+        return Response(dumps(outcome.body(study_url)), status_code=outcome.status_code, media_type=MEDIA_TYPE)
+
+    @router.post("/studies")
+    async def store_instances(request: Request) -> Response:
+        return await store(request, None)
+
+    @router.post("/studies/{study}")
+    async def store_study_instances(request: Request, study: str) -> Response:
+        return await store(request, study)
+
+    return router
+
+
+def _retrieve_url(root: str, match: Any, level: str) -> str:
+    study = match.rows["STUDY"].StudyInstanceUID
+    if level == "STUDY":
+        return f"{root}/studies/{study}"
+    series = match.rows["SERIES"].SeriesInstanceUID
+    if level == "SERIES":
+        return f"{root}/studies/{study}/series/{series}"
+    return f"{root}/studies/{study}/series/{series}/instances/{match.rows['IMAGE'].SOPInstanceUID}"

@@ -1,0 +1,155 @@
+"""STOW-RS (PS3.18 10.5): multipart bodies streamed to spool files, each part through the ingest service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+from mosaic.core.dicom import parse_instance
+from mosaic.core.errors import InvalidObject, StorageFailure
+from mosaic.dicomweb.multipart import Part
+from mosaic.services.ingest import IngestService
+
+log = logging.getLogger("mosaic.dicomweb.stow")
+
+PROCESSING_FAILURE = 0x0110
+CANNOT_UNDERSTAND = 0xC000
+OUT_OF_RESOURCES = 0xA700
+STUDY_MISMATCH = 0xA900
+WARNING_COERCION = 0xB000
+
+
+@dataclass
+class StowOutcome:
+    stored: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def status_code(self) -> int:
+        if not self.failed:
+            return 200
+        return 202 if self.stored else 409
+
+    def body(self, study_url: str | None) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if study_url:
+            result["00081190"] = {"vr": "UR", "Value": [study_url]}
+        if self.failed:
+            result["00081198"] = {"vr": "SQ", "Value": self.failed}
+        if self.stored:
+            result["00081199"] = {"vr": "SQ", "Value": self.stored}
+        return result
+
+
+def _reference(sop_class_uid: str, sop_instance_uid: str) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if sop_class_uid:
+        item["00081150"] = {"vr": "UI", "Value": [sop_class_uid]}
+    if sop_instance_uid:
+        item["00081155"] = {"vr": "UI", "Value": [sop_instance_uid]}
+    return item
+
+
+class StowService:
+    """Stores the parts of one STOW-RS request."""
+
+    def __init__(self, ingest: IngestService, spool_folder: Path | None) -> None:
+        self.ingest = ingest
+        self.spool_folder = spool_folder
+
+    def store_parts(self, parts: list[Part], *, study_uid: str | None, base_url: str, source: str,
+                    json_request: bool) -> StowOutcome:
+        outcome = StowOutcome()
+        if json_request:
+            dicom_files = self._files_from_json(parts, outcome)
+        else:
+            dicom_files = []
+            for part in parts:
+                media_type = part.content_type.split(";")[0].strip().lower()
+                if media_type not in ("application/dicom", ""):
+                    outcome.failed.append({**_reference("", ""), "00081197": {"vr": "US",
+                                                                               "Value": [CANNOT_UNDERSTAND]}})
+                    log.warning("STOW-RS from %s: part of type %r is not application/dicom", source, media_type)
+                    continue
+                dicom_files.append(part.path)
+        for path in dicom_files:
+            self._store(path, study_uid, base_url, source, outcome)
+        return outcome
+
+    def _store(self, path: Path, study_uid: str | None, base_url: str, source: str, outcome: StowOutcome) -> None:
+        sop_class, sop_instance = "", ""
+        try:
+            parsed = parse_instance(path)
+            sop_class, sop_instance = parsed.sop_class_uid, parsed.sop_instance_uid
+            if study_uid and parsed.study_instance_uid != study_uid:
+                raise InvalidObject(f"its Study Instance UID {parsed.study_instance_uid} is not the {study_uid} "
+                                    "of the request URL", sop_instance_uid=sop_instance, status=STUDY_MISMATCH)
+            result = self.ingest.store(path, door="dicomweb", source_ae_title=source[:16])
+        except InvalidObject as exc:
+            log.warning("STOW-RS from %s: %s", source, exc)
+            reason = exc.status if exc.status in (STUDY_MISMATCH, 0x0111) else CANNOT_UNDERSTAND
+            outcome.failed.append({**_reference(sop_class, sop_instance or (exc.sop_instance_uid or "")),
+                                   "00081197": {"vr": "US", "Value": [reason]}})
+            return
+        except StorageFailure as exc:
+            log.error("STOW-RS from %s: %s", source, exc)
+            outcome.failed.append({**_reference(sop_class, sop_instance),
+                                   "00081197": {"vr": "US", "Value": [OUT_OF_RESOURCES]}})
+            return
+        finally:
+            path.unlink(missing_ok=True)
+        item = _reference(result.sop_class_uid, result.sop_instance_uid)
+        item["00081190"] = {"vr": "UR", "Value": [
+            f"{base_url}/studies/{result.study_instance_uid}/series/{result.series_instance_uid}"
+            f"/instances/{result.sop_instance_uid}"]}
+        outcome.stored.append(item)
+
+    def _files_from_json(self, parts: list[Part], outcome: StowOutcome) -> list[Path]:
+        """``application/dicom+json`` metadata parts, with bulk data in the other parts (by Content-Location)."""
+        by_location = {part.headers.get("content-location", ""): part for part in parts}
+        files: list[Path] = []
+        for part in parts:
+            if not part.content_type.lower().startswith("application/dicom+json"):
+                continue
+            try:
+                documents = json.loads(part.path.read_bytes())
+            except (ValueError, UnicodeDecodeError):
+                outcome.failed.append({"00081197": {"vr": "US", "Value": [CANNOT_UNDERSTAND]}})
+                continue
+            for document in documents if isinstance(documents, list) else [documents]:
+                path = self._part10_from_json(document, by_location)
+                if path is None:
+                    outcome.failed.append({"00081197": {"vr": "US", "Value": [CANNOT_UNDERSTAND]}})
+                else:
+                    files.append(path)
+        for part in parts:
+            part.path.unlink(missing_ok=True)
+        return files
+
+    def _part10_from_json(self, document: Any, by_location: dict[str, Part]) -> Path | None:
+        def bulk(tag: str, vr: str, uri: str) -> bytes:
+            part = by_location.get(uri) or by_location.get(uri.rsplit("/", 1)[-1])
+            if part is None:
+                raise KeyError(f"no part with Content-Location {uri}")
+            return part.path.read_bytes()
+
+        try:
+            dataset = Dataset.from_json(document, bulk_data_uri_handler=bulk)
+            dataset.file_meta = FileMetaDataset()
+            dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+            dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+            dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            dataset.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+            with tempfile.NamedTemporaryFile(dir=self.spool_folder, suffix=".dcm", delete=False) as out:
+                dataset.save_as(out, enforce_file_format=True)
+                return Path(out.name)
+        except Exception as exc:  # a malformed JSON data set: reported as a failed part
+            log.warning("STOW-RS: a DICOM JSON data set could not be converted: %s", exc)
+            return None

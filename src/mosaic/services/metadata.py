@@ -1,0 +1,46 @@
+"""Instance metadata straight from the index (WADO-RS metadata): never reads a blob."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Table, select
+
+from mosaic.index.database import Database
+from mosaic.index.schema import Instance, Series, Study
+
+_instance: Table = Instance.__table__  # type: ignore[assignment]
+_series: Table = Series.__table__  # type: ignore[assignment]
+_study: Table = Study.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class InstanceMetadata:
+    StudyInstanceUID: str
+    SeriesInstanceUID: str
+    SOPInstanceUID: str
+    version: int
+    metadata_json: str
+
+
+class MetadataService:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def metadata(self, study_uid: str, series_uid: str | None = None,
+                 sop_instance_uid: str | None = None) -> list[InstanceMetadata]:
+        """Every instance's stored DICOM JSON for a study, series or one instance, in a stable order."""
+        statement = (
+            select(_study.c.StudyInstanceUID, _series.c.SeriesInstanceUID, _instance.c.SOPInstanceUID,
+                   _instance.c.version, _instance.c.metadata_json)
+            .select_from(_instance.join(_series, _instance.c.series_pk == _series.c.pk)
+                         .join(_study, _series.c.study_pk == _study.c.pk))
+            .where(_study.c.StudyInstanceUID == study_uid)
+        )
+        if series_uid is not None:
+            statement = statement.where(_series.c.SeriesInstanceUID == series_uid)
+        if sop_instance_uid is not None:
+            statement = statement.where(_instance.c.SOPInstanceUID == sop_instance_uid)
+        statement = statement.order_by(_series.c.pk, _instance.c.InstanceNumber, _instance.c.pk)
+        with self.database.engine.connect() as connection:
+            return [InstanceMetadata(*row) for row in connection.execute(statement)]
