@@ -65,3 +65,13 @@ def test_change_feed_pages_through_events_in_order(node: Mosaic) -> None:
 def test_change_feed_rejects_bad_parameters(node: Mosaic) -> None:
     assert httpx.get(url(node, "/api/changes"), params={"since": -1}).status_code == 422
     assert httpx.get(url(node, "/api/changes"), params={"limit": "many"}).status_code == 422
+
+
+def test_landing_page_lists_recent_studies_with_viewer_links(node: Mosaic) -> None:
+    empty = httpx.get(url(node, "/"))
+    assert empty.status_code == 200 and "No studies yet" in empty.text
+    node.ingest.store(make_bytes(patient_name="Doe^Jane<script>", study_uid="1.2.826.0.1.3680043.10.1234.404"),
+                      door="test")
+    page = httpx.get(url(node, "/")).text
+    assert "/viewer/viewer?StudyInstanceUIDs=1.2.826.0.1.3680043.10.1234.404" in page
+    assert "Doe Jane&lt;script&gt;" in page  # names are escaped

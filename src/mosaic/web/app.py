@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from mosaic import __version__
+from mosaic.services.browse import BrowseService
+from mosaic.web.landing import render_landing
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
@@ -47,6 +49,13 @@ def create_app(mosaic: Mosaic) -> FastAPI:
         """Index changes in order: pass the returned ``last`` as ``since`` to get the next page."""
         page = mosaic.changes.page(since, limit)
         return {"changes": page.changes, "last": page.last, "done": page.done}
+
+    browse = BrowseService(mosaic.database)
+
+    @app.get("/", response_class=HTMLResponse)
+    def landing(limit: int = Query(50, ge=1, le=500)) -> HTMLResponse:
+        """Recent studies, each linked to the viewer."""
+        return HTMLResponse(render_landing(browse.recent_studies(limit)))
 
     from mosaic.dicomweb.routes import create_router
 

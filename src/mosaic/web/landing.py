@@ -1,0 +1,48 @@
+"""The landing page at ``/``: recent studies, each with a link that opens it in the viewer."""
+
+from __future__ import annotations
+
+from html import escape
+
+from mosaic.services.browse import StudySummary
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;background:#0b1a2a;color:#e6edf3}
+h1{font-weight:600}a{color:#6cb6ff}table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:.45rem .7rem;border-bottom:1px solid #24364a}th{color:#9fb3c8;font-weight:500}
+tr:hover td{background:#12263b}.muted{color:#9fb3c8}
+"""
+
+
+def _date(value: str) -> str:
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
+
+
+def render_landing(studies: list[StudySummary], *, viewer_prefix: str = "/viewer") -> str:
+    rows = []
+    for study in studies:
+        link = f"{viewer_prefix}/viewer?StudyInstanceUIDs={escape(study.StudyInstanceUID)}"
+        rows.append(
+            "<tr>"
+            f"<td>{escape(study.PatientName.split('=')[0].replace('^', ' ').strip()) or '<i>unnamed</i>'}</td>"
+            f"<td>{escape(study.PatientID)}</td><td>{escape(_date(study.StudyDate))}</td>"
+            f"<td>{escape(study.StudyDescription)}</td><td>{escape(', '.join(study.ModalitiesInStudy))}</td>"
+            f"<td>{escape(study.AccessionNumber)}</td>"
+            f"<td>{study.NumberOfStudyRelatedSeries} / {study.NumberOfStudyRelatedInstances}</td>"
+            f'<td><a href="{link}">Open in viewer</a></td>'
+            "</tr>"
+        )
+    empty = '<tr><td colspan="8" class="muted">No studies yet: send some with C-STORE or STOW-RS.</td></tr>'
+    body = "\n".join(rows) or empty
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Mosaic</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style></head>
+<body><h1>Mosaic</h1>
+<p class="muted">Recent studies. <a href="{viewer_prefix}/">Open the study list in the viewer</a> ·
+<a href="/dicom-web/studies">DICOMweb</a> · <a href="/healthz">health</a></p>
+<table><thead><tr><th>Patient</th><th>Patient ID</th><th>Study date</th><th>Description</th><th>Modalities</th>
+<th>Accession</th><th>Series / instances</th><th></th></tr></thead>
+<tbody>
+{body}
+</tbody></table></body></html>
+"""
