@@ -155,7 +155,7 @@ class QueryEngine:
                     continue  # a key of a lower level: not a matching key at this level (PS3.4 C.4.1.2.1)
                 post_filters.append(key)
                 continue
-            condition = self._condition(MODEL_OF_LEVEL[owner], key, glob=self.glob)
+            condition = self._condition(MODEL_OF_LEVEL[owner], key, glob=self.glob, fuzzy=query.fuzzy)
             if condition is not None:
                 statement = statement.where(condition)
         order = MODEL_OF_LEVEL[query.level].pk
@@ -191,7 +191,8 @@ class QueryEngine:
         return self._owner_level(keyword, (*_PARENT_LEVELS[level], level)) is not None
 
     @staticmethod
-    def _condition(model: type[Any], key: MatchKey, *, glob: bool = False) -> ColumnElement[bool] | None:
+    def _condition(model: type[Any], key: MatchKey, *, glob: bool = False,
+                   fuzzy: bool = False) -> ColumnElement[bool] | None:
         keyword, value = key.keyword, key.value
         if keyword in _WRAPPED_LIST_KEYS:
             column = getattr(model, keyword)
@@ -199,7 +200,10 @@ class QueryEngine:
             # values are stored wrapped in backslashes ("\\CT\\MR\\")
             return or_(*[_wildcard(column, f"*\\{item}\\*", glob) for item in options])
         if keyword in PERSON_NAME_KEYS and hasattr(model, f"{keyword}Upper"):
-            return _person_name_condition(getattr(model, f"{keyword}Upper"), value)
+            column = getattr(model, f"{keyword}Upper")
+            if fuzzy and not _has_wildcard(value) and value.strip():
+                return _fuzzy_person_name_condition(column, value)
+            return _person_name_condition(column, value)
         column = getattr(model, keyword)
         if keyword in INTEGER_KEYS:
             try:
@@ -273,6 +277,13 @@ def _text_condition(column: Any, value: str, vr: str, *, glob: bool = False) -> 
         else:
             clauses.append(column == option)
     return or_(*clauses) if len(clauses) > 1 else clauses[0]
+
+
+def _fuzzy_person_name_condition(column: Any, value: str) -> ColumnElement[bool]:
+    """QIDO ``fuzzymatching=true``: any name component (family, given, … of any group) starting with the
+    value, case-insensitively: "joh" finds "Smith^John" and "JOHNSON^Ann"."""
+    pattern = _like_pattern(value.upper().strip())
+    return or_(*[column.like(prefix + pattern + "%", escape="\\") for prefix in ("", "%^", "% ", "%=")])
 
 
 def _person_name_condition(column: Any, value: str) -> ColumnElement[bool] | None:
