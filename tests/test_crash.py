@@ -23,7 +23,8 @@ from tests.helpers import free_port, is_listening, wait_until
 def start_server(data_dir: Path, dicom_port: int, log: Path) -> subprocess.Popen[bytes]:
     command = [str(Path(sys.executable).parent / "mosaic"), "serve", "--data-dir", str(data_dir),
                "--dicom-port", str(dicom_port), "--http-port", str(free_port())]
-    process = subprocess.Popen(command, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    with open(log, "ab") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     wait_until(lambda: is_listening("127.0.0.1", dicom_port), timeout=60, what="mosaic serve", process=process,
                log=log)
     return process

@@ -50,7 +50,9 @@ def test_preamble_epilogue_and_headers(tmp_path: Path) -> None:
     assert data == b"DATA" and part.headers["content-location"] == "a.dcm"
 
 
-@pytest.mark.parametrize("body", [b"no boundary here at all" * 2000, b"--xyz\r\nContent-Type: a\r\n\r\nDATA never ends"])
+@pytest.mark.parametrize(
+    "body", [b"no boundary here at all" * 2000, b"--xyz\r\nContent-Type: a\r\n\r\nDATA never ends"]
+)
 def test_broken_bodies_are_refused(tmp_path: Path, body: bytes) -> None:
     with pytest.raises(MultipartError):
         read(body, "xyz", tmp_path, 1000)

@@ -17,7 +17,7 @@ from queue import Empty, Queue
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, build_role
 from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
@@ -46,7 +46,7 @@ class StorageCommitmentSCP:
 
     def on_n_action(self, event: Event) -> tuple[int, Dataset | None]:
         request = event.action_information
-        if event.request.ActionTypeID != 1 or "TransactionUID" not in request:
+        if getattr(event.request, "ActionTypeID", None) != 1 or "TransactionUID" not in request:
             return 0x0123, None  # No such action type / invalid argument
         calling = event.assoc.requestor.ae_title.strip()
         with self.retrieve.database.session(write=True) as session:
@@ -101,8 +101,8 @@ class StorageCommitmentSCP:
         delivered = False
         time.sleep(0.05)  # let the N-ACTION response go out first
         if association.is_established:
-            status = association.send_n_event_report(report, event_type, StorageCommitmentPushModel,
-                                                     STORAGE_COMMITMENT_INSTANCE)
+            status, _reply = association.send_n_event_report(
+                report, event_type, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
             delivered = bool(status) and status.get("Status", 0xFFFF) == 0
         if not delivered:
             delivered = self._report_on_new_association(calling, report, event_type)
@@ -120,12 +120,14 @@ class StorageCommitmentSCP:
             return False
         ae = AE(ae_title=self.settings.ae_title)
         ae.add_requested_context(StorageCommitmentPushModel)
-        association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        # Mosaic sends the N-EVENT-REPORT, so it proposes the SCP role of the SOP class (PS3.4 J.3.3)
+        association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+                                   ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
         if not association.is_established:
             return False
         try:
-            status = association.send_n_event_report(report, event_type, StorageCommitmentPushModel,
-                                                     STORAGE_COMMITMENT_INSTANCE)
+            status, _reply = association.send_n_event_report(
+                report, event_type, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
             return bool(status) and status.get("Status", 0xFFFF) == 0
         finally:
             association.release()

@@ -79,7 +79,8 @@ def negotiate_with_receiver_preference(
         ac_context = supported.get(rq_context.abstract_syntax)
         tailored: list[PresentationContext] = []
         if ac_context is not None:
-            ordered = [syntax for syntax in rq_context.transfer_syntax if syntax in ac_context.transfer_syntax]
+            offered = ac_context.transfer_syntax
+            ordered = [syntax for syntax in rq_context.transfer_syntax if syntax in offered]
             context = build_context(ac_context.abstract_syntax, ordered or ac_context.transfer_syntax)
             context.scu_role, context.scp_role = ac_context.scu_role, ac_context.scp_role
             tailored = [context]

@@ -19,6 +19,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 from pynetdicom import _config
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
@@ -36,30 +37,33 @@ MAX_CONTEXTS = 128
 class StoredFileDataset(Dataset):
     """Stands for the stored Part 10 file of one instance in a C-GET/C-MOVE sub-operation."""
 
-    def __init__(self, path: Path, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> None:
+    def __init__(self, path: Path, sop_class_uid: str, sop_instance_uid: str,
+                 transfer_syntax_uid: str) -> None:
         super().__init__()
         self.SOPClassUID = sop_class_uid
         self.SOPInstanceUID = sop_instance_uid
         self.file_meta = FileMetaDataset()
-        self.file_meta.TransferSyntaxUID = transfer_syntax_uid
+        self.file_meta.TransferSyntaxUID = UID(transfer_syntax_uid)
         self.stored_path = path
 
     def payload_for(self, association: Association) -> Path | Dataset:
         """The file itself when its transfer syntax was accepted, otherwise the decoded data set."""
         if self._sendable_as_is(association):
             return self.stored_path
-        log.info("%s: transfer syntax %s not accepted by %r, sending a converted data set",
-                 self.SOPInstanceUID, self.file_meta.TransferSyntaxUID, association.acceptor.ae_title)
+        log.info("%s: transfer syntax %s not accepted by the peer, sending a converted data set",
+                 self.SOPInstanceUID, self.file_meta.TransferSyntaxUID)
         return pydicom.dcmread(self.stored_path, force=True)
 
     def _sendable_as_is(self, association: Association) -> bool:
+        syntax = str(self.file_meta.TransferSyntaxUID)
+        if not any(context.abstract_syntax == self.SOPClassUID and context.transfer_syntax[0] == syntax
+                   and context.as_scu for context in association.accepted_contexts):
+            return False
         try:
-            association._get_valid_context(self.SOPClassUID, self.file_meta.TransferSyntaxUID, "scu",
-                                           allow_conversion=False)
             file_meta, _offset = split_dataset(self.stored_path)
         except Exception:
-            return False
-        return (str(file_meta.get("TransferSyntaxUID", "")) == str(self.file_meta.TransferSyntaxUID)
+            return False  # no readable File Meta Information: decode instead
+        return (str(file_meta.get("TransferSyntaxUID", "")) == syntax
                 and str(file_meta.get("MediaStorageSOPInstanceUID", "")) == str(self.SOPInstanceUID)
                 and str(file_meta.get("MediaStorageSOPClassUID", "")) == str(self.SOPClassUID))
 

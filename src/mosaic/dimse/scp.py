@@ -7,6 +7,7 @@ or its error into a DIMSE status. Incoming C-STORE data sets are received into a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -75,7 +76,7 @@ class DicomServer:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, self.on_c_echo),
             (evt.EVT_C_STORE, self.on_c_store),
             (evt.EVT_C_FIND, self.on_c_find),
@@ -124,10 +125,8 @@ class DicomServer:
     def _allowed(self, event: Event, service: str) -> bool:
         calling = event.assoc.requestor.ae_title.strip()
         peer = self._peer(calling)
-        if peer is None:
-            allowed = self.settings.allow_unknown_calling_aes
-        else:
-            allowed = bool(getattr(peer, f"may_{service}"))
+        allowed = (self.settings.allow_unknown_calling_aes if peer is None
+                   else bool(getattr(peer, f"may_{service}")))
         if not allowed:
             log.warning("refused %s from AE %r at %s: not permitted by dicom.peers", service.upper(), calling,
                         event.assoc.requestor.address)
@@ -166,12 +165,16 @@ class DicomServer:
         except StorageFailure as exc:
             log.error("C-STORE of %s from %r failed: %s", sop_instance_uid, calling, exc)
             return OUT_OF_RESOURCES, str(exc)
+        except Exception as exc:
+            # a failure status for this object (the SCU may retry it), not an aborted association
+            log.exception("C-STORE of %s from %r failed", sop_instance_uid, calling)
+            return OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}"
         if result.sop_instance_uid != sop_instance_uid:
             log.warning("C-STORE from %r: Affected SOP Instance UID %s differs from the data set's %s",
                         calling, sop_instance_uid, result.sop_instance_uid)
         return 0x0000, None
 
-    def on_c_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+    def on_c_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         if not self._allowed(event, "find"):
             yield NOT_AUTHORISED, None
             return
@@ -206,10 +209,12 @@ class DicomServer:
         try:
             instances = self.retrieve.instances_for_identifier(event.identifier)
         except QueryError as exc:
-            log.warning("C-MOVE refused: %s", exc)
-            instances = []
+            # not "success, nothing to move": raised before the first yield, pynetdicom answers with a
+            # failure (0xC514, unable to process) without opening an association to the destination
+            log.warning("C-MOVE from %r refused: %s", event.assoc.requestor.ae_title.strip(), exc)
+            raise
         # the association to the destination proposes the stored SOP classes and transfer syntaxes
-        contexts = move_contexts([(instance.SOPClassUID, instance.TransferSyntaxUID) for instance in instances])
+        contexts = move_contexts([(stored.SOPClassUID, stored.TransferSyntaxUID) for stored in instances])
         yield peer.host, peer.port, {"ae_title": peer.ae_title, "contexts": contexts or None,
                                      "evt_handlers": [(evt.EVT_CONN_OPEN, _set_nodelay)]}
         yield from self._sub_operations(event, "C-MOVE", instances)
@@ -228,8 +233,9 @@ class DicomServer:
             try:
                 instances = self.retrieve.instances_for_identifier(event.identifier)
             except QueryError as exc:
-                log.warning("%s refused: %s", service, exc)
-                yield 0
+                log.warning("%s from %r refused: %s", service, event.assoc.requestor.ae_title.strip(), exc)
+                yield 1  # a failure status is only taken after a count
+                yield _status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
                 return
         yield len(instances)
         for instance in instances:
@@ -261,7 +267,5 @@ def _set_nodelay(event: Event) -> None:
 
     sock = getattr(event.assoc.dul.socket, "socket", None)
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass

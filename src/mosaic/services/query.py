@@ -82,7 +82,7 @@ def _set(response: Dataset, match: Match, keyword: str) -> None:
 
 def _needs_unicode(dataset: Dataset) -> bool:
     for element in dataset:
-        if element.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC") and element.value is not None:
-            if not str(element.value).isascii():
-                return True
+        if (element.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC") and element.value is not None
+                and not str(element.value).isascii()):
+            return True
     return False

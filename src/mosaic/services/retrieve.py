@@ -58,6 +58,10 @@ class RetrieveService:
                 constrained = True
         if not constrained:
             raise QueryError(f"a {level} level retrieve needs the unique key of that level")
+        issuer = str(identifier.get("IssuerOfPatientID", "") or "").strip()
+        if issuer and identifier.get("PatientID"):
+            # the same Patient ID from two issuers is two patients
+            statement = statement.where(Patient.IssuerOfPatientID == issuer)
         with self.database.session() as session:
             rows = session.scalars(statement.order_by(Series.pk, Instance.InstanceNumber, Instance.pk)).all()
             return [StoredInstance(row.SOPInstanceUID, row.SOPClassUID, row.TransferSyntaxUID, row.blob_key,
