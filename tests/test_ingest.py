@@ -211,3 +211,24 @@ def test_stored_original_does_not_change_when_the_source_file_changes(archive: M
     with archive.blobs.open(key) as stream:
         assert stream.read() == data
     assert result.sha256 == __import__("hashlib").sha256(data).hexdigest()
+
+
+def test_concurrent_series_of_different_modalities_all_reach_the_study(archive: Mosaic) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage
+
+    study_uid = "1.2.826.0.1.3680043.10.1234.55"
+    archive.ingest.store(make_bytes(study_uid=study_uid, series_uid=f"{study_uid}.0"), door="test")
+    kinds = [("MR", MRImageStorage), ("OT", SecondaryCaptureImageStorage), ("PT", "1.2.840.10008.5.1.4.1.1.128"),
+             ("US", "1.2.840.10008.5.1.4.1.1.6.1"), ("SR", "1.2.840.10008.5.1.4.1.1.88.11"),
+             ("XA", "1.2.840.10008.5.1.4.1.1.12.1")]
+    payloads = [make_bytes(study_uid=study_uid, series_uid=f"{study_uid}.{number}", modality=modality,
+                           sop_class_uid=sop_class) for number, (modality, sop_class) in enumerate(kinds, start=1)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda data: archive.ingest.store(data, door="test"), payloads))
+    with archive.database.session() as session:
+        study = session.scalars(select(Study)).one()
+    assert sorted(filter(None, study.ModalitiesInStudy.split("\\"))) == sorted(["CT", *[kind for kind, _ in kinds]])
+    assert len(list(filter(None, study.SOPClassesInStudy.split("\\")))) == 7
+    assert (study.NumberOfStudyRelatedSeries, study.NumberOfStudyRelatedInstances) == (7, 7)

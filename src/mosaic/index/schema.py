@@ -43,6 +43,13 @@ def _key(length: int = 64) -> Mapped[str]:
     return mapped_column(String(length), nullable=False, default="", index=True)
 
 
+def _ordered_key(length: int) -> Mapped[str]:
+    """A DA/TM/DT matching key: ranges compare it as text, so PostgreSQL must use byte order ("C"),
+    whatever the database's locale (a locale collation ignores the punctuation range bounds rely on)."""
+    text_type = String(length).with_variant(String(length, collation="C"), "postgresql")
+    return mapped_column(text_type, nullable=False, default="", index=True)
+
+
 class Patient(Base):
     __tablename__ = "patient"
     __table_args__ = (UniqueConstraint("PatientID", "IssuerOfPatientID", name="uq_patient_identity"),)
@@ -52,8 +59,8 @@ class Patient(Base):
     IssuerOfPatientID: Mapped[str] = _key()
     PatientName: Mapped[str] = mapped_column(String(320), nullable=False, default="")
     PatientNameUpper: Mapped[str] = _key(320)
-    PatientBirthDate: Mapped[str] = _key(8)
-    PatientBirthTime: Mapped[str] = _key(16)
+    PatientBirthDate: Mapped[str] = _ordered_key(8)
+    PatientBirthTime: Mapped[str] = _ordered_key(16)
     PatientSex: Mapped[str] = _key(16)
     EthnicGroup: Mapped[str] = _key()
     NumberOfPatientRelatedStudies: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -69,8 +76,8 @@ class Study(Base):
     pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.pk"), nullable=False, index=True)
     StudyInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
-    StudyDate: Mapped[str] = _key(8)
-    StudyTime: Mapped[str] = _key(16)
+    StudyDate: Mapped[str] = _ordered_key(8)
+    StudyTime: Mapped[str] = _ordered_key(16)
     AccessionNumber: Mapped[str] = _key()
     StudyID: Mapped[str] = _key(16)
     ReferringPhysicianName: Mapped[str] = mapped_column(String(320), nullable=False, default="")
@@ -98,15 +105,15 @@ class Series(Base):
     SeriesInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     Modality: Mapped[str] = _key(16)
     SeriesNumber: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
-    SeriesDate: Mapped[str] = _key(8)
-    SeriesTime: Mapped[str] = _key(16)
+    SeriesDate: Mapped[str] = _ordered_key(8)
+    SeriesTime: Mapped[str] = _ordered_key(16)
     SeriesDescription: Mapped[str] = _key()
     BodyPartExamined: Mapped[str] = _key(16)
     Laterality: Mapped[str] = _key(16)
     StationName: Mapped[str] = _key(16)
     InstitutionalDepartmentName: Mapped[str] = _key()
-    PerformedProcedureStepStartDate: Mapped[str] = _key(8)
-    PerformedProcedureStepStartTime: Mapped[str] = _key(16)
+    PerformedProcedureStepStartDate: Mapped[str] = _ordered_key(8)
+    PerformedProcedureStepStartTime: Mapped[str] = _ordered_key(16)
     RequestedProcedureID: Mapped[str] = _key(16)
     ScheduledProcedureStepID: Mapped[str] = _key(16)
     NumberOfSeriesRelatedInstances: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -122,8 +129,8 @@ class Instance(Base):
     SOPInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     SOPClassUID: Mapped[str] = _key()
     InstanceNumber: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
-    ContentDate: Mapped[str] = _key(8)
-    ContentTime: Mapped[str] = _key(16)
+    ContentDate: Mapped[str] = _ordered_key(8)
+    ContentTime: Mapped[str] = _ordered_key(16)
     AcquisitionNumber: Mapped[int | None] = mapped_column(Integer, nullable=True)
     NumberOfFrames: Mapped[int | None] = mapped_column(Integer, nullable=True)
     Rows: Mapped[int | None] = mapped_column(Integer, nullable=True)

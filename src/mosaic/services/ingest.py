@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, bindparam, case, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from mosaic.config import DuplicatePolicy, IngestSettings
@@ -57,9 +57,26 @@ _BUMP_SERIES = _series.update().where(_series.c.pk == bindparam("b_pk")).values(
     NumberOfSeriesRelatedInstances=_series.c.NumberOfSeriesRelatedInstances + 1, updated_at=bindparam("b_now"))
 _BUMP_STUDY = _study.update().where(_study.c.pk == bindparam("b_pk")).values(
     NumberOfStudyRelatedInstances=_study.c.NumberOfStudyRelatedInstances + 1, updated_at=bindparam("b_now"))
-_BUMP_STUDY_CLASSES = _study.update().where(_study.c.pk == bindparam("b_pk")).values(
-    NumberOfStudyRelatedInstances=_study.c.NumberOfStudyRelatedInstances + 1, updated_at=bindparam("b_now"),
-    SOPClassesInStudy=bindparam("b_classes"))
+
+
+def _append_to_list(column: Any) -> Any:
+    """An atomic "add this value to a backslash-wrapped list unless present" (no lost update under
+    concurrency: the row lock is taken by the UPDATE itself, and PostgreSQL re-checks the WHERE)."""
+    table = column.table
+    wrapped = case((column == "", "\\"), else_=column)
+    return table.update().where(table.c.pk == bindparam("b_pk"), ~column.like(bindparam("b_pattern"), escape="!")) \
+        .values({column.name: wrapped + bindparam("b_value")})
+
+
+_ADD_SOP_CLASS = _append_to_list(_study.c.SOPClassesInStudy)
+_ADD_MODALITY = _append_to_list(_study.c.ModalitiesInStudy)
+
+
+def _list_parameters(value: str) -> dict[str, str]:
+    escaped = value.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return {"b_pattern": f"%\\{escaped}\\%", "b_value": f"{value}\\"}
+
+
 _BUMP_PATIENT = _patient.update().where(_patient.c.pk == bindparam("b_pk")).values(
     NumberOfPatientRelatedInstances=_patient.c.NumberOfPatientRelatedInstances + 1)
 
@@ -171,8 +188,11 @@ class IngestService:
                 with self.database.session(write=True) as session:
                     return _IndexWriter(session, parsed, blob, metadata, door, source_ae_title,
                                         self.settings.duplicate_policy).write()
-            except IntegrityError:
-                if attempt == 4:
+            except (IntegrityError, OperationalError) as exc:
+                # PostgreSQL: a deadlock (40P01) or serialization failure (40001) is retried too
+                retryable = isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) in (
+                    "40P01", "40001")
+                if not retryable or attempt == 4:
                     raise
                 time.sleep(0.01 * (attempt + 1))
         raise AssertionError("unreachable")
@@ -222,11 +242,9 @@ class _IndexWriter:
         )
         connection.execute(_INSERT_INSTANCE, values)
         connection.execute(_BUMP_SERIES, {"b_pk": series_pk, "b_now": self.now})
-        if f"\\{self.parsed.sop_class_uid}\\" in (sop_classes or ""):
-            connection.execute(_BUMP_STUDY, {"b_pk": study_pk, "b_now": self.now})
-        else:
-            classes = (sop_classes or "\\") + f"{self.parsed.sop_class_uid}\\"
-            connection.execute(_BUMP_STUDY_CLASSES, {"b_pk": study_pk, "b_now": self.now, "b_classes": classes})
+        connection.execute(_BUMP_STUDY, {"b_pk": study_pk, "b_now": self.now})
+        if f"\\{self.parsed.sop_class_uid}\\" not in (sop_classes or ""):
+            connection.execute(_ADD_SOP_CLASS, {"b_pk": study_pk, **_list_parameters(self.parsed.sop_class_uid)})
         connection.execute(_BUMP_PATIENT, {"b_pk": patient_pk})
         connection.execute(_INSERT_EVENT, {
             "type": EventType.INSTANCE_STORED.value, "created_at": self.now, "PatientID": patient_id,
@@ -310,8 +328,8 @@ class _IndexWriter:
             self._increment(Study, study.pk, "NumberOfStudyRelatedSeries")
             self._increment(Patient, study.patient_pk, "NumberOfPatientRelatedSeries")
             modality = series.Modality
-            if modality and f"\\{modality}\\" not in study.ModalitiesInStudy:
-                study.ModalitiesInStudy = (study.ModalitiesInStudy or "\\") + f"{modality}\\"
+            if modality:
+                self.session.execute(_ADD_MODALITY, {"b_pk": study.pk, **_list_parameters(modality)})
             self._event(EventType.SERIES_CREATED, patient, {"Modality": modality})
         else:
             series.updated_at = self.now

@@ -2,13 +2,14 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 08:05:02.313126
+Create Date: 2026-11-24 08:48:57.659009
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
 
 revision = '0001'
 down_revision = None
@@ -39,8 +40,8 @@ def upgrade() -> None:
     sa.Column('IssuerOfPatientID', sa.String(length=64), nullable=False),
     sa.Column('PatientName', sa.String(length=320), nullable=False),
     sa.Column('PatientNameUpper', sa.String(length=320), nullable=False),
-    sa.Column('PatientBirthDate', sa.String(length=8), nullable=False),
-    sa.Column('PatientBirthTime', sa.String(length=16), nullable=False),
+    sa.Column('PatientBirthDate', sa.String(length=8).with_variant(sa.String(length=8, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('PatientBirthTime', sa.String(length=16).with_variant(sa.String(length=16, collation='C'), 'postgresql'), nullable=False),
     sa.Column('PatientSex', sa.String(length=16), nullable=False),
     sa.Column('EthnicGroup', sa.String(length=64), nullable=False),
     sa.Column('NumberOfPatientRelatedStudies', sa.Integer(), nullable=False),
@@ -75,8 +76,8 @@ def upgrade() -> None:
     sa.Column('pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('patient_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('StudyInstanceUID', sa.String(length=64), nullable=False),
-    sa.Column('StudyDate', sa.String(length=8), nullable=False),
-    sa.Column('StudyTime', sa.String(length=16), nullable=False),
+    sa.Column('StudyDate', sa.String(length=8).with_variant(sa.String(length=8, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('StudyTime', sa.String(length=16).with_variant(sa.String(length=16, collation='C'), 'postgresql'), nullable=False),
     sa.Column('AccessionNumber', sa.String(length=64), nullable=False),
     sa.Column('StudyID', sa.String(length=16), nullable=False),
     sa.Column('ReferringPhysicianName', sa.String(length=320), nullable=False),
@@ -120,15 +121,15 @@ def upgrade() -> None:
     sa.Column('SeriesInstanceUID', sa.String(length=64), nullable=False),
     sa.Column('Modality', sa.String(length=16), nullable=False),
     sa.Column('SeriesNumber', sa.Integer(), nullable=True),
-    sa.Column('SeriesDate', sa.String(length=8), nullable=False),
-    sa.Column('SeriesTime', sa.String(length=16), nullable=False),
+    sa.Column('SeriesDate', sa.String(length=8).with_variant(sa.String(length=8, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('SeriesTime', sa.String(length=16).with_variant(sa.String(length=16, collation='C'), 'postgresql'), nullable=False),
     sa.Column('SeriesDescription', sa.String(length=64), nullable=False),
     sa.Column('BodyPartExamined', sa.String(length=16), nullable=False),
     sa.Column('Laterality', sa.String(length=16), nullable=False),
     sa.Column('StationName', sa.String(length=16), nullable=False),
     sa.Column('InstitutionalDepartmentName', sa.String(length=64), nullable=False),
-    sa.Column('PerformedProcedureStepStartDate', sa.String(length=8), nullable=False),
-    sa.Column('PerformedProcedureStepStartTime', sa.String(length=16), nullable=False),
+    sa.Column('PerformedProcedureStepStartDate', sa.String(length=8).with_variant(sa.String(length=8, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('PerformedProcedureStepStartTime', sa.String(length=16).with_variant(sa.String(length=16, collation='C'), 'postgresql'), nullable=False),
     sa.Column('RequestedProcedureID', sa.String(length=16), nullable=False),
     sa.Column('ScheduledProcedureStepID', sa.String(length=16), nullable=False),
     sa.Column('NumberOfSeriesRelatedInstances', sa.Integer(), nullable=False),
@@ -160,8 +161,8 @@ def upgrade() -> None:
     sa.Column('SOPInstanceUID', sa.String(length=64), nullable=False),
     sa.Column('SOPClassUID', sa.String(length=64), nullable=False),
     sa.Column('InstanceNumber', sa.Integer(), nullable=True),
-    sa.Column('ContentDate', sa.String(length=8), nullable=False),
-    sa.Column('ContentTime', sa.String(length=16), nullable=False),
+    sa.Column('ContentDate', sa.String(length=8).with_variant(sa.String(length=8, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('ContentTime', sa.String(length=16).with_variant(sa.String(length=16, collation='C'), 'postgresql'), nullable=False),
     sa.Column('AcquisitionNumber', sa.Integer(), nullable=True),
     sa.Column('NumberOfFrames', sa.Integer(), nullable=True),
     sa.Column('Rows', sa.Integer(), nullable=True),
