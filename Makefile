@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv install run test lint typecheck pytest system-deps clean distclean
+.PHONY: help venv install viewer run test lint typecheck pytest system-deps clean distclean
 
 help:
-	@echo "make install      create $(VENV) (python >= 3.11) and install mosaic[test] (editable)"
+	@echo "make install      create $(VENV) (python >= 3.11), install mosaic[test] (editable) and the viewer"
+	@echo "make viewer       fetch OHIF (@ohif/app, npm) and prepare build/viewer for /viewer/ (needs node+npm)"
 	@echo "make run ARGS=…   install, then run '$(BIN)/mosaic serve ARGS'"
 	@echo "make test         system packages, install, ruff, mypy, pytest"
 	@echo "make lint         ruff + mypy only"
@@ -29,12 +30,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
 
-venv install: $(STAMP)
+venv: $(STAMP)
+
+# The OHIF viewer served at /viewer/ (build/viewer); a no-op when already prepared (stamp keyed on the version).
+viewer: $(STAMP)
+	VIEWER_PYTHON=$(BIN)/python scripts/install-viewer.sh
+
+install: $(STAMP) viewer
 
 system-deps:
 	scripts/install-system-deps.sh
 
-run: $(STAMP)
+run:
+	scripts/install-system-deps.sh runtime
+	$(MAKE) --no-print-directory install
 	$(BIN)/mosaic serve $(ARGS)
 
 lint: $(STAMP)
@@ -45,7 +54,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # No xdist: 2 cores, and the suite shares one PostgreSQL and one S3 server per session.
-pytest: $(STAMP)
+pytest: $(STAMP) viewer
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: system-deps

@@ -8,11 +8,21 @@
 #   postgresql        initdb/pg_ctl/postgres: the index at scale (tests start their own server)
 #   orthanc           a legacy PACS to interoperate with
 #   orthanc-dicomweb  Orthanc's DICOMweb plugin
+#   chromium          headless browser for the viewer tests (Playwright drives /usr/bin/chromium)
 #
+#   nodejs npm        only when no `npm` is on PATH: builds the OHIF viewer (scripts/install-viewer.sh)
+#
+# `install-system-deps.sh runtime` installs only what `make run` needs (node + npm for the viewer).
 # Extra packages can be added with EXTRA_SYSTEM_PACKAGES="pkg1 pkg2".
 set -euo pipefail
 
-packages=(dcmtk postgresql orthanc orthanc-dicomweb)
+packages=(dcmtk postgresql orthanc orthanc-dicomweb chromium)
+if [[ "${1:-}" == "runtime" ]]; then
+    packages=()
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    packages+=(nodejs npm)
+fi
 if [[ -n "${EXTRA_SYSTEM_PACKAGES:-}" ]]; then
     read -r -a extra <<<"${EXTRA_SYSTEM_PACKAGES}"
     packages+=("${extra[@]}")
@@ -23,14 +33,14 @@ is_installed() {
 }
 
 missing=()
-for package in "${packages[@]}"; do
+for package in ${packages[@]+"${packages[@]}"}; do
     if ! is_installed "${package}"; then
         missing+=("${package}")
     fi
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "install-system-deps: all present (${packages[*]})"
+    echo "install-system-deps: all present (${packages[*]:-nothing needed})"
     exit 0
 fi
 

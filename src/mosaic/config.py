@@ -39,6 +39,10 @@ class HttpSettings(BaseModel):
         None, description="URL clients reach Mosaic at, e.g. https://pacs.example.org (behind a proxy); "
         "by default taken from each request's Host header.",
     )
+    viewer_dir: Path | None = Field(
+        None, description="The built OHIF viewer served at /viewer/ (default: build/viewer of the source "
+        "checkout, made by `make install`).",
+    )
 
 
 class DicomPeer(BaseModel):
@@ -163,6 +167,12 @@ class Settings(BaseSettings):
     @property
     def index_url(self) -> str:
         return self.index.url or f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def viewer_path(self) -> Path:
+        if self.http.viewer_dir is not None:
+            return self.http.viewer_dir.resolve()
+        return Path(__file__).resolve().parents[2] / "build" / "viewer"
 
     @property
     def blob_path(self) -> Path:

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from mosaic import __version__
 from mosaic.services.browse import BrowseService
+from mosaic.viewer import mount_viewer
 from mosaic.web.landing import render_landing
 
 if TYPE_CHECKING:
@@ -60,4 +61,5 @@ def create_app(mosaic: Mosaic) -> FastAPI:
     from mosaic.dicomweb.routes import create_router
 
     app.include_router(create_router(mosaic))
+    mount_viewer(app, mosaic.settings.viewer_path, dicomweb_root="/dicom-web")
     return app
