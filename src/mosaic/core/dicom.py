@@ -102,7 +102,7 @@ def _check_complete(dataset: Dataset, stream: BinaryIO, size: int) -> None:
     tags = list(dataset.keys())
     if not tags:
         raise InvalidObject("the dataset is empty")
-    raw = dataset.get_item(tags[-1])
+    raw = dataset.get_item(tags[-1], keep_deferred=True)
     if not isinstance(raw, RawDataElement) or raw.value_tell is None:
         return
     if raw.length == _UNDEFINED_LENGTH:
@@ -146,7 +146,7 @@ def metadata_json(dataset: Dataset, bulk_data_threshold: int) -> dict[str, Any]:
     for tag in list(dataset.keys()):
         if tag.group == 0x0002:
             continue
-        raw = dataset.get_item(tag)
+        raw = dataset.get_item(tag, keep_deferred=True)
         length = raw.length if isinstance(raw, RawDataElement) else None
         if tag in BULK_TAGS or (length is not None and length != _UNDEFINED_LENGTH and length > bulk_data_threshold):
             vr = raw.VR if isinstance(raw, RawDataElement) and raw.VR else _guess_vr(dataset, tag)

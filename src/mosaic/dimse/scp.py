@@ -35,6 +35,7 @@ log = logging.getLogger("mosaic.dimse")
 
 _config.STORE_RECV_CHUNKED_DATASET = True
 _config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 _config.LOG_HANDLER_LEVEL = "none"
 
 NOT_AUTHORISED = 0x0124
