@@ -20,6 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag, Tag
 
 from mosaic.core.errors import InvalidObject
+from mosaic.core.fastjson import charset_codec, raw_to_json
 from mosaic.core.uids import uid_problem
 
 DEFER_SIZE = 64 * 1024
@@ -143,11 +144,18 @@ def bulk_data_uri(tag: BaseTag) -> str:
 def metadata_json(dataset: Dataset, bulk_data_threshold: int) -> dict[str, Any]:
     """DICOM JSON (PS3.18 F.2) of a header, with large values replaced by a BulkDataURI."""
     result: dict[str, Any] = {}
+    codec = charset_codec(dataset.get("SpecificCharacterSet"))
     for tag in list(dataset.keys()):
         if tag.group == 0x0002:
             continue
         raw = dataset.get_item(tag, keep_deferred=True)
         length = raw.length if isinstance(raw, RawDataElement) else None
+        if isinstance(raw, RawDataElement) and length is not None and length <= bulk_data_threshold \
+                and tag not in BULK_TAGS:
+            fast = raw_to_json(raw, codec)  # the common, simple elements without pydicom's conversion
+            if fast is not None:
+                result[f"{tag:08X}"] = fast
+                continue
         if tag in BULK_TAGS or (length is not None and length != _UNDEFINED_LENGTH and length > bulk_data_threshold):
             vr = raw.VR if isinstance(raw, RawDataElement) and raw.VR else _guess_vr(dataset, tag)
             result[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": bulk_data_uri(tag)}
