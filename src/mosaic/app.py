@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from mosaic.config import Settings
+from mosaic.dimse.fast_store import Spool
 from mosaic.dimse.receive import spool_into
 from mosaic.dimse.scp import DicomServer
 from mosaic.index.database import Database
@@ -50,7 +51,7 @@ class Mosaic:
             if incoming is not None:
                 spool_into(incoming)
             self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve,
-                                     spool_folder=incoming)
+                                     spool=Spool(incoming, self.blobs))
             self.dicom.start()
         if http:
             config = uvicorn.Config(self.http_app(), host=self.settings.http.host, port=self.settings.http.port,

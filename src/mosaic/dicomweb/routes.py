@@ -185,6 +185,11 @@ def create_router(mosaic: Mosaic) -> APIRouter:
     async def store_study_instances(request: Request, study: str) -> Response:
         return await store(request, study)
 
+    # --- WADO-RS retrieve, frames, bulk data, rendered, thumbnails; WADO-URI (mosaic.dicomweb.wado) -------
+
+    from mosaic.dicomweb.wado import create_wado_router
+
+    router.include_router(create_wado_router(mosaic))
     return router
 
 

@@ -43,6 +43,32 @@ _BUFFER = 256 * 1024
 PEEK_LIMIT = 1024 * 1024
 
 
+class Spool:
+    """Spool files for received data sets: a new file per data set, and its disposal after ingest.
+
+    The default writes temporary files into ``folder``. A blob store with ``reserve``/``discard`` (the
+    filesystem backend) lends its own new blob paths instead, so a received data set is written once,
+    where it will stay: ingest adopts it, and ``discard`` deletes only what was not adopted.
+    """
+
+    def __init__(self, folder: Path | None = None, blobs: Any = None) -> None:
+        self.folder = folder
+        self.blobs = blobs if blobs is not None and hasattr(blobs, "reserve") else None
+
+    def new(self) -> Path:
+        if self.blobs is not None:
+            return Path(self.blobs.reserve())
+        descriptor, name = tempfile.mkstemp(suffix=".dcm", dir=self.folder)
+        os.close(descriptor)
+        return Path(name)
+
+    def discard(self, path: Path) -> None:
+        if self.blobs is not None:
+            self.blobs.discard(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class StoreContext:
     """What the receiver needs from the DICOM server: identity, limits and the store callback."""
@@ -52,7 +78,8 @@ class StoreContext:
     network_timeout: float
     implementation_class_uid: str
     implementation_version_name: str
-    spool_folder: Path | None
+    spool: Spool
+    """Where received data sets are written (for the filesystem blob store: straight into a new blob)."""
     calling_allowed: Callable[[str], bool]
     """Whether an AE title may associate at all (unknown AEs, dicom.allow_unknown_calling_aes)."""
     store: Callable[[Path, str, str, str, str | None], tuple[int, str | None]]
@@ -268,7 +295,7 @@ class StoreAssociation:
             status, comment = self.context.store(path, self.calling, store.sop_class_uid, store.sop_instance_uid,
                                                  store.sha256.hexdigest())
         finally:
-            path.unlink(missing_ok=True)
+            self.context.spool.discard(path)  # a no-op for a file ingest adopted as its blob
         self.sock.sendall(ul.encode_command_pdata(store.context_id, ul.encode_response(
             ul.C_STORE_RSP, store.message_id, store.sop_class_uid, status, store.sop_instance_uid, comment)))
 
@@ -316,9 +343,9 @@ class _IncomingStore:
         self.message_id = message_id
         self.sop_class_uid = sop_class_uid
         self.sop_instance_uid = sop_instance_uid
-        folder = str(context.spool_folder) if context.spool_folder is not None else None
-        self.stream = tempfile.NamedTemporaryFile(dir=folder, suffix=".dcm", delete=False)  # noqa: SIM115
-        self.path = Path(self.stream.name)
+        self.spool = context.spool
+        self.path = context.spool.new()
+        self.stream = open(self.path, "wb")  # noqa: SIM115
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = UID(sop_class_uid)
         meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
@@ -346,8 +373,7 @@ class _IncomingStore:
         try:
             self.stream.close()
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
+            self.spool.discard(self.path)
 
 
 class AssociationSlots:

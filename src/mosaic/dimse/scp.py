@@ -25,7 +25,7 @@ from mosaic.core.errors import InvalidObject, QueryError, StorageFailure
 from mosaic.dimse.commitment import StorageCommitmentSCP
 from mosaic.dimse.contexts import PATIENT_ROOT_FIND, add_scp_contexts
 from mosaic.dimse.egress import StoredFileDataset, move_contexts
-from mosaic.dimse.fast_store import AssociationSlots, StoreContext, StoreRequestHandler
+from mosaic.dimse.fast_store import AssociationSlots, Spool, StoreContext, StoreRequestHandler
 from mosaic.services.ingest import IngestService
 from mosaic.services.metrics import RETRIEVE_TOTAL
 from mosaic.services.query import QueryService
@@ -51,9 +51,9 @@ class DicomServer:
     """Mosaic's DIMSE application entity, serving many associations at once."""
 
     def __init__(self, settings: DicomSettings, ingest: IngestService, query: QueryService,
-                 retrieve: RetrieveService, spool_folder: Path | None = None) -> None:
+                 retrieve: RetrieveService, spool: Spool | None = None) -> None:
         self.settings = settings
-        self.spool_folder = spool_folder
+        self.spool = spool or Spool()
         self.ingest = ingest
         self.query = query
         self.retrieve = retrieve
@@ -96,7 +96,7 @@ class DicomServer:
                 network_timeout=self.settings.network_timeout,
                 implementation_class_uid=str(self.ae.implementation_class_uid),
                 implementation_version_name=str(self.ae.implementation_version_name or "MOSAIC"),
-                spool_folder=self.spool_folder, calling_allowed=self._may_associate,
+                spool=self.spool, calling_allowed=self._may_associate,
                 store=self.store_received, slots=slots)
             self._slots = slots
         self.ae._servers.append(server)

@@ -93,3 +93,58 @@ class RetrieveService:
         """The stored dataset, read as-is (so it is re-encoded byte-identical on the wire)."""
         with self.blobs.open(instance.blob_key) as stream:
             return pydicom.dcmread(stream, force=True)
+
+    # --- WADO (DICOMweb) ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _stored(row: Instance) -> StoredInstance:
+        return StoredInstance(row.SOPInstanceUID, row.SOPClassUID, row.TransferSyntaxUID, row.blob_key, row.size,
+                              row.sha256, row.dataset_offset)
+
+    def instances_in(self, study_uid: str, series_uid: str | None = None,
+                     sop_instance_uid: str | None = None) -> list[StoredInstance]:
+        """The stored instances of a study, of one series of it, or one instance of that series (WADO), in
+        series and instance order: the UIDs must name a real hierarchy."""
+        statement = (select(Instance).join(Series, Instance.series_pk == Series.pk)
+                     .join(Study, Series.study_pk == Study.pk).where(Study.StudyInstanceUID == study_uid))
+        if series_uid is not None:
+            statement = statement.where(Series.SeriesInstanceUID == series_uid)
+        if sop_instance_uid is not None:
+            statement = statement.where(Instance.SOPInstanceUID == sop_instance_uid)
+        with self.database.session() as session:
+            rows = session.scalars(statement.order_by(Series.pk, Instance.InstanceNumber, Instance.pk)).all()
+            return [self._stored(row) for row in rows]
+
+    def missing_uid(self, study_uid: str, series_uid: str | None = None,
+                    sop_instance_uid: str | None = None) -> str:
+        """Why :meth:`instances_in` found nothing, naming the UID that is not there (for a 404)."""
+        with self.database.session() as session:
+            study = session.scalar(select(Study.pk).where(Study.StudyInstanceUID == study_uid))
+            if study is None:
+                return f"study {study_uid} is not in the archive"
+            if series_uid is not None:
+                series = session.scalar(select(Series.pk).where(Series.SeriesInstanceUID == series_uid,
+                                                                Series.study_pk == study))
+                if series is None:
+                    return f"series {series_uid} is not in study {study_uid}"
+                if sop_instance_uid is not None:
+                    return f"instance {sop_instance_uid} is not in series {series_uid} of study {study_uid}"
+                return f"series {series_uid} has no instances"
+            return f"study {study_uid} has no instances"
+
+    def representative(self, study_uid: str, series_uid: str | None = None) -> StoredInstance | None:
+        """The image that stands for a study or series (thumbnails): the middle image of its first series
+        with images (by Series Number), in instance order; None when it has no images."""
+        statement = (select(Series.pk).join(Study, Series.study_pk == Study.pk)
+                     .join(Instance, Instance.series_pk == Series.pk)
+                     .where(Study.StudyInstanceUID == study_uid, Instance.Rows.is_not(None)))
+        if series_uid is not None:
+            statement = statement.where(Series.SeriesInstanceUID == series_uid)
+        statement = statement.order_by(Series.SeriesNumber.is_(None), Series.SeriesNumber, Series.pk).limit(1)
+        with self.database.session() as session:
+            series_pk = session.scalar(statement)
+            if series_pk is None:
+                return None
+            rows = session.scalars(select(Instance).where(Instance.series_pk == series_pk, Instance.Rows.is_not(None))
+                                   .order_by(Instance.InstanceNumber, Instance.pk)).all()
+            return self._stored(rows[len(rows) // 2]) if rows else None

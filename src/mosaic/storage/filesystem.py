@@ -27,6 +27,8 @@ class FileSystemBlobStore:
         self.root = root
         self._folders: set[Path] = set()
         self._syncing: dict[str, Future[None]] = {}
+        self._reserved: dict[str, str] = {}
+        """path → key of new blobs lent to a receiver (written once, where they stay)."""
         self._sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-fsync")
         (root / _TMP).mkdir(parents=True, exist_ok=True)
 
@@ -40,7 +42,26 @@ class FileSystemBlobStore:
         """A folder on the blob store's file system: files received here can be linked in, not copied."""
         return self.root / _TMP
 
+    def reserve(self) -> Path:
+        """A new blob path for a receiver to write into; ingest adopts it, or :meth:`discard` removes it."""
+        key = new_key()
+        path = self._path(key)
+        self._folder(path.parent)
+        self._reserved[str(path)] = key
+        return path
+
+    def discard(self, path: Path) -> None:
+        """Delete a reserved path that ingest did not adopt (rejected, or already stored)."""
+        if self._reserved.pop(str(path), None) is not None:
+            path.unlink(missing_ok=True)
+
     def write(self, source: BlobSource, sha256: str | None = None) -> StoredBlob:
+        if isinstance(source, Path) and sha256 is not None:
+            key = self._reserved.pop(str(source), None)
+            if key is not None:
+                # received straight into its blob path: adopt it; the fsync overlaps the caller's work
+                self._syncing[key] = self._sync_pool.submit(_fsync, source)
+                return StoredBlob(key=key, size=source.stat().st_size, sha256=sha256)
         key = new_key()
         final = self._path(key)
         if isinstance(source, Path) and sha256 is not None and source.parent == self.incoming:
