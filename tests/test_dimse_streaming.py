@@ -123,7 +123,7 @@ def test_a_peer_that_vanishes_mid_data_set_leaves_nothing_behind(node: Mosaic) -
     import time
 
     deadline = time.monotonic() + 10
-    while spool_files(node) and time.monotonic() < deadline:
+    while (spool_files(node) or stored_count(node)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert spool_files(node) == []
     assert stored_count(node) == 0
@@ -204,3 +204,28 @@ def test_associations_with_query_contexts_are_served_by_pynetdicom(node: Mosaic)
     assert len(answers) == 1
     assert association.send_c_store(make_instance()).Status == 0x0000  # storage works there too
     association.release()
+
+
+@pytest.mark.parametrize(("version", "calling"), [("MOSAIC_010", "CT01"), ("ODD_NAME", "MODALITY_A"), ("V1", "")])
+def test_file_meta_is_what_pydicom_writes(version: str, calling: str) -> None:
+    import io
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+
+    from mosaic.dimse.fast_store import encode_file_meta
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.10.1234.123"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    meta.ImplementationClassUID = "1.2.826.0.1.3680043.9.3811.3.0.4"
+    if version:
+        meta.ImplementationVersionName = version
+    if calling:
+        meta.SourceApplicationEntityTitle = calling
+    expected = io.BytesIO()
+    expected.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(expected, meta, enforce_standard=True)  # type: ignore[arg-type]
+    assert encode_file_meta(CTImageStorage, "1.2.826.0.1.3680043.10.1234.123", "1.2.840.10008.1.2.4.50",
+                            "1.2.826.0.1.3680043.9.3811.3.0.4", version, calling) == expected.getvalue()

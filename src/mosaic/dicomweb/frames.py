@@ -81,25 +81,32 @@ class _RangeReader(io.RawIOBase):
         return self._position
 
     def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` as far as the blob goes (pydicom does not retry short reads)."""
         view = memoryview(buffer).cast("B")
-        length = min(len(view), self._size - self._position)
-        if length <= 0:
-            return 0
-        start = self._position - self._block_start
-        if not 0 <= start < len(self._block):
-            if length >= self.BLOCK:  # large reads go straight through
-                data = self._blobs.read_range(self._key, self._position, length)
-                view[: len(data)] = data
-                self._position += len(data)
-                return len(data)
-            self._block_start = self._position
-            self._block = self._blobs.read_range(self._key, self._position,
-                                                 min(self.BLOCK, self._size - self._position))
-            start = 0
-        data = self._block[start: start + length]
-        view[: len(data)] = data
-        self._position += len(data)
-        return len(data)
+        wanted = min(len(view), self._size - self._position)
+        done = 0
+        while done < wanted:
+            start = self._position - self._block_start
+            if not 0 <= start < len(self._block):
+                if wanted - done >= self.BLOCK:  # large reads go straight through
+                    data = self._blobs.read_range(self._key, self._position, wanted - done)
+                    if not data:
+                        break
+                    view[done: done + len(data)] = data
+                    done += len(data)
+                    self._position += len(data)
+                    continue
+                self._block_start = self._position
+                self._block = self._blobs.read_range(self._key, self._position,
+                                                     min(self.BLOCK, self._size - self._position))
+                if not self._block:
+                    break
+                start = 0
+            data = self._block[start: start + wanted - done]
+            view[done: done + len(data)] = data
+            done += len(data)
+            self._position += len(data)
+        return done
 
 
 def open_instance(blobs: BlobStore, instance: StoredInstance) -> BinaryIO:

@@ -278,10 +278,14 @@ def find_value(dataset: Dataset, tag: int) -> _Value | None:
 # --- the router ------------------------------------------------------------------------------------------
 
 
-def create_wado_router(mosaic: Mosaic) -> APIRouter:
-    """WADO-RS retrieve, frames, bulk data, rendered, thumbnail; WADO-URI at ``/wado`` (relative paths:
-    include it in the DICOMweb router)."""
+def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> APIRouter:
+    """WADO-RS retrieve, frames, bulk data, rendered and thumbnails (``rs``), WADO-URI at ``/wado`` (``uri``).
+
+    Paths are relative: the DICOMweb router includes both under ``/dicom-web``; the web application may also
+    include ``create_wado_router(mosaic, rs=False)`` to answer WADO-URI at the site root (``/wado``).
+    """
     router = APIRouter()
+    uri_router = APIRouter()
     retrieve = mosaic.retrieve
     blobs = mosaic.blobs
     thumbnails = ThumbnailCache()
@@ -685,11 +689,16 @@ def create_wado_router(mosaic: Mosaic) -> APIRouter:
         image = rendered_frames(instance, layout, [number], media_type, window, viewport, quality)[0]
         return Response(image, media_type=media_type, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
-    @router.get("/wado")
+    @uri_router.get("/wado")
     def wado(request: Request) -> Response:
         return handle(lambda: wado_uri(request))
 
-    return router
+    combined = APIRouter()
+    if rs:
+        combined.include_router(router)
+    if uri:
+        combined.include_router(uri_router)
+    return combined
 
 
 def _range_chunks(path: Path, offset: int, length: int) -> Iterator[bytes]:

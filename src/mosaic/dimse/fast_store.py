@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import os
 import select
@@ -26,9 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 from pynetdicom.transport import RequestHandler
 
 from mosaic.dimse import upper_layer as ul
@@ -334,6 +330,31 @@ class StoreAssociation:
         self.sock.close()
 
 
+def _short(tag: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr + struct.pack("<H", len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    data = text.encode("ascii")
+    return data + pad if len(data) % 2 else data
+
+
+def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
+                     implementation_class_uid: str, implementation_version_name: str, source_ae_title: str) -> bytes:
+    """Preamble, prefix and File Meta Information (PS3.10 7.1), as pydicom writes them, without pydicom."""
+    body = struct.pack("<HH", 0x0002, 0x0001) + b"OB\x00\x00" + struct.pack("<I", 2) + b"\x00\x01"
+    body += _short(0x00020002, b"UI", _padded(sop_class_uid, b"\x00"))
+    body += _short(0x00020003, b"UI", _padded(sop_instance_uid, b"\x00"))
+    body += _short(0x00020010, b"UI", _padded(transfer_syntax_uid, b"\x00"))
+    body += _short(0x00020012, b"UI", _padded(implementation_class_uid, b"\x00"))
+    if implementation_version_name:
+        body += _short(0x00020013, b"SH", _padded(implementation_version_name[:16], b" "))
+    if source_ae_title:
+        body += _short(0x00020016, b"AE", _padded(source_ae_title[:16], b" "))
+    group_length = _short(0x00020000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
 class _IncomingStore:
     """One data set being received: a Part 10 spool file (File Meta Information, then the bytes as sent)."""
 
@@ -346,19 +367,9 @@ class _IncomingStore:
         self.spool = context.spool
         self.path = context.spool.new()
         self.stream = open(self.path, "wb")  # noqa: SIM115
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-        meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-        meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-        meta.ImplementationClassUID = UID(context.implementation_class_uid)
-        meta.ImplementationVersionName = context.implementation_version_name
-        if calling:
-            meta.SourceApplicationEntityTitle = calling
         self.sha256 = hashlib.sha256()
-        header = io.BytesIO()
-        header.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(header, meta, enforce_standard=True)  # type: ignore[arg-type]
-        self.write(header.getvalue())
+        self.write(encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid,
+                                    context.implementation_class_uid, context.implementation_version_name, calling))
 
     def write(self, data: bytes | memoryview) -> None:
         """Append received bytes, hashing them on the way (the file is never re-read to hash it)."""

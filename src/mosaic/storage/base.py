@@ -10,6 +10,7 @@ object without bytes. Keys are new for every write, so stored bytes are never re
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,9 +71,14 @@ class BlobStore(Protocol):
 
 
 def new_key() -> str:
-    """A fresh key: ``ab/cd/abcd….dcm``, spread over 65,536 folders."""
+    """A fresh key: ``YYYY/MM/DD/HH/ab/<uuid>.dcm`` (UTC hour of the write, then 256 folders).
+
+    Folders are made once per hour instead of once per object (a fresh 2-level hash layout creates a
+    folder for most of its first hundred thousand objects), recent writes sit together (a reconcile or
+    backup of "what arrived since" lists a few folders), and 256 folders per hour keep each small.
+    """
     name = uuid.uuid4().hex
-    return f"{name[:2]}/{name[2:4]}/{name}.dcm"
+    return f"{time.strftime('%Y/%m/%d/%H', time.gmtime())}/{name[:2]}/{name}.dcm"
 
 
 def iter_chunks(source: BlobSource) -> Iterator[bytes]:
