@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import threading
 import time
 from typing import Any
@@ -39,13 +41,30 @@ class Mosaic:
         self.dicom: DicomServer | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
+        self._workers: list[Any] = []
 
     def http_app(self) -> Any:
         from mosaic.web.app import create_app
 
         return create_app(self)
 
-    def start(self, *, dicom: bool = True, http: bool = True) -> None:
+    def _start_workers(self, port: int) -> None:
+        """More processes on the same DICOM port (SO_REUSEPORT), each with its own services."""
+        context = multiprocessing.get_context("spawn")
+        settings = self.settings.model_copy(deep=True)
+        settings.dicom.port = port
+        ready = [context.Event() for _ in range(1, self.settings.dicom.workers)]
+        for number, event in enumerate(ready, start=1):
+            process = context.Process(target=_dicom_worker, args=(settings.model_dump_json(), os.getpid(), event),
+                                      name=f"mosaic-dicom-{number}", daemon=True)
+            process.start()
+            self._workers.append(process)
+        for process, event in zip(self._workers, ready, strict=True):
+            if not event.wait(120):
+                raise RuntimeError(f"DICOM worker {process.name} did not start (exit code {process.exitcode})")
+        log.info("DICOM port %d served by %d processes", port, self.settings.dicom.workers)
+
+    def start(self, *, dicom: bool = True, http: bool = True, workers: bool = True) -> None:
         if dicom:
             incoming = getattr(self.blobs, "incoming", None)
             if incoming is not None:
@@ -53,6 +72,8 @@ class Mosaic:
             self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve,
                                      spool=Spool(incoming, self.blobs))
             self.dicom.start()
+            if self.settings.dicom.workers > 1 and workers:
+                self._start_workers(self.dicom.port)
         if http:
             config = uvicorn.Config(self.http_app(), host=self.settings.http.host, port=self.settings.http.port,
                                     log_level="warning", access_log=False, lifespan="off")
@@ -79,6 +100,11 @@ class Mosaic:
         return self.dicom.port
 
     def stop(self) -> None:
+        for process in self._workers:
+            process.terminate()
+        for process in self._workers:
+            process.join(timeout=10)
+        self._workers.clear()
         if self.dicom is not None:
             self.dicom.stop()
             self.dicom = None
@@ -88,3 +114,19 @@ class Mosaic:
                 self._http_thread.join(timeout=10)
             self._http = None
         self.database.dispose()
+
+
+def _dicom_worker(settings_json: str, parent_pid: int, ready: Any) -> None:
+    """A DICOM worker process: the same services on the shared port, until its parent goes away."""
+    from mosaic.logging_setup import configure_logging
+
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log)
+    node = Mosaic(settings)
+    node.start(http=False, workers=False)
+    ready.set()
+    try:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+    finally:
+        node.stop()

@@ -46,14 +46,18 @@ def serve(
     http_port: Annotated[int | None, typer.Option("--http-port", help="HTTP port.")] = None,
     dicom_port: Annotated[int | None, typer.Option("--dicom-port", help="DICOM port.")] = None,
     ae_title: Annotated[str | None, typer.Option("--ae-title", help="Mosaic's AE title.")] = None,
+    workers: Annotated[int | None, typer.Option("--dicom-workers", help="Processes serving the DICOM port.")] = None,
 ) -> None:
     """Start Mosaic: the DICOM listener and the HTTP server."""
-    from mosaic.app import Mosaic
     from mosaic.logging_setup import configure_logging
 
     settings = _settings(config, data_dir, http__host=http_host, http__port=http_port, dicom__port=dicom_port,
-                         dicom__ae_title=ae_title)
+                         dicom__ae_title=ae_title, dicom__workers=workers)
     configure_logging(settings.log)
+    if settings.dicom.workers > 1:
+        _multiprocess_metrics(settings.data_dir / ".metrics")
+    from mosaic.app import Mosaic
+
     node = Mosaic(settings)
     node.start()
     console.print(f"[bold green]Mosaic is running[/]  data: {settings.data_dir.resolve()}")
@@ -65,6 +69,16 @@ def serve(
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     stopped.wait()
     node.stop()
+
+
+def _multiprocess_metrics(folder: Path) -> None:
+    """Prometheus metrics shared by the worker processes (set before prometheus_client is imported)."""
+    import os
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
 @app.command("import")

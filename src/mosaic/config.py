@@ -69,7 +69,11 @@ class DicomSettings(BaseModel):
     ae_title: str = Field("MOSAIC", description="Mosaic's own AE title.")
     host: str = Field("127.0.0.1", description="Address the DICOM listener binds to.")
     port: int = Field(11112, ge=0, le=65535, description="TCP port of the DICOM listener (0 picks a free port).")
-    max_associations: int = Field(32, ge=1, description="Most associations served at the same time.")
+    max_associations: int = Field(32, ge=1, description="Most associations served at the same time (per worker).")
+    workers: int = Field(
+        1, ge=1, le=64, description="Processes serving the DICOM port together (SO_REUSEPORT): more than one "
+        "uses more cores for C-STORE; the HTTP server stays in the main process.",
+    )
     max_pdu_size: int = Field(0, ge=0, description="Largest PDU Mosaic receives, in bytes (0: unlimited).")
     network_timeout: float = Field(60.0, gt=0, description="Seconds without network traffic before aborting.")
     streaming_store: bool = Field(

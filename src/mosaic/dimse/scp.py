@@ -86,8 +86,9 @@ class DicomServer:
             (evt.EVT_N_ACTION, self.commitment.on_n_action),
             (evt.EVT_CONN_OPEN, _set_nodelay),
         ]
+        server_class = _SharedPortServer if self.settings.workers > 1 else ThreadedAssociationServer
         server = self.ae.make_server((self.settings.host, self.settings.port), evt_handlers=handlers,
-                                     server_class=ThreadedAssociationServer, request_handler=StoreRequestHandler)
+                                     server_class=server_class, request_handler=StoreRequestHandler)
         if self.settings.streaming_store:
             slots = AssociationSlots(self.settings.max_associations,
                                      lambda: sum(1 for assoc in self.ae.active_associations if assoc.is_acceptor))
@@ -254,6 +255,18 @@ class DicomServer:
                 # sent from the stored file, bytes as received (see mosaic.dimse.egress)
                 yield PENDING, StoredFileDataset(path, instance.SOPClassUID, instance.SOPInstanceUID,
                                                  instance.TransferSyntaxUID)
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """A listener that shares its port with the other DICOM worker processes (the kernel spreads
+    connections over them)."""
+
+    def server_bind(self) -> None:
+        import socket
+
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def _status(code: int, comment: str) -> Dataset:
