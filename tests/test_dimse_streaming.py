@@ -186,7 +186,7 @@ def test_garbage_instead_of_an_association_request_does_not_hurt_the_listener(no
     association.release()
 
 
-def test_associations_with_query_contexts_are_served_by_pynetdicom(node: Mosaic) -> None:
+def test_storage_and_query_on_one_association(node: Mosaic) -> None:
     node.ingest.store(to_bytes(make_instance(patient_id="MIXED")), door="test")
     ae = AE(ae_title="SCU")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
@@ -229,3 +229,72 @@ def test_file_meta_is_what_pydicom_writes(version: str, calling: str) -> None:
     write_file_meta_info(expected, meta, enforce_standard=True)  # type: ignore[arg-type]
     assert encode_file_meta(CTImageStorage, "1.2.826.0.1.3680043.10.1234.123", "1.2.840.10008.1.2.4.50",
                             "1.2.826.0.1.3680043.9.3811.3.0.4", version, calling) == expected.getvalue()
+
+
+def find_command(message_id: int = 7) -> bytes:
+    def element(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HH", tag >> 16, tag & 0xFFFF) + struct.pack("<I", len(value)) + value
+
+    study_root = b"1.2.840.10008.5.1.4.1.2.2.1\x00"
+    rest = (element(0x00000002, study_root) + element(0x00000100, struct.pack("<H", 0x0020))
+            + element(0x00000110, struct.pack("<H", message_id)) + element(0x00000700, struct.pack("<H", 0))
+            + element(0x00000800, struct.pack("<H", 0)))
+    return element(0x00000000, struct.pack("<I", len(rest))) + rest
+
+
+def cancel_command(message_id: int = 7) -> bytes:
+    def element(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HH", tag >> 16, tag & 0xFFFF) + struct.pack("<I", len(value)) + value
+
+    rest = (element(0x00000100, struct.pack("<H", 0x0FFF)) + element(0x00000120, struct.pack("<H", message_id))
+            + element(0x00000800, struct.pack("<H", 0x0101)))
+    return element(0x00000000, struct.pack("<I", len(rest))) + rest
+
+
+def study_identifier() -> bytes:
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import encode
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    data = encode(identifier, True, True)
+    assert data is not None
+    return data
+
+
+def find_statuses(sock: socket.socket) -> list[int]:
+    statuses = []
+    while True:
+        pdu_type, body = read_pdu(sock)
+        assert pdu_type == ul.P_DATA_TF
+        if not body[5] & 0x01:
+            continue  # a data set fragment
+        status = ul.command_us(ul.decode_command(body[6:]), 0x00000900)
+        assert status is not None
+        statuses.append(status)
+        if status != 0xFF00:
+            return statuses
+
+
+def test_cfind_answers_every_match_then_success(node: Mosaic) -> None:
+    for number in range(5):
+        node.ingest.store(to_bytes(make_instance(study_uid=f"1.2.826.0.1.3680043.10.1234.9{number}")), door="test")
+    study_root = "1.2.840.10008.5.1.4.1.2.2.1"
+    with connect(node) as sock:
+        sock.sendall(associate_rq(contexts=[(1, study_root, ["1.2.840.10008.1.2"])]))
+        assert read_pdu(sock)[0] == ul.A_ASSOCIATE_AC
+        sock.sendall(pdv(1, 0x03, find_command()) + pdv(1, 0x02, study_identifier()))
+        assert find_statuses(sock) == [0xFF00] * 5 + [0x0000]
+
+
+def test_cfind_cancelled_by_the_peer_stops_with_fe00(node: Mosaic) -> None:
+    for number in range(5):
+        node.ingest.store(to_bytes(make_instance(study_uid=f"1.2.826.0.1.3680043.10.1234.8{number}")), door="test")
+    study_root = "1.2.840.10008.5.1.4.1.2.2.1"
+    with connect(node) as sock:
+        sock.sendall(associate_rq(contexts=[(1, study_root, ["1.2.840.10008.1.2"])]))
+        assert read_pdu(sock)[0] == ul.A_ASSOCIATE_AC
+        sock.sendall(pdv(1, 0x03, find_command()) + pdv(1, 0x02, study_identifier()) + pdv(1, 0x03, cancel_command()))
+        statuses = find_statuses(sock)
+    assert statuses[-1] == 0xFE00 and len(statuses) < 6

@@ -20,11 +20,14 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.transport import RequestHandler
 
 from mosaic.dimse import upper_layer as ul
@@ -35,6 +38,11 @@ log = logging.getLogger("mosaic.dimse.store")
 _STORAGE = frozenset(STORAGE_SOP_CLASSES)
 _TRANSFER_SYNTAXES = frozenset(TRANSFER_SYNTAXES)
 _VERIFICATION_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+_FIND_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"})
+_SIMPLE_SYNTAX_CLASSES = _FIND_CLASSES | {ul.VERIFICATION}
+"""Services whose messages this path decodes itself: Implicit or Explicit VR Little Endian only."""
+_PENDING = 0xFF00
+_CANCELLED = 0xFE00
 _BUFFER = 256 * 1024
 PEEK_LIMIT = 1024 * 1024
 
@@ -78,6 +86,8 @@ class StoreContext:
     """Where received data sets are written (for the filesystem blob store: straight into a new blob)."""
     calling_allowed: Callable[[str], bool]
     """Whether an AE title may associate at all (unknown AEs, dicom.allow_unknown_calling_aes)."""
+    find: Callable[[Dataset, str, str], Iterator[tuple[int, Dataset | None, str | None]]]
+    """(identifier, calling AE, SOP class) → (status, response identifier, error comment) per response."""
     store: Callable[[Path, str, str, str, str | None], tuple[int, str | None]]
     """(spool file, calling AE, affected SOP class, affected SOP instance, SHA-256 of the file)
     → (status, error comment)."""
@@ -86,12 +96,13 @@ class StoreContext:
 
 
 def is_storage_only(request: ul.AssociateRequest) -> bool:
-    """A storage-only association: every context is a storage class or Verification, no extra roles."""
+    """An association this path serves: every context is a storage class, Verification or a C-FIND
+    information model (Patient Root, Study Root), with no SCP role selection or user identity."""
     if not request.contexts or request.other_user_items:
         return False
     if any(scp_role for _scu_role, scp_role in request.role_selection.values()):
         return False
-    return all(context.abstract_syntax in _STORAGE or context.abstract_syntax == ul.VERIFICATION
+    return all(context.abstract_syntax in _STORAGE or context.abstract_syntax in _SIMPLE_SYNTAX_CLASSES
                for context in request.contexts)
 
 
@@ -158,6 +169,9 @@ class StoreAssociation:
         self.view = memoryview(self.buffer)
         self.command = bytearray()
         self.store: _IncomingStore | None = None
+        self.query: tuple[int, int, str] | None = None
+        """(context id, message id, SOP class) of the C-FIND whose identifier is arriving"""
+        self.identifier = bytearray()
 
     def run(self) -> None:
         self.sock.settimeout(self.context.network_timeout)
@@ -195,7 +209,7 @@ class StoreAssociation:
         self._reserved = True
         results = []
         for proposed in request.contexts:
-            if proposed.abstract_syntax == ul.VERIFICATION:
+            if proposed.abstract_syntax in _SIMPLE_SYNTAX_CLASSES:
                 supported: tuple[str, ...] | frozenset[str] = _VERIFICATION_SYNTAXES
             else:
                 supported = _TRANSFER_SYNTAXES
@@ -255,6 +269,13 @@ class StoreAssociation:
                 self.command += data
                 if last:
                     self._on_command(context_id)
+            elif self.query is not None and self.query[0] == context_id:
+                data = self._read_exact(value_length)
+                if data is None:
+                    raise ul.ProtocolError("connection closed inside an identifier")
+                self.identifier += data
+                if last:
+                    self._on_identifier_complete()
             else:
                 if self.store is None or self.store.context_id != context_id:
                     raise ul.ProtocolError("data set fragment without a C-STORE request")
@@ -273,8 +294,14 @@ class StoreAssociation:
             self.sock.sendall(ul.encode_command_pdata(
                 context_id, ul.encode_response(ul.C_ECHO_RSP, message_id, sop_class or ul.VERIFICATION, 0)))
             return
-        if command_field != ul.C_STORE_RQ:
-            raise ul.ProtocolError(f"command 0x{command_field or 0:04X} is not served on a storage association")
+        if command_field == ul.C_FIND_RQ and self.accepted[context_id][0] in _FIND_CLASSES:
+            self.query = (context_id, message_id, sop_class)
+            self.identifier.clear()
+            return
+        if command_field == ul.C_CANCEL_RQ:
+            return  # nothing in progress to cancel (a C-FIND answers before reading the next message)
+        if command_field != ul.C_STORE_RQ or self.accepted[context_id][0] not in _STORAGE:
+            raise ul.ProtocolError(f"command 0x{command_field or 0:04X} is not served on this association")
         if ul.command_us(elements, ul.COMMAND_DATA_SET_TYPE) == ul.NO_DATA_SET:
             raise ul.ProtocolError("C-STORE request without a data set")
         sop_instance = ul.command_text(elements, ul.AFFECTED_SOP_INSTANCE_UID)
@@ -294,6 +321,52 @@ class StoreAssociation:
             self.context.spool.discard(path)  # a no-op for a file ingest adopted as its blob
         self.sock.sendall(ul.encode_command_pdata(store.context_id, ul.encode_response(
             ul.C_STORE_RSP, store.message_id, store.sop_class_uid, status, store.sop_instance_uid, comment)))
+
+    def _on_identifier_complete(self) -> None:
+        assert self.query is not None
+        context_id, message_id, sop_class = self.query
+        self.query = None
+        implicit = self.accepted[context_id][1] == "1.2.840.10008.1.2"
+        try:
+            identifier = decode(BytesIO(bytes(self.identifier)), implicit, True)
+        except Exception as exc:
+            self._send_find_status(context_id, message_id, sop_class, 0xC000, f"identifier not decodable: {exc}")
+            return
+        for status, response, comment in self.context.find(identifier, self.calling, sop_class):
+            if status != _PENDING:
+                self._send_find_status(context_id, message_id, sop_class, status, comment)
+                return
+            if self._cancel_requested():
+                self._send_find_status(context_id, message_id, sop_class, _CANCELLED, None)
+                return
+            assert response is not None
+            data = encode(response, implicit, True)
+            if data is None:
+                self._send_find_status(context_id, message_id, sop_class, 0xC000, "a response could not be encoded")
+                return
+            self.sock.sendall(ul.encode_command_pdata(context_id, ul.encode_response(
+                ul.C_FIND_RSP, message_id, sop_class, _PENDING, with_data_set=True))
+                + ul.encode_data_set_pdata(context_id, data, self.request.maximum_length))
+
+    def _send_find_status(self, context_id: int, message_id: int, sop_class: str, status: int,
+                          comment: str | None) -> None:
+        self.sock.sendall(ul.encode_command_pdata(context_id, ul.encode_response(
+            ul.C_FIND_RSP, message_id, sop_class, status, error_comment=comment)))
+
+    def _cancel_requested(self) -> bool:
+        """Whether the peer sent C-CANCEL-RQ while responses were going out (PS3.7 9.3.2.3)."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        if not readable:
+            return False
+        header = self._read_exact(6)
+        if header is None:
+            raise ul.ProtocolError("the peer closed the connection during a C-FIND")
+        (length,) = struct.unpack(">I", header[2:6])
+        body = self._read_exact(length)
+        if header[0] != ul.P_DATA_TF or body is None or len(body) < 6 or not body[5] & 0x01:
+            raise ul.ProtocolError("unexpected PDU while C-FIND responses were being sent")
+        elements = ul.decode_command(body[6:])
+        return ul.command_us(elements, ul.COMMAND_FIELD) == ul.C_CANCEL_RQ
 
     # --- socket helpers --------------------------------------------------------------------------------------
 

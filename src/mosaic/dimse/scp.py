@@ -98,7 +98,7 @@ class DicomServer:
                 implementation_class_uid=str(self.ae.implementation_class_uid),
                 implementation_version_name=str(self.ae.implementation_version_name or "MOSAIC"),
                 spool=self.spool, calling_allowed=self._may_associate,
-                store=self.store_received, slots=slots)
+                store=self.store_received, find=self.find_responses, slots=slots)
             self._slots = slots
         self.ae._servers.append(server)
         # a short poll interval: stop() (server.shutdown) returns within 50 ms instead of 500 ms
@@ -177,26 +177,40 @@ class DicomServer:
         return 0x0000, None
 
     def on_c_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-        if not self._allowed(event, "find"):
-            yield NOT_AUTHORISED, None
+        calling = event.assoc.requestor.ae_title.strip()
+        for status, response, comment in self.find_responses(event.identifier, calling,
+                                                              str(event.request.AffectedSOPClassUID)):
+            if status == PENDING:
+                if event.is_cancelled:
+                    yield CANCEL, None
+                    return
+                yield PENDING, response
+            elif status != 0x0000:
+                yield (_status(status, comment) if comment else status), None
+
+    def find_responses(self, identifier: Dataset, calling: str,
+                       sop_class_uid: str) -> Iterator[tuple[int, Dataset | None, str | None]]:
+        """The one C-FIND handler of both receive paths: (status, response identifier, comment) in order,
+        pending responses first, then the final status."""
+        peer = self._peer(calling)
+        if not (peer.may_find if peer is not None else self.settings.allow_unknown_calling_aes):
+            log.warning("refused C-FIND from AE %r: not permitted by dicom.peers", calling)
+            yield NOT_AUTHORISED, None, f"AE {calling} may not query"
             return
-        root = "PATIENT" if str(event.request.AffectedSOPClassUID) == PATIENT_ROOT_FIND else "STUDY"
+        root = "PATIENT" if sop_class_uid == PATIENT_ROOT_FIND else "STUDY"
         try:
-            identifier = event.identifier
             responses = list(self.query.c_find(identifier, root=root))
         except QueryError as exc:
-            log.warning("C-FIND from %r refused: %s", event.assoc.requestor.ae_title, exc)
-            yield _status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
+            log.warning("C-FIND from %r refused: %s", calling, exc)
+            yield IDENTIFIER_DOES_NOT_MATCH, None, str(exc)
             return
         except Exception as exc:
             log.exception("C-FIND failed")
-            yield _status(UNABLE_TO_PROCESS, f"{type(exc).__name__}: {exc}"), None
+            yield UNABLE_TO_PROCESS, None, f"{type(exc).__name__}: {exc}"
             return
         for response in responses:
-            if event.is_cancelled:
-                yield CANCEL, None
-                return
-            yield PENDING, response
+            yield PENDING, response, None
+        yield 0x0000, None, None
 
     def on_c_move(self, event: Event) -> Iterator[Any]:
         if not self._allowed(event, "move"):

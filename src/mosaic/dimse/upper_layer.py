@@ -25,6 +25,10 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
+C_CANCEL_RQ = 0x0FFF
+DATA_SET_PRESENT = 0x0000
 NO_DATA_SET = 0x0101
 
 # presentation context results (PS3.8 9.3.3.2)
@@ -194,6 +198,17 @@ def encode_command_pdata(context_id: int, command: bytes) -> bytes:
     return _pdu(P_DATA_TF, pdv)
 
 
+def encode_data_set_pdata(context_id: int, data: bytes, maximum_length: int) -> bytes:
+    """P-DATA-TF PDUs carrying a data set, each within the peer's maximum PDU length (0: no limit)."""
+    room = maximum_length - 6 if maximum_length > 6 else len(data) or 1
+    pdus = []
+    for start in range(0, max(len(data), 1), room):
+        fragment = data[start : start + room]
+        control = 0x02 if start + room >= len(data) else 0x00
+        pdus.append(_pdu(P_DATA_TF, struct.pack(">IBB", len(fragment) + 2, context_id, control) + fragment))
+    return b"".join(pdus)
+
+
 # --- DIMSE command sets (always Implicit VR Little Endian) --------------------------------------------------
 
 
@@ -236,12 +251,13 @@ def _element(tag: int, value: bytes) -> bytes:
 
 
 def encode_response(command_field: int, message_id: int, sop_class_uid: str, status: int,
-                    sop_instance_uid: str | None = None, error_comment: str | None = None) -> bytes:
-    """A C-STORE-RSP / C-ECHO-RSP command set (PS3.7 9.3.1.2, 9.3.5.2)."""
+                    sop_instance_uid: str | None = None, error_comment: str | None = None, *,
+                    with_data_set: bool = False) -> bytes:
+    """A C-STORE-RSP / C-ECHO-RSP / C-FIND-RSP command set (PS3.7 9.3.1.2, 9.3.5.2, 9.3.2.2)."""
     rest = _element(AFFECTED_SOP_CLASS_UID, _even(sop_class_uid))
     rest += _element(COMMAND_FIELD, struct.pack("<H", command_field))
     rest += _element(0x00000120, struct.pack("<H", message_id))
-    rest += _element(COMMAND_DATA_SET_TYPE, struct.pack("<H", NO_DATA_SET))
+    rest += _element(COMMAND_DATA_SET_TYPE, struct.pack("<H", DATA_SET_PRESENT if with_data_set else NO_DATA_SET))
     rest += _element(0x00000900, struct.pack("<H", status))
     if error_comment:
         comment = error_comment.encode("ascii", "replace")[:64]
