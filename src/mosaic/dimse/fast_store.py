@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import decode
 from pynetdicom.transport import RequestHandler
 
 from mosaic.dimse import upper_layer as ul
@@ -86,8 +86,9 @@ class StoreContext:
     """Where received data sets are written (for the filesystem blob store: straight into a new blob)."""
     calling_allowed: Callable[[str], bool]
     """Whether an AE title may associate at all (unknown AEs, dicom.allow_unknown_calling_aes)."""
-    find: Callable[[Dataset, str, str], Iterator[tuple[int, Dataset | None, str | None]]]
-    """(identifier, calling AE, SOP class) → (status, response identifier, error comment) per response."""
+    find: Callable[[Dataset, str, str, bool], Iterator[tuple[int, bytes | None, str | None]]]
+    """(identifier, calling AE, SOP class, implicit VR?) → (status, encoded response, error comment) per
+    response."""
     store: Callable[[Path, str, str, str, str | None], tuple[int, str | None]]
     """(spool file, calling AE, affected SOP class, affected SOP instance, SHA-256 of the file)
     → (status, error comment)."""
@@ -332,18 +333,14 @@ class StoreAssociation:
         except Exception as exc:
             self._send_find_status(context_id, message_id, sop_class, 0xC000, f"identifier not decodable: {exc}")
             return
-        for status, response, comment in self.context.find(identifier, self.calling, sop_class):
+        for status, data, comment in self.context.find(identifier, self.calling, sop_class, implicit):
             if status != _PENDING:
                 self._send_find_status(context_id, message_id, sop_class, status, comment)
                 return
             if self._cancel_requested():
                 self._send_find_status(context_id, message_id, sop_class, _CANCELLED, None)
                 return
-            assert response is not None
-            data = encode(response, implicit, True)
-            if data is None:
-                self._send_find_status(context_id, message_id, sop_class, 0xC000, "a response could not be encoded")
-                return
+            assert data is not None
             self.sock.sendall(ul.encode_command_pdata(context_id, ul.encode_response(
                 ul.C_FIND_RSP, message_id, sop_class, _PENDING, with_data_set=True))
                 + ul.encode_data_set_pdata(context_id, data, self.request.maximum_length))

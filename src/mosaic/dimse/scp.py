@@ -98,7 +98,7 @@ class DicomServer:
                 implementation_class_uid=str(self.ae.implementation_class_uid),
                 implementation_version_name=str(self.ae.implementation_version_name or "MOSAIC"),
                 spool=self.spool, calling_allowed=self._may_associate,
-                store=self.store_received, find=self.find_responses, slots=slots)
+                store=self.store_received, find=self.find_encoded, slots=slots)
             self._slots = slots
         self.ae._servers.append(server)
         # a short poll interval: stop() (server.shutdown) returns within 50 ms instead of 500 ms
@@ -188,10 +188,15 @@ class DicomServer:
             elif status != 0x0000:
                 yield (_status(status, comment) if comment else status), None
 
-    def find_responses(self, identifier: Dataset, calling: str,
-                       sop_class_uid: str) -> Iterator[tuple[int, Dataset | None, str | None]]:
-        """The one C-FIND handler of both receive paths: (status, response identifier, comment) in order,
-        pending responses first, then the final status."""
+    def find_encoded(self, identifier: Dataset, calling: str, sop_class_uid: str,
+                     implicit: bool) -> Iterator[tuple[int, Any, str | None]]:
+        return self.find_responses(identifier, calling, sop_class_uid, encoded_implicit=implicit)
+
+    def find_responses(self, identifier: Dataset, calling: str, sop_class_uid: str, *,
+                       encoded_implicit: bool | None = None) -> Iterator[tuple[int, Any, str | None]]:
+        """The one C-FIND handler of both receive paths: (status, response, comment) in order, pending
+        responses first, then the final status. Responses are Datasets, or already-encoded bytes when
+        ``encoded_implicit`` says which VR encoding the wire uses."""
         peer = self._peer(calling)
         if not (peer.may_find if peer is not None else self.settings.allow_unknown_calling_aes):
             log.warning("refused C-FIND from AE %r: not permitted by dicom.peers", calling)
@@ -199,7 +204,11 @@ class DicomServer:
             return
         root = "PATIENT" if sop_class_uid == PATIENT_ROOT_FIND else "STUDY"
         try:
-            responses = list(self.query.c_find(identifier, root=root))
+            responses: list[Any]
+            if encoded_implicit is None:
+                responses = list(self.query.c_find(identifier, root=root))
+            else:
+                responses = list(self.query.c_find_encoded(identifier, root=root, implicit=encoded_implicit))
         except QueryError as exc:
             log.warning("C-FIND from %r refused: %s", calling, exc)
             yield IDENTIFIER_DOES_NOT_MATCH, None, str(exc)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
+from mosaic.core.errors import QueryError
+from mosaic.core.identifier import NotPlain, encode_identifier
 from mosaic.index.database import Database
 from mosaic.index.query import (
     LEVELS,
@@ -43,6 +46,44 @@ class QueryService:
         query = query_from_identifier(identifier, root=root)
         for match in self.find(query, door="dimse"):
             yield self.response(match, query, root=root)
+
+    def c_find_encoded(self, identifier: Dataset, *, root: str, implicit: bool) -> Iterator[bytes]:
+        """Responses already encoded for the wire: straight from the indexed values when they are all
+        plain, through pydicom otherwise (same bytes either way)."""
+        from pynetdicom.dsutils import encode
+
+
+        query = query_from_identifier(identifier, root=root)
+        for match in self.find(query, door="dimse"):
+            try:
+                yield encode_identifier(self._plain_values(match, query, root=root), implicit=implicit)
+            except NotPlain:
+                data = encode(self.response(match, query, root=root), implicit, True)
+                if data is None:
+                    raise QueryError("a response could not be encoded") from None
+                yield data
+
+    def _plain_values(self, match: Match, query: Query, *, root: str) -> list[tuple[str, Any]]:
+        values: list[tuple[str, Any]] = [("QueryRetrieveLevel", query.level), ("RetrieveAETitle", self.ae_title)]
+        if query.level != "PATIENT":
+            values.append(("InstanceAvailability", "ONLINE"))
+        for keyword in self._keywords(query, root):
+            value = response_value(match, keyword)
+            if value is None:
+                if metadata_element(match, keyword) is not None:
+                    raise NotPlain(keyword)  # only the stored metadata has it: pydicom encodes
+                value = ""
+            values.append((keyword, value))
+        return values
+
+    @staticmethod
+    def _keywords(query: Query, root: str) -> list[str]:
+        keywords = [keyword for keyword in query.return_keywords if tag_for_keyword(keyword) is not None]
+        top = 0 if root == "PATIENT" else 1
+        for level in LEVELS[top : LEVELS.index(query.level) + 1]:
+            if unique_key(level) not in keywords:
+                keywords.append(unique_key(level))
+        return keywords
 
     def response(self, match: Match, query: Query, *, root: str) -> Dataset:
         response = Dataset()
