@@ -67,7 +67,9 @@ def create_app(mosaic: Mosaic) -> FastAPI:
         return HTMLResponse(render_landing(browse.recent_studies(limit)))
 
     from mosaic.dicomweb.routes import create_router
+    from mosaic.dicomweb.wado import create_wado_router
 
     app.include_router(create_router(mosaic))
+    app.include_router(create_wado_router(mosaic, rs=False))  # WADO-URI also at the site root: /wado?…
     mount_viewer(app, mosaic.settings.viewer_path, dicomweb_root="/dicom-web")
     return app
