@@ -75,3 +75,24 @@ def test_landing_page_lists_recent_studies_with_viewer_links(node: Mosaic) -> No
     page = httpx.get(url(node, "/")).text
     assert "/viewer/viewer?StudyInstanceUIDs=1.2.826.0.1.3680043.10.1234.404" in page
     assert "Doe Jane&lt;script&gt;" in page  # names are escaped
+
+
+def test_cors_is_off_by_default_and_configurable(tmp_path: Path) -> None:
+    http = HttpSettings(port=0, cors_origins=["https://viewer.example.org"])
+    mosaic = Mosaic(Settings(data_dir=tmp_path / "cors", http=http, dicom=DicomSettings(port=0)))
+    mosaic.start()
+    try:
+        preflight = httpx.options(url(mosaic, "/dicom-web/studies"), headers={
+            "Origin": "https://viewer.example.org", "Access-Control-Request-Method": "GET"})
+        assert preflight.headers["access-control-allow-origin"] == "https://viewer.example.org"
+        answer = httpx.get(url(mosaic, "/dicom-web/studies"), headers={"Origin": "https://viewer.example.org"})
+        assert "X-Total-Count" in answer.headers["access-control-expose-headers"]
+        other = httpx.get(url(mosaic, "/dicom-web/studies"), headers={"Origin": "https://evil.example.org"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        mosaic.stop()
+
+
+def test_no_cors_headers_without_configuration(node: Mosaic) -> None:
+    answer = httpx.get(url(node, "/dicom-web/studies"), headers={"Origin": "https://viewer.example.org"})
+    assert "access-control-allow-origin" not in answer.headers

@@ -39,6 +39,10 @@ class HttpSettings(BaseModel):
         None, description="URL clients reach Mosaic at, e.g. https://pacs.example.org (behind a proxy); "
         "by default taken from each request's Host header.",
     )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed to call Mosaic from a browser (CORS), e.g. "
+        "[\"https://viewer.example.org\"]; [\"*\"] allows any. Empty: same origin only.",
+    )
     viewer_dir: Path | None = Field(
         None, description="The built OHIF viewer served at /viewer/ (default: build/viewer of the source "
         "checkout, made by `make install`).",

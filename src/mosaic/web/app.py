@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 def create_app(mosaic: Mosaic) -> FastAPI:
     app = FastAPI(title="Mosaic", version=__version__)
     app.state.public_url = mosaic.settings.http.public_url
+    if mosaic.settings.http.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=mosaic.settings.http.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"], expose_headers=["X-Total-Count", "ETag", "Content-Location"], max_age=600,
+        )
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
