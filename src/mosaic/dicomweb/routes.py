@@ -10,6 +10,8 @@ import gzip
 import hashlib
 import itertools
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -68,9 +70,39 @@ def dicom_json(request: Request, body: bytes, *, status: int = 200, headers: dic
     return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+class ByteCache:
+    """A small LRU of encoded responses, bounded by total bytes (series metadata for viewers)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self.entries: OrderedDict[Any, bytes] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Any) -> bytes | None:
+        with self.lock:
+            value = self.entries.get(key)
+            if value is not None:
+                self.entries.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: bytes) -> None:
+        if len(value) > self.capacity // 4:
+            return
+        with self.lock:
+            if key in self.entries:
+                return
+            self.entries[key] = value
+            self.size += len(value)
+            while self.size > self.capacity:
+                _key, evicted = self.entries.popitem(last=False)
+                self.size -= len(evicted)
+
+
 def create_router(mosaic: Mosaic) -> APIRouter:
     router = APIRouter(prefix=PREFIX)
     metadata_service = MetadataService(mosaic.database)
+    metadata_cache = ByteCache(128 * 1024 * 1024)
     spool_folder: Path | None = getattr(mosaic.blobs, "incoming", None)
     stow = StowService(mosaic.ingest, spool_folder)
 
@@ -121,19 +153,33 @@ def create_router(mosaic: Mosaic) -> APIRouter:
     # --- WADO-RS metadata ------------------------------------------------------------------------
 
     def metadata(request: Request, study: str, series: str | None = None, sop: str | None = None) -> Response:
-        rows = metadata_service.metadata(study, series, sop)
-        if not rows:
+        versions = metadata_service.versions(study, series, sop)
+        if not versions:
             what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
             return problem(404, f"{what} is not in the archive")
         root = base_url(request)
         digest = hashlib.sha1(usedforsecurity=False)
-        objects = []
-        for row in rows:
-            digest.update(f"{row.SOPInstanceUID}:{row.version};".encode())
-            url = f"{root}/studies/{row.StudyInstanceUID}/series/{row.SeriesInstanceUID}/instances/{row.SOPInstanceUID}"
-            objects.append(instance_metadata(row.metadata_json, url))
+        for sop_instance_uid, version in versions:
+            digest.update(f"{sop_instance_uid}:{version};".encode())
         digest.update(root.encode())
-        return dicom_json(request, json_array(objects), etag=f'"{digest.hexdigest()}"')
+        etag = f'"{digest.hexdigest()}"'
+        gzipped = "gzip" in request.headers.get("accept-encoding", "")
+        if etag in {value.strip() for value in request.headers.get("if-none-match", "").split(",")}:
+            return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
+        cached = metadata_cache.get((etag, gzipped))
+        if cached is None:
+            objects = []
+            for row in metadata_service.metadata(study, series, sop):
+                url = (f"{root}/studies/{row.StudyInstanceUID}/series/{row.SeriesInstanceUID}"
+                       f"/instances/{row.SOPInstanceUID}")
+                objects.append(instance_metadata(row.metadata_json, url))
+            body = json_array(objects)
+            cached = gzip.compress(body, compresslevel=5) if gzipped and len(body) >= _GZIP_MIN else body
+            metadata_cache.put((etag, gzipped), cached)
+        headers = {"ETag": etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+        if cached[:2] == b"\x1f\x8b":
+            headers["Content-Encoding"] = "gzip"
+        return Response(cached, media_type=MEDIA_TYPE, headers=headers)
 
     @router.get("/studies/{study}/metadata")
     def study_metadata(request: Request, study: str) -> Response:

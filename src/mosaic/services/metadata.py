@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Table, select
 
@@ -27,12 +28,28 @@ class MetadataService:
     def __init__(self, database: Database) -> None:
         self.database = database
 
+    def versions(self, study_uid: str, series_uid: str | None = None,
+                 sop_instance_uid: str | None = None) -> list[tuple[str, int]]:
+        """(SOPInstanceUID, version) of each instance: enough to tell whether cached metadata is current."""
+        statement = self._select(study_uid, series_uid, sop_instance_uid,
+                                 (_instance.c.SOPInstanceUID, _instance.c.version))
+        with self.database.engine.connect() as connection:
+            return [(row[0], row[1]) for row in connection.execute(statement)]
+
     def metadata(self, study_uid: str, series_uid: str | None = None,
                  sop_instance_uid: str | None = None) -> list[InstanceMetadata]:
         """Every instance's stored DICOM JSON for a study, series or one instance, in a stable order."""
+        statement = self._select(study_uid, series_uid, sop_instance_uid, (
+            _study.c.StudyInstanceUID, _series.c.SeriesInstanceUID, _instance.c.SOPInstanceUID,
+            _instance.c.version, _instance.c.metadata_json))
+        with self.database.engine.connect() as connection:
+            return [InstanceMetadata(*row) for row in connection.execute(statement)]
+
+    @staticmethod
+    def _select(study_uid: str, series_uid: str | None, sop_instance_uid: str | None,
+                columns: tuple[Any, ...]) -> Any:
         statement = (
-            select(_study.c.StudyInstanceUID, _series.c.SeriesInstanceUID, _instance.c.SOPInstanceUID,
-                   _instance.c.version, _instance.c.metadata_json)
+            select(*columns)
             .select_from(_instance.join(_series, _instance.c.series_pk == _series.c.pk)
                          .join(_study, _series.c.study_pk == _study.c.pk))
             .where(_study.c.StudyInstanceUID == study_uid)
@@ -41,6 +58,4 @@ class MetadataService:
             statement = statement.where(_series.c.SeriesInstanceUID == series_uid)
         if sop_instance_uid is not None:
             statement = statement.where(_instance.c.SOPInstanceUID == sop_instance_uid)
-        statement = statement.order_by(_series.c.pk, _instance.c.InstanceNumber, _instance.c.pk)
-        with self.database.engine.connect() as connection:
-            return [InstanceMetadata(*row) for row in connection.execute(statement)]
+        return statement.order_by(_series.c.pk, _instance.c.InstanceNumber, _instance.c.pk)
