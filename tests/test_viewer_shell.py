@@ -37,28 +37,10 @@ from fastapi.responses import Response
 
 from mosaic.viewer import mount_viewer, render_app_config
 from mosaic.viewer.build import METADATA_NAME, RewriteError, rewrite
+from tests.browser import chromium_context, open_page, viewer_dir
 
-REPO = Path(__file__).resolve().parents[1]
-VIEWER_DIR = REPO / "build" / "viewer"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 IMMUTABLE = "public, max-age=31536000, immutable"
 DICOM_JSON = "application/dicom+json"
-
-
-def viewer_dir() -> Path:
-    if not (VIEWER_DIR / "index.html").is_file() or not (VIEWER_DIR / METADATA_NAME).is_file():
-        pytest.fail(f"the OHIF viewer is not prepared in {VIEWER_DIR}: run `make install` "
-                    "(or scripts/install-viewer.sh)", pytrace=False)
-    return VIEWER_DIR
 
 
 def app_bundle(directory: Path) -> Path:
@@ -411,62 +393,10 @@ def test_a_build_for_another_prefix_is_a_503(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PageLog:
-    bad_responses: list[str] = field(default_factory=list)
-    failed_requests: list[str] = field(default_factory=list)
-    console_errors: list[str] = field(default_factory=list)
-    page_errors: list[str] = field(default_factory=list)
-    chunks: list[str] = field(default_factory=list)
-
-    def problems(self) -> list[str]:
-        chunk_errors = [m for m in self.console_errors if "ChunkLoadError" in m or "Loading chunk" in m
-                        or "Loading CSS chunk" in m or "/viewer/" in m]
-        return self.bad_responses + self.failed_requests + self.page_errors + chunk_errors
-
-
 @pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-system-deps.sh (Debian package chromium)",
-                    pytrace=False)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the playwright package is missing: pip install -e '.[test]' (never `playwright install`)",
-                    pytrace=False)
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 800})
-        context.set_default_timeout(60_000)
-        try:
-            yield context
-        finally:
-            context.close()
-
-
-def open_page(context: Any, url: str) -> tuple[Any, PageLog]:
-    log = PageLog()
-    page = context.new_page()
-
-    def on_response(response: Any) -> None:
-        if "/viewer/" in response.url and response.status >= 400:
-            log.bad_responses.append(f"{response.status} {response.url}")
-
-    def on_request(request: Any) -> None:
-        if "/viewer/" in request.url and ".bundle." in request.url:
-            log.chunks.append(request.url)
-
-    page.on("response", on_response)
-    page.on("request", on_request)
-    page.on("requestfailed", lambda request: log.failed_requests.append(f"failed {request.url} {request.failure}"))
-    page.on("console", lambda message: log.console_errors.append(message.text)
-            if message.type == "error" else None)
-    page.on("pageerror", lambda error: log.page_errors.append(f"page error: {error}"))
-    page.goto(url)
-    return page, log
+    with chromium_context(tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context
 
 
 def test_browser_renders_the_study_list(live_server: LiveServer, browser_context: Any, tmp_path: Path) -> None:
