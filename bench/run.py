@@ -5,9 +5,11 @@
     .venv/bin/python bench/run.py --quick          # a small smoke run (~2 minutes once the cache is built)
 
 Measures C-STORE ingest (dcmtk storescu, 1 and 4 associations), C-FIND latency (pynetdicom in-process,
-one open association) at several archive sizes, and the server's resident memory while a ~1 GB
-multi-frame instance arrives. Generated data is cached in bench/.cache; servers run from temporary
-folders that are removed at the end. Prints a Markdown report on stdout, progress on stderr.
+one open association) at several archive sizes, the server's resident memory while a ~1 GB
+multi-frame instance arrives, and DICOMweb (bench/dicomweb.py: STOW-RS ingest, QIDO-RS latency on the
+C-FIND archives, WADO-RS series metadata and frames; Orthanc with its DICOMweb plugin). Generated data is
+cached in bench/.cache; servers run from temporary folders that are removed at the end. Prints a Markdown
+report on stdout, progress on stderr.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import dicomweb
 import dimse
 import queries
 import synth
@@ -45,6 +48,7 @@ from servers import (
     dcmtk_available,
     nodelay_env,
     orthanc_available,
+    orthanc_dicomweb_available,
     rss_kib,
 )
 
@@ -152,6 +156,7 @@ class Report:
     ingest: list[IngestResult] = field(default_factory=list)
     memory: list[MemoryResult] = field(default_factory=list)
     find: list[FindResult] = field(default_factory=list)
+    dicomweb: dicomweb.DicomwebResults | None = None
     notes: list[str] = field(default_factory=list)
     profile: list[str] = field(default_factory=list)
 
@@ -342,23 +347,38 @@ def time_queries(clients: dict[str, dimse.FindClient], find_queries: list[querie
     return results
 
 
-def bench_find(sizes: list[int], rounds: int, work: Path, report: Report) -> None:
+def bench_find(sizes: list[int], rounds: int, work: Path, report: Report, *, cfind: bool = True,
+               qido: bool = False, profile: bool = False) -> None:
+    """C-FIND (``cfind``) and QIDO-RS (``qido``, into ``report.dicomweb``) on the same archives; ``profile``:
+    py-spy on Mosaic answering its slowest QIDO-RS query at the largest size."""
     layout = synth.query_layout(max(sizes))
     find_queries = queries.build_queries(layout, min(sizes))
+    qido_queries = dicomweb.build_qido_queries(layout, min(sizes)) if qido else []
     mosaic = MosaicServer(work)
-    orthanc = OrthancServer(work)
+    orthanc = OrthancServer(work, dicomweb=qido)
     try:
         orthanc.start()
         loaded = 0
         for size in sizes:
             blocks = synth.query_blocks(CACHE, size)[loaded // synth.BLOCK:]
-            log(f"C-FIND: loading instances {loaded}..{size} into both servers")
+            log(f"{'C-FIND' if cfind else 'QIDO-RS'}: loading instances {loaded}..{size} into both servers")
             timings = populate(mosaic, orthanc, blocks)
             loaded = size
             servers: dict[str, Server] = {"Mosaic": mosaic, "Orthanc": orthanc}
             counts = {name: dimse.count_instances(server) for name, server in servers.items()}
             log(f"  loaded in {timings['Mosaic']:.0f} s (Mosaic import) / {timings['Orthanc']:.0f} s "
                 f"(Orthanc C-STORE x4), concurrently; archive counts {counts}")
+            if qido and report.dicomweb is not None:
+                qido_result = dicomweb.time_qido(servers, qido_queries, size, rounds, log)
+                qido_result.populate_seconds, qido_result.counts = timings, counts
+                report.dicomweb.qido.append(qido_result)
+                if profile and size == max(sizes):
+                    slowest = max(range(len(qido_queries)), key=lambda at: qido_result.queries[at].p("Mosaic", 0.95))
+                    log(f"  profiling Mosaic on QIDO-RS {qido_queries[slowest].name}")
+                    report.dicomweb.profiles.append(dicomweb.profile_qido(
+                        mosaic, qido_queries[slowest], 50, WORK / "profile-qido.txt", summarise_profile))
+            if not cfind:
+                continue
             with dimse.FindClient(mosaic) as mosaic_client, dimse.FindClient(orthanc) as orthanc_client:
                 clients = {"Mosaic": mosaic_client, "Orthanc": orthanc_client}
                 results = time_queries(clients, find_queries, size, rounds)
@@ -532,6 +552,8 @@ def render(report: Report) -> str:
                 f"{memory.delta_mib:.0f} | {memory.seconds:.1f} | {size / 1e6 / memory.seconds:.0f} | "
                 f"{memory.stored} |")
         add("")
+    if report.dicomweb is not None:
+        out.extend(dicomweb.render(report.dicomweb))
     if report.profile:
         add("## py-spy profile of Mosaic during a 1-association ingest")
         add("")
@@ -568,9 +590,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=20, help="timed repetitions of each C-FIND per server")
     parser.add_argument("--repeat", type=int, default=3,
                         help="ingest runs per server and association count (the median is reported)")
-    parser.add_argument("--only", default="ingest,memory,find", help="parts to run: ingest, memory, find")
+    parser.add_argument("--only", default="ingest,memory,find,dicomweb",
+                        help="parts to run: ingest, memory, find, dicomweb")
     parser.add_argument("--profile", action="store_true",
-                        help="also profile Mosaic with py-spy during an extra 1-association ingest")
+                        help="also profile Mosaic with py-spy during an extra 1-association ingest (and, with "
+                             "dicomweb, extra STOW-RS runs and its slowest QIDO-RS query)")
     parser.add_argument("--quick", action="store_true",
                         help="small smoke run: 200 instances, C-FIND at 2000 and 5000, 100 MB instance")
     parser.add_argument("--output", type=Path, help="also write the Markdown report to this file")
@@ -605,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     if not orthanc_available():
         print("Orthanc is missing (/usr/sbin/Orthanc): run scripts/install-system-deps.sh", file=sys.stderr)
         return 2
+    if "dicomweb" in args.parts and not orthanc_dicomweb_available():
+        print("Orthanc's DICOMweb plugin is missing (package orthanc-dicomweb)", file=sys.stderr)
+        return 2
     os.environ.update(nodelay_env())
     report = Report(
         started=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
@@ -612,11 +639,18 @@ def main(argv: list[str] | None = None) -> int:
         settings={"instances": args.instances, "find sizes": "/".join(map(str, args.sizes)),
                   "frames": args.frames, "C-FIND rounds": args.rounds},
     )
+    if "dicomweb" in args.parts:
+        report.dicomweb = dicomweb.DicomwebResults(settings={
+            "STOW-RS instances per request": dicomweb.PER_REQUEST, "STOW-RS runs": args.repeat,
+            "QIDO-RS rounds": args.rounds, "metadata rounds": args.rounds, "frame rounds": 3})
     log("preparing data (cached in bench/.cache)")
     started = time.perf_counter()
-    ingest_folders = synth.ensure_ingest_set(CACHE, args.instances) if "ingest" in args.parts else []
-    if "find" in args.parts:
+    ingest_folders = (synth.ensure_ingest_set(CACHE, args.instances)
+                      if args.parts & {"ingest", "dicomweb"} else [])
+    if args.parts & {"find", "dicomweb"}:
         synth.ensure_query_set(CACHE, max(args.sizes), max(args.sizes))
+    if "dicomweb" in args.parts:
+        dicomweb.ensure_metadata_series(CACHE)
     multiframe = synth.ensure_multiframe(CACHE, frames=args.frames) if "memory" in args.parts else None
     log(f"data ready in {time.perf_counter() - started:.0f} s")
     exit_code = 0
@@ -646,14 +680,40 @@ def main(argv: list[str] | None = None) -> int:
                 except BenchError as exc:
                     report.notes.append(f"memory test on {server_type.name} failed: {exc}")
                     log(f"  {exc}")
-        if "find" in args.parts:
+        if "dicomweb" in args.parts and report.dicomweb is not None:
+            stow_files = [path for folder in ingest_folders for path in dicomweb.dicom_files(folder)]
+            warm_page_cache(ingest_folders)
+            stow_warmup = dicomweb.dicom_files(dicomweb.ensure_metadata_series(CACHE))[:4]
             try:
-                bench_find(args.sizes, args.rounds, work, report)
+                report.dicomweb.stow = dicomweb.run_stow(stow_files, stow_warmup, args.repeat, dicomweb.PER_REQUEST,
+                                                         work, log)
+                if args.profile:
+                    for clients in (1, 4):
+                        log(f"profiling Mosaic's STOW-RS path with py-spy ({clients} client(s))")
+                        report.dicomweb.profiles.append(dicomweb.profile_stow(
+                            stow_files, stow_warmup, clients, dicomweb.PER_REQUEST, work,
+                            WORK / f"profile-stow-{clients}.txt", summarise_profile, log))
             except BenchError as exc:
-                report.notes.append(f"C-FIND benchmark failed: {exc}")
+                report.dicomweb.notes.append(f"STOW-RS benchmark failed: {exc}")
                 log(str(exc))
                 exit_code = 1
-        if args.profile and ingest_folders:
+        if args.parts & {"find", "dicomweb"}:
+            try:
+                bench_find(args.sizes, args.rounds, work, report, cfind="find" in args.parts,
+                           qido="dicomweb" in args.parts, profile=args.profile)
+            except BenchError as exc:
+                report.notes.append(f"C-FIND / QIDO-RS benchmark failed: {exc}")
+                log(str(exc))
+                exit_code = 1
+        if "dicomweb" in args.parts and report.dicomweb is not None:
+            log("WADO-RS: series metadata and frames")
+            try:
+                report.dicomweb.retrieve = dicomweb.run_retrieve(CACHE, ingest_folders[0], work, args.rounds, log)
+            except BenchError as exc:
+                report.dicomweb.notes.append(f"WADO-RS benchmark failed: {exc}")
+                log(str(exc))
+                exit_code = 1
+        if args.profile and "ingest" in args.parts:
             log("profiling Mosaic's C-STORE path with py-spy")
             report.profile = profile_ingest(ingest_folders, work)
     load = os.getloadavg()

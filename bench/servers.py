@@ -19,6 +19,8 @@ HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 MOSAIC_BIN = ROOT / ".venv" / "bin" / "mosaic"
 ORTHANC_BIN = Path(os.environ.get("ORTHANC_BIN", "/usr/sbin/Orthanc"))
+ORTHANC_DICOMWEB_PLUGIN = Path(os.environ.get("ORTHANC_DICOMWEB_PLUGIN",
+                                              "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"))
 SCU_AE = "BENCH"
 
 
@@ -172,14 +174,16 @@ class OrthancServer(Server):
     name = "Orthanc"
     ae_title = "ORTHANC"
 
-    def __init__(self, work: Path | None = None) -> None:
+    def __init__(self, work: Path | None = None, *, dicomweb: bool = False) -> None:
+        self.dicomweb = dicomweb
+        """Load Debian's DICOMweb plugin (served at /dicom-web/)."""
         super().__init__(work)
         self.config_path = self.data_dir / "orthanc.json"
         self.config_path.write_text(json.dumps(self.config(), indent=2))
 
     def config(self) -> dict[str, Any]:
         storage = str(self.data_dir / "db")
-        return {
+        config: dict[str, Any] = {
             "Name": "bench-orthanc",
             "StorageDirectory": storage,
             "IndexDirectory": storage,
@@ -195,11 +199,17 @@ class OrthancServer(Server):
             "StorageCompression": False,
             "OverwriteInstances": False,
         }
+        if self.dicomweb:
+            config["Plugins"] = [str(ORTHANC_DICOMWEB_PLUGIN)]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+        return config
 
     def command(self) -> list[str]:
         return [str(ORTHANC_BIN), str(self.config_path)]
 
     def ready(self) -> bool:
+        if self.dicomweb and not _http_ok(f"http://{HOST}:{self.http_port}/dicom-web/studies?limit=1"):
+            return False
         return _listening(self.dicom_port) and _http_ok(f"http://{HOST}:{self.http_port}/system")
 
     def rest(self, path: str) -> Any:
@@ -218,6 +228,10 @@ class OrthancServer(Server):
 
 def orthanc_available() -> bool:
     return ORTHANC_BIN.exists()
+
+
+def orthanc_dicomweb_available() -> bool:
+    return ORTHANC_DICOMWEB_PLUGIN.exists()
 
 
 def dcmtk_available() -> bool:

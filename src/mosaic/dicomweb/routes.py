@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from mosaic.core.errors import QueryError
-from mosaic.dicomweb.dicomjson import MEDIA_TYPE, dumps, instance_metadata, json_array, match_json
+from mosaic.dicomweb.dicomjson import MEDIA_TYPE, dumps, instance_metadata, json_array, plain_json
 from mosaic.dicomweb.multipart import MultipartError, media_type_parameters, read_parts
 from mosaic.dicomweb.qido import parse_qido
 from mosaic.dicomweb.stow import StowService
@@ -121,8 +121,8 @@ def create_router(mosaic: Mosaic) -> APIRouter:
         root = base_url(request)
         objects = []
         for match in matches:
-            response = mosaic.query.response(match, query, root="STUDY")
-            objects.append(dumps(match_json(response, match, _retrieve_url(root, match, level),
+            values = mosaic.query.indexed_values(match, query, root="STUDY")
+            objects.append(dumps(plain_json(values, match, _retrieve_url(root, match, level),
                                             include_all=parsed.include_all)).decode("utf-8"))
         return dicom_json(request, json_array(objects), headers={"X-Total-Count": str(total)})
 

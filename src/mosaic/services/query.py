@@ -10,7 +10,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from mosaic.core.errors import QueryError
-from mosaic.core.identifier import NotPlain, encode_identifier
+from mosaic.core.identifier import NotPlain, encode_identifier, tag_and_vr
 from mosaic.index.database import Database
 from mosaic.index.query import (
     LEVELS,
@@ -74,6 +74,19 @@ class QueryService:
                     raise NotPlain(keyword)  # only the stored metadata has it: pydicom encodes
                 value = ""
             values.append((keyword, value))
+        return values
+
+    def indexed_values(self, match: Match, query: Query, *,
+                       root: str) -> list[tuple[str, int, str, Any, dict[str, Any] | None]]:
+        """(keyword, tag, VR, indexed value or None, stored metadata element or None) of each returned key,
+        for encoders that do not need a pydicom Dataset (QIDO-RS JSON)."""
+        values: list[tuple[str, int, str, Any, dict[str, Any] | None]] = []
+        if query.level != "PATIENT":
+            values.append(("InstanceAvailability", 0x00080056, "CS", "ONLINE", None))
+        for keyword in self._keywords(query, root):
+            tag, vr = tag_and_vr(keyword)
+            value = response_value(match, keyword)
+            values.append((keyword, tag, vr, value, metadata_element(match, keyword) if value is None else None))
         return values
 
     @staticmethod
