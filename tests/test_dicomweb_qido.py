@@ -135,3 +135,9 @@ def test_large_answers_are_gzipped_when_asked(node: Mosaic) -> None:
                          headers={"Accept-Encoding": "gzip"})
     assert response.headers.get("content-encoding") == "gzip"
     assert len(response.json()) == 4
+
+
+def test_modality_asked_of_a_study_lists_every_modality(node: Mosaic) -> None:
+    # OHIF's study list asks studies for 00080060; a study of several modalities answers with all of them
+    [study] = qido(node, "/studies", PatientID="Q1", includefield="00080060").json()
+    assert study["00080060"] == {"vr": "CS", "Value": ["CT"]}

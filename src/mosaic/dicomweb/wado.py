@@ -199,14 +199,25 @@ def _boundary(etag: str) -> str:
     return "mosaic-" + hashlib.sha1(etag.encode(), usedforsecurity=False).hexdigest()
 
 
+_SMALL_BODY = 4 * 1024 * 1024
+
+
 def _multipart(parts: Iterable[OutgoingPart], part_type: str, etag: str, *, length: int | None = None,
-               background: BackgroundTask | None = None) -> StreamingResponse:
+               background: BackgroundTask | None = None, small: bool = False) -> Response:
+    """A multipart/related answer: streamed, or (``small``: frames, rendered images) sent in one piece with
+    its Content-Length, which spares a viewer's many frame requests the streaming machinery."""
     boundary = _boundary(etag)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    media_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
+    if small:
+        parts = list(parts)
+        if all(part.body is not None or (part.length or _SMALL_BODY + 1) <= _SMALL_BODY for part in parts):
+            return Response(b"".join(write_parts(parts, boundary)), headers=headers, media_type=media_type,
+                            background=background)
     if length is not None:
         headers["Content-Length"] = str(length)
     return StreamingResponse(write_parts(parts, boundary), headers=headers, background=background,
-                             media_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
+                             media_type=media_type)
 
 
 def _multipart_length(parts: list[tuple[str, int]], boundary: str) -> int:
@@ -429,7 +440,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
                         yield OutgoingPart(part_type, body=frame_bytes(stream, layout, number, plan),
                                            headers={"Content-Location": f"{url}/frames/{number}"})
 
-        return _multipart(parts(), plan.media_type, etag)
+        return _multipart(parts(), plan.media_type, etag, small=len(numbers) <= 8)
 
     def frames(request: Request, study: str, series: str, sop: str, frame_list: str) -> Response:
         numbers = parse_frame_list(frame_list)
@@ -578,7 +589,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if not multipart:
             return Response(images[0], media_type=media_type, headers=headers)
-        return _multipart([OutgoingPart(media_type, body=image) for image in images], media_type, etag)
+        return _multipart([OutgoingPart(media_type, body=image) for image in images], media_type, etag, small=True)
 
     @router.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
     def instance_rendered(request: Request, study: str, series: str, sop: str) -> Response:

@@ -19,10 +19,10 @@ SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDate", "S
                "InstitutionalDepartmentName", "PerformedProcedureStepStartDate",
                "PerformedProcedureStepStartTime", "RequestedProcedureID", "ScheduledProcedureStepID")
 INSTANCE_KEYS = ("SOPInstanceUID", "SOPClassUID", "InstanceNumber", "ContentDate", "ContentTime",
-                 "AcquisitionNumber", "NumberOfFrames", "Rows", "Columns")
+                 "AcquisitionNumber", "NumberOfFrames", "Rows", "Columns", "BitsAllocated")
 
 PERSON_NAME_KEYS = frozenset({"PatientName", "ReferringPhysicianName", "NameOfPhysiciansReadingStudy"})
-INTEGER_KEYS = frozenset({"SeriesNumber", "InstanceNumber", "AcquisitionNumber", "NumberOfFrames",
+INTEGER_KEYS = frozenset({"SeriesNumber", "InstanceNumber", "AcquisitionNumber", "NumberOfFrames", "BitsAllocated",
                           "Rows", "Columns"})
 _SEQUENCE_SOURCES = {
     "RequestedProcedureID": "RequestAttributesSequence",

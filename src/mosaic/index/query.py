@@ -186,7 +186,7 @@ class QueryEngine:
         return any(keyword in KEYS_OF_LEVEL[lower] or keyword in COMPUTED_KEYS[lower] for lower in below)
 
     def _has_column(self, level: str, keyword: str) -> bool:
-        if keyword in ("QueryRetrieveLevel",):
+        if keyword in ("QueryRetrieveLevel",) or (keyword == "Modality" and level == "STUDY"):
             return True
         return self._owner_level(keyword, (*_PARENT_LEVELS[level], level)) is not None
 
@@ -341,6 +341,9 @@ def _text_matches(text: str, option: str, vr: str) -> bool:
 
 def response_value(match: Match, keyword: str) -> Any:
     """The value of ``keyword`` for a match: an indexed column, a computed attribute, or the metadata."""
+    if keyword == "Modality" and match.level == "STUDY":
+        # asked of a study (OHIF's study list does), Modality answers with every modality in the study
+        return [item for item in str(match.rows["STUDY"].ModalitiesInStudy).split("\\") if item]
     levels = (match.level, *reversed(_PARENT_LEVELS[match.level]))
     for level in levels:
         row = match.rows.get(level)

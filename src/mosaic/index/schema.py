@@ -135,6 +135,7 @@ class Instance(Base):
     NumberOfFrames: Mapped[int | None] = mapped_column(Integer, nullable=True)
     Rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
     Columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    BitsAllocated: Mapped[int | None] = mapped_column(Integer, nullable=True)
     TransferSyntaxUID: Mapped[str] = mapped_column(String(64), nullable=False)
     blob_key: Mapped[str] = mapped_column(String(256), nullable=False)
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 08:48:57.659009
+Create Date: 2026-11-24 09:40:50.976914
 """
 
 from __future__ import annotations
@@ -166,6 +166,7 @@ def upgrade() -> None:
     sa.Column('NumberOfFrames', sa.Integer(), nullable=True),
     sa.Column('Rows', sa.Integer(), nullable=True),
     sa.Column('Columns', sa.Integer(), nullable=True),
+    sa.Column('BitsAllocated', sa.Integer(), nullable=True),
     sa.Column('TransferSyntaxUID', sa.String(length=64), nullable=False),
     sa.Column('blob_key', sa.String(length=256), nullable=False),
     sa.Column('size', sa.BigInteger(), nullable=False),
