@@ -13,7 +13,6 @@ from typing import Any
 import uvicorn
 
 from mosaic.config import Settings
-from mosaic.dimse.fast_store import Spool
 from mosaic.dimse.receive import spool_into
 from mosaic.dimse.scp import DicomServer
 from mosaic.index.database import Database
@@ -22,6 +21,7 @@ from mosaic.services.ingest import IngestService
 from mosaic.services.query import QueryService
 from mosaic.services.retrieve import RetrieveService
 from mosaic.storage import BlobStore, open_blob_store
+from mosaic.storage.spool import Spool
 
 log = logging.getLogger("mosaic")
 

@@ -6,12 +6,13 @@ STOW request never sits in memory. The writer yields parts from bytes or from fi
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 CHUNK = 256 * 1024
 _MAX_HEADER_BYTES = 16 * 1024
@@ -26,6 +27,8 @@ class Part:
     headers: dict[str, str]
     path: Path
     size: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+    """SHA-256 of the body, computed as it was written (the spool file is never re-read to hash it)."""
 
     @property
     def content_type(self) -> str:
@@ -107,11 +110,14 @@ async def read_parts(chunks: AsyncIterator[bytes], boundary: str,
                     if at < 0:
                         keep = len(delimiter) - 1
                         if len(buffer) > keep:
-                            sink.write(buffer[: len(buffer) - keep])
+                            piece = buffer[: len(buffer) - keep]
+                            sink.write(piece)
+                            parts[-1].digest.update(piece)
                             parts[-1].size += len(buffer) - keep
                             del buffer[: len(buffer) - keep]
                         break
                     sink.write(buffer[:at])
+                    parts[-1].digest.update(buffer[:at])
                     parts[-1].size += at
                     sink.close()
                     sink = None

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import itertools
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -25,6 +23,7 @@ from mosaic.dicomweb.multipart import MultipartError, media_type_parameters, rea
 from mosaic.dicomweb.qido import parse_qido
 from mosaic.dicomweb.stow import StowService
 from mosaic.services.metadata import MetadataService
+from mosaic.storage.spool import Spool
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
@@ -104,7 +103,8 @@ def create_router(mosaic: Mosaic) -> APIRouter:
     metadata_service = MetadataService(mosaic.database)
     metadata_cache = ByteCache(128 * 1024 * 1024)
     spool_folder: Path | None = getattr(mosaic.blobs, "incoming", None)
-    stow = StowService(mosaic.ingest, spool_folder)
+    spool = Spool(spool_folder, mosaic.blobs)
+    stow = StowService(mosaic.ingest, spool)
 
     # --- QIDO-RS ---------------------------------------------------------------------------------
 
@@ -203,16 +203,19 @@ def create_router(mosaic: Mosaic) -> APIRouter:
         if part_type not in ("application/dicom", "application/dicom+json"):
             return problem(415, f"multipart/related type {part_type!r} is not application/dicom "
                                 "or application/dicom+json")
-        counter = itertools.count()
 
         def sink() -> tuple[Path, BinaryIO]:
-            handle = tempfile.NamedTemporaryFile(dir=spool_folder, prefix=f"stow{next(counter)}-",  # noqa: SIM115
-                                                 suffix=".dcm", delete=False)
-            return Path(handle.name), handle  # type: ignore[return-value]
+            # each part is written once, where it will stay: a new blob path that ingest adopts
+            path = spool.new()
+            spooled.append(path)
+            return path, open(path, "wb")
 
+        spooled: list[Path] = []
         try:
             parts = await read_parts(request.stream(), parameters.get("boundary", ""), sink)
         except MultipartError as exc:
+            for path in spooled:
+                spool.discard(path)
             return problem(400, f"malformed multipart body: {exc}")
         if not parts:
             return problem(400, "the multipart body has no parts")

@@ -16,6 +16,7 @@ from mosaic.core.dicom import parse_instance
 from mosaic.core.errors import InvalidObject, StorageFailure
 from mosaic.dicomweb.multipart import Part
 from mosaic.services.ingest import IngestService
+from mosaic.storage.spool import Spool
 
 log = logging.getLogger("mosaic.dicomweb.stow")
 
@@ -60,30 +61,33 @@ def _reference(sop_class_uid: str, sop_instance_uid: str) -> dict[str, Any]:
 class StowService:
     """Stores the parts of one STOW-RS request."""
 
-    def __init__(self, ingest: IngestService, spool_folder: Path | None) -> None:
+    def __init__(self, ingest: IngestService, spool: Spool) -> None:
         self.ingest = ingest
-        self.spool_folder = spool_folder
+        self.spool = spool
+        self.spool_folder = spool.folder
 
     def store_parts(self, parts: list[Part], *, study_uid: str | None, base_url: str, source: str,
                     json_request: bool) -> StowOutcome:
         outcome = StowOutcome()
+        dicom_files: list[tuple[Path, str | None]] = []
         if json_request:
             dicom_files = self._files_from_json(parts, outcome)
         else:
-            dicom_files = []
             for part in parts:
                 media_type = part.content_type.split(";")[0].strip().lower()
                 if media_type not in ("application/dicom", ""):
                     outcome.failed.append({**_reference("", ""), "00081197": {"vr": "US",
                                                                                "Value": [CANNOT_UNDERSTAND]}})
                     log.warning("STOW-RS from %s: part of type %r is not application/dicom", source, media_type)
+                    self.spool.discard(part.path)
                     continue
-                dicom_files.append(part.path)
-        for path in dicom_files:
-            self._store(path, study_uid, base_url, source, outcome)
+                dicom_files.append((part.path, part.digest.hexdigest()))
+        for path, sha256 in dicom_files:
+            self._store(path, sha256, study_uid, base_url, source, outcome)
         return outcome
 
-    def _store(self, path: Path, study_uid: str | None, base_url: str, source: str, outcome: StowOutcome) -> None:
+    def _store(self, path: Path, sha256: str | None, study_uid: str | None, base_url: str, source: str,
+               outcome: StowOutcome) -> None:
         sop_class, sop_instance = "", ""
         try:
             parsed = parse_instance(path)
@@ -91,7 +95,8 @@ class StowService:
             if study_uid and parsed.study_instance_uid != study_uid:
                 raise InvalidObject(f"its Study Instance UID {parsed.study_instance_uid} is not the {study_uid} "
                                     "of the request URL", sop_instance_uid=sop_instance, status=STUDY_MISMATCH)
-            result = self.ingest.store(path, door="dicomweb", source_ae_title=source[:16])
+            result = self.ingest.store(path, door="dicomweb", source_ae_title=source[:16], sha256=sha256,
+                                       parsed=parsed)
         except InvalidObject as exc:
             log.warning("STOW-RS from %s: %s", source, exc)
             reason = exc.status if exc.status in (STUDY_MISMATCH, 0x0111) else CANNOT_UNDERSTAND
@@ -104,17 +109,17 @@ class StowService:
                                    "00081197": {"vr": "US", "Value": [OUT_OF_RESOURCES]}})
             return
         finally:
-            path.unlink(missing_ok=True)
+            self.spool.discard(path)  # a no-op when ingest adopted the file as its blob
         item = _reference(result.sop_class_uid, result.sop_instance_uid)
         item["00081190"] = {"vr": "UR", "Value": [
             f"{base_url}/studies/{result.study_instance_uid}/series/{result.series_instance_uid}"
             f"/instances/{result.sop_instance_uid}"]}
         outcome.stored.append(item)
 
-    def _files_from_json(self, parts: list[Part], outcome: StowOutcome) -> list[Path]:
+    def _files_from_json(self, parts: list[Part], outcome: StowOutcome) -> list[tuple[Path, str | None]]:
         """``application/dicom+json`` metadata parts, with bulk data in the other parts (by Content-Location)."""
         by_location = {part.headers.get("content-location", ""): part for part in parts}
-        files: list[Path] = []
+        files: list[tuple[Path, str | None]] = []
         for part in parts:
             if not part.content_type.lower().startswith("application/dicom+json"):
                 continue
@@ -128,9 +133,9 @@ class StowService:
                 if path is None:
                     outcome.failed.append({"00081197": {"vr": "US", "Value": [CANNOT_UNDERSTAND]}})
                 else:
-                    files.append(path)
+                    files.append((path, None))
         for part in parts:
-            part.path.unlink(missing_ok=True)
+            self.spool.discard(part.path)
         return files
 
     def _part10_from_json(self, document: Any, by_location: dict[str, Part]) -> Path | None:

@@ -13,11 +13,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import select
 import socket
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +30,7 @@ from pynetdicom.transport import RequestHandler
 
 from mosaic.dimse import upper_layer as ul
 from mosaic.dimse.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from mosaic.storage.spool import Spool
 
 log = logging.getLogger("mosaic.dimse.store")
 
@@ -45,32 +44,6 @@ _PENDING = 0xFF00
 _CANCELLED = 0xFE00
 _BUFFER = 256 * 1024
 PEEK_LIMIT = 1024 * 1024
-
-
-class Spool:
-    """Spool files for received data sets: a new file per data set, and its disposal after ingest.
-
-    The default writes temporary files into ``folder``. A blob store with ``reserve``/``discard`` (the
-    filesystem backend) lends its own new blob paths instead, so a received data set is written once,
-    where it will stay: ingest adopts it, and ``discard`` deletes only what was not adopted.
-    """
-
-    def __init__(self, folder: Path | None = None, blobs: Any = None) -> None:
-        self.folder = folder
-        self.blobs = blobs if blobs is not None and hasattr(blobs, "reserve") else None
-
-    def new(self) -> Path:
-        if self.blobs is not None:
-            return Path(self.blobs.reserve())
-        descriptor, name = tempfile.mkstemp(suffix=".dcm", dir=self.folder)
-        os.close(descriptor)
-        return Path(name)
-
-    def discard(self, path: Path) -> None:
-        if self.blobs is not None:
-            self.blobs.discard(path)
-        else:
-            path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,12 @@ from mosaic.core.errors import InvalidObject, QueryError, StorageFailure
 from mosaic.dimse.commitment import StorageCommitmentSCP
 from mosaic.dimse.contexts import PATIENT_ROOT_FIND, add_scp_contexts
 from mosaic.dimse.egress import StoredFileDataset, move_contexts
-from mosaic.dimse.fast_store import AssociationSlots, Spool, StoreContext, StoreRequestHandler
+from mosaic.dimse.fast_store import AssociationSlots, StoreContext, StoreRequestHandler
 from mosaic.services.ingest import IngestService
 from mosaic.services.metrics import RETRIEVE_TOTAL
 from mosaic.services.query import QueryService
 from mosaic.services.retrieve import RetrieveService, StoredInstance
+from mosaic.storage.spool import Spool
 
 log = logging.getLogger("mosaic.dimse")
 

@@ -116,14 +116,16 @@ class IngestService:
         source_ae_title: str = "",
         expected_sop_class_uid: str | None = None,
         sha256: str | None = None,
+        parsed: ParsedInstance | None = None,
     ) -> IngestResult:
         """Store one Part 10 object (file path or bytes). Raises :class:`InvalidObject` with the reason.
 
-        ``sha256`` may be given by a door that hashed the bytes as it received them.
+        ``sha256`` may be given by a door that hashed the bytes as it received them, ``parsed`` by a door
+        that already parsed them (both must describe exactly ``source``).
         """
         started = time.perf_counter()
         try:
-            result = self._store(source, door, source_ae_title, expected_sop_class_uid, sha256)
+            result = self._store(source, door, source_ae_title, expected_sop_class_uid, sha256, parsed)
         except InvalidObject as exc:
             INGEST_TOTAL.labels(door, "rejected").inc()
             log.warning("ingest rejected via %s from %r: %s", door, source_ae_title or "-", exc)
@@ -135,8 +137,8 @@ class IngestService:
         return result
 
     def _store(self, source: Path | bytes, door: str, source_ae_title: str, expected_sop_class_uid: str | None,
-               known_sha256: str | None) -> IngestResult:
-        parsed = parse_instance(source)
+               known_sha256: str | None, known_parse: ParsedInstance | None) -> IngestResult:
+        parsed = known_parse if known_parse is not None else parse_instance(source)
         if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
             raise InvalidObject(
                 f"SOP Class UID {parsed.sop_class_uid} in the data set does not match the negotiated "

@@ -1,0 +1,34 @@
+"""Spool files for objects arriving over the network (C-STORE, STOW-RS)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class Spool:
+    """Spool files for received data sets: a new file per data set, and its disposal after ingest.
+
+    The default writes temporary files into ``folder``. A blob store with ``reserve``/``discard`` (the
+    filesystem backend) lends its own new blob paths instead, so a received data set is written once,
+    where it will stay: ingest adopts it, and ``discard`` deletes only what was not adopted.
+    """
+
+    def __init__(self, folder: Path | None = None, blobs: Any = None) -> None:
+        self.folder = folder
+        self.blobs = blobs if blobs is not None and hasattr(blobs, "reserve") else None
+
+    def new(self) -> Path:
+        if self.blobs is not None:
+            return Path(self.blobs.reserve())
+        descriptor, name = tempfile.mkstemp(suffix=".dcm", dir=self.folder)
+        os.close(descriptor)
+        return Path(name)
+
+    def discard(self, path: Path) -> None:
+        if self.blobs is not None:
+            self.blobs.discard(path)
+        else:
+            path.unlink(missing_ok=True)
