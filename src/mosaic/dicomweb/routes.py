@@ -217,6 +217,10 @@ def create_router(mosaic: Mosaic) -> APIRouter:
             for path in spooled:
                 spool.discard(path)
             return problem(400, f"malformed multipart body: {exc}")
+        except BaseException:  # the client went away mid-body: nothing half-stored stays behind
+            for path in spooled:
+                spool.discard(path)
+            raise
         if not parts:
             return problem(400, "the multipart body has no parts")
         source = request.client.host if request.client else "http"
