@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from mosaic.app import Mosaic
@@ -18,6 +20,11 @@ from mosaic.config import Settings
 from mosaic.services.verify import VerifyService
 from tests.factory import make_instance
 from tests.helpers import free_port, is_listening, wait_until
+
+
+def nodelay(event: Any) -> None:
+    """Like dcmtk with TCP_NODELAY=1: no delayed-ACK stall after each C-STORE (FIELD-NOTES)."""
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def start_server(data_dir: Path, dicom_port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -42,8 +49,9 @@ def test_kill_during_ingest_loses_no_acknowledged_object_and_leaves_none_half_st
 
     def send() -> None:
         ae = AE(ae_title="CRASHTEST")
+        ae.dimse_timeout = ae.network_timeout = 5  # the killed server never answers the C-STORE in flight
         ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-        association = ae.associate("127.0.0.1", port, ae_title="MOSAIC")
+        association = ae.associate("127.0.0.1", port, ae_title="MOSAIC", evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
         try:
             for dataset in datasets:
                 if not association.is_established:
@@ -62,16 +70,17 @@ def test_kill_during_ingest_loses_no_acknowledged_object_and_leaves_none_half_st
     os.kill(server.pid, signal.SIGKILL)
     server.wait(30)
     sender.join(60)
-    assert 50 <= len(acknowledged) < len(datasets), "the kill must land in the middle of the ingest"
+    assert 50 <= len(acknowledged) < len(datasets), (
+        f"the kill must land in the middle of the ingest: {len(acknowledged)} of {len(datasets)} acknowledged")
 
     # restart on the same data: every acknowledged object is there, every indexed object has its bytes
     node = Mosaic(Settings(data_dir=data_dir))
     try:
         report = VerifyService(node.database, node.blobs).run()
-        assert report.missing == [] and report.corrupt == []
+        assert report.missing == [] and report.corrupt == [], f"missing {report.missing}, corrupt {report.corrupt}"
         stored = node.retrieve.instances_by_uid([str(dataset.SOPInstanceUID) for dataset in datasets])
-        assert set(acknowledged) <= set(stored)
-        assert len(report.orphans) <= 1  # at most the one blob written when the kill landed
+        assert set(acknowledged) <= set(stored), f"lost: {sorted(set(acknowledged) - set(stored))}"
+        assert len(report.orphans) <= 1, f"orphans: {report.orphans}"  # at most the one being written at the kill
     finally:
         node.stop()
 
@@ -80,10 +89,10 @@ def test_kill_during_ingest_loses_no_acknowledged_object_and_leaves_none_half_st
     try:
         ae = AE(ae_title="CRASHTEST")
         ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-        association = ae.associate("127.0.0.1", port, ae_title="MOSAIC")
+        association = ae.associate("127.0.0.1", port, ae_title="MOSAIC", evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
         statuses = {association.send_c_store(dataset).Status for dataset in datasets}
         association.release()
-        assert statuses == {0x0000}
+        assert statuses == {0x0000}, f"statuses after restart: {statuses}"
     finally:
         server.terminate()
         server.wait(30)
