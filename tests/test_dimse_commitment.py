@@ -186,3 +186,24 @@ def test_result_goes_to_a_new_association_when_the_requestor_has_released(tmp_pa
     finally:
         node.stop()
         server.shutdown()
+
+
+def test_a_peer_that_may_not_store_may_not_request_commitment(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "mosaic", peers=[DicomPeer(ae_title="COMMITTER", host=LOCALHOST,  # type: ignore[call-arg]
+                                                            port=1, may_store=False)])
+    try:
+        ae = AE(ae_title="COMMITTER")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        association = ae.associate(LOCALHOST, node.dicom_port, ae_title=MOSAIC_AE)
+        assert association.is_established
+        action = Dataset()
+        action.TransactionUID = generate_uid(prefix=PREFIX)
+        action.ReferencedSOPSequence = [reference(CTImageStorage, "1.2.3.4")]
+        status, _reply = association.send_n_action(action, 1, StorageCommitmentPushModel,
+                                                   STORAGE_COMMITMENT_INSTANCE)
+        association.release()
+        assert status.Status == 0x0124
+        with node.database.session() as session:
+            assert session.query(StorageCommitment).count() == 0
+    finally:
+        node.stop()

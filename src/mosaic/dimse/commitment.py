@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from queue import Empty, Queue
 from typing import Any
@@ -31,12 +32,15 @@ STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
 PROCESSING_FAILURE = 0x0110
+NOT_AUTHORISED = 0x0124
 
 
 class StorageCommitmentSCP:
-    def __init__(self, retrieve: RetrieveService, settings: DicomSettings) -> None:
+    def __init__(self, retrieve: RetrieveService, settings: DicomSettings,
+                 permits: Callable[[str, str], bool] | None = None) -> None:
         self.retrieve = retrieve
         self.settings = settings
+        self.permits = permits or (lambda _calling, _service: True)
         self._queue: Queue[tuple[Any, str, Dataset] | None] = Queue()
         self._worker = threading.Thread(target=self._run, name="storage-commitment", daemon=True)
         self._worker.start()
@@ -49,6 +53,8 @@ class StorageCommitmentSCP:
         if getattr(event.request, "ActionTypeID", None) != 1 or "TransactionUID" not in request:
             return 0x0123, None  # No such action type / invalid argument
         calling = event.assoc.requestor.ae_title.strip()
+        if not self.permits(calling, "store"):
+            return NOT_AUTHORISED, None  # commitment belongs to storage: a peer that may not store may not ask
         with self.retrieve.database.session(write=True) as session:
             session.add(StorageCommitment(
                 TransactionUID=str(request.TransactionUID), requestor_ae_title=calling[:16],

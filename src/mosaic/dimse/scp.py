@@ -58,7 +58,7 @@ class DicomServer:
         self.ingest = ingest
         self.query = query
         self.retrieve = retrieve
-        self.commitment = StorageCommitmentSCP(retrieve, settings)
+        self.commitment = StorageCommitmentSCP(retrieve, settings, permits=self.permits)
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = settings.max_associations
         self.ae.maximum_pdu_size = settings.max_pdu_size
@@ -125,15 +125,17 @@ class DicomServer:
                 return peer
         return None
 
-    def _allowed(self, event: Event, service: str) -> bool:
-        calling = event.assoc.requestor.ae_title.strip()
+    def permits(self, calling: str, service: str) -> bool:
+        """The one access check of every DIMSE service on both receive paths: may ``calling`` use ``service``
+        (store, find, move, get)? Known peers by their ``may_*`` flags, others by allow_unknown_calling_aes."""
         peer = self._peer(calling)
-        allowed = (self.settings.allow_unknown_calling_aes if peer is None
-                   else bool(getattr(peer, f"may_{service}")))
+        allowed = self.settings.allow_unknown_calling_aes if peer is None else bool(getattr(peer, f"may_{service}"))
         if not allowed:
-            log.warning("refused %s from AE %r at %s: not permitted by dicom.peers", service.upper(), calling,
-                        event.assoc.requestor.address)
+            log.warning("refused %s from AE %r: not permitted by dicom.peers", service.upper(), calling)
         return allowed
+
+    def _allowed(self, event: Event, service: str) -> bool:
+        return self.permits(event.assoc.requestor.ae_title.strip(), service)
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -153,9 +155,7 @@ class DicomServer:
     def store_received(self, path: Path, calling: str, sop_class_uid: str, sop_instance_uid: str,
                        sha256: str | None = None) -> tuple[int, str | None]:
         """The one C-STORE handler of both receive paths: (DIMSE status, error comment)."""
-        peer = self._peer(calling)
-        if not (peer.may_store if peer is not None else self.settings.allow_unknown_calling_aes):
-            log.warning("refused C-STORE of %s from AE %r: not permitted by dicom.peers", sop_instance_uid, calling)
+        if not self.permits(calling, "store"):
             return NOT_AUTHORISED, f"AE {calling} may not store"
         try:
             result = self.ingest.store(path, door="dimse", source_ae_title=calling,
@@ -198,9 +198,7 @@ class DicomServer:
         """The one C-FIND handler of both receive paths: (status, response, comment) in order, pending
         responses first, then the final status. Responses are Datasets, or already-encoded bytes when
         ``encoded_implicit`` says which VR encoding the wire uses."""
-        peer = self._peer(calling)
-        if not (peer.may_find if peer is not None else self.settings.allow_unknown_calling_aes):
-            log.warning("refused C-FIND from AE %r: not permitted by dicom.peers", calling)
+        if not self.permits(calling, "find"):
             yield NOT_AUTHORISED, None, f"AE {calling} may not query"
             return
         root = "PATIENT" if sop_class_uid == PATIENT_ROOT_FIND else "STUDY"
