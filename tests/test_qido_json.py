@@ -5,15 +5,35 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.data import get_testdata_files
+from pydicom.dataset import Dataset
 
 from mosaic.app import Mosaic
 from mosaic.config import Settings
-from mosaic.dicomweb.dicomjson import match_json, plain_json
+from mosaic.dicomweb.dicomjson import plain_json
 from mosaic.dicomweb.qido import parse_qido
+from mosaic.index.query import Match
 from tests.factory import make_bytes
+
+_DROP = ("00080052", "00080054")  # QueryRetrieveLevel and RetrieveAETitle are DIMSE-only
+
+
+def match_json(response: Dataset, match: Match, retrieve_url: str, *,
+               include_all: bool = False) -> dict[str, Any]:
+    """The reference: the C-FIND-style response through pydicom's to_json_dict."""
+    result: dict[str, Any] = {}
+    if include_all and match.metadata:
+        for tag, element in match.metadata.items():
+            if "BulkDataURI" not in element and "InlineBinary" not in element:
+                result[tag] = element
+    result.update(response.to_json_dict(bulk_data_threshold=1 << 20))
+    for tag in _DROP:
+        result.pop(tag, None)
+    result["00081190"] = {"vr": "UR", "Value": [retrieve_url]}
+    return dict(sorted(result.items()))
 
 
 @pytest.fixture(scope="module")

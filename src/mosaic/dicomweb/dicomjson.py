@@ -6,27 +6,10 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from pydicom.dataset import Dataset
-
 from mosaic.index.query import Match
 
 MEDIA_TYPE = "application/dicom+json"
 _DROP = ("00080052", "00080054")  # QueryRetrieveLevel and RetrieveAETitle are DIMSE-only
-
-
-def match_json(response: Dataset, match: Match, retrieve_url: str, *,
-               include_all: bool = False) -> dict[str, Any]:
-    """A QIDO-RS result object: the C-FIND-style response plus RetrieveURL (and everything when asked)."""
-    result: dict[str, Any] = {}
-    if include_all and match.metadata:
-        for tag, element in match.metadata.items():
-            if "BulkDataURI" not in element and "InlineBinary" not in element:
-                result[tag] = element
-    result.update(response.to_json_dict(bulk_data_threshold=1 << 20))
-    for tag in _DROP:
-        result.pop(tag, None)
-    result["00081190"] = {"vr": "UR", "Value": [retrieve_url]}
-    return dict(sorted(result.items()))
 
 
 _SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
@@ -34,7 +17,8 @@ _SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
 
 def plain_json(values: list[tuple[str, int, str, Any, dict[str, Any] | None]], match: Match, retrieve_url: str, *,
                include_all: bool = False) -> dict[str, Any]:
-    """The same QIDO-RS result object as :func:`match_json`, built from indexed values without pydicom.
+    """A QIDO-RS result object (C-FIND-style attributes plus RetrieveURL, everything stored when asked),
+    built from indexed values without pydicom (tests/test_qido_json.py checks it against pydicom's JSON).
 
     ``values`` holds (keyword, tag, VR, indexed value or None, stored metadata element or None).
     """

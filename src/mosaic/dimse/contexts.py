@@ -8,7 +8,6 @@ from pynetdicom import AE, acse
 from pynetdicom.presentation import (
     PresentationContext,
     QueryRetrievePresentationContexts,
-    StoragePresentationContexts,
     build_context,
     negotiate_as_acceptor,
 )
@@ -95,8 +94,4 @@ def negotiate_with_receiver_preference(
 acse.negotiate_as_acceptor = negotiate_with_receiver_preference  # type: ignore[attr-defined]
 
 
-def storage_context(sop_class_uid: str, transfer_syntax_uid: str) -> object:
-    return build_context(sop_class_uid, [transfer_syntax_uid])
-
-
-__all__ = ["STORAGE_SOP_CLASSES", "StoragePresentationContexts", "add_scp_contexts"]
+__all__ = ["STORAGE_SOP_CLASSES", "add_scp_contexts"]

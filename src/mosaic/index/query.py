@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
@@ -369,17 +369,6 @@ def metadata_element(match: Match, keyword: str) -> dict[str, Any] | None:
     if element is None or "BulkDataURI" in element:
         return None
     return element  # type: ignore[no-any-return]
-
-
-def keyword_vr(keyword: str) -> str:
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        raise QueryError(f"unknown attribute {keyword!r}")
-    return str(dictionary_VR(tag))
-
-
-def keyword_of(tag: int) -> str:
-    return str(keyword_for_tag(tag))
 
 
 def unique_key(level: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
+from pynetdicom.dsutils import encode
 
 from mosaic.core.errors import QueryError
 from mosaic.core.identifier import NotPlain, encode_identifier, tag_and_vr
@@ -50,9 +51,6 @@ class QueryService:
     def c_find_encoded(self, identifier: Dataset, *, root: str, implicit: bool) -> Iterator[bytes]:
         """Responses already encoded for the wire: straight from the indexed values when they are all
         plain, through pydicom otherwise (same bytes either way)."""
-        from pynetdicom.dsutils import encode
-
-
         query = query_from_identifier(identifier, root=root)
         for match in self.find(query, door="dimse"):
             try:
@@ -65,15 +63,10 @@ class QueryService:
 
     def _plain_values(self, match: Match, query: Query, *, root: str) -> list[tuple[str, Any]]:
         values: list[tuple[str, Any]] = [("QueryRetrieveLevel", query.level), ("RetrieveAETitle", self.ae_title)]
-        if query.level != "PATIENT":
-            values.append(("InstanceAvailability", "ONLINE"))
-        for keyword in self._keywords(query, root):
-            value = response_value(match, keyword)
-            if value is None:
-                if metadata_element(match, keyword) is not None:
-                    raise NotPlain(keyword)  # only the stored metadata has it: pydicom encodes
-                value = ""
-            values.append((keyword, value))
+        for keyword, _tag, _vr, value, stored in self.indexed_values(match, query, root=root):
+            if value is None and stored is not None:
+                raise NotPlain(keyword)  # only the stored metadata has it: pydicom encodes
+            values.append((keyword, "" if value is None else value))
         return values
 
     def indexed_values(self, match: Match, query: Query, *,
@@ -101,12 +94,7 @@ class QueryService:
     def response(self, match: Match, query: Query, *, root: str) -> Dataset:
         response = Dataset()
         response.QueryRetrieveLevel = query.level
-        keywords = list(query.return_keywords)
-        top = 0 if root == "PATIENT" else 1
-        for level in LEVELS[top : LEVELS.index(query.level) + 1]:
-            if unique_key(level) not in keywords:
-                keywords.append(unique_key(level))
-        for keyword in keywords:
+        for keyword in self._keywords(query, root):
             _set(response, match, keyword)
         response.RetrieveAETitle = self.ae_title
         if query.level != "PATIENT":

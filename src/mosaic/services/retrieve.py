@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
@@ -88,11 +87,6 @@ class RetrieveService:
             shutil.copyfileobj(src, temporary)
             temporary.flush()
             yield Path(temporary.name)
-
-    def read_dataset(self, instance: StoredInstance) -> Dataset:
-        """The stored dataset, read as-is (so it is re-encoded byte-identical on the wire)."""
-        with self.blobs.open(instance.blob_key) as stream:
-            return pydicom.dcmread(stream, force=True)
 
     # --- WADO (DICOMweb) ----------------------------------------------------------------------------
 
