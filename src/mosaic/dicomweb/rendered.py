@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,36 +243,3 @@ def render(layout: PixelLayout, data: bytes, index: int, *, media_type: str, win
            viewport: Viewport | None = None, quality: int = DEFAULT_QUALITY) -> bytes:
     """Frame ``index`` (0-based) rendered as ``media_type`` (image/jpeg or image/png)."""
     return encode(fit(to_image(layout, data, index, window), viewport), media_type, quality)
-
-
-class ThumbnailCache:
-    """Rendered thumbnails in memory, least recently used dropped first (keyed by the stored sha256 and the
-    rendering parameters: a stored object never changes under its sha256)."""
-
-    def __init__(self, max_entries: int = 512, max_bytes: int = 32 * 1024 * 1024) -> None:
-        self._entries: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.max_entries, self.max_bytes = max_entries, max_bytes
-        self.hits = self.misses = 0
-
-    def get(self, key: tuple[Any, ...]) -> bytes | None:
-        with self._lock:
-            value = self._entries.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: tuple[Any, ...], value: bytes) -> None:
-        with self._lock:
-            previous = self._entries.pop(key, None)
-            if previous is not None:
-                self._bytes -= len(previous)
-            self._entries[key] = value
-            self._bytes += len(value)
-            while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
-                _, dropped = self._entries.popitem(last=False)
-                self._bytes -= len(dropped)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -18,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from mosaic.core.errors import QueryError
+from mosaic.dicomweb.cache import ByteCache
 from mosaic.dicomweb.dicomjson import MEDIA_TYPE, dumps, instance_metadata, json_array, plain_json
 from mosaic.dicomweb.multipart import MultipartError, media_type_parameters, read_parts
 from mosaic.dicomweb.qido import parse_qido
@@ -69,39 +68,10 @@ def dicom_json(request: Request, body: bytes, *, status: int = 200, headers: dic
     return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
-class ByteCache:
-    """A small LRU of encoded responses, bounded by total bytes (series metadata for viewers)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.size = 0
-        self.entries: OrderedDict[Any, bytes] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, key: Any) -> bytes | None:
-        with self.lock:
-            value = self.entries.get(key)
-            if value is not None:
-                self.entries.move_to_end(key)
-            return value
-
-    def put(self, key: Any, value: bytes) -> None:
-        if len(value) > self.capacity // 4:
-            return
-        with self.lock:
-            if key in self.entries:
-                return
-            self.entries[key] = value
-            self.size += len(value)
-            while self.size > self.capacity:
-                _key, evicted = self.entries.popitem(last=False)
-                self.size -= len(evicted)
-
-
 def create_router(mosaic: Mosaic) -> APIRouter:
     router = APIRouter(prefix=PREFIX)
     metadata_service = MetadataService(mosaic.database)
-    metadata_cache = ByteCache(128 * 1024 * 1024)
+    metadata_cache = ByteCache(max_bytes=128 * 1024 * 1024)
     spool_folder: Path | None = getattr(mosaic.blobs, "incoming", None)
     spool = Spool(spool_folder, mosaic.blobs)
     stow = StowService(mosaic.ingest, spool)

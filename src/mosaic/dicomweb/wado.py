@@ -41,6 +41,7 @@ from mosaic.dicomweb.accept import (
     parse_accept,
     syntax_name,
 )
+from mosaic.dicomweb.cache import ByteCache
 from mosaic.dicomweb.frames import (
     PIXEL_DATA,
     SWAP_SIZES,
@@ -60,7 +61,6 @@ from mosaic.dicomweb.rendered import (
     RENDERED_TYPES,
     THUMBNAIL_SIZE,
     RenderError,
-    ThumbnailCache,
     Viewport,
     Window,
     parse_quality,
@@ -299,7 +299,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
     uri_router = APIRouter()
     retrieve = mosaic.retrieve
     blobs = mosaic.blobs
-    thumbnails = ThumbnailCache()
+    thumbnails = ByteCache(max_bytes=32 * 1024 * 1024, max_entries=512)
 
     def handle(call: Any) -> Response:
         try:
