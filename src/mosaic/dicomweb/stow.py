@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,6 @@ class StowService:
     def __init__(self, ingest: IngestService, spool: Spool) -> None:
         self.ingest = ingest
         self.spool = spool
-        self.spool_folder = spool.folder
 
     def store_parts(self, parts: list[Part], *, study_uid: str | None, base_url: str, source: str,
                     json_request: bool) -> StowOutcome:
@@ -152,9 +150,14 @@ class StowService:
             dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
             dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             dataset.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            with tempfile.NamedTemporaryFile(dir=self.spool_folder, suffix=".dcm", delete=False) as out:
-                dataset.save_as(out, enforce_file_format=True)
-                return Path(out.name)
         except Exception as exc:  # a malformed JSON data set: reported as a failed part
             log.warning("STOW-RS: a DICOM JSON data set could not be converted: %s", exc)
             return None
+        path = self.spool.new()  # like every part: written once, where ingest adopts it (or discards it)
+        try:
+            dataset.save_as(path, enforce_file_format=True)
+        except Exception as exc:
+            self.spool.discard(path)
+            log.warning("STOW-RS: a DICOM JSON data set could not be written as Part 10: %s", exc)
+            return None
+        return path

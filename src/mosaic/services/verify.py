@@ -77,9 +77,12 @@ class VerifyService:
         outcomes: dict[str, str] = {}
         for key in keys:
             try:
-                with self.blobs.open(key) as stream:
-                    data = stream.read()
-                result = ingest.store(data, door="repair")
+                local = getattr(self.blobs, "local_path", None)
+                if local is not None:
+                    result = ingest.store(local(key), door="repair")  # streamed from the file, never held whole
+                else:
+                    with self.blobs.open(key) as stream:
+                        result = ingest.store(stream.read(), door="repair")
             except (InvalidObject, StorageFailure, OSError) as exc:
                 outcomes[key] = f"kept: {exc}"
                 continue

@@ -1,0 +1,72 @@
+"""STOW-RS leaves nothing behind: every part is stored or removed, whatever the request's form."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mosaic.app import Mosaic
+from mosaic.config import DicomSettings, HttpSettings, Settings
+from mosaic.services.verify import VerifyService
+from tests.factory import make_bytes, make_instance
+
+BOUNDARY = "stow-test-boundary"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Mosaic]:
+    mosaic = Mosaic(Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0)))
+    mosaic.start()
+    yield mosaic
+    mosaic.stop()
+
+
+def multipart(parts: list[tuple[dict[str, str], bytes]]) -> bytes:
+    body = b""
+    for headers, data in parts:
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        body += f"--{BOUNDARY}\r\n{head}\r\n".encode() + data + b"\r\n"
+    return body + f"--{BOUNDARY}--\r\n".encode()
+
+
+def post(node: Mosaic, body: bytes, part_type: str) -> httpx.Response:
+    return httpx.post(f"http://127.0.0.1:{node.http_port}/dicom-web/studies", content=body, headers={
+        "Content-Type": f'multipart/related; type="{part_type}"; boundary={BOUNDARY}'})
+
+
+def leftovers(node: Mosaic) -> tuple[list[Path], list[str]]:
+    """Files in the spool folder, and blobs no index row names."""
+    spool = list((node.settings.blob_path / ".incoming").iterdir())
+    return spool, VerifyService(node.database, node.blobs).run().orphans
+
+
+def test_dicom_json_with_a_bulk_data_part_is_stored_and_leaves_no_spool_file(node: Mosaic) -> None:
+    dataset = make_instance(patient_id="JSON1")
+    pixels = dataset.PixelData
+    document = dataset.to_json_dict(bulk_data_threshold=64, bulk_data_element_handler=lambda _element: "pixels")
+    body = multipart([({"Content-Type": "application/dicom+json"}, json.dumps([document]).encode()),
+                      ({"Content-Type": "application/octet-stream", "Content-Location": "pixels"}, pixels)])
+    answer = post(node, body, "application/dicom+json")
+    assert answer.status_code == 200, answer.text
+    [stored] = node.retrieve.instances_by_uid([str(dataset.SOPInstanceUID)]).values()
+    with node.blobs.open(stored.blob_key) as stream:
+        assert stream.read().endswith(pixels)
+    assert leftovers(node) == ([], [])
+
+
+def test_refused_and_accepted_parts_leave_no_spool_file_or_orphan(node: Mosaic) -> None:
+    good, duplicate = make_bytes(patient_id="OK"), make_bytes(patient_id="DUP")
+    post(node, multipart([({"Content-Type": "application/dicom"}, duplicate)]), "application/dicom")
+    body = multipart([({"Content-Type": "application/dicom"}, good),
+                      ({"Content-Type": "application/dicom"}, b"not dicom at all" * 50),
+                      ({"Content-Type": "application/dicom"}, good[:-100]),
+                      ({"Content-Type": "application/dicom"}, duplicate),
+                      ({"Content-Type": "text/plain"}, b"hello")])
+    answer = post(node, body, "application/dicom")
+    assert answer.status_code == 202
+    assert len(answer.json()["00081198"]["Value"]) == 3
+    assert leftovers(node) == ([], [])
