@@ -1,11 +1,12 @@
-"""Streaming C-STORE receiver for storage-only associations.
+"""Mosaic's own Upper Layer path for storage and C-FIND associations.
 
-Modalities and PACS sending images open associations that propose only storage SOP classes (and
-Verification). For those, Mosaic answers the Upper Layer protocol itself: each data set is streamed
-from the socket straight into a spool file on the blob store's file system and handed to the ingest
-service, without pynetdicom's per-PDU event machinery (the part that capped a pynetdicom SCP at about
-Orthanc's rate, see docs/benchmarks.md). Every other association (query, retrieve, commitment, role
-selection, user identity) goes to pynetdicom unchanged: the request is only peeked at, never consumed.
+Modalities and PACS sending images propose only storage SOP classes (and Verification); query clients
+propose the C-FIND models. For those associations Mosaic answers the Upper Layer protocol itself: each
+C-STORE data set is streamed from the socket straight into its new blob file (``storage.spool``) and
+handed to the ingest service, and C-FIND responses are encoded from the index, without pynetdicom's
+per-PDU event machinery and 1 ms polling loops (docs/benchmarks.md). Every other association (C-MOVE,
+C-GET, commitment, SCP role selection, user identity) goes to pynetdicom unchanged: the request is only
+peeked at, never consumed. Both paths call the same DicomServer handlers and access check.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class StoreContext:
     """Association slots shared with pynetdicom's count against dicom.max_associations."""
 
 
-def is_storage_only(request: ul.AssociateRequest) -> bool:
+def served_here(request: ul.AssociateRequest) -> bool:
     """An association this path serves: every context is a storage class, Verification or a C-FIND
     information model (Patient Root, Study Root), with no SCP role selection or user identity."""
     if not request.contexts or request.other_user_items:
@@ -120,7 +121,7 @@ class StoreRequestHandler(RequestHandler):
             request = ul.parse_associate_rq(pdu) if pdu is not None else None
         except (OSError, ul.ProtocolError):
             request = None
-        if request is None or pdu is None or not is_storage_only(request):
+        if request is None or pdu is None or not served_here(request):
             super().handle()
             return
         sock.recv(len(pdu), socket.MSG_WAITALL)  # consume the request we peeked at
