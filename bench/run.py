@@ -38,6 +38,7 @@ import dicomweb
 import dimse
 import queries
 import synth
+from dicomweb import percentile
 from servers import (
     ORTHANC_BIN,
     ROOT,
@@ -79,16 +80,6 @@ def warm_page_cache(paths: list[Path]) -> None:
             with open(file, "rb") as stream:
                 while stream.read(1 << 22):
                     pass
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    position = (len(ordered) - 1) * share
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 # --- results -------------------------------------------------------------------------------------
