@@ -15,6 +15,10 @@ import uvicorn
 from mosaic.config import Settings
 from mosaic.dimse.receive import spool_into
 from mosaic.dimse.scp import DicomServer
+from mosaic.governance.audit import AuditTrail
+from mosaic.governance.audit_export import SyslogForwarder
+from mosaic.governance.identity import IdentityService
+from mosaic.governance.policy import AccessPolicy
 from mosaic.index.database import Database
 from mosaic.services.changes import ChangeFeed
 from mosaic.services.ingest import IngestService
@@ -39,6 +43,12 @@ class Mosaic:
         self.query = QueryService(self.database, settings.dicom.ae_title)
         self.retrieve = RetrieveService(self.database, self.blobs)
         self.changes = ChangeFeed(self.database)
+        self.policy = AccessPolicy(self.database, settings.security)
+        self.identity = IdentityService(self.database, settings.security, self.policy)
+        self.audit = AuditTrail(self.database)
+        self.initial_admin_password = self.identity.ensure_administrator()
+        """Set only at the very first start: the one time the `admin` password is said."""
+        self._syslog: SyslogForwarder | None = None
         self.dicom: DicomServer | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -66,12 +76,19 @@ class Mosaic:
         log.info("DICOM port %d served by %d processes", port, self.settings.dicom.workers)
 
     def start(self, *, dicom: bool = True, http: bool = True, workers: bool = True) -> None:
+        self.audit.start()
+        if http and self.settings.security.audit_syslog.host:
+            # one forwarder per node (its cursor row is locked while it sends, so nodes never send twice)
+            self._syslog = SyslogForwarder(self.database, self.settings.security.audit_syslog,
+                                           self.settings.dicom.ae_title)
+            self.audit.listeners.append(self._syslog.wake)
+            self._syslog.start()
         if dicom:
             incoming = getattr(self.blobs, "incoming", None)
             if incoming is not None:
                 spool_into(incoming)
             self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve,
-                                     spool=Spool(incoming, self.blobs))
+                                     spool=Spool(incoming, self.blobs), policy=self.policy, audit=self.audit)
             self.dicom.start()
             if self.settings.dicom.workers > 1 and workers:
                 self._start_workers(self.dicom.port)
@@ -115,6 +132,10 @@ class Mosaic:
             if self._http_thread is not None:
                 self._http_thread.join(timeout=10)
             self._http = None
+        self.audit.stop()
+        if self._syslog is not None:
+            self._syslog.stop()
+            self._syslog = None
         self.database.dispose()
 
 

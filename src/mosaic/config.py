@@ -59,6 +59,22 @@ class DicomPeer(BaseModel):
     may_find: bool = Field(True, description="The peer may query Mosaic with C-FIND.")
     may_move: bool = Field(True, description="The peer may ask Mosaic for C-MOVE.")
     may_get: bool = Field(True, description="The peer may retrieve from Mosaic with C-GET.")
+    addresses: list[str] = Field(
+        default_factory=list, description="Source addresses the peer may call from (empty: any address).",
+    )
+    facility: str = Field("", description="Facility given to studies this peer stores (empty: their InstitutionName).")
+    department: str = Field(
+        "", description="Department/specialty given to studies this peer stores (empty: their "
+        "InstitutionalDepartmentName).",
+    )
+    scope_facilities: list[str] = Field(
+        default_factory=lambda: ["*"], description="Facilities whose studies the peer may find and retrieve "
+        "([\"*\"]: all).",
+    )
+    scope_departments: list[str] = Field(
+        default_factory=lambda: ["*"], description="Departments whose studies the peer may find and retrieve "
+        "([\"*\"]: all).",
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -85,7 +101,8 @@ class DicomSettings(BaseModel):
         "(false: pynetdicom serves every association).",
     )
     allow_unknown_calling_aes: bool = Field(
-        True, description="Accept associations from AE titles not listed in `peers` (for all services)."
+        False, description="Accept associations from AE titles not listed in `peers` (for every service, "
+        "every study): only for a closed test network.",
     )
     peers: list[DicomPeer] = Field(
         default_factory=list, description="Known peers: move destinations and allowed callers."
@@ -123,6 +140,57 @@ class IngestSettings(BaseModel):
     )
 
 
+class OidcSettings(BaseModel):
+    """OpenID Connect bearer tokens (JWT) from the hospital's identity provider."""
+
+    issuer: str | None = Field(None, description="The issuer (`iss`) accepted; None turns OpenID Connect off.")
+    audience: str = Field("mosaic", description="The audience (`aud`) a token must name.")
+    jwks_url: str | None = Field(None, description="Where the issuer's signing keys are (JWKS); default: "
+                                 "<issuer>/.well-known/jwks.json.")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], description="Accepted signatures.")
+    username_claim: str = Field("preferred_username", description="Claim naming the user (else `sub`).")
+    roles_claim: str = Field("roles", description="Claim listing the user's Mosaic roles.")
+    facilities_claim: str = Field("facilities", description="Claim listing the facilities the user may see "
+                                  "(absent: all).")
+    departments_claim: str = Field("departments", description="Claim listing the departments the user may see "
+                                   "(absent: all).")
+    leeway_seconds: int = Field(30, ge=0, description="Clock skew allowed on `exp` and `nbf`.")
+
+
+class SyslogSettings(BaseModel):
+    """The audit repository that receives DICOM PS3.15 audit messages (RFC 5424 syslog)."""
+
+    host: str | None = Field(None, description="Collector host; None: audit messages stay in Mosaic only.")
+    port: int = Field(514, ge=1, le=65535, description="Collector port.")
+    protocol: str = Field("tcp", pattern="^(tcp|udp)$", description="tcp (RFC 6587 octet counting) or udp.")
+    retry_seconds: float = Field(5.0, gt=0, description="Wait before retrying an unreachable collector.")
+    app_name: str = Field("mosaic", description="APP-NAME of each syslog message.")
+
+
+class SecuritySettings(BaseModel):
+    development_mode: bool = Field(
+        False, description="Serve every HTTP route without credentials (as an administrator). Only for a "
+        "developer's own machine: never with patient data.",
+    )
+    initial_admin_password: str | None = Field(
+        None, description="Password of the `admin` account created at the first start (None: a random one, "
+        "printed once).",
+    )
+    session_hours: float = Field(12.0, gt=0, description="How long a browser sign-in lasts.")
+    secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set true behind HTTPS).")
+    credential_cache_seconds: float = Field(
+        10.0, ge=0, description="How long a checked token or session is trusted before the index is asked "
+        "again (a revoked token stops working within this time).",
+    )
+    break_glass_hours: float = Field(4.0, gt=0, description="How long a break-glass opening of a study lasts.")
+    roles: dict[str, list[str]] = Field(
+        default_factory=dict, description="Extra or redefined roles: name → permissions (query, read, store, "
+        "modify, delete, export, administer, read-audit).",
+    )
+    oidc: OidcSettings = Field(default_factory=OidcSettings)  # type: ignore[arg-type]
+    audit_syslog: SyslogSettings = Field(default_factory=SyslogSettings)  # type: ignore[arg-type]
+
+
 class LogSettings(BaseModel):
     level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     json_format: bool = Field(False, description="Write logs as one JSON object per line.")
@@ -157,6 +225,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)  # type: ignore[arg-type]
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
     log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
+    security: SecuritySettings = Field(default_factory=SecuritySettings)  # type: ignore[arg-type]
 
     _config_file: Path | None = None
 

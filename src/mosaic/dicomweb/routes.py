@@ -11,13 +11,14 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from mosaic.core.errors import QueryError
 from mosaic.dicomweb.cache import ByteCache
 from mosaic.dicomweb.dicomjson import MEDIA_TYPE, dumps, instance_metadata, json_array, plain_json
+from mosaic.dicomweb.guard import dicomweb_guard
 from mosaic.dicomweb.multipart import MultipartError, media_type_parameters, read_parts
 from mosaic.dicomweb.qido import parse_qido
 from mosaic.dicomweb.stow import StowService
@@ -69,7 +70,7 @@ def dicom_json(request: Request, body: bytes, *, status: int = 200, headers: dic
 
 
 def create_router(mosaic: Mosaic) -> APIRouter:
-    router = APIRouter(prefix=PREFIX)
+    router = APIRouter(prefix=PREFIX, dependencies=[Depends(dicomweb_guard(mosaic))])
     metadata_service = MetadataService(mosaic.database)
     metadata_cache = ByteCache(max_bytes=128 * 1024 * 1024)
     spool_folder: Path | None = getattr(mosaic.blobs, "incoming", None)
@@ -84,10 +85,17 @@ def create_router(mosaic: Mosaic) -> APIRouter:
             query = parsed.query
             if parsed.include_all:
                 query.with_metadata = True
+            query.scope = getattr(request.state, "scope", None)
             matches = mosaic.query.find(query, door="dicomweb")
             total = mosaic.query.count(query) if query.offset or len(matches) == query.limit else len(matches)
         except QueryError as exc:
             return problem(400, str(exc))
+        audit = getattr(request.state, "audit", None)
+        if audit is not None:
+            audit.detail["matches"] = total
+            audit.detail["studies"] = sorted({match.rows["STUDY"].StudyInstanceUID for match in matches
+                                              if "STUDY" in match.rows})[:100]
+            audit.detail["patients"] = sorted({match.rows["PATIENT"].PatientID for match in matches})[:100]
         root = base_url(request)
         objects = []
         for match in matches:
@@ -197,6 +205,11 @@ def create_router(mosaic: Mosaic) -> APIRouter:
         root = base_url(request)
         outcome = await run_in_threadpool(stow.store_parts, parts, study_uid=study, base_url=root, source=source,
                                           json_request=part_type == "application/dicom+json")
+        audit = getattr(request.state, "audit", None)
+        if audit is not None:
+            audit.detail["stored"] = len(outcome.stored)
+            audit.detail["failed"] = len(outcome.failed)
+            audit.detail["instances"] = [_sop_of(item) for item in outcome.stored][:100]
         study_url = f"{root}/studies/{study}" if study else None
         return Response(dumps(outcome.body(study_url)), status_code=outcome.status_code, media_type=MEDIA_TYPE)
 
@@ -214,6 +227,11 @@ def create_router(mosaic: Mosaic) -> APIRouter:
 
     router.include_router(create_wado_router(mosaic))
     return router
+
+
+def _sop_of(reference: dict[str, Any]) -> str:
+    values = reference.get("00081155", {}).get("Value", [""])
+    return str(values[0]) if values else ""
 
 
 def _retrieve_url(root: str, match: Any, level: str) -> str:

@@ -58,13 +58,13 @@ class StoreContext:
     implementation_version_name: str
     spool: Spool
     """Where received data sets are written (for the filesystem blob store: straight into a new blob)."""
-    calling_allowed: Callable[[str], bool]
-    """Whether an AE title may associate at all (unknown AEs, dicom.allow_unknown_calling_aes)."""
-    find: Callable[[Dataset, str, str, bool], Iterator[tuple[int, bytes | None, str | None]]]
-    """(identifier, calling AE, SOP class, implicit VR?) → (status, encoded response, error comment) per
-    response."""
-    store: Callable[[Path, str, str, str, str | None], tuple[int, str | None]]
-    """(spool file, calling AE, affected SOP class, affected SOP instance, SHA-256 of the file)
+    calling_allowed: Callable[[str, str], bool]
+    """Whether an AE title, calling from an address, may associate at all (the access policy)."""
+    find: Callable[[Dataset, str, str, bool, str], Iterator[tuple[int, bytes | None, str | None]]]
+    """(identifier, calling AE, SOP class, implicit VR?, peer address) → (status, encoded response, error
+    comment) per response."""
+    store: Callable[[Path, str, str, str, str | None, str], tuple[int, str | None]]
+    """(spool file, calling AE, affected SOP class, affected SOP instance, SHA-256 of the file, peer address)
     → (status, error comment)."""
     slots: AssociationSlots
     """Association slots shared with pynetdicom's count against dicom.max_associations."""
@@ -138,6 +138,7 @@ class StoreAssociation:
         self.address = address
         self.request = request
         self.calling = request.calling_ae_title
+        self._peer_address = str(address[0]) if isinstance(address, tuple | list) and address else ""
         self.accepted: dict[int, tuple[str, str]] = {}
         """context id → (abstract syntax, transfer syntax)"""
         self.buffer = bytearray(_BUFFER)
@@ -172,8 +173,8 @@ class StoreAssociation:
         if not request.protocol_version & 1:
             self.sock.sendall(ul.encode_associate_rj(1, 2, 2))
             return False
-        if not self.context.calling_allowed(self.calling):
-            log.warning("association from unknown AE %r at %s rejected (dicom.allow_unknown_calling_aes)",
+        if not self.context.calling_allowed(self.calling, self._peer_address):
+            log.warning("association from AE %r at %s rejected: not a known peer at that address (dicom.peers)",
                         self.calling, self.address)
             self.sock.sendall(ul.encode_associate_rj(1, 1, 3))
             return False
@@ -291,7 +292,7 @@ class StoreAssociation:
         path = store.finish()
         try:
             status, comment = self.context.store(path, self.calling, store.sop_class_uid, store.sop_instance_uid,
-                                                 store.sha256.hexdigest())
+                                                 store.sha256.hexdigest(), self._peer_address)
         finally:
             self.context.spool.discard(path)  # a no-op for a file ingest adopted as its blob
         self.sock.sendall(ul.encode_command_pdata(store.context_id, ul.encode_response(
@@ -307,7 +308,8 @@ class StoreAssociation:
         except Exception as exc:
             self._send_find_status(context_id, message_id, sop_class, 0xC000, f"identifier not decodable: {exc}")
             return
-        for status, data, comment in self.context.find(identifier, self.calling, sop_class, implicit):
+        for status, data, comment in self.context.find(identifier, self.calling, sop_class, implicit,
+                                                       self._peer_address):
             if status != _PENDING:
                 self._send_find_status(context_id, message_id, sop_class, status, comment)
                 return

@@ -26,6 +26,9 @@ from mosaic.dimse.commitment import StorageCommitmentSCP
 from mosaic.dimse.contexts import PATIENT_ROOT_FIND, add_scp_contexts
 from mosaic.dimse.egress import StoredFileDataset, move_contexts
 from mosaic.dimse.fast_store import AssociationSlots, StoreContext, StoreRequestHandler
+from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
+from mosaic.governance.policy import AccessPolicy, Permission, Principal
+from mosaic.index.query import Scope
 from mosaic.services.ingest import IngestService
 from mosaic.services.metrics import RETRIEVE_TOTAL
 from mosaic.services.query import QueryService
@@ -52,8 +55,11 @@ class DicomServer:
     """Mosaic's DIMSE application entity, serving many associations at once."""
 
     def __init__(self, settings: DicomSettings, ingest: IngestService, query: QueryService,
-                 retrieve: RetrieveService, spool: Spool | None = None) -> None:
+                 retrieve: RetrieveService, spool: Spool | None = None, *, policy: AccessPolicy,
+                 audit: AuditTrail) -> None:
         self.settings = settings
+        self.policy = policy
+        self.audit = audit
         self.spool = spool or Spool()
         self.ingest = ingest
         self.query = query
@@ -65,8 +71,8 @@ class DicomServer:
         self.ae.network_timeout = settings.network_timeout
         self.ae.acse_timeout = 30
         self.ae.dimse_timeout = settings.network_timeout
-        if not settings.allow_unknown_calling_aes:
-            self.ae.require_calling_aet = [peer.ae_title for peer in settings.peers] or ["\x00NOBODY"]
+        if not settings.allow_unknown_calling_aes and settings.peers:
+            self.ae.require_calling_aet = [peer.ae_title for peer in settings.peers]
         add_scp_contexts(self.ae)
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
@@ -125,17 +131,28 @@ class DicomServer:
                 return peer
         return None
 
-    def permits(self, calling: str, service: str) -> bool:
+    def principal(self, calling: str, address: str = "") -> Principal:
+        """The calling peer as the access policy sees it (unknown AEs and wrong addresses have no rights)."""
+        return self.policy.peer_principal(self._peer(calling), calling, address,
+                                          allow_unknown=self.settings.allow_unknown_calling_aes)
+
+    def permits(self, calling: str, service: str, address: str = "") -> bool:
         """The one access check of every DIMSE service on both receive paths: may ``calling`` use ``service``
-        (store, find, move, get)? Known peers by their ``may_*`` flags, others by allow_unknown_calling_aes."""
+        (store, find, move, get)? Asked of the access policy; known peers by their ``may_*`` flags and
+        addresses, others only when dicom.allow_unknown_calling_aes. Refusals are audited."""
+        principal = self.principal(calling, address)
         peer = self._peer(calling)
-        allowed = self.settings.allow_unknown_calling_aes if peer is None else bool(getattr(peer, f"may_{service}"))
+        allowed = _SERVICE_PERMISSION[service] in principal.permissions and (
+            peer is None or bool(getattr(peer, f"may_{service}")))
         if not allowed:
-            log.warning("refused %s from AE %r: not permitted by dicom.peers", service.upper(), calling)
+            log.warning("refused %s from AE %r at %s: not permitted by dicom.peers", service.upper(), calling,
+                        address or "?")
+            self.audit.record(AuditEntry.of(principal, _SERVICE_ACTION[service], "denied",
+                                            detail={"service": f"C-{service.upper()}"}))
         return allowed
 
     def _allowed(self, event: Event, service: str) -> bool:
-        return self.permits(event.assoc.requestor.ae_title.strip(), service)
+        return self.permits(event.assoc.requestor.ae_title.strip(), service, _address(event))
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -146,21 +163,27 @@ class DicomServer:
         request: Any = event.request
         calling = event.assoc.requestor.ae_title.strip()
         status, comment = self.store_received(Path(event.dataset_path), calling, str(request.AffectedSOPClassUID),
-                                              str(request.AffectedSOPInstanceUID))
+                                              str(request.AffectedSOPInstanceUID), None, _address(event))
         return _status(status, comment) if comment else status
 
-    def _may_associate(self, calling: str) -> bool:
-        return self.settings.allow_unknown_calling_aes or self._peer(calling) is not None
+    def _may_associate(self, calling: str, address: str) -> bool:
+        return bool(self.principal(calling, address).permissions)
 
     def store_received(self, path: Path, calling: str, sop_class_uid: str, sop_instance_uid: str,
-                       sha256: str | None = None) -> tuple[int, str | None]:
+                       sha256: str | None = None, address: str = "") -> tuple[int, str | None]:
         """The one C-STORE handler of both receive paths: (DIMSE status, error comment)."""
-        if not self.permits(calling, "store"):
+        if not self.permits(calling, "store", address):
             return NOT_AUTHORISED, f"AE {calling} may not store"
+        principal = self.principal(calling, address)
+        peer = self._peer(calling)
         try:
             result = self.ingest.store(path, door="dimse", source_ae_title=calling,
-                                       expected_sop_class_uid=sop_class_uid, sha256=sha256)
+                                       expected_sop_class_uid=sop_class_uid, sha256=sha256,
+                                       facility=peer.facility if peer else "",
+                                       department=peer.department if peer else "")
         except InvalidObject as exc:
+            self.audit.record(AuditEntry.of(principal, AuditAction.STORE, "failure", SOPInstanceUID=sop_instance_uid,
+                                            detail={"reason": exc.reason}))
             # the data set may not even name itself: the request's Affected SOP Instance UID does
             log.warning("C-STORE of %s (%s) from %r refused with 0x%04X: %s", sop_instance_uid, sop_class_uid,
                         calling, exc.status, exc.reason)
@@ -172,6 +195,11 @@ class DicomServer:
             # a failure status for this object (the SCU may retry it), not an aborted association
             log.exception("C-STORE of %s from %r failed", sop_instance_uid, calling)
             return OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}"
+        self.audit.record(AuditEntry.of(
+            principal, AuditAction.STORE, "success", PatientID=result.patient_id,
+            IssuerOfPatientID=result.issuer_of_patient_id, StudyInstanceUID=result.study_instance_uid,
+            SeriesInstanceUID=result.series_instance_uid, SOPInstanceUID=result.sop_instance_uid,
+            detail={"outcome": result.outcome.value}))
         if result.sop_instance_uid != sop_instance_uid:
             log.warning("C-STORE from %r: Affected SOP Instance UID %s differs from the data set's %s",
                         calling, sop_instance_uid, result.sop_instance_uid)
@@ -180,7 +208,8 @@ class DicomServer:
     def on_c_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         calling = event.assoc.requestor.ae_title.strip()
         for status, response, comment in self.find_responses(event.identifier, calling,
-                                                              str(event.request.AffectedSOPClassUID)):
+                                                              str(event.request.AffectedSOPClassUID),
+                                                              address=_address(event)):
             if status == PENDING:
                 if event.is_cancelled:
                     yield CANCEL, None
@@ -190,32 +219,42 @@ class DicomServer:
                 yield (_status(status, comment) if comment else status), None
 
     def find_encoded(self, identifier: Dataset, calling: str, sop_class_uid: str,
-                     implicit: bool) -> Iterator[tuple[int, Any, str | None]]:
-        return self.find_responses(identifier, calling, sop_class_uid, encoded_implicit=implicit)
+                     implicit: bool, address: str = "") -> Iterator[tuple[int, Any, str | None]]:
+        return self.find_responses(identifier, calling, sop_class_uid, encoded_implicit=implicit, address=address)
 
     def find_responses(self, identifier: Dataset, calling: str, sop_class_uid: str, *,
-                       encoded_implicit: bool | None = None) -> Iterator[tuple[int, Any, str | None]]:
+                       encoded_implicit: bool | None = None,
+                       address: str = "") -> Iterator[tuple[int, Any, str | None]]:
         """The one C-FIND handler of both receive paths: (status, response, comment) in order, pending
         responses first, then the final status. Responses are Datasets, or already-encoded bytes when
-        ``encoded_implicit`` says which VR encoding the wire uses."""
-        if not self.permits(calling, "find"):
+        ``encoded_implicit`` says which VR encoding the wire uses. Only studies in the peer's scope match."""
+        if not self.permits(calling, "find", address):
             yield NOT_AUTHORISED, None, f"AE {calling} may not query"
             return
+        principal = self.principal(calling, address)
+        scope = self.policy.scope(principal)
         root = "PATIENT" if sop_class_uid == PATIENT_ROOT_FIND else "STUDY"
+        audit = AuditEntry.of(principal, AuditAction.QUERY, "success", PatientID=str(identifier.get("PatientID", "")
+                                                                                     or "")[:64],
+                              detail={"service": "C-FIND", "level": str(identifier.get("QueryRetrieveLevel", ""))})
         try:
             responses: list[Any]
             if encoded_implicit is None:
-                responses = list(self.query.c_find(identifier, root=root))
+                responses = list(self.query.c_find(identifier, root=root, scope=scope, audit=audit.detail))
             else:
-                responses = list(self.query.c_find_encoded(identifier, root=root, implicit=encoded_implicit))
+                responses = list(self.query.c_find_encoded(identifier, root=root, implicit=encoded_implicit,
+                                                           scope=scope, audit=audit.detail))
         except QueryError as exc:
             log.warning("C-FIND from %r refused: %s", calling, exc)
+            audit.outcome, audit.detail["reason"] = "failure", str(exc)
+            self.audit.record(audit)
             yield IDENTIFIER_DOES_NOT_MATCH, None, str(exc)
             return
         except Exception as exc:
             log.exception("C-FIND failed")
             yield UNABLE_TO_PROCESS, None, f"{type(exc).__name__}: {exc}"
             return
+        self.audit.record(audit)
         for response in responses:
             yield PENDING, response, None
         yield 0x0000, None, None
@@ -231,7 +270,7 @@ class DicomServer:
             yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
             return
         try:
-            instances = self.retrieve.instances_for_identifier(event.identifier)
+            instances = self.retrieve.instances_for_identifier(event.identifier, scope=self._scope(event))
         except QueryError as exc:
             # not "success, nothing to move": raised before the first yield, pynetdicom answers with a
             # failure (0xC514, unable to process) without opening an association to the destination
@@ -255,12 +294,13 @@ class DicomServer:
                         instances: list[StoredInstance] | None = None) -> Iterator[Any]:
         if instances is None:
             try:
-                instances = self.retrieve.instances_for_identifier(event.identifier)
+                instances = self.retrieve.instances_for_identifier(event.identifier, scope=self._scope(event))
             except QueryError as exc:
                 log.warning("%s from %r refused: %s", service, event.assoc.requestor.ae_title.strip(), exc)
                 yield 1  # a failure status is only taken after a count
                 yield _status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
                 return
+        self._audit_retrieve(event, service, instances)
         yield len(instances)
         for instance in instances:
             if event.is_cancelled:
@@ -277,6 +317,34 @@ class DicomServer:
                 # sent from the stored file, bytes as received (see mosaic.dimse.egress)
                 yield PENDING, StoredFileDataset(path, instance.SOPClassUID, instance.SOPInstanceUID,
                                                  instance.TransferSyntaxUID)
+
+
+    def _scope(self, event: Event) -> Scope:
+        return self.policy.scope(self.principal(event.assoc.requestor.ae_title.strip(), _address(event)))
+
+    def _audit_retrieve(self, event: Event, service: str, instances: list[StoredInstance]) -> None:
+        """One record per study sent (PS3.15 'DICOM Instances Transferred' is per study too)."""
+        principal = self.principal(event.assoc.requestor.ae_title.strip(), _address(event))
+        destination = event.move_destination.strip() if service == "C-MOVE" and event.move_destination else ""
+        by_study: dict[str, list[StoredInstance]] = {}
+        for instance in instances:
+            by_study.setdefault(instance.StudyInstanceUID, []).append(instance)
+        for study, members in by_study.items():
+            self.audit.record(AuditEntry.of(
+                principal, AuditAction.READ, "success", PatientID=members[0].PatientID,
+                IssuerOfPatientID=members[0].IssuerOfPatientID, StudyInstanceUID=study,
+                detail={"service": service, "instances": len(members),
+                        **({"destination": destination} if destination else {})}))
+
+
+_SERVICE_PERMISSION = {"store": Permission.STORE, "find": Permission.QUERY, "move": Permission.READ,
+                       "get": Permission.READ}
+_SERVICE_ACTION = {"store": AuditAction.STORE, "find": AuditAction.QUERY, "move": AuditAction.READ,
+                   "get": AuditAction.READ}
+
+
+def _address(event: Event) -> str:
+    return str(event.assoc.requestor.address or "")
 
 
 class _SharedPortServer(ThreadedAssociationServer):

@@ -17,7 +17,7 @@ from typing import Any
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from mosaic.core.errors import QueryError
@@ -43,6 +43,40 @@ class MatchKey:
     vr: str
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What a caller may see: studies of these facilities and departments (None: any), plus the studies
+    named in ``studies`` (break-glass openings). Applied in SQL, so counts and pages are scoped too."""
+
+    facilities: frozenset[str] | None = None
+    departments: frozenset[str] | None = None
+    studies: frozenset[str] = frozenset()
+
+    @property
+    def unrestricted(self) -> bool:
+        return self.facilities is None and self.departments is None
+
+    def study_condition(self) -> ColumnElement[bool]:
+        """A condition on :class:`Study` that holds for the studies in scope."""
+        if self.unrestricted:
+            return true()
+        parts: list[ColumnElement[bool]] = []
+        if self.facilities is not None:
+            parts.append(Study.facility.in_(sorted(self.facilities)) if self.facilities else false())
+        if self.departments is not None:
+            parts.append(Study.department.in_(sorted(self.departments)) if self.departments else false())
+        condition = and_(*parts)
+        if self.studies:
+            condition = or_(condition, Study.StudyInstanceUID.in_(sorted(self.studies)))
+        return condition
+
+    def permits(self, facility: str, department: str, study_instance_uid: str) -> bool:
+        if study_instance_uid in self.studies or self.unrestricted:
+            return True
+        return ((self.facilities is None or facility in self.facilities)
+                and (self.departments is None or department in self.departments))
+
+
 @dataclass
 class Query:
     """A query at one level: matching keys plus the attributes to return."""
@@ -55,6 +89,8 @@ class Query:
     offset: int = 0
     with_metadata: bool = False
     """Attach each match's (representative) stored metadata even when every key has a column."""
+    scope: Scope | None = None
+    """Only what the caller may see (None: everything)."""
 
 
 @dataclass
@@ -131,7 +167,7 @@ class QueryEngine:
     def count(self, query: Query) -> int:
         statement, post_filters = self._statement(query)
         if post_filters:
-            return len(self.find(Query(query.level, query.keys, [], query.fuzzy)))
+            return len(self.find(Query(query.level, query.keys, [], query.fuzzy, scope=query.scope)))
         return int(self.session.scalar(select(func.count()).select_from(statement.subquery())) or 0)
 
     @staticmethod
@@ -158,6 +194,13 @@ class QueryEngine:
             condition = self._condition(MODEL_OF_LEVEL[owner], key, glob=self.glob, fuzzy=query.fuzzy)
             if condition is not None:
                 statement = statement.where(condition)
+        if query.scope is not None and not query.scope.unrestricted:
+            if query.level == "PATIENT":
+                # a patient is visible when one of their studies is
+                statement = statement.where(exists(select(Study.pk).where(
+                    Study.patient_pk == Patient.pk, query.scope.study_condition())))
+            else:
+                statement = statement.where(query.scope.study_condition())
         order = MODEL_OF_LEVEL[query.level].pk
         return statement.order_by(order), post_filters
 

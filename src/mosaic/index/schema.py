@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -88,6 +89,13 @@ class Study(Base):
     PatientWeight: Mapped[str] = _key(16)
     NameOfPhysiciansReadingStudy: Mapped[str] = _key(320)
     InstitutionName: Mapped[str] = _key()
+    facility: Mapped[str] = _key()
+    """The site the study belongs to (access scope): the sending peer's configured facility, else InstitutionName."""
+    department: Mapped[str] = _key()
+    """The department or specialty (access scope): the peer's configured one, else InstitutionalDepartmentName."""
+    deletion_marked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    """Set by retention (phase one): purged after the grace period unless a legal hold appears."""
+    deletion_reason: Mapped[str] = mapped_column(String(256), nullable=False, default="")
     ModalitiesInStudy: Mapped[str] = _key(256)
     """Backslash-separated, each value wrapped: ``\\CT\\SR\\`` so one LIKE finds one modality."""
     SOPClassesInStudy: Mapped[str] = mapped_column(Text, nullable=False, default="")
@@ -196,6 +204,122 @@ class StorageCommitment(Base):
     request_json: Mapped[str] = mapped_column(Text, nullable=False)
     result_json: Mapped[str] = mapped_column(Text, nullable=False, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class UserAccount(Base):
+    """A person or system that signs in: roles and the facilities/departments they may see."""
+
+    __tablename__ = "user_account"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128), nullable=False, unique=True)
+    display_name: Mapped[str] = mapped_column(String(256), nullable=False, default="")
+    password_hash: Mapped[str] = mapped_column(String(256), nullable=False, default="")
+    """argon2id; empty for accounts that only use API tokens."""
+    roles: Mapped[str] = mapped_column(String(256), nullable=False, default="")
+    """Comma-separated role names."""
+    facilities: Mapped[str] = mapped_column(Text, nullable=False, default="*")
+    """Comma-separated facilities the account may see; ``*`` for all."""
+    departments: Mapped[str] = mapped_column(Text, nullable=False, default="*")
+    """Comma-separated departments/specialties the account may see; ``*`` for all."""
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class ApiToken(Base):
+    """A bearer token for a system (or a person's script); only its SHA-256 is stored."""
+
+    __tablename__ = "api_token"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_pk: Mapped[int] = mapped_column(ForeignKey("user_account.pk"), nullable=False, index=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    token_sha256: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WebSession(Base):
+    """A browser session (cookie); only the SHA-256 of its identifier is stored, with its CSRF token."""
+
+    __tablename__ = "web_session"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    session_sha256: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    user_pk: Mapped[int] = mapped_column(ForeignKey("user_account.pk"), nullable=False, index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+
+
+class AuditRecord(Base):
+    """One audited action; append-only, each record's ``hash`` covers its fields and the previous hash."""
+
+    __tablename__ = "audit_record"
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+    actor: Mapped[str] = mapped_column(String(128), nullable=False, default="", index=True)
+    actor_kind: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    """user, token, oidc, ae, anonymous."""
+    roles: Mapped[str] = mapped_column(String(256), nullable=False, default="")
+    address: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    interface: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    """http, dicomweb, dimse, hl7, fhir, cli."""
+    action: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
+    """success, denied, failure."""
+    PatientID: Mapped[str] = mapped_column(String(64), nullable=False, default="", index=True)
+    IssuerOfPatientID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    StudyInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, default="", index=True)
+    SeriesInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    SOPInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    break_glass: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    detail: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    previous_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class AuditCursor(Base):
+    """How far a consumer of the audit trail (the syslog forwarder, the chain head) has got."""
+
+    __tablename__ = "audit_cursor"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class BreakGlassGrant(Base):
+    """An out-of-scope study opened on purpose, with the reason given; time-limited and audited."""
+
+    __tablename__ = "break_glass_grant"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
+    StudyInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class LegalHold(Base):
+    """Blocks every deletion of a patient's (empty StudyInstanceUID) or one study's data until released."""
+
+    __tablename__ = "legal_hold"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    PatientID: Mapped[str] = mapped_column(String(64), nullable=False, default="", index=True)
+    IssuerOfPatientID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    StudyInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, default="", index=True)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    placed_by: Mapped[str] = mapped_column(String(128), nullable=False)
+    placed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    released_by: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 Index("ix_study_patient_date", Study.patient_pk, Study.StudyDate)

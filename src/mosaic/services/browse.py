@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from mosaic.index.database import Database
+from mosaic.index.query import Scope
 from mosaic.index.schema import Patient, Study
 
 
@@ -27,12 +28,13 @@ class BrowseService:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def recent_studies(self, limit: int = 50) -> list[StudySummary]:
+    def recent_studies(self, limit: int = 50, scope: Scope | None = None) -> list[StudySummary]:
         statement = (
             select(Study.StudyInstanceUID, Patient.PatientName, Patient.PatientID, Study.StudyDate,
                    Study.StudyDescription, Study.AccessionNumber, Study.ModalitiesInStudy,
                    Study.NumberOfStudyRelatedSeries, Study.NumberOfStudyRelatedInstances)
             .join(Patient, Study.patient_pk == Patient.pk)
+            .where((scope or Scope()).study_condition())
             .order_by(Study.updated_at.desc(), Study.pk.desc())
             .limit(limit)
         )

@@ -98,6 +98,8 @@ class IngestResult:
     series_instance_uid: str
     sha256: str
     size: int
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
 
 
 class IngestService:
@@ -117,15 +119,20 @@ class IngestService:
         expected_sop_class_uid: str | None = None,
         sha256: str | None = None,
         parsed: ParsedInstance | None = None,
+        facility: str = "",
+        department: str = "",
     ) -> IngestResult:
         """Store one Part 10 object (file path or bytes). Raises :class:`InvalidObject` with the reason.
 
         ``sha256`` may be given by a door that hashed the bytes as it received them, ``parsed`` by a door
-        that already parsed them (both must describe exactly ``source``).
+        that already parsed them (both must describe exactly ``source``). ``facility`` and ``department``
+        label a new study for the access policy (default: its InstitutionName and
+        InstitutionalDepartmentName).
         """
         started = time.perf_counter()
         try:
-            result = self._store(source, door, source_ae_title, expected_sop_class_uid, sha256, parsed)
+            result = self._store(source, door, source_ae_title, expected_sop_class_uid, sha256, parsed,
+                                 (facility, department))
         except InvalidObject as exc:
             INGEST_TOTAL.labels(door, "rejected").inc()
             log.warning("ingest rejected via %s from %r: %s", door, source_ae_title or "-", exc)
@@ -137,7 +144,8 @@ class IngestService:
         return result
 
     def _store(self, source: Path | bytes, door: str, source_ae_title: str, expected_sop_class_uid: str | None,
-               known_sha256: str | None, known_parse: ParsedInstance | None) -> IngestResult:
+               known_sha256: str | None, known_parse: ParsedInstance | None,
+               labels: tuple[str, str] = ("", "")) -> IngestResult:
         parsed = known_parse if known_parse is not None else parse_instance(source)
         if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
             raise InvalidObject(
@@ -161,7 +169,7 @@ class IngestService:
             metadata = json.dumps(metadata_json(parsed.dataset, self.settings.bulk_data_threshold),
                                   separators=(",", ":"), ensure_ascii=False)
             self.blobs.flush(blob)  # bytes durable before the row that names them commits
-            outcome = self._index_with_retry(parsed, blob, metadata, door, source_ae_title)
+            outcome = self._index_with_retry(parsed, blob, metadata, door, source_ae_title, labels)
         except BaseException:
             self.blobs.revoke(blob)
             raise
@@ -174,14 +182,16 @@ class IngestService:
     @staticmethod
     def _result(outcome: IngestOutcome, parsed: ParsedInstance, sha256: str, size: int) -> IngestResult:
         return IngestResult(outcome, parsed.sop_instance_uid, parsed.sop_class_uid,
-                            parsed.study_instance_uid, parsed.series_instance_uid, sha256, size)
+                            parsed.study_instance_uid, parsed.series_instance_uid, sha256, size,
+                            _text(parsed.dataset, "PatientID"), _text(parsed.dataset, "IssuerOfPatientID"))
 
     def _existing(self, sop_instance_uid: str) -> str | None:
         with self.database.engine.connect() as connection:
             return connection.execute(_EXISTING_SHA256, {"uid": sop_instance_uid}).scalar()
 
     def _index_with_retry(
-        self, parsed: ParsedInstance, blob: StoredBlob, metadata: str, door: str, source_ae_title: str
+        self, parsed: ParsedInstance, blob: StoredBlob, metadata: str, door: str, source_ae_title: str,
+        labels: tuple[str, str] = ("", ""),
     ) -> IngestOutcome:
         # concurrent associations may create the same patient/study/series at once (PostgreSQL):
         # the loser of the unique constraint retries and then finds the winner's rows
@@ -189,7 +199,7 @@ class IngestService:
             try:
                 with self.database.session(write=True) as session:
                     return _IndexWriter(session, parsed, blob, metadata, door, source_ae_title,
-                                        self.settings.duplicate_policy).write()
+                                        self.settings.duplicate_policy, labels).write()
             except (IntegrityError, OperationalError) as exc:
                 # PostgreSQL: a deadlock (40P01) or serialization failure (40001) is retried too
                 retryable = isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) in (
@@ -204,8 +214,10 @@ class _IndexWriter:
     """Index rows and outbox events for one instance, inside one transaction."""
 
     def __init__(self, session: Session, parsed: ParsedInstance, blob: StoredBlob, metadata: str,
-                 door: str, source_ae_title: str, policy: DuplicatePolicy) -> None:
+                 door: str, source_ae_title: str, policy: DuplicatePolicy,
+                 labels: tuple[str, str] = ("", "")) -> None:
         self.session = session
+        self.labels = labels
         self.parsed = parsed
         self.dataset = parsed.dataset
         self.blob = blob
@@ -306,6 +318,9 @@ class _IndexWriter:
         if study is None:
             values = column_values(self.dataset, STUDY_KEYS, _WIDTHS[Study])
             values["StudyInstanceUID"] = self.parsed.study_instance_uid
+            facility, department = self.labels
+            values["facility"] = (facility or values.get("InstitutionName") or "")[:64]
+            values["department"] = (department or _text(self.dataset, "InstitutionalDepartmentName"))[:64]
             study = Study(patient_pk=patient.pk, **values, created_at=self.now, updated_at=self.now)
             self.session.add(study)
             self.session.flush()
@@ -353,3 +368,11 @@ class _IndexWriter:
             SOPInstanceUID=self.parsed.sop_instance_uid if event_type == EventType.INSTANCE_STORED else "",
             payload=json.dumps(payload),
         ))
+
+
+def _text(dataset: Any, keyword: str) -> str:
+    try:
+        value = dataset.get(keyword)
+    except Exception:
+        return ""
+    return str(value or "").strip()

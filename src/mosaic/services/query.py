@@ -18,6 +18,7 @@ from mosaic.index.query import (
     Match,
     Query,
     QueryEngine,
+    Scope,
     metadata_element,
     query_from_identifier,
     response_value,
@@ -42,17 +43,31 @@ class QueryService:
         with self.database.session() as session:
             return QueryEngine(session).count(query)
 
-    def c_find(self, identifier: Dataset, *, root: str) -> Iterator[Dataset]:
-        """Responses to a C-FIND identifier, one dataset per match (raises QueryError when malformed)."""
+    def _c_find_query(self, identifier: Dataset, root: str, scope: Scope | None,
+                      audit: dict[str, Any] | None) -> tuple[Query, list[Match]]:
         query = query_from_identifier(identifier, root=root)
-        for match in self.find(query, door="dimse"):
+        query.scope = scope
+        matches = self.find(query, door="dimse")
+        if audit is not None:
+            audit["matches"] = len(matches)
+            audit["studies"] = sorted({match.rows["STUDY"].StudyInstanceUID for match in matches
+                                       if "STUDY" in match.rows})[:100]
+        return query, matches
+
+    def c_find(self, identifier: Dataset, *, root: str, scope: Scope | None = None,
+               audit: dict[str, Any] | None = None) -> Iterator[Dataset]:
+        """Responses to a C-FIND identifier, one dataset per match (raises QueryError when malformed); only
+        studies in ``scope`` match; ``audit`` (a dict) is given what matched."""
+        query, matches = self._c_find_query(identifier, root, scope, audit)
+        for match in matches:
             yield self.response(match, query, root=root)
 
-    def c_find_encoded(self, identifier: Dataset, *, root: str, implicit: bool) -> Iterator[bytes]:
+    def c_find_encoded(self, identifier: Dataset, *, root: str, implicit: bool, scope: Scope | None = None,
+                       audit: dict[str, Any] | None = None) -> Iterator[bytes]:
         """Responses already encoded for the wire: straight from the indexed values when they are all
         plain, through pydicom otherwise (same bytes either way)."""
-        query = query_from_identifier(identifier, root=root)
-        for match in self.find(query, door="dimse"):
+        query, matches = self._c_find_query(identifier, root, scope, audit)
+        for match in matches:
             try:
                 yield encode_identifier(self._plain_values(match, query, root=root), implicit=implicit)
             except NotPlain:

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from mosaic.core.errors import QueryError
 from mosaic.index.database import Database
-from mosaic.index.query import LEVELS
+from mosaic.index.query import LEVELS, Scope
 from mosaic.index.schema import Instance, Patient, Series, Study
 from mosaic.storage.base import BlobStore
 
@@ -26,6 +26,9 @@ class StoredInstance:
     size: int
     sha256: str
     dataset_offset: int
+    StudyInstanceUID: str = ""
+    PatientID: str = ""
+    IssuerOfPatientID: str = ""
 
 
 _UID_LISTS = (("PatientID", Patient.PatientID), ("StudyInstanceUID", Study.StudyInstanceUID),
@@ -37,13 +40,16 @@ class RetrieveService:
         self.database = database
         self.blobs = blobs
 
-    def instances_for_identifier(self, identifier: Dataset) -> list[StoredInstance]:
-        """Instances named by a C-MOVE/C-GET identifier's unique keys (PS3.4 C.4.2.2.1)."""
+    def instances_for_identifier(self, identifier: Dataset, *, scope: Scope | None = None) -> list[StoredInstance]:
+        """Instances named by a C-MOVE/C-GET identifier's unique keys (PS3.4 C.4.2.2.1), only those of studies
+        in ``scope``."""
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if level not in LEVELS:
             raise QueryError(f"Query/Retrieve Level {level!r} is not one of {', '.join(LEVELS)}")
-        statement = (select(Instance).join(Series, Instance.series_pk == Series.pk)
-                     .join(Study, Series.study_pk == Study.pk).join(Patient, Study.patient_pk == Patient.pk))
+        statement = (select(Instance, Study.StudyInstanceUID, Patient.PatientID, Patient.IssuerOfPatientID)
+                     .join(Series, Instance.series_pk == Series.pk)
+                     .join(Study, Series.study_pk == Study.pk).join(Patient, Study.patient_pk == Patient.pk)
+                     .where((scope or Scope()).study_condition()))
         constrained = False
         for keyword, column in _UID_LISTS:
             value = identifier.get(keyword)
@@ -62,9 +68,10 @@ class RetrieveService:
             # the same Patient ID from two issuers is two patients
             statement = statement.where(Patient.IssuerOfPatientID == issuer)
         with self.database.session() as session:
-            rows = session.scalars(statement.order_by(Series.pk, Instance.InstanceNumber, Instance.pk)).all()
+            rows = session.execute(statement.order_by(Series.pk, Instance.InstanceNumber, Instance.pk)).all()
             return [StoredInstance(row.SOPInstanceUID, row.SOPClassUID, row.TransferSyntaxUID, row.blob_key,
-                                   row.size, row.sha256, row.dataset_offset) for row in rows]
+                                   row.size, row.sha256, row.dataset_offset, study, patient_id, issuer)
+                    for row, study, patient_id, issuer in rows]
 
     def instances_by_uid(self, sop_instance_uids: list[str]) -> dict[str, StoredInstance]:
         with self.database.session() as session:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from mosaic import __version__
+from mosaic.governance.audit import AuditAction, AuditEntry
+from mosaic.governance.policy import Permission
 from mosaic.services.browse import BrowseService
 from mosaic.viewer import mount_viewer
+from mosaic.web.auth import AuthMiddleware, require
 from mosaic.web.landing import render_landing
 
 if TYPE_CHECKING:
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 def create_app(mosaic: Mosaic) -> FastAPI:
     app = FastAPI(title="Mosaic", version=__version__)
     app.state.public_url = mosaic.settings.http.public_url
+    app.add_middleware(AuthMiddleware, mosaic=mosaic)  # type: ignore[arg-type]
     if mosaic.settings.http.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -50,7 +54,8 @@ def create_app(mosaic: Mosaic) -> FastAPI:
                             status_code=200 if healthy else 503)
 
     @app.get("/metrics")
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        require(request, Permission.ADMINISTER)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # several DICOM worker processes: add up what every process wrote
             from prometheus_client import CollectorRegistry, multiprocess
@@ -61,22 +66,37 @@ def create_app(mosaic: Mosaic) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/changes")
-    def changes(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+    def changes(request: Request, since: int = Query(0, ge=0),
+                limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         """Index changes in order: pass the returned ``last`` as ``since`` to get the next page."""
+        principal = require(request, Permission.QUERY, action=AuditAction.QUERY)
+        if not mosaic.policy.scope(principal).unrestricted:
+            raise HTTPException(403, f"{principal.name} may see only some facilities or departments; the change "
+                                     "feed covers them all")
         page = mosaic.changes.page(since, limit)
+        request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "",
+                                            detail={"path": "/api/changes", "since": since, "count": len(page.changes)})
         return {"changes": page.changes, "last": page.last, "done": page.done}
 
     browse = BrowseService(mosaic.database)
 
     @app.get("/", response_class=HTMLResponse)
-    def landing(limit: int = Query(50, ge=1, le=500)) -> HTMLResponse:
-        """Recent studies, each linked to the viewer."""
-        return HTMLResponse(render_landing(browse.recent_studies(limit)))
+    def landing(request: Request, limit: int = Query(50, ge=1, le=500)) -> HTMLResponse:
+        """Recent studies the user may see, each linked to the viewer."""
+        principal = require(request, Permission.QUERY, action=AuditAction.QUERY)
+        studies = browse.recent_studies(limit, mosaic.policy.scope(principal))
+        request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "", detail={
+            "path": "/", "studies": [study.StudyInstanceUID for study in studies][:100]})
+        return HTMLResponse(render_landing(studies, user=principal.name, csrf_token=principal.csrf_token))
 
+    from mosaic.dicomweb.guard import dicomweb_guard
     from mosaic.dicomweb.routes import create_router
     from mosaic.dicomweb.wado import create_wado_router
+    from mosaic.web.account import create_account_router
 
     app.include_router(create_router(mosaic))
-    app.include_router(create_wado_router(mosaic, rs=False))  # WADO-URI also at the site root: /wado?…
+    # WADO-URI also at the site root: /wado?…
+    app.include_router(create_wado_router(mosaic, rs=False), dependencies=[Depends(dicomweb_guard(mosaic))])
+    app.include_router(create_account_router(mosaic))
     mount_viewer(app, mosaic.settings.viewer_path, dicomweb_root="/dicom-web")
     return app

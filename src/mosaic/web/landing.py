@@ -6,19 +6,32 @@ from html import escape
 
 from mosaic.services.browse import StudySummary
 
-_STYLE = """
+STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;background:#0b1a2a;color:#e6edf3}
 h1{font-weight:600}a{color:#6cb6ff}table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:.45rem .7rem;border-bottom:1px solid #24364a}th{color:#9fb3c8;font-weight:500}
-tr:hover td{background:#12263b}.muted{color:#9fb3c8}
+tr:hover td{background:#12263b}.muted{color:#9fb3c8}.error{color:#ff7b72}tr.flag td{background:#3d1d1d}
+form.card{max-width:22rem;display:flex;flex-direction:column;gap:.8rem}form.filters{display:flex;flex-wrap:wrap;
+gap:.6rem;align-items:end}label{display:flex;flex-direction:column;gap:.2rem;color:#9fb3c8}
+input{padding:.4rem;background:#12263b;color:#e6edf3;border:1px solid #24364a}
+button{padding:.45rem .9rem;background:#1f6feb;color:#fff;border:0;cursor:pointer}.uid{font-size:.8em}
 """
+
+
+def _account(user: str, csrf_token: str) -> str:
+    if not user:
+        return ""
+    token = f'<input type="hidden" name="csrf_token" value="{escape(csrf_token)}">' if csrf_token else ""
+    return (f' · signed in as <b>{escape(user)}</b> <form method="post" action="/logout" style="display:inline">'
+            f'{token}<button type="submit">Sign out</button></form>')
 
 
 def _date(value: str) -> str:
     return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
 
 
-def render_landing(studies: list[StudySummary], *, viewer_prefix: str = "/viewer") -> str:
+def render_landing(studies: list[StudySummary], *, viewer_prefix: str = "/viewer", user: str = "",
+                   csrf_token: str = "") -> str:
     rows = []
     for study in studies:
         link = f"{viewer_prefix}/viewer?StudyInstanceUIDs={escape(study.StudyInstanceUID)}"
@@ -36,10 +49,11 @@ def render_landing(studies: list[StudySummary], *, viewer_prefix: str = "/viewer
     body = "\n".join(rows) or empty
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Mosaic</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style></head>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
 <body><h1>Mosaic</h1>
 <p class="muted">Recent studies. <a href="{viewer_prefix}/">Open the study list in the viewer</a> ·
-<a href="/dicom-web/studies">DICOMweb</a> · <a href="/healthz">health</a></p>
+<a href="/dicom-web/studies">DICOMweb</a> · <a href="/audit">audit trail</a> · <a href="/healthz">health</a>
+{_account(user, csrf_token)}</p>
 <table><thead><tr><th>Patient</th><th>Patient ID</th><th>Study date</th><th>Description</th><th>Modalities</th>
 <th>Accession</th><th>Series / instances</th><th></th></tr></thead>
 <tbody>

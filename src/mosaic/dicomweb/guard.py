@@ -1,0 +1,79 @@
+"""The policy and audit check in front of every DICOMweb route (QIDO, WADO-RS, WADO-URI, STOW).
+
+A route dependency: it decides what the request does (query, read or store), asks the access policy, and
+leaves the audit entry for the HTTP middleware to record with the answer's outcome. A study outside the
+caller's scope is answered exactly like an unknown one (404), unless the caller broke the glass for it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from fastapi import HTTPException, Request
+
+from mosaic.governance.audit import AuditAction, AuditEntry
+from mosaic.governance.policy import Permission
+from mosaic.web.auth import principal_of, require
+
+if TYPE_CHECKING:
+    from mosaic.app import Mosaic
+
+READ_AUDIT_WINDOW = 60.0
+"""Repeated reads of one series by one principal within this many seconds are one audit record (a viewer
+fetches every frame separately)."""
+
+_QIDO_SUFFIXES = ("/studies", "/series", "/instances")
+
+
+def dicomweb_guard(mosaic: Mosaic) -> Callable[[Request], None]:
+    recent: dict[tuple[str, str, str, str], float] = {}
+    lock = threading.Lock()
+
+    def seen_recently(key: tuple[str, str, str, str]) -> bool:
+        now = time.monotonic()
+        with lock:
+            if len(recent) > 10_000:
+                recent.clear()
+            last = recent.get(key)
+            if last is not None and now - last < READ_AUDIT_WINDOW:
+                return True
+            recent[key] = now
+            return False
+
+    def guard(request: Request) -> None:
+        principal = principal_of(request)
+        params = request.path_params
+        query = request.query_params
+        study = params.get("study") or query.get("studyUID") or ""
+        series = params.get("series") or query.get("seriesUID") or ""
+        sop = params.get("sop") or query.get("objectUID") or ""
+        if request.method == "POST":
+            permission, action = Permission.STORE, AuditAction.STORE
+        elif request.url.path.rstrip("/").endswith(_QIDO_SUFFIXES):
+            permission, action = Permission.QUERY, AuditAction.QUERY
+        else:
+            permission, action = Permission.READ, AuditAction.READ
+        require(request, permission, action=action)
+        entry = AuditEntry.of(principal, action, "", StudyInstanceUID=study, SeriesInstanceUID=series,
+                              SOPInstanceUID=sop, detail={"path": request.url.path})
+        if action == AuditAction.QUERY:
+            entry.detail["query"] = str(query)[:1000]
+        if study and action != AuditAction.STORE:
+            access = mosaic.policy.study_access(principal, study)
+            entry.PatientID, entry.IssuerOfPatientID = access.PatientID, access.IssuerOfPatientID
+            entry.break_glass = access.break_glass
+            if not access.allowed:
+                entry.outcome = "denied"
+                entry.detail["reason"] = "outside the caller's scope"
+                request.state.audit = entry
+                raise HTTPException(404, f"study {study} is not in the archive")
+        request.state.scope = mosaic.policy.scope(principal)
+        if action == AuditAction.READ and not entry.break_glass and seen_recently(
+                (principal.name, study, series, principal.address)):
+            return
+        request.state.audit = entry
+
+    return guard

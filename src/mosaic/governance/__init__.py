@@ -1,0 +1,1 @@
+"""Governance: identity, the access policy, the audit trail, retention and legal hold, de-identification."""

@@ -1,0 +1,292 @@
+"""The audit trail: every access to patient data and every change, append-only and hash-chained.
+
+Doors call :meth:`AuditTrail.record`, which only queues the entry: a writer thread appends queued entries in
+batches, each record's ``hash`` covering its fields and the previous record's hash, the chain's head kept in
+``audit_cursor('chain')``. So auditing never makes a clinical request wait for the index, and a failed write is
+retried, never dropped (entries queued at a crash are the only ones at risk; ``stop()`` writes the queue out).
+Several processes and nodes append to one chain: the head row is locked for each batch. ``verify()`` walks
+the chain and names the first record that was edited, removed or reordered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from mosaic.index.database import Database
+from mosaic.index.schema import AuditCursor, AuditRecord
+
+if TYPE_CHECKING:
+    from mosaic.governance.policy import Principal
+
+log = logging.getLogger("mosaic.audit")
+
+GENESIS = "0" * 64
+CHAIN = "chain"
+
+
+class AuditAction:
+    """The actions recorded (PS3.15 A.5 event types are derived from them on export)."""
+
+    QUERY = "query"
+    READ = "read"
+    """Retrieve: DICOM instances, metadata, frames, rendered images, viewer loads."""
+    STORE = "store"
+    MODIFY = "modify"
+    DELETE = "delete"
+    EXPORT = "export"
+    LOGIN = "login"
+    LOGOUT = "logout"
+    BREAK_GLASS = "break-glass"
+    POLICY_CHANGE = "policy-change"
+    LEGAL_HOLD = "legal-hold"
+    AUDIT_READ = "audit-read"
+
+
+@dataclass
+class AuditEntry:
+    """One thing that happened: who, what, when, from where, through which door, and how it ended."""
+
+    action: str
+    outcome: str
+    """success, denied, failure."""
+    actor: str
+    actor_kind: str = ""
+    roles: str = ""
+    address: str = ""
+    interface: str = ""
+    PatientID: str = ""
+    IssuerOfPatientID: str = ""
+    StudyInstanceUID: str = ""
+    SeriesInstanceUID: str = ""
+    SOPInstanceUID: str = ""
+    break_glass: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+    recorded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def of(cls, principal: Principal, action: str, outcome: str, **values: Any) -> AuditEntry:
+        return cls(action=action, outcome=outcome, actor=principal.name, actor_kind=principal.kind,
+                   roles=",".join(sorted(principal.roles)), address=principal.address,
+                   interface=principal.interface, **values)
+
+
+def _naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def record_hash(seq: int, recorded_at: datetime, values: dict[str, Any], previous_hash: str) -> str:
+    """SHA-256 over the record's canonical form (seq, UTC time to the microsecond, every field, previous hash)."""
+    canonical = [seq, _naive_utc(recorded_at).strftime("%Y-%m-%dT%H:%M:%S.%f"),
+                 *(values[name] for name in _HASHED), previous_hash]
+    return hashlib.sha256(json.dumps(canonical, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+_HASHED = ("actor", "actor_kind", "roles", "address", "interface", "action", "outcome", "PatientID",
+           "IssuerOfPatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "break_glass", "detail")
+_WIDTHS = {"actor": 128, "actor_kind": 16, "roles": 256, "address": 64, "interface": 16, "action": 32,
+           "outcome": 16, "PatientID": 64, "IssuerOfPatientID": 64, "StudyInstanceUID": 64,
+           "SeriesInstanceUID": 64, "SOPInstanceUID": 64}
+
+
+def _values(entry: AuditEntry) -> dict[str, Any]:
+    values: dict[str, Any] = {name: str(getattr(entry, name) or "")[:width] for name, width in _WIDTHS.items()}
+    values["break_glass"] = bool(entry.break_glass)
+    values["detail"] = json.dumps(entry.detail, ensure_ascii=False, sort_keys=True, default=str) if entry.detail \
+        else ""
+    return values
+
+
+def row_values(row: AuditRecord) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in _HASHED}
+
+
+@dataclass
+class ChainReport:
+    checked: int
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+    @property
+    def intact(self) -> bool:
+        return self.first_bad_seq is None
+
+
+class AuditTrail:
+    """Queues entries and appends them to the hash chain from a writer thread."""
+
+    def __init__(self, database: Database, *, batch_size: int = 500) -> None:
+        self.database = database
+        self.batch_size = batch_size
+        self._queue: queue.Queue[AuditEntry] = queue.Queue()
+        self._pending = 0
+        self._pending_lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.listeners: list[Callable[[], None]] = []
+        """Called after each batch is written (the syslog forwarder wakes up)."""
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def record(self, entry: AuditEntry) -> None:
+        """Queue ``entry``; never blocks on the index. Without a running writer, it is written at once."""
+        if self._thread is None:
+            self._write([entry])
+            return
+        with self._pending_lock:
+            self._pending += 1
+        self._queue.put(entry)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self.flush()
+        self._stopping.set()
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued entry is in the index (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        with self._pending_lock:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._pending_lock.wait(remaining)
+        return True
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            while True:
+                try:
+                    self._write(batch)
+                    break
+                except Exception:
+                    # the index is unreachable or busy: keep the entries and try again
+                    log.exception("audit: cannot append %d records yet; retrying", len(batch))
+                    time.sleep(1.0)
+            with self._pending_lock:
+                self._pending -= len(batch)
+                self._pending_lock.notify_all()
+            for listener in self.listeners:
+                listener()
+
+    def _write(self, entries: list[AuditEntry]) -> None:
+        for attempt in range(5):
+            try:
+                with self.database.session(write=True) as session:
+                    head = session.scalar(select(AuditCursor).where(AuditCursor.name == CHAIN).with_for_update())
+                    if head is None:
+                        head = AuditCursor(name=CHAIN, seq=0, hash=GENESIS, updated_at=datetime.now(UTC))
+                        session.add(head)
+                    seq, previous = head.seq, head.hash
+                    for entry in entries:
+                        seq += 1
+                        values = _values(entry)
+                        digest = record_hash(seq, entry.recorded_at, values, previous)
+                        session.add(AuditRecord(seq=seq, recorded_at=_naive_utc(entry.recorded_at), **values,
+                                                previous_hash=previous, hash=digest))
+                        previous = digest
+                    head.seq, head.hash, head.updated_at = seq, previous, datetime.now(UTC)
+                return
+            except Exception as exc:  # two first writers raced to create the head row: the loser retries
+                if attempt == 4 or "unique" not in str(exc).lower():
+                    raise
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def search(self, *, patient_id: str | None = None, user: str | None = None, study: str | None = None,
+               action: str | None = None, since: datetime | None = None, until: datetime | None = None,
+               limit: int = 100, offset: int = 0) -> tuple[list[AuditRecord], int]:
+        """Records matching every given filter, newest first, and how many match in all."""
+        statement = select(AuditRecord)
+        if patient_id:
+            statement = statement.where(AuditRecord.PatientID == patient_id)
+        if user:
+            statement = statement.where(AuditRecord.actor == user)
+        if study:
+            statement = statement.where(AuditRecord.StudyInstanceUID == study)
+        if action:
+            statement = statement.where(AuditRecord.action == action)
+        if since:
+            statement = statement.where(AuditRecord.recorded_at >= _naive_utc(since))
+        if until:
+            statement = statement.where(AuditRecord.recorded_at <= _naive_utc(until))
+        with self.database.session() as session:
+            total = int(session.scalar(select(func.count()).select_from(statement.subquery())) or 0)
+            rows = session.scalars(statement.order_by(AuditRecord.seq.desc()).offset(offset).limit(limit)).all()
+        return list(rows), total
+
+    def records_after(self, seq: int, limit: int) -> list[AuditRecord]:
+        with self.database.session() as session:
+            return list(session.scalars(select(AuditRecord).where(AuditRecord.seq > seq)
+                                        .order_by(AuditRecord.seq).limit(limit)))
+
+    def total(self) -> int:
+        with self.database.session() as session:
+            return int(session.scalar(select(func.count()).select_from(AuditRecord)) or 0)
+
+    def _walk(self, page: int = 2000) -> Iterator[AuditRecord]:
+        last = -1
+        while True:
+            with self.database.session() as session:
+                rows = list(session.scalars(select(AuditRecord).where(AuditRecord.seq > last)
+                                            .order_by(AuditRecord.seq).limit(page)))
+            yield from rows
+            if len(rows) < page:
+                return
+            last = rows[-1].seq
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> ChainReport:
+        """Walk the chain from its first record; the report names the first record edited, removed or moved."""
+        expected_seq, previous, checked = 1, GENESIS, 0
+        for row in self._walk():
+            if row.seq != expected_seq:
+                return ChainReport(checked, expected_seq, f"record {expected_seq} is missing (the next record is "
+                                                          f"{row.seq})" if row.seq > expected_seq else
+                                   f"record {row.seq} is out of order")
+            if row.previous_hash != previous:
+                return ChainReport(checked, row.seq, f"record {row.seq} does not follow record {row.seq - 1} "
+                                                     "(removed, inserted or reordered records)")
+            if record_hash(row.seq, row.recorded_at, row_values(row), row.previous_hash) != row.hash:
+                return ChainReport(checked, row.seq, f"record {row.seq} was changed after it was written "
+                                                     "(its hash does not match its content)")
+            previous = row.hash
+            expected_seq += 1
+            checked += 1
+            if progress is not None:
+                progress(1)
+        with self.database.session() as session:
+            head = session.scalar(select(AuditCursor).where(AuditCursor.name == CHAIN))
+        if head is not None and (head.seq != expected_seq - 1 or head.hash != previous):
+            return ChainReport(checked, expected_seq, f"records {expected_seq}…{head.seq} were removed from the end "
+                                                      f"(the chain head names record {head.seq})")
+        return ChainReport(checked)

@@ -1,0 +1,375 @@
+"""Identity: local accounts (argon2id passwords), API tokens, browser sessions and OpenID Connect bearers.
+
+Every credential becomes a :class:`~mosaic.governance.policy.Principal`. Secrets are never stored: API
+tokens and session identifiers are kept as their SHA-256, passwords as argon2id hashes. Checked
+credentials are trusted for ``security.credential_cache_seconds`` so a viewer's hundreds of frame
+requests do not each hit the index (or argon2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+
+from mosaic.config import SecuritySettings
+from mosaic.governance.policy import ALL, AccessPolicy, Principal
+from mosaic.index.database import Database
+from mosaic.index.schema import ApiToken, UserAccount, WebSession
+
+log = logging.getLogger("mosaic.identity")
+
+TOKEN_PREFIX = "mosaic_"
+_hasher = PasswordHasher()
+
+
+class AuthenticationFailed(Exception):
+    """Credentials were given but are wrong, expired or revoked; the message says which (never the secret)."""
+
+
+class AccountError(Exception):
+    """An account operation cannot be done (unknown user, unknown role, name taken…)."""
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    display_name: str
+    roles: list[str]
+    facilities: list[str]
+    departments: list[str]
+    active: bool
+    has_password: bool
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _split(text: str) -> frozenset[str]:
+    return frozenset(item.strip() for item in text.split(",") if item.strip())
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+class _TimedCache:
+    """A small thread-safe cache of checked credentials, each trusted for ``ttl`` seconds."""
+
+    def __init__(self, ttl: float, size: int = 4096) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._items: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Principal | None:
+        if self.ttl <= 0:
+            return None
+        with self._lock:
+            item = self._items.get(key)
+            if item is None or item[0] < time.monotonic():
+                return None
+            return item[1]
+
+    def put(self, key: str, principal: Principal) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            if len(self._items) >= self.size:
+                self._items.clear()
+            self._items[key] = (time.monotonic() + self.ttl, principal)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class IdentityService:
+    """Accounts, tokens and sessions in the index; OpenID Connect bearers checked against the issuer's keys."""
+
+    def __init__(self, database: Database, settings: SecuritySettings, policy: AccessPolicy) -> None:
+        self.database = database
+        self.settings = settings
+        self.policy = policy
+        self._cache = _TimedCache(settings.credential_cache_seconds)
+        self._jwks: Any = None
+
+    # --- accounts ---------------------------------------------------------------------------
+
+    def ensure_administrator(self) -> str | None:
+        """At the first start (no account at all), create ``admin``; returns its password to say once."""
+        with self.database.session(write=True) as session:
+            if session.scalar(select(func.count()).select_from(UserAccount)):
+                return None
+            password = self.settings.initial_admin_password or secrets.token_urlsafe(12)
+            now = datetime.now(UTC)
+            session.add(UserAccount(username="admin", display_name="Administrator",
+                                    password_hash=_hasher.hash(password), roles="administrator",
+                                    facilities=ALL, departments=ALL, active=True, created_at=now, updated_at=now))
+        log.warning("created the administrator account 'admin' (change its password with `mosaic user passwd "
+                    "admin`)")
+        return password
+
+    def add_user(self, username: str, *, roles: list[str], password: str | None = None, display_name: str = "",
+                 facilities: list[str] | None = None, departments: list[str] | None = None) -> Account:
+        username = username.strip()
+        if not username or len(username) > 128 or "," in username:
+            raise AccountError(f"user name {username!r} must be 1-128 characters without commas")
+        unknown = self.policy.unknown_roles(frozenset(roles))
+        if unknown:
+            raise AccountError(f"unknown role(s) {', '.join(unknown)}; known: {', '.join(sorted(self.policy.roles))}")
+        now = datetime.now(UTC)
+        with self.database.session(write=True) as session:
+            if session.scalar(select(UserAccount.pk).where(UserAccount.username == username)) is not None:
+                raise AccountError(f"user {username!r} already exists")
+            account = UserAccount(
+                username=username, display_name=display_name, password_hash=_hasher.hash(password) if password else "",
+                roles=",".join(roles), facilities=",".join(facilities or [ALL]),
+                departments=",".join(departments or [ALL]), active=True, created_at=now, updated_at=now)
+            session.add(account)
+        return self._account(account)
+
+    def update_user(self, username: str, *, roles: list[str] | None = None, facilities: list[str] | None = None,
+                    departments: list[str] | None = None, active: bool | None = None) -> Account:
+        if roles is not None and (unknown := self.policy.unknown_roles(frozenset(roles))):
+            raise AccountError(f"unknown role(s) {', '.join(unknown)}")
+        with self.database.session(write=True) as session:
+            account = self._find(session, username)
+            if roles is not None:
+                account.roles = ",".join(roles)
+            if facilities is not None:
+                account.facilities = ",".join(facilities)
+            if departments is not None:
+                account.departments = ",".join(departments)
+            if active is not None:
+                account.active = active
+            account.updated_at = datetime.now(UTC)
+        self._cache.clear()
+        return self._account(account)
+
+    def set_password(self, username: str, password: str) -> None:
+        if len(password) < 8:
+            raise AccountError("a password needs at least 8 characters")
+        with self.database.session(write=True) as session:
+            account = self._find(session, username)
+            account.password_hash = _hasher.hash(password)
+            account.updated_at = datetime.now(UTC)
+            session.execute(delete(WebSession).where(WebSession.user_pk == account.pk))
+        self._cache.clear()
+
+    def users(self) -> list[Account]:
+        with self.database.session() as session:
+            return [self._account(row) for row in session.scalars(select(UserAccount).order_by(UserAccount.username))]
+
+    @staticmethod
+    def _find(session: Any, username: str) -> UserAccount:
+        account = session.scalar(select(UserAccount).where(UserAccount.username == username))
+        if account is None:
+            raise AccountError(f"no user named {username!r}")
+        return account  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _account(row: UserAccount) -> Account:
+        return Account(row.username, row.display_name, sorted(_split(row.roles)), sorted(_split(row.facilities)),
+                       sorted(_split(row.departments)), row.active, bool(row.password_hash))
+
+    def _principal(self, row: UserAccount, kind: str, csrf_token: str = "") -> Principal:
+        roles = _split(row.roles)
+        return Principal(name=row.username, kind=kind, roles=roles, permissions=self.policy.permissions_of(roles),
+                         facilities=_split(row.facilities), departments=_split(row.departments), csrf_token=csrf_token)
+
+    # --- passwords --------------------------------------------------------------------------
+
+    def check_password(self, username: str, password: str) -> Principal:
+        """The account's principal when the password is right (raises :class:`AuthenticationFailed`)."""
+        cache_key = "password:" + _sha256(f"{username}\x00{password}")
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            return cached
+        with self.database.session() as session:
+            row = session.scalar(select(UserAccount).where(UserAccount.username == username))
+        if row is None or not row.password_hash:
+            _equalise_timing(password)
+            raise AuthenticationFailed(f"unknown user or wrong password for {username!r}")
+        try:
+            _hasher.verify(row.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            raise AuthenticationFailed(f"unknown user or wrong password for {username!r}") from None
+        if not row.active:
+            raise AuthenticationFailed(f"account {username!r} is disabled")
+        principal = self._principal(row, "user")
+        self._cache.put(cache_key, principal)
+        return principal
+
+    # --- API tokens -------------------------------------------------------------------------
+
+    def issue_token(self, username: str, *, name: str = "", days: float | None = None) -> str:
+        """A new API token acting as ``username``; the secret is returned once and never stored."""
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        with self.database.session(write=True) as session:
+            account = self._find(session, username)
+            session.add(ApiToken(user_pk=account.pk, name=name, token_sha256=_sha256(secret), created_at=now,
+                                 expires_at=now + timedelta(days=days) if days else None))
+        return secret
+
+    def revoke_tokens(self, username: str) -> int:
+        now = datetime.now(UTC)
+        with self.database.session(write=True) as session:
+            account = self._find(session, username)
+            tokens = session.scalars(select(ApiToken).where(ApiToken.user_pk == account.pk,
+                                                            ApiToken.revoked_at.is_(None))).all()
+            for token in tokens:
+                token.revoked_at = now
+        self._cache.clear()
+        return len(tokens)
+
+    def check_token(self, secret: str) -> Principal:
+        digest = _sha256(secret)
+        cached = self._cache.get("token:" + digest)
+        if cached is not None:
+            return cached
+        with self.database.session() as session:
+            row = session.execute(select(ApiToken, UserAccount).join(UserAccount, ApiToken.user_pk == UserAccount.pk)
+                                  .where(ApiToken.token_sha256 == digest)).first()
+        if row is None:
+            raise AuthenticationFailed("unknown API token")
+        token, account = row
+        if token.revoked_at is not None:
+            raise AuthenticationFailed(f"API token of {account.username!r} was revoked")
+        if token.expires_at is not None and _utc(token.expires_at) < datetime.now(UTC):
+            raise AuthenticationFailed(f"API token of {account.username!r} has expired")
+        if not account.active:
+            raise AuthenticationFailed(f"account {account.username!r} is disabled")
+        principal = self._principal(account, "token")
+        self._cache.put("token:" + digest, principal)
+        return principal
+
+    # --- browser sessions -------------------------------------------------------------------
+
+    def open_session(self, username: str) -> tuple[str, str]:
+        """(session identifier for the cookie, CSRF token) for a user who just signed in."""
+        session_id = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(24)
+        now = datetime.now(UTC)
+        with self.database.session(write=True) as session:
+            account = self._find(session, username)
+            session.execute(delete(WebSession).where(WebSession.expires_at < now))
+            session.add(WebSession(session_sha256=_sha256(session_id), user_pk=account.pk, csrf_token=csrf,
+                                   created_at=now, expires_at=now + timedelta(hours=self.settings.session_hours)))
+        return session_id, csrf
+
+    def close_session(self, session_id: str) -> None:
+        with self.database.session(write=True) as session:
+            session.execute(delete(WebSession).where(WebSession.session_sha256 == _sha256(session_id)))
+        self._cache.clear()
+
+    def check_session(self, session_id: str) -> Principal:
+        digest = _sha256(session_id)
+        cached = self._cache.get("session:" + digest)
+        if cached is not None:
+            return cached
+        with self.database.session() as session:
+            row = session.execute(select(WebSession, UserAccount)
+                                  .join(UserAccount, WebSession.user_pk == UserAccount.pk)
+                                  .where(WebSession.session_sha256 == digest)).first()
+        if row is None:
+            raise AuthenticationFailed("the session has ended; sign in again")
+        web_session, account = row
+        if _utc(web_session.expires_at) < datetime.now(UTC):
+            raise AuthenticationFailed("the session has expired; sign in again")
+        if not account.active:
+            raise AuthenticationFailed(f"account {account.username!r} is disabled")
+        principal = self._principal(account, "user", csrf_token=web_session.csrf_token)
+        self._cache.put("session:" + digest, principal)
+        return principal
+
+    # --- OpenID Connect ---------------------------------------------------------------------
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return self.settings.oidc.issuer is not None
+
+    def check_jwt(self, token: str) -> Principal:
+        """A bearer JWT from the configured issuer: signature against its JWKS, issuer, audience, expiry."""
+        import jwt
+
+        oidc = self.settings.oidc
+        if oidc.issuer is None:
+            raise AuthenticationFailed("OpenID Connect is not configured (security.oidc.issuer)")
+        cached = self._cache.get("jwt:" + _sha256(token))
+        if cached is not None:
+            return cached
+        if self._jwks is None:
+            url = oidc.jwks_url or oidc.issuer.rstrip("/") + "/.well-known/jwks.json"
+            self._jwks = jwt.PyJWKClient(url, cache_keys=True, lifespan=300)
+        try:
+            key = self._jwks.get_signing_key_from_jwt(token)
+            claims = jwt.decode(token, key.key, algorithms=oidc.algorithms, audience=oidc.audience,
+                                issuer=oidc.issuer, leeway=oidc.leeway_seconds,
+                                options={"require": ["exp", "iss", "aud"]})
+        except jwt.ExpiredSignatureError:
+            raise AuthenticationFailed("the bearer token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise AuthenticationFailed(f"the bearer token is not for audience {oidc.audience!r}") from None
+        except jwt.InvalidIssuerError:
+            raise AuthenticationFailed(f"the bearer token was not issued by {oidc.issuer}") from None
+        except jwt.PyJWKClientError as exc:
+            raise AuthenticationFailed(f"the bearer token's signing key is not the issuer's: {exc}") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthenticationFailed(f"the bearer token is invalid: {exc}") from None
+        name = str(claims.get(oidc.username_claim) or claims.get("sub") or "")
+        if not name:
+            raise AuthenticationFailed("the bearer token names no user")
+        roles = frozenset(_claim_list(claims.get(oidc.roles_claim)))
+        facilities = _claim_list(claims.get(oidc.facilities_claim)) if oidc.facilities_claim in claims else [ALL]
+        departments = _claim_list(claims.get(oidc.departments_claim)) if oidc.departments_claim in claims else [ALL]
+        principal = Principal(name=name, kind="oidc", roles=roles, permissions=self.policy.permissions_of(roles),
+                              facilities=frozenset(facilities), departments=frozenset(departments))
+        self._cache.put("jwt:" + _sha256(token), principal)
+        return principal
+
+    # --- one entry point for the HTTP door --------------------------------------------------
+
+    def authenticate_bearer(self, token: str) -> Principal:
+        """An ``Authorization: Bearer`` credential: Mosaic API token, or a JWT from the OIDC issuer."""
+        if token.startswith(TOKEN_PREFIX):
+            return self.check_token(token)
+        if token.count(".") == 2:
+            return self.check_jwt(token)
+        raise AuthenticationFailed("the bearer token is neither a Mosaic API token nor a JWT")
+
+    def development_principal(self) -> Principal:
+        roles = frozenset({"administrator"})
+        return replace(Principal(name="developer", kind="user", roles=roles,
+                                 permissions=self.policy.permissions_of(roles)))
+
+
+def _claim_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [item for item in value.replace(",", " ").split() if item]
+    if isinstance(value, list | tuple):
+        return [str(item) for item in value]
+    return [str(value)]
+
+
+_DUMMY_HASH = _hasher.hash("mosaic-timing-equaliser")
+
+
+def _equalise_timing(password: str) -> None:
+    """Spend what a real check costs, so an unknown user name is not told apart by the answer's speed."""
+    with contextlib.suppress(VerificationError):
+        _hasher.verify(_DUMMY_HASH, password + "\x00")

@@ -1,0 +1,185 @@
+"""The access policy: one engine for every door (HTTP, DIMSE, later HL7 and FHIR).
+
+A :class:`Principal` is whoever is asking — a signed-in user, an API token, an OpenID Connect bearer, a
+DICOM peer — with the permissions of its roles and the facilities and departments it may see. The policy
+answers two questions: may it do this (a :class:`Permission`), and which studies may it see (a
+:class:`~mosaic.index.query.Scope`, applied in SQL so queries and counts never reveal the rest).
+Break-glass: a user may open one out-of-scope study by giving a reason; the opening is time-limited,
+flagged and audited.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from mosaic.config import DicomPeer, SecuritySettings
+from mosaic.index.database import Database
+from mosaic.index.query import Scope
+from mosaic.index.schema import BreakGlassGrant, Patient, Study
+
+ALL = "*"
+
+
+class Permission(enum.StrEnum):
+    QUERY = "query"
+    READ = "read"
+    STORE = "store"
+    MODIFY = "modify"
+    DELETE = "delete"
+    EXPORT = "export"
+    ADMINISTER = "administer"
+    READ_AUDIT = "read-audit"
+
+
+_P = Permission
+DEFAULT_ROLES: dict[str, frozenset[Permission]] = {
+    "administrator": frozenset(Permission),
+    "radiologist": frozenset({_P.QUERY, _P.READ, _P.STORE, _P.MODIFY}),
+    "clinician": frozenset({_P.QUERY, _P.READ}),
+    "technologist": frozenset({_P.QUERY, _P.READ, _P.STORE, _P.MODIFY}),
+    "researcher": frozenset({_P.EXPORT}),
+    "auditor": frozenset({_P.READ_AUDIT}),
+    "integration": frozenset({_P.QUERY, _P.READ, _P.STORE}),
+}
+"""Roles and what they may do; ``security.roles`` adds or redefines roles."""
+
+
+@dataclass(frozen=True)
+class StudyAccess:
+    allowed: bool
+    break_glass: bool
+    PatientID: str = ""
+    IssuerOfPatientID: str = ""
+
+
+class AccessDenied(Exception):
+    """The principal may not do this; the message says what was refused and why (never patient data)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking, through which door, from where, and what they may do and see."""
+
+    name: str
+    kind: str
+    """user (password or session), token, oidc, ae (a DICOM peer), anonymous."""
+    roles: frozenset[str] = frozenset()
+    permissions: frozenset[Permission] = frozenset()
+    facilities: frozenset[str] = frozenset({ALL})
+    departments: frozenset[str] = frozenset({ALL})
+    address: str = ""
+    interface: str = ""
+    csrf_token: str = ""
+    """Set for browser sessions: unsafe requests must echo it."""
+    break_glass_studies: frozenset[str] = field(default=frozenset())
+
+    @property
+    def authenticated(self) -> bool:
+        return self.kind != "anonymous"
+
+    def at(self, *, address: str, interface: str) -> Principal:
+        return replace(self, address=address, interface=interface)
+
+
+ANONYMOUS = Principal(name="anonymous", kind="anonymous", facilities=frozenset(), departments=frozenset())
+
+
+class AccessPolicy:
+    def __init__(self, database: Database, settings: SecuritySettings) -> None:
+        self.database = database
+        self.settings = settings
+        self.roles: dict[str, frozenset[Permission]] = dict(DEFAULT_ROLES)
+        for name, permissions in settings.roles.items():
+            self.roles[name] = frozenset(Permission(permission) for permission in permissions)
+
+    # --- who may do what --------------------------------------------------------------------
+
+    def permissions_of(self, roles: frozenset[str]) -> frozenset[Permission]:
+        granted: set[Permission] = set()
+        for role in roles:
+            granted |= self.roles.get(role, frozenset())
+        return frozenset(granted)
+
+    def unknown_roles(self, roles: frozenset[str]) -> list[str]:
+        return sorted(role for role in roles if role not in self.roles)
+
+    @staticmethod
+    def permits(principal: Principal, permission: Permission) -> bool:
+        return permission in principal.permissions
+
+    def require(self, principal: Principal, permission: Permission) -> None:
+        if not self.permits(principal, permission):
+            roles = ", ".join(sorted(principal.roles)) or "no role"
+            raise AccessDenied(f"{principal.name} ({roles}) may not {permission.value}")
+
+    def peer_principal(self, peer: DicomPeer | None, ae_title: str, address: str, *,
+                       allow_unknown: bool) -> Principal:
+        """A DICOM peer as a principal: its ``may_*`` flags as permissions, its scope as configured."""
+        if peer is None:
+            if not allow_unknown:
+                return replace(ANONYMOUS, name=ae_title, kind="ae", address=address, interface="dimse")
+            return Principal(name=ae_title, kind="ae", permissions=frozenset({_P.STORE, _P.QUERY, _P.READ}),
+                             address=address, interface="dimse")
+        if peer.addresses and address and address not in peer.addresses:
+            return replace(ANONYMOUS, name=ae_title, kind="ae", address=address, interface="dimse")
+        permissions = {permission for flag, permission in (("may_store", _P.STORE), ("may_find", _P.QUERY))
+                       if getattr(peer, flag)}
+        if peer.may_move or peer.may_get:
+            permissions.add(_P.READ)
+        return Principal(name=ae_title, kind="ae", permissions=frozenset(permissions),
+                         facilities=frozenset(peer.scope_facilities), departments=frozenset(peer.scope_departments),
+                         address=address, interface="dimse")
+
+    # --- which studies ----------------------------------------------------------------------
+
+    def scope(self, principal: Principal) -> Scope:
+        """The studies ``principal`` may see, as a condition the index applies."""
+        facilities = None if ALL in principal.facilities else principal.facilities
+        departments = None if ALL in principal.departments else principal.departments
+        if facilities is None and departments is None:
+            return Scope()
+        return Scope(facilities, departments, self._grants(principal) | principal.break_glass_studies)
+
+    def study_access(self, principal: Principal, study_instance_uid: str) -> StudyAccess:
+        """May ``principal`` open this study, and is it through break-glass? An unknown study is allowed (the
+        route answers 404), and a refused one must be answered the same way, so its existence stays hidden."""
+        with self.database.session() as session:
+            row = session.execute(select(Study.facility, Study.department, Patient.PatientID,
+                                         Patient.IssuerOfPatientID).join(Patient, Study.patient_pk == Patient.pk)
+                                  .where(Study.StudyInstanceUID == study_instance_uid)).first()
+        if row is None:
+            return StudyAccess(True, False)
+        facility, department, patient_id, issuer = row
+        scope = self.scope(principal)
+        if Scope(scope.facilities, scope.departments).permits(facility, department, study_instance_uid):
+            return StudyAccess(True, False, patient_id, issuer)
+        opened = study_instance_uid in scope.studies
+        return StudyAccess(opened, opened, patient_id, issuer)
+
+    def _grants(self, principal: Principal) -> frozenset[str]:
+        if principal.kind == "ae":
+            return frozenset()
+        now = datetime.now(UTC)
+        with self.database.session() as session:
+            rows = session.scalars(select(BreakGlassGrant.StudyInstanceUID).where(
+                BreakGlassGrant.username == principal.name, BreakGlassGrant.expires_at > now)).all()
+        return frozenset(rows)
+
+    def break_glass(self, principal: Principal, study_instance_uid: str, reason: str) -> datetime:
+        """Open an out-of-scope study for ``principal`` until the returned time. Needs a reason and the
+        permission to read at all; the caller audits it."""
+        if principal.kind == "ae":
+            raise AccessDenied("DICOM peers cannot break the glass")
+        if not reason.strip():
+            raise AccessDenied("break-glass needs a reason")
+        self.require(principal, Permission.READ)
+        now = datetime.now(UTC)
+        expires = now + timedelta(hours=self.settings.break_glass_hours)
+        with self.database.session(write=True) as session:
+            session.add(BreakGlassGrant(username=principal.name, StudyInstanceUID=study_instance_uid,
+                                        reason=reason.strip()[:2000], granted_at=now, expires_at=expires))
+        return expires

@@ -1,0 +1,206 @@
+"""Sign-in, sign-out, break-glass and the audit trail over HTTP (API and the auditors' page)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from html import escape
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from mosaic.governance.audit import AuditAction, AuditEntry
+from mosaic.governance.audit_export import fhir_bundle, record_json
+from mosaic.governance.identity import AuthenticationFailed
+from mosaic.governance.policy import AccessDenied, Permission
+from mosaic.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, check_csrf_form, principal_of, require
+from mosaic.web.landing import STYLE
+
+if TYPE_CHECKING:
+    from mosaic.app import Mosaic
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} · Mosaic</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
+            f"<body>{body}</body></html>")
+
+
+def _safe_next(target: str) -> str:
+    """Only a path on this site (no scheme, no host): a sign-in must not redirect anywhere else."""
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
+
+
+def _login_form(next_path: str, csrf: str, message: str = "") -> str:
+    error = f'<p class="error">{escape(message)}</p>' if message else ""
+    return _page("Sign in", f"""<h1>Mosaic</h1><form method="post" action="/login" class="card">
+<h2>Sign in</h2>{error}
+<label>User name <input name="username" autocomplete="username" required autofocus></label>
+<label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+<input type="hidden" name="csrf_token" value="{escape(csrf)}"><input type="hidden" name="next"
+value="{escape(next_path)}"><button type="submit">Sign in</button></form>""")
+
+
+def create_account_router(mosaic: Mosaic) -> APIRouter:
+    router = APIRouter()
+    security = mosaic.settings.security
+
+    def cookie_options() -> dict[str, Any]:
+        return {"httponly": True, "samesite": "lax", "secure": security.secure_cookies, "path": "/"}
+
+    @router.get("/login", response_class=HTMLResponse)
+    def login_page(next: str = "/") -> Response:
+        csrf = secrets.token_urlsafe(24)
+        response = HTMLResponse(_login_form(_safe_next(next), csrf))
+        response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, **cookie_options())
+        return response
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        username, password = str(form.get("username", "")), str(form.get("password", ""))
+        next_path = _safe_next(str(form.get("next", "/")))
+        expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        if not expected or not secrets.compare_digest(expected, str(form.get("csrf_token", ""))):
+            return HTMLResponse(_login_form(next_path, "", "The sign-in form expired; reload the page."), 403)
+        principal = principal_of(request)
+        try:
+            user = await run_in_threadpool(mosaic.identity.check_password, username, password)
+        except AuthenticationFailed as exc:
+            request.state.audit = AuditEntry(action=AuditAction.LOGIN, outcome="denied", actor=username[:128],
+                                             address=principal.address, interface="http",
+                                             detail={"reason": str(exc)})
+            csrf = secrets.token_urlsafe(24)
+            response = HTMLResponse(_login_form(next_path, csrf, "Wrong user name or password."), 401)
+            response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, **cookie_options())
+            return response
+        session_id, _csrf = await run_in_threadpool(mosaic.identity.open_session, user.name)
+        request.state.audit = AuditEntry.of(user.at(address=principal.address, interface="http"),
+                                            AuditAction.LOGIN, "success")
+        redirect = RedirectResponse(next_path, status_code=303)
+        redirect.set_cookie(SESSION_COOKIE, session_id, max_age=int(security.session_hours * 3600),
+                            **cookie_options())
+        redirect.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
+        return redirect
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        form = await request.form()
+        check_csrf_form(request, form)
+        session_id = request.cookies.get(SESSION_COOKIE)
+        if session_id:
+            await run_in_threadpool(mosaic.identity.close_session, session_id)
+        request.state.audit = AuditEntry.of(principal_of(request), AuditAction.LOGOUT, "success")
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    @router.get("/api/me")
+    def me(request: Request) -> dict[str, Any]:
+        """Who the request is made as, what it may do and see (the browser's CSRF token included)."""
+        principal = principal_of(request)
+        return {"name": principal.name, "kind": principal.kind, "roles": sorted(principal.roles),
+                "permissions": sorted(principal.permissions), "facilities": sorted(principal.facilities),
+                "departments": sorted(principal.departments), "csrf_token": principal.csrf_token or None}
+
+    # --- break-glass ------------------------------------------------------------------------
+
+    async def _break_glass_fields(request: Request) -> tuple[str, str]:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise HTTPException(400, "expected a JSON object with StudyInstanceUID and reason")
+            return str(body.get("StudyInstanceUID", "")), str(body.get("reason", ""))
+        form = await request.form()
+        check_csrf_form(request, form)
+        return str(form.get("StudyInstanceUID", "")), str(form.get("reason", ""))
+
+    @router.post("/api/break-glass")
+    async def break_glass(request: Request) -> JSONResponse:
+        """Open an out-of-scope study, giving a reason: allowed for a while, flagged and audited."""
+        principal = principal_of(request)
+        study, reason = await _break_glass_fields(request)
+        if not study.strip():
+            raise HTTPException(400, "StudyInstanceUID is required")
+        entry = AuditEntry.of(principal, AuditAction.BREAK_GLASS, "", StudyInstanceUID=study.strip(),
+                              break_glass=True, detail={"reason": reason})
+        request.state.audit = entry
+        try:
+            expires = await run_in_threadpool(mosaic.policy.break_glass, principal, study.strip(), reason)
+        except AccessDenied as exc:
+            raise HTTPException(403, str(exc)) from None
+        access = await run_in_threadpool(mosaic.policy.study_access, principal, study.strip())
+        entry.PatientID, entry.IssuerOfPatientID = access.PatientID, access.IssuerOfPatientID
+        return JSONResponse({"StudyInstanceUID": study.strip(), "until": expires.isoformat()})
+
+    # --- the audit trail --------------------------------------------------------------------
+
+    def _search(request: Request, patient: str | None, user: str | None, study: str | None, action: str | None,
+                since: datetime | None, until: datetime | None, limit: int, offset: int) -> tuple[list[Any], int]:
+        principal = require(request, Permission.READ_AUDIT, action=AuditAction.AUDIT_READ)
+        rows, total = mosaic.audit.search(patient_id=patient, user=user, study=study, action=action, since=since,
+                                          until=until, limit=limit, offset=offset)
+        request.state.audit = AuditEntry.of(principal, AuditAction.AUDIT_READ, "", PatientID=patient or "",
+                                            StudyInstanceUID=study or "",
+                                            detail={"user": user, "action": action, "matches": total})
+        return rows, total
+
+    @router.get("/api/audit")
+    def audit_search(request: Request, patient: str | None = None, user: str | None = None,
+                     study: str | None = None, action: str | None = None, since: datetime | None = None,
+                     until: datetime | None = None, limit: int = Query(100, ge=1, le=1000),
+                     offset: int = Query(0, ge=0), format: str = Query("json", pattern="^(json|fhir)$"),
+                     ) -> Response:
+        """Search the audit trail (newest first); ``format=fhir`` answers a FHIR R4 Bundle of AuditEvent."""
+        rows, total = _search(request, patient, user, study, action, since, until, limit, offset)
+        if format == "fhir":
+            return JSONResponse(fhir_bundle(rows, total, mosaic.settings.dicom.ae_title),
+                                media_type="application/fhir+json")
+        return JSONResponse({"total": total, "records": [record_json(row) for row in rows]},
+                            headers={"X-Total-Count": str(total)})
+
+    @router.get("/api/audit/verify")
+    def audit_verify(request: Request) -> dict[str, Any]:
+        """Walk the hash chain: is every record as written, in order, none removed?"""
+        principal = require(request, Permission.READ_AUDIT, action=AuditAction.AUDIT_READ)
+        mosaic.audit.flush()
+        report = mosaic.audit.verify()
+        request.state.audit = AuditEntry.of(principal, AuditAction.AUDIT_READ, "", detail={"verify": report.intact})
+        return {"intact": report.intact, "checked": report.checked, "first_bad_seq": report.first_bad_seq,
+                "reason": report.reason}
+
+    @router.get("/audit", response_class=HTMLResponse)
+    def audit_page(request: Request, patient: str | None = None, user: str | None = None,
+                   study: str | None = None, action: str | None = None, since: datetime | None = None,
+                   until: datetime | None = None, offset: int = Query(0, ge=0)) -> HTMLResponse:
+        """The auditors' page: search by patient, user, study, action and time range."""
+        rows, total = _search(request, patient or None, user or None, study or None, action or None, since, until,
+                              100, offset)
+
+        def field(name: str, value: Any, kind: str = "text") -> str:
+            return (f'<label>{escape(name)} <input name="{escape(name)}" type="{kind}" '
+                    f'value="{escape(str(value or ""))}"></label>')
+
+        lines = "".join(
+            f"<tr class=\"{'flag' if row.break_glass else ''}\"><td>{row.seq}</td>"
+            f"<td>{escape(row.recorded_at.isoformat(sep=' ', timespec='seconds'))}</td>"
+            f"<td>{escape(row.actor)}<br><span class=muted>{escape(row.actor_kind)} {escape(row.roles)}</span></td>"
+            f"<td>{escape(row.address)}</td><td>{escape(row.interface)}</td><td>{escape(row.action)}"
+            f"{' <b>break-glass</b>' if row.break_glass else ''}</td><td>{escape(row.outcome)}</td>"
+            f"<td>{escape(row.PatientID)}</td><td class=uid>{escape(row.StudyInstanceUID)}</td></tr>"
+            for row in rows)
+        form = (f'<form method="get" action="/audit" class="filters">{field("patient", patient)}{field("user", user)}'
+                f'{field("study", study)}{field("action", action)}{field("since", since, "datetime-local")}'
+                f'{field("until", until, "datetime-local")}<button type="submit">Search</button></form>')
+        return HTMLResponse(_page("Audit trail", f"""<h1>Audit trail</h1>{form}
+<p class="muted">{total} matching records, newest first. <a href="/api/audit/verify">Verify the chain</a></p>
+<table><thead><tr><th>#</th><th>When (UTC)</th><th>Who</th><th>From</th><th>Door</th><th>Action</th>
+<th>Outcome</th><th>Patient</th><th>Study</th></tr></thead><tbody>{lines}</tbody></table>"""))
+
+    return router

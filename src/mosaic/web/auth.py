@@ -1,0 +1,196 @@
+"""The HTTP door's guard: authentication on every request, CSRF on browser forms, audit of every answer.
+
+:class:`AuthMiddleware` (pure ASGI, so streamed answers stay streamed) turns the request's credentials —
+``Authorization: Bearer`` (Mosaic API token or OpenID Connect JWT), ``Authorization: Basic`` (local account), or
+the session cookie a browser got at ``/login`` — into a :class:`~mosaic.governance.policy.Principal` in
+``request.state.principal``. Wrong credentials are a 401 that says what was wrong; no credentials on anything
+but the sign-in page and ``/healthz`` is a 401 (or, for a browser, a redirect to ``/login``). Routes that touch
+patient data then ask the policy (:func:`require`, :mod:`mosaic.dicomweb.guard`) and put an
+:class:`~mosaic.governance.audit.AuditEntry` in ``request.state.audit``; the middleware records it with the
+outcome the answer had.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from mosaic.governance.audit import AuditAction, AuditEntry
+from mosaic.governance.identity import AuthenticationFailed
+from mosaic.governance.policy import ANONYMOUS, Permission, Principal
+
+if TYPE_CHECKING:
+    from mosaic.app import Mosaic
+
+log = logging.getLogger("mosaic.http.auth")
+
+SESSION_COOKIE = "mosaic_session"
+LOGIN_CSRF_COOKIE = "mosaic_login_csrf"
+CSRF_HEADER = "x-csrf-token"
+PUBLIC_PATHS = frozenset({"/healthz", "/login", "/favicon.ico"})
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
+
+
+def _cookies(header: str) -> dict[str, str]:
+    cookies: dict[str, str] = {}
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name:
+            cookies[name] = value
+    return cookies
+
+
+def interface_of(path: str) -> str:
+    if path.startswith("/dicom-web") or path.startswith("/wado"):
+        return "dicomweb"
+    if path.startswith("/fhir"):
+        return "fhir"
+    return "http"
+
+
+class AuthMiddleware:
+    def __init__(self, app: Callable[..., Awaitable[None]], mosaic: Mosaic) -> None:
+        self.app = app
+        self.mosaic = mosaic
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        path: str = scope.get("path", "")
+        client = scope.get("client")
+        address = client[0] if client else ""
+        state = scope.setdefault("state", {})
+        try:
+            principal, via_cookie = await run_in_threadpool(self._authenticate, headers)
+        except AuthenticationFailed as exc:
+            self.mosaic.audit.record(AuditEntry(
+                action=AuditAction.LOGIN, outcome="denied", actor=_claimed_name(headers), address=address,
+                interface=interface_of(path), detail={"reason": str(exc), "path": path}))
+            if path in PUBLIC_PATHS:
+                principal, via_cookie = ANONYMOUS, False  # a stale cookie must not lock anyone out of /login
+            else:
+                await _send_error(send, 401, str(exc), {"www-authenticate": 'Bearer error="invalid_token"'})
+                return
+        principal = principal.at(address=address, interface=interface_of(path))
+        state["principal"] = principal
+        if not principal.authenticated and path not in PUBLIC_PATHS:
+            if scope.get("method") == "GET" and "text/html" in headers.get("accept", ""):
+                target = path + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
+                await _send_redirect(send, "/login?next=" + quote(target, safe=""))
+            else:
+                await _send_error(send, 401, "credentials are required: an API token or OpenID Connect bearer "
+                                             "token (Authorization: Bearer …), or sign in at /login",
+                                  {"www-authenticate": 'Bearer realm="mosaic"'})
+            return
+        if (via_cookie and scope.get("method") in _UNSAFE and path not in PUBLIC_PATHS
+                and not headers.get("content-type", "").startswith(("application/x-www-form-urlencoded",
+                                                                     "multipart/form-data"))
+                and not secrets.compare_digest(headers.get(CSRF_HEADER, ""), principal.csrf_token)):
+            await _send_error(send, 403, f"a browser session must send its CSRF token in {CSRF_HEADER}")
+            return
+        status = 500
+
+        async def send_and_watch(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            entry: AuditEntry | None = state.get("audit")
+            if entry is not None:
+                entry.outcome = entry.outcome or ("success" if status < 400 else "denied" if status in (401, 403)
+                                                  else "failure")
+                entry.detail.setdefault("status", status)
+                self.mosaic.audit.record(entry)
+
+    def _authenticate(self, headers: dict[str, str]) -> tuple[Principal, bool]:
+        identity = self.mosaic.identity
+        if self.mosaic.settings.security.development_mode:
+            return identity.development_principal(), False
+        authorization = headers.get("authorization", "")
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return identity.authenticate_bearer(credentials.strip()), False
+        if scheme.lower() == "basic" and credentials.strip():
+            try:
+                username, _, password = base64.b64decode(credentials.strip()).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                raise AuthenticationFailed("the Basic credentials are not base64 of user:password") from None
+            return identity.check_password(username, password), False
+        if authorization:
+            raise AuthenticationFailed(f"authorization scheme {scheme!r} is not Bearer or Basic")
+        session_id = _cookies(headers.get("cookie", "")).get(SESSION_COOKIE)
+        if session_id:
+            return identity.check_session(session_id), True
+        return ANONYMOUS, False
+
+
+def _claimed_name(headers: dict[str, str]) -> str:
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(credentials.strip()).decode("utf-8").partition(":")[0][:128]
+        except (binascii.Error, UnicodeDecodeError):
+            return "?"
+    return "bearer" if scheme else "session"
+
+
+async def _send_error(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    import json
+
+    body = json.dumps({"error": message}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(key.encode(), value.encode()) for key, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_redirect(send: Send, location: str) -> None:
+    await send({"type": "http.response.start", "status": 303,
+                "headers": [(b"location", location.encode()), (b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def principal_of(request: Request) -> Principal:
+    principal = getattr(request.state, "principal", None)
+    return principal if isinstance(principal, Principal) else ANONYMOUS
+
+
+def require(request: Request, permission: Permission, *, action: str | None = None) -> Principal:
+    """The request's principal if it has ``permission``; else a 403 (audited as denied when ``action``)."""
+    principal = principal_of(request)
+    if permission not in principal.permissions:
+        if action is not None:
+            request.state.audit = AuditEntry.of(principal, action, "denied",
+                                                detail={"path": request.url.path, "missing": permission.value})
+        roles = ", ".join(sorted(principal.roles)) or "no role"
+        raise HTTPException(403, f"{principal.name} ({roles}) may not {permission.value}")
+    return principal
+
+
+def check_csrf_form(request: Request, form: Any) -> None:
+    """A form posted by a signed-in browser must carry the session's CSRF token."""
+    principal = principal_of(request)
+    if principal.csrf_token and not secrets.compare_digest(str(form.get("csrf_token", "")), principal.csrf_token):
+        raise HTTPException(403, "the form's CSRF token does not match this session; reload the page")
