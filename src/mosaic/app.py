@@ -46,8 +46,8 @@ class Mosaic:
         self.policy = AccessPolicy(self.database, settings.security)
         self.identity = IdentityService(self.database, settings.security, self.policy)
         self.audit = AuditTrail(self.database)
-        self.initial_admin_password = self.identity.ensure_administrator()
-        """Set only at the very first start: the one time the `admin` password is said."""
+        self.initial_admin_password: str | None = None
+        """Set only at the very first start (no account yet): the one time the `admin` password is said."""
         self._syslog: SyslogForwarder | None = None
         self.dicom: DicomServer | None = None
         self._http: uvicorn.Server | None = None
@@ -76,6 +76,8 @@ class Mosaic:
         log.info("DICOM port %d served by %d processes", port, self.settings.dicom.workers)
 
     def start(self, *, dicom: bool = True, http: bool = True, workers: bool = True) -> None:
+        if http:
+            self.initial_admin_password = self.identity.ensure_administrator()
         self.audit.start()
         if http and self.settings.security.audit_syslog.host:
             # one forwarder per node (its cursor row is locked while it sends, so nodes never send twice)

