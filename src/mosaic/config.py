@@ -191,6 +191,36 @@ class SecuritySettings(BaseModel):
     audit_syslog: SyslogSettings = Field(default_factory=SyslogSettings)  # type: ignore[arg-type]
 
 
+class RetentionRule(BaseModel):
+    """One retention policy: which studies it covers and how long they are kept. The first rule that matches a
+    study decides; a study that no rule matches is kept forever."""
+
+    name: str = Field(description="Shown in dry runs, audit records and logs, e.g. 'adults-7y'.")
+    facilities: list[str] = Field(default_factory=lambda: ["*"], description="Facilities covered ([\"*\"]: all).")
+    departments: list[str] = Field(default_factory=lambda: ["*"], description="Departments/specialties covered.")
+    modalities: list[str] = Field(default_factory=lambda: ["*"], description="Modalities covered (any modality of "
+                                  "the study).")
+    min_age_at_study: float | None = Field(None, ge=0, description="Only patients at least this old (years) on the "
+                                           "study date.")
+    max_age_at_study: float | None = Field(None, ge=0, description="Only patients younger than this (years) on "
+                                           "the study date.")
+    keep_years_after_study: float | None = Field(None, ge=0, description="Keep at least this many years after the "
+                                                 "study date.")
+    keep_until_patient_age: float | None = Field(None, ge=0, description="Keep at least until the patient reaches "
+                                                 "this age (years), e.g. 25 for minors.")
+    action: str = Field("delete", pattern="^(delete|tier)$", description="delete, or tier (move to a cheaper "
+                        "storage tier, once tiers exist).")
+
+
+class RetentionSettings(BaseModel):
+    rules: list[RetentionRule] = Field(default_factory=list, description="Retention policies, first match wins "
+                                       "(empty: keep everything).")
+    grace_days: float = Field(30.0, ge=0, description="Days between marking a study for deletion and purging it "
+                              "(a legal hold placed meanwhile saves it).")
+    schedule_hours: float = Field(0.0, ge=0, description="Run retention every this many hours in `mosaic serve` "
+                                  "(0: only when run by hand, `mosaic retention run`).")
+
+
 class LogSettings(BaseModel):
     level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     json_format: bool = Field(False, description="Write logs as one JSON object per line.")
@@ -226,6 +256,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
     log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
     security: SecuritySettings = Field(default_factory=SecuritySettings)  # type: ignore[arg-type]
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)  # type: ignore[arg-type]
 
     _config_file: Path | None = None
 
