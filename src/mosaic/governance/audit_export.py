@@ -199,7 +199,7 @@ class SyslogForwarder:
             try:
                 more = self.forward_batch()
             except OSError as exc:
-                log.warning("audit collector %s:%d unreachable (%s); retrying in %.0f s", self.settings.host,
+                log.warning("audit collector %s:%d unreachable (%s); retrying in %.1f s", self.settings.host,
                             self.settings.port, exc, self.settings.retry_seconds)
                 self._close()
                 self._stop.wait(self.settings.retry_seconds)
