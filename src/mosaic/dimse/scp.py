@@ -92,6 +92,7 @@ class DicomServer:
             (evt.EVT_C_GET, self.on_c_get),
             (evt.EVT_N_ACTION, self.commitment.on_n_action),
             (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_REJECTED, self.on_rejected),
         ]
         server_class = _SharedPortServer if self.settings.workers > 1 else ThreadedAssociationServer
         server = self.ae.make_server((self.settings.host, self.settings.port), evt_handlers=handlers,
@@ -167,7 +168,18 @@ class DicomServer:
         return _status(status, comment) if comment else status
 
     def _may_associate(self, calling: str, address: str) -> bool:
-        return bool(self.principal(calling, address).permissions)
+        principal = self.principal(calling, address)
+        if not principal.permissions:
+            self._audit_rejected(principal)
+        return bool(principal.permissions)
+
+    def on_rejected(self, event: Event) -> None:
+        self._audit_rejected(self.principal(event.assoc.requestor.ae_title.strip(), _address(event)))
+
+    def _audit_rejected(self, principal: Principal) -> None:
+        """A refused association is a failed sign-in of a DICOM node (PS3.15 'User Authentication')."""
+        self.audit.record(AuditEntry.of(principal, AuditAction.LOGIN, "denied",
+                                        detail={"reason": "association rejected: not a known peer at this address"}))
 
     def store_received(self, path: Path, calling: str, sop_class_uid: str, sop_instance_uid: str,
                        sha256: str | None = None, address: str = "") -> tuple[int, str | None]:
