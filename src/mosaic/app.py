@@ -46,6 +46,9 @@ class Mosaic:
         self.policy = AccessPolicy(self.database, settings.security)
         self.identity = IdentityService(self.database, settings.security, self.policy)
         self.audit = AuditTrail(self.database)
+        from mosaic.workflow.export import ExportService
+
+        self.exports = ExportService(self)
         self.initial_admin_password: str | None = None
         """Set only at the very first start (no account yet): the one time the `admin` password is said."""
         self._syslog: SyslogForwarder | None = None

@@ -388,6 +388,67 @@ def audit_search(
     console.print(table)
 
 
+@app.command("export")
+def export(
+    study: Annotated[list[str], typer.Option("--study", help="Study Instance UID (repeat for more).")],
+    project: Annotated[str, typer.Option("--project", help="Research project: its secret keys the pseudonyms.")],
+    to: Annotated[Path | None, typer.Option("--to", help="Folder (or, with --zip, zip file) to write.")] = None,
+    as_zip: Annotated[bool, typer.Option("--zip", help="Write one zip file instead of a folder.")] = False,
+    peer: Annotated[str | None, typer.Option("--peer", help="Send to this configured DICOM peer instead.")] = None,
+    dicomweb: Annotated[str | None, typer.Option("--dicomweb", help="Send to this configured STOW-RS "
+                                                 "destination instead.")] = None,
+    retain_patient_characteristics: Annotated[bool, typer.Option(help="Keep sex, age, size, weight.")] = False,
+    retain_device_identity: Annotated[bool, typer.Option(help="Keep station and device identifiers.")] = False,
+    retain_uids: Annotated[bool, typer.Option(help="Keep the original UIDs.")] = False,
+    shift_dates: Annotated[bool, typer.Option("--shift-dates/--remove-dates", help="Shift dates per patient "
+                                              "(default) or remove them.")] = True,
+    include_burned_in: Annotated[bool, typer.Option(help="Also export instances that may show burned-in text.")
+                                 ] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """De-identify studies (PS3.15 Annex E) into a folder, a zip, a DICOM peer or a DICOMweb destination.
+    The manifest linking pseudonyms to patients stays inside Mosaic."""
+    import getpass
+
+    from mosaic.governance.policy import Principal
+    from mosaic.workflow.export import Destination, ExportError
+
+    targets = [(kind, value) for kind, value in (("zip" if as_zip else "folder", str(to) if to else None),
+                                                 ("peer", peer), ("dicomweb", dicomweb)) if value]
+    if len(targets) != 1:
+        errors.print("[red]give exactly one of --to, --peer, --dicomweb[/]")
+        raise typer.Exit(2)
+    node = _cli_node(config, data_dir)
+    operator = Principal(name=f"os:{getpass.getuser()}", kind="cli", roles=frozenset({"administrator"}),
+                         permissions=node.policy.permissions_of(frozenset({"administrator"})), interface="cli")
+    node.audit.start()
+    try:
+        job = node.exports.prepare(operator, study, Destination(*targets[0]), project)
+    except ExportError as exc:
+        errors.print(f"[red]{exc}[/]")
+        node.stop()
+        raise typer.Exit(1) from exc
+    options = {"retain_patient_characteristics": retain_patient_characteristics, "retain_uids": retain_uids,
+               "retain_device_identity": retain_device_identity, "retain_longitudinal_modified_dates": shift_dates,
+               "include_burned_in": include_burned_in}
+    with Progress(TextColumn("[bold]Exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        task = progress.add_task("export", total=None)
+        node.exports.run(job, operator, options,
+                         progress=lambda current: progress.update(task, total=current.total, completed=current.done))
+    node.stop()
+    console.print(f"export {job.id}: {job.exported} instances exported, {len(job.excluded)} excluded, "
+                  f"{len(job.failed)} failed (project {project}; the manifest stays in Mosaic)")
+    for uid, reason in job.excluded[:50]:
+        console.print(f"[yellow]excluded[/] {uid}: {reason}", highlight=False)
+    for source, reason in job.failed[:50]:
+        console.print(f"[red]failed[/] {source}: {reason}", highlight=False)
+    if job.state != "done":
+        errors.print(f"[red]export failed: {job.error}[/]")
+        raise typer.Exit(1)
+
+
 @config_app.command("show")
 def config_show(config: ConfigOption = None) -> None:
     """Print the effective configuration (file + MOSAIC_* environment) with each option's doc."""

@@ -221,6 +221,17 @@ class RetentionSettings(BaseModel):
                                   "(0: only when run by hand, `mosaic retention run`).")
 
 
+class ExportSettings(BaseModel):
+    """Where de-identified exports may go."""
+
+    folder: Path | None = Field(None, description="Folder that HTTP-requested folder and zip exports are written "
+                                "under (default: <data_dir>/exports); the command line may write anywhere.")
+    dicomweb_destinations: dict[str, str] = Field(
+        default_factory=dict, description="Named STOW-RS endpoints de-identified exports may be sent to, e.g. "
+        "{research = \"https://research.example.org/dicom-web\"}.",
+    )
+
+
 class LogSettings(BaseModel):
     level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     json_format: bool = Field(False, description="Write logs as one JSON object per line.")
@@ -257,6 +268,7 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
     security: SecuritySettings = Field(default_factory=SecuritySettings)  # type: ignore[arg-type]
     retention: RetentionSettings = Field(default_factory=RetentionSettings)  # type: ignore[arg-type]
+    export: ExportSettings = Field(default_factory=ExportSettings)  # type: ignore[arg-type]
 
     _config_file: Path | None = None
 
@@ -281,6 +293,10 @@ class Settings(BaseSettings):
         if self.http.viewer_dir is not None:
             return self.http.viewer_dir.resolve()
         return Path(__file__).resolve().parents[2] / "build" / "viewer"
+
+    @property
+    def export_path(self) -> Path:
+        return (self.export.folder or self.data_dir / "exports").resolve()
 
     @property
     def blob_path(self) -> Path:

@@ -1,9 +1,10 @@
-"""SCU clients: verification (C-ECHO) to a peer."""
+"""SCU clients: verification (C-ECHO) to a peer, C-STORE of files to a peer."""
 
 from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -35,3 +36,31 @@ def verify_peer(own_ae_title: str, ae_title: str, host: str, port: int) -> tuple
     finally:
         association.release()
     return status, time.perf_counter() - started
+
+
+def store_files(own_ae_title: str, ae_title: str, host: str, port: int,
+                paths: list[Path]) -> list[tuple[Path, str | None]]:
+    """C-STORE Part 10 files to a peer over one association: (file, None on success or the reason)."""
+    from pydicom import dcmread
+
+    if not paths:
+        return []
+    datasets = [(path, dcmread(path)) for path in paths]
+    ae = AE(ae_title=own_ae_title)
+    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 60
+    pairs = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _path, ds in datasets})
+    for sop_class, syntax in pairs[:128]:
+        ae.add_requested_context(sop_class, [syntax])
+    association = ae.associate(host, port, ae_title=ae_title)
+    if not association.is_established:
+        return [(path, f"association with {ae_title}@{host}:{port} refused or failed") for path, _ds in datasets]
+    results: list[tuple[Path, str | None]] = []
+    try:
+        for path, dataset in datasets:
+            response = association.send_c_store(dataset)
+            status = int(response.Status) if response and "Status" in response else None
+            results.append((path, None if status in (0x0000, 0xB000, 0xB007, 0xB006) else
+                            f"C-STORE status {status:#06x}" if status is not None else "no C-STORE response"))
+    finally:
+        association.release()
+    return results

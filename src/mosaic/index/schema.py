@@ -322,4 +322,30 @@ class LegalHold(Base):
     released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class DeidProject(Base):
+    """A research project: the secret that keys its pseudonyms, UIDs and date shifts (never leaves Mosaic)."""
+
+    __tablename__ = "deid_project"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret_hex: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_by: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class DeidManifestEntry(Base):
+    """Which original patient or study a pseudonym of a project stands for (re-identification stays inside)."""
+
+    __tablename__ = "deid_manifest"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    project: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    export_id: Mapped[str] = mapped_column(String(36), nullable=False, index=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    """patient or study."""
+    original: Mapped[str] = mapped_column(String(200), nullable=False)
+    pseudonym: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
 Index("ix_study_patient_date", Study.patient_pk, Study.StudyDate)

@@ -103,5 +103,8 @@ def create_app(mosaic: Mosaic) -> FastAPI:
     # WADO-URI also at the site root: /wado?…
     app.include_router(create_wado_router(mosaic, rs=False), dependencies=[Depends(dicomweb_guard(mosaic))])
     app.include_router(create_account_router(mosaic))
+    from mosaic.web.export_routes import create_export_router
+
+    app.include_router(create_export_router(mosaic))
     mount_viewer(app, mosaic.settings.viewer_path, dicomweb_root="/dicom-web")
     return app

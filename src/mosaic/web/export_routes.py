@@ -1,0 +1,77 @@
+"""De-identified exports over HTTP: start one, follow its progress, and (administrators only) read its
+manifest. Folder and zip exports are written under ``export.folder``; the request names a file or folder
+inside it, never a path elsewhere on the server."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from mosaic.governance.audit import AuditAction, AuditEntry
+from mosaic.governance.policy import AccessDenied, Permission
+from mosaic.web.auth import principal_of, require
+from mosaic.workflow.export import Destination, ExportError
+
+if TYPE_CHECKING:
+    from mosaic.app import Mosaic
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_OPTIONS = ("retain_longitudinal_modified_dates", "retain_patient_characteristics", "retain_device_identity",
+            "clean_descriptors", "retain_uids", "include_burned_in")
+
+
+def create_export_router(mosaic: Mosaic) -> APIRouter:
+    router = APIRouter(prefix="/api/exports")
+
+    @router.post("")
+    async def start_export(request: Request) -> JSONResponse:
+        """``{"studies": [...], "project": "...", "destination": {"kind": "zip", "target": "cohort.zip"},
+        "options": {...}}`` → 202 with the export's id; poll ``GET /api/exports/{id}``."""
+        principal = require(request, Permission.EXPORT, action=AuditAction.EXPORT)
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise HTTPException(400, "expected a JSON object")
+        destination = body.get("destination") or {}
+        kind, target = str(destination.get("kind", "")), str(destination.get("target", ""))
+        if kind in ("folder", "zip"):
+            if not _NAME.match(target):
+                raise HTTPException(400, f"export name {target!r} must be a plain file or folder name "
+                                         "(letters, digits, '.', '_', '-')")
+            target = str(mosaic.settings.export_path / target)
+        options = body.get("options") or {}
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise HTTPException(400, f"unknown de-identification option(s) {', '.join(unknown)}; known: "
+                                     f"{', '.join(_OPTIONS)}")
+        studies = [str(study) for study in body.get("studies") or []]
+        try:
+            job = mosaic.exports.prepare(principal, studies, Destination(kind, target), str(body.get("project", "")))
+        except AccessDenied as exc:
+            raise HTTPException(403, str(exc)) from None
+        except ExportError as exc:
+            raise HTTPException(404 if "not in the archive" in str(exc) else 400, str(exc)) from None
+        mosaic.exports.start(job, principal, {key: bool(value) for key, value in options.items()})
+        return JSONResponse(job.summary(), status_code=202, headers={"Location": f"/api/exports/{job.id}"})
+
+    @router.get("/{export_id}")
+    def export_status(request: Request, export_id: str) -> dict[str, Any]:
+        principal = principal_of(request)
+        job = mosaic.exports.jobs.get(export_id)
+        if job is None or (job.requested_by != principal.name and Permission.ADMINISTER not in principal.permissions):
+            raise HTTPException(404, f"export {export_id} is unknown")
+        return job.summary()
+
+    @router.get("/{export_id}/manifest")
+    def export_manifest(request: Request, export_id: str) -> dict[str, Any]:
+        """Which patient and study each pseudonym stands for: re-identification, administrators only, audited."""
+        principal = require(request, Permission.ADMINISTER, action=AuditAction.EXPORT)
+        entries = mosaic.exports.manifest(export_id)
+        if not entries:
+            raise HTTPException(404, f"export {export_id} has no manifest")
+        request.state.audit = AuditEntry.of(principal, AuditAction.READ, "", detail={"manifest": export_id})
+        return {"export": export_id, "entries": entries}
+
+    return router
