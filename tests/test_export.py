@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from mosaic.app import Mosaic
 from mosaic.cli import app as cli
-from mosaic.config import DicomPeer, DicomSettings, ExportSettings, HttpSettings, SecuritySettings, Settings
+from mosaic.config import DicomSettings, ExportSettings, HttpSettings, SecuritySettings, Settings
 from tests.dimse_support import StoreSCP, received_files
 from tests.factory import make_instance, to_bytes
 from tests.helpers import LOCALHOST, wait_until
