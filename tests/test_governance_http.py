@@ -356,3 +356,33 @@ def test_first_start_creates_one_administrator_and_says_its_password_once(tmp_pa
         assert [account.username for account in second.identity.users()] == ["admin"]
     finally:
         second.stop()
+
+
+def test_password_guessing_locks_the_account_name_out(node: Mosaic) -> None:
+    node.identity.add_user("target", roles=["clinician"], password="the-real-password")
+    for attempt in range(5):
+        guess = httpx.get(url(node, "/dicom-web/studies"), auth=("target", f"guess-{attempt}"))
+        assert guess.status_code == 401 and "wrong password" in guess.json()["error"]
+    locked = httpx.get(url(node, "/dicom-web/studies"), auth=("target", "the-real-password"))
+    assert locked.status_code == 401 and "too many wrong passwords" in locked.json()["error"]
+    node.identity.set_password("target", "a-new-password")  # an administrator resets it
+    assert httpx.get(url(node, "/dicom-web/studies"), auth=("target", "a-new-password")).status_code == 200
+
+
+def test_break_glass_page_sends_the_clinician_to_the_viewer(node: Mosaic) -> None:
+    node.identity.add_user("night", roles=["clinician"], password="night-password", facilities=["SITE-C"])
+    with httpx.Client(base_url=url(node, "")) as browser:
+        browser.get("/login")
+        browser.post("/login", data={"username": "night", "password": "night-password",
+                                     "csrf_token": browser.cookies["mosaic_login_csrf"]})
+        page = browser.get("/break-glass", params={"study": DERM_STUDY})
+        assert page.status_code == 200 and DERM_STUDY in page.text
+        csrf = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+        forged = browser.post("/api/break-glass", data={"StudyInstanceUID": DERM_STUDY, "reason": "stroke alert",
+                                                        "csrf_token": "forged"})
+        assert forged.status_code == 403
+        opened = browser.post("/api/break-glass", data={"StudyInstanceUID": DERM_STUDY, "reason": "stroke alert",
+                                                        "csrf_token": csrf})
+        assert opened.status_code == 303
+        assert opened.headers["location"] == f"/viewer/viewer?StudyInstanceUIDs={DERM_STUDY}"
+        assert browser.get(f"/dicom-web/studies/{DERM_STUDY}/metadata").status_code == 200

@@ -49,6 +49,14 @@ class Mosaic:
         from mosaic.workflow.export import ExportService
 
         self.exports = ExportService(self)
+        from mosaic.governance.holds import HoldService
+        from mosaic.governance.retention import RetentionScheduler, RetentionService
+        from mosaic.services.delete import DeleteService
+
+        self.deleter = DeleteService(self.database, self.blobs)
+        self.holds = HoldService(self.database)
+        self.retention = RetentionService(self.database, settings.retention, self.holds, self.deleter, self.audit)
+        self._retention_schedule: RetentionScheduler | None = None
         self.initial_admin_password: str | None = None
         """Set only at the very first start (no account yet): the one time the `admin` password is said."""
         self._syslog: SyslogForwarder | None = None
@@ -88,6 +96,11 @@ class Mosaic:
                                            self.settings.dicom.ae_title)
             self.audit.listeners.append(self._syslog.wake)
             self._syslog.start()
+        if http and self.settings.retention.schedule_hours > 0:
+            from mosaic.governance.retention import RetentionScheduler
+
+            self._retention_schedule = RetentionScheduler(self.retention, self.settings.retention.schedule_hours)
+            self._retention_schedule.start()
         if dicom:
             incoming = getattr(self.blobs, "incoming", None)
             if incoming is not None:
@@ -137,6 +150,9 @@ class Mosaic:
             if self._http_thread is not None:
                 self._http_thread.join(timeout=10)
             self._http = None
+        if self._retention_schedule is not None:
+            self._retention_schedule.stop()
+            self._retention_schedule = None
         self.audit.stop()
         if self._syslog is not None:
             self._syslog.stop()

@@ -64,6 +64,34 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+class _FailedSignIns:
+    """Locks a user name out after too many wrong passwords in a row (per node, in memory): a guessing attack
+    gets a few tries per window, the real user a clear message."""
+
+    def __init__(self, limit: int = 5, window: float = 900.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def locked(self, username: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            recent = [moment for moment in self._failures.get(username, []) if now - moment < self.window]
+            self._failures[username] = recent
+            return len(recent) >= self.limit
+
+    def failed(self, username: str) -> None:
+        with self._lock:
+            self._failures.setdefault(username, []).append(time.monotonic())
+            if len(self._failures) > 10_000:
+                self._failures.clear()
+
+    def succeeded(self, username: str) -> None:
+        with self._lock:
+            self._failures.pop(username, None)
+
+
 class _TimedCache:
     """A small thread-safe cache of checked credentials, each trusted for ``ttl`` seconds."""
 
@@ -103,6 +131,7 @@ class IdentityService:
         self.settings = settings
         self.policy = policy
         self._cache = _TimedCache(settings.credential_cache_seconds)
+        self._failed_sign_ins = _FailedSignIns()
         self._jwks: Any = None
 
     # --- accounts ---------------------------------------------------------------------------
@@ -167,6 +196,7 @@ class IdentityService:
             account.updated_at = datetime.now(UTC)
             session.execute(delete(WebSession).where(WebSession.user_pk == account.pk))
         self._cache.clear()
+        self._failed_sign_ins.succeeded(username)
 
     def users(self) -> list[Account]:
         with self.database.session() as session:
@@ -197,15 +227,21 @@ class IdentityService:
         cached = self._cache.get(cache_key)
         if cached is not None:
             return cached
+        if self._failed_sign_ins.locked(username):
+            raise AuthenticationFailed(f"too many wrong passwords for {username!r}: try again in 15 minutes or ask "
+                                       "an administrator (`mosaic user passwd`)")
         with self.database.session() as session:
             row = session.scalar(select(UserAccount).where(UserAccount.username == username))
         if row is None or not row.password_hash:
             _equalise_timing(password)
+            self._failed_sign_ins.failed(username)
             raise AuthenticationFailed(f"unknown user or wrong password for {username!r}")
         try:
             _hasher.verify(row.password_hash, password)
         except (VerificationError, InvalidHashError):
+            self._failed_sign_ins.failed(username)
             raise AuthenticationFailed(f"unknown user or wrong password for {username!r}") from None
+        self._failed_sign_ins.succeeded(username)
         if not row.active:
             raise AuthenticationFailed(f"account {username!r} is disabled")
         principal = self._principal(row, "user")

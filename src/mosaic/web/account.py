@@ -6,7 +6,7 @@ import secrets
 from datetime import datetime
 from html import escape
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -121,10 +121,25 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
         check_csrf_form(request, form)
         return str(form.get("StudyInstanceUID", "")), str(form.get("reason", ""))
 
-    @router.post("/api/break-glass")
-    async def break_glass(request: Request) -> JSONResponse:
-        """Open an out-of-scope study, giving a reason: allowed for a while, flagged and audited."""
+    @router.get("/break-glass", response_class=HTMLResponse)
+    def break_glass_page(request: Request, study: str = "") -> HTMLResponse:
+        """The form a clinician uses to open a study outside their scope (emergency access)."""
         principal = principal_of(request)
+        return HTMLResponse(_page("Emergency access", f"""<h1>Emergency access (break-glass)</h1>
+<p class="muted">Opening a study outside your facilities or departments is allowed for
+{security.break_glass_hours:g} hours, recorded with your reason and reviewed by the privacy office.</p>
+<form method="post" action="/api/break-glass" class="card">
+<label>Study Instance UID <input name="StudyInstanceUID" value="{escape(study)}" required></label>
+<label>Reason <input name="reason" required minlength="5"></label>
+<input type="hidden" name="csrf_token" value="{escape(principal.csrf_token)}">
+<button type="submit">Open the study</button></form>"""))
+
+    @router.post("/api/break-glass")
+    async def break_glass(request: Request) -> Response:
+        """Open an out-of-scope study, giving a reason: allowed for a while, flagged and audited. A form
+        (the /break-glass page) is sent on to the viewer; JSON callers get the grant's end."""
+        principal = principal_of(request)
+        is_form = not request.headers.get("content-type", "").startswith("application/json")
         study, reason = await _break_glass_fields(request)
         if not study.strip():
             raise HTTPException(400, "StudyInstanceUID is required")
@@ -137,6 +152,8 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
             raise HTTPException(403, str(exc)) from None
         access = await run_in_threadpool(mosaic.policy.study_access, principal, study.strip())
         entry.PatientID, entry.IssuerOfPatientID = access.PatientID, access.IssuerOfPatientID
+        if is_form:
+            return RedirectResponse(f"/viewer/viewer?StudyInstanceUIDs={quote(study.strip())}", status_code=303)
         return JSONResponse({"StudyInstanceUID": study.strip(), "until": expires.isoformat()})
 
     # --- the audit trail --------------------------------------------------------------------

@@ -1,0 +1,153 @@
+"""Retention, legal holds and manual deletion over HTTP (``/api/retention``, ``/api/holds``, ``/api/studies``).
+
+Retention and holds need the administer permission, deleting a study the delete permission (and the study in
+the caller's scope: one outside it answers 404, like one that does not exist). A deletion a legal hold blocks
+answers 409 with the hold and its reason. Every request is audited by the middleware from ``request.state.audit``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from mosaic.core.errors import NotFound
+from mosaic.governance.audit import AuditAction, AuditEntry
+from mosaic.governance.holds import HoldError, UnderLegalHold, hold_audit_entry
+from mosaic.governance.policy import Permission
+from mosaic.governance.retention import RetentionBusy
+from mosaic.web.auth import require
+
+if TYPE_CHECKING:
+    from mosaic.app import Mosaic
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when there is none)."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "expected a JSON object")
+    return body
+
+
+def create_retention_router(mosaic: Mosaic) -> APIRouter:
+    router = APIRouter()
+
+    # --- retention --------------------------------------------------------------------------
+
+    @router.get("/api/retention/dry-run")
+    def dry_run(request: Request, now: datetime | None = None,
+                all: bool = Query(False, description="Also list studies no rule matches.")) -> dict[str, Any]:
+        """Every study a run would mark or purge, and why the others stay (nothing is changed)."""
+        principal = require(request, Permission.ADMINISTER, action=AuditAction.QUERY)
+        items = mosaic.retention.dry_run(now)
+        counts = Counter(item.verdict.value for item in items)
+        shown = [item for item in items if all or item.rule]
+        request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "", detail={
+            "path": "/api/retention/dry-run", "counts": dict(counts),
+            "due": [item.StudyInstanceUID for item in items if item.verdict == "due"][:100]})
+        return {"counts": dict(counts), "purge_now": sum(item.purge_now for item in items),
+                "studies": [item.as_json() for item in shown]}
+
+    @router.post("/api/retention/run")
+    def run(request: Request) -> dict[str, Any]:
+        """Mark due studies and purge those past the grace period (each deletion audited as actor retention)."""
+        principal = require(request, Permission.ADMINISTER, action=AuditAction.DELETE)
+        entry = AuditEntry.of(principal, AuditAction.DELETE, "", detail={"path": "/api/retention/run"})
+        request.state.audit = entry
+        try:
+            report = mosaic.retention.run(triggered_by=principal.name)
+        except RetentionBusy as exc:
+            raise HTTPException(409, str(exc)) from None
+        entry.detail.update({"marked": report.marked, "purged": report.purged, "held": report.held,
+                             "failed": report.failed})
+        return report.as_json()
+
+    # --- legal holds ------------------------------------------------------------------------
+
+    @router.get("/api/holds")
+    def holds(request: Request, all: bool = Query(False, description="Include released holds.")) -> dict[str, Any]:
+        """Legal holds in the order they were placed (active ones unless ``all``)."""
+        principal = require(request, Permission.ADMINISTER, action=AuditAction.LEGAL_HOLD)
+        found = mosaic.holds.holds(include_released=all)
+        request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "", detail={"path": "/api/holds",
+                                                                                      "holds": len(found)})
+        return {"holds": [hold.as_json() for hold in found]}
+
+    @router.post("/api/holds", status_code=201)
+    async def place_hold(request: Request) -> JSONResponse:
+        """Place a hold: ``{"PatientID", "IssuerOfPatientID"}`` or ``{"StudyInstanceUID"}``, with ``reason``."""
+        principal = require(request, Permission.ADMINISTER, action=AuditAction.LEGAL_HOLD)
+        body = await _json_object(request)
+        fields = {name: str(body.get(name) or "") for name in ("PatientID", "IssuerOfPatientID",
+                                                                "StudyInstanceUID", "reason")}
+        request.state.audit = AuditEntry.of(principal, AuditAction.LEGAL_HOLD, "", PatientID=fields["PatientID"],
+                                            IssuerOfPatientID=fields["IssuerOfPatientID"],
+                                            StudyInstanceUID=fields["StudyInstanceUID"],
+                                            detail={"change": "place", "reason": fields["reason"]})
+        try:
+            hold = await run_in_threadpool(lambda: mosaic.holds.place(
+                principal, reason=fields["reason"], patient_id=fields["PatientID"],
+                issuer=fields["IssuerOfPatientID"], study_instance_uid=fields["StudyInstanceUID"]))
+        except HoldError as exc:
+            raise HTTPException(400, str(exc)) from None
+        request.state.audit = hold_audit_entry(principal, hold, "placed")
+        return JSONResponse(hold.as_json(), status_code=201)
+
+    @router.delete("/api/holds/{hold_id}")
+    def release_hold(request: Request, hold_id: int) -> dict[str, Any]:
+        """Release a hold (it stays listed with ``all=true``, with who released it and when)."""
+        principal = require(request, Permission.ADMINISTER, action=AuditAction.LEGAL_HOLD)
+        request.state.audit = AuditEntry.of(principal, AuditAction.LEGAL_HOLD, "",
+                                            detail={"change": "release", "hold": hold_id})
+        try:
+            hold = mosaic.holds.release(principal, hold_id)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        except HoldError as exc:
+            raise HTTPException(409, str(exc)) from None
+        request.state.audit = hold_audit_entry(principal, hold, "released")
+        return hold.as_json()
+
+    # --- deleting a study by hand -----------------------------------------------------------
+
+    @router.delete("/api/studies/{study}")
+    async def delete_study(request: Request, study: str, reason: str | None = None) -> JSONResponse:
+        """Delete a study (index and blobs): needs ``reason`` (query or JSON body); 409 under a legal hold."""
+        principal = require(request, Permission.DELETE, action=AuditAction.DELETE)
+        if reason is None:
+            reason = str((await _json_object(request)).get("reason") or "")
+        entry = AuditEntry.of(principal, AuditAction.DELETE, "", StudyInstanceUID=study,
+                              detail={"reason": reason})
+        request.state.audit = entry
+        if not reason.strip():
+            raise HTTPException(400, "deleting a study needs a reason (?reason=… or {\"reason\": …})")
+        access = await run_in_threadpool(mosaic.policy.study_access, principal, study)
+        entry.PatientID, entry.IssuerOfPatientID = access.PatientID, access.IssuerOfPatientID
+        if not access.allowed:
+            raise HTTPException(404, f"study {study} is not in the index")
+        try:
+            result = await run_in_threadpool(lambda: mosaic.deleter.delete_study(
+                study, reason=reason.strip(), actor=principal.name))
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        except UnderLegalHold as exc:
+            entry.outcome = "denied"
+            entry.detail["hold"] = exc.hold.id
+            raise HTTPException(409, str(exc)) from None
+        entry.PatientID, entry.IssuerOfPatientID = result.PatientID, result.IssuerOfPatientID
+        entry.detail.update({"series": result.series, "instances": result.instances, "versions": result.versions,
+                             "blobs_failed": len(result.blobs_failed)})
+        return JSONResponse(result.as_json())
+
+    return router
