@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mosaic.cli_retention import delete_command, hold_app, retention_app
 from mosaic.config import Settings, iter_options, load_settings
 
 app = typer.Typer(help="Mosaic: an open enterprise imaging platform.", no_args_is_help=True,
@@ -22,6 +23,8 @@ user_app = typer.Typer(help="Accounts: people and systems that sign in, their ro
 app.add_typer(user_app, name="user")
 audit_app = typer.Typer(help="The audit trail: verify its hash chain, search it.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+app.add_typer(retention_app, name="retention")
+app.add_typer(hold_app, name="hold")
 console = Console()
 errors = Console(stderr=True)
 
@@ -473,6 +476,8 @@ def config_docs() -> None:
 
     print(render(), end="")
 
+
+app.command("delete")(delete_command)
 
 if __name__ == "__main__":
     app()

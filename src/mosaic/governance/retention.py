@@ -151,7 +151,7 @@ def _due_under(rule: RetentionRule, study_date: date | None, birth: date | None,
         if study_date is None:
             return Decision(rule.name, Verdict.KEPT, _described(facts.StudyDate, "StudyDate"))
         until = add_years(study_date, rule.keep_years_after_study)
-        years = f"{rule.keep_years_after_study:g} years after the study ({study_date.isoformat()})"
+        years = f"{rule.keep_years_after_study:g} years after the study of {study_date.isoformat()}"
         limits.append((until, f"until {until.isoformat()} ({years})", f"{years} ended {until.isoformat()}"))
     if rule.keep_until_patient_age is not None:
         if birth is None:

@@ -106,5 +106,8 @@ def create_app(mosaic: Mosaic) -> FastAPI:
     from mosaic.web.export_routes import create_export_router
 
     app.include_router(create_export_router(mosaic))
+    from mosaic.web.retention_routes import create_retention_router
+
+    app.include_router(create_retention_router(mosaic))
     mount_viewer(app, mosaic.settings.viewer_path, dicomweb_root="/dicom-web")
     return app

@@ -78,7 +78,7 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
     @router.get("/api/holds")
     def holds(request: Request, all: bool = Query(False, description="Include released holds.")) -> dict[str, Any]:
         """Legal holds in the order they were placed (active ones unless ``all``)."""
-        principal = require(request, Permission.ADMINISTER, action=AuditAction.LEGAL_HOLD)
+        principal = require(request, Permission.ADMINISTER, action=AuditAction.QUERY)
         found = mosaic.holds.holds(include_released=all)
         request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "", detail={"path": "/api/holds",
                                                                                       "holds": len(found)})
