@@ -226,6 +226,7 @@ class Client:
         self.server = server
         self.root = root_url(server)
         self.session = requests.Session()
+        self.session.headers.update(server.auth_headers())
 
     def get(self, path: str, headers: dict[str, str]) -> Fetched:
         started = time.perf_counter()

@@ -81,6 +81,10 @@ class Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def auth_headers(self) -> dict[str, str]:
+        """What an HTTP client sends to be let in."""
+        return {}
+
     def environment(self) -> dict[str, str]:
         return nodelay_env()
 
@@ -147,18 +151,42 @@ class Server:
 
 
 class MosaicServer(Server):
+    """Mosaic as a hospital runs it: the benchmark's SCU is a configured DICOM peer, HTTP clients use an API
+    token (authentication, access policy and audit on every request)."""
+
     name = "Mosaic"
     ae_title = "MOSAIC"
 
+    def __init__(self, work: Path | None = None) -> None:
+        super().__init__(work)
+        self.token = ""
+        self.config_path = self.data_dir / "mosaic.toml"
+        self.config_path.write_text(
+            f'[dicom]\npeers = [{{ae_title = "{SCU_AE}", host = "{HOST}", port = {free_port()}}}]\n')
+
     def command(self) -> list[str]:
-        return [str(MOSAIC_BIN), "serve", "--data-dir", str(self.data_dir / "data"), "--http-port",
-                str(self.http_port), "--dicom-port", str(self.dicom_port), "--ae-title", self.ae_title]
+        return [str(MOSAIC_BIN), "serve", "--config", str(self.config_path), "--data-dir", str(self.data_dir / "data"),
+                "--http-port", str(self.http_port), "--dicom-port", str(self.dicom_port), "--ae-title", self.ae_title]
+
+    def start(self, timeout: float = 60.0) -> None:
+        super().start(timeout)
+        if not self.token:
+            result = subprocess.run([str(MOSAIC_BIN), "user", "token", "admin", "--label", "bench", "--config",
+                                     str(self.config_path), "--data-dir", str(self.data_dir / "data")],
+                                    capture_output=True, text=True, check=False, env=self.environment())
+            if result.returncode != 0:
+                raise BenchError(f"cannot issue an API token: {result.stderr or result.stdout}")
+            self.token = result.stdout.strip().splitlines()[-1]
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def ready(self) -> bool:
         return _listening(self.dicom_port) and _http_ok(f"http://{HOST}:{self.http_port}/healthz")
 
     def import_command(self, folders: list[Path]) -> list[str]:
-        return [str(MOSAIC_BIN), "import", "--data-dir", str(self.data_dir / "data"), *map(str, folders)]
+        return [str(MOSAIC_BIN), "import", "--config", str(self.config_path), "--data-dir", str(self.data_dir / "data"),
+                *map(str, folders)]
 
     def version(self) -> str:
         try:

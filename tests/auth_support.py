@@ -9,19 +9,21 @@ Every HTTP route that touches patient data needs credentials (issue 5); function
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
 
-_TOKENS: dict[int, str] = {}
+# by node object, not id(node): a later node may reuse the id of a stopped one, and must not get its token
+_TOKENS: weakref.WeakKeyDictionary[Mosaic, str] = weakref.WeakKeyDictionary()
 
 
 def admin_token(node: Mosaic) -> str:
     """An API token of the ``admin`` account of ``node`` (one per node)."""
-    token = _TOKENS.get(id(node))
+    token = _TOKENS.get(node)
     if token is None:
-        token = _TOKENS[id(node)] = node.identity.issue_token("admin", name="tests")
+        token = _TOKENS[node] = node.identity.issue_token("admin", name="tests")
     return token
 
 

@@ -106,3 +106,20 @@ def open_page(context: Any, url: str) -> tuple[Any, PageLog]:
     page.on("pageerror", lambda error: log.page_errors.append(f"page error: {error}"))
     page.goto(url)
     return page, log
+
+
+def sign_in(context: Any, base_url: str, path: str, *, username: str, password: str) -> None:
+    """Sign ``context`` in through Mosaic's sign-in page, the way a person does: open ``path`` without a session
+    (Mosaic sends the browser to ``/login``), fill in the form, and land on ``path`` with a session cookie."""
+    page = context.new_page()
+    try:
+        page.goto(f"{base_url}{path}")
+        assert page.url.startswith(f"{base_url}/login?next="), f"not sent to the sign-in page: {page.url}"
+        page.fill('input[name="username"]', username)
+        page.fill('input[name="password"]', password)
+        with page.expect_navigation():
+            page.get_by_role("button", name="Sign in").click()
+        assert page.url == f"{base_url}{path}", f"not back on {path} after signing in: {page.url}"
+        assert any(cookie["name"] == "mosaic_session" for cookie in context.cookies(base_url)), context.cookies()
+    finally:
+        page.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 
 from mosaic.app import Mosaic
 from mosaic.cli import app
-from mosaic.config import DicomSettings, HttpSettings, Settings
+from mosaic.config import DicomPeer, DicomSettings, HttpSettings, Settings
 from mosaic.index.schema import Instance
 from tests.factory import make_bytes
 
@@ -36,6 +37,7 @@ def test_config_show_prints_every_option_with_environment_overrides(monkeypatch:
     monkeypatch.setenv("MOSAIC_DICOM__PORT", "11999")
     result = runner.invoke(app, ["config", "show", "--config", str(config)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
+    assert "MOSAIC_CONFIG" not in os.environ  # the file applied to that command only
     assert "'FROMFILE'" in result.output  # from the TOML file
     assert "11999" in result.output  # the environment wins over the file
     for option in ("http.port", "storage.backend", "ingest.duplicate_policy", "index.url"):
@@ -84,7 +86,10 @@ def test_verify_reports_missing_and_corrupt_objects_by_uid(corpus: Path, tmp_pat
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Mosaic]:
-    node = Mosaic(Settings(data_dir=tmp_path / "node", http=HttpSettings(port=0), dicom=DicomSettings(port=0)))
+    # `mosaic echo` calls as the configured dicom.ae_title (MOSAIC by default): a peer of the live node
+    caller = DicomPeer(ae_title="MOSAIC", host="127.0.0.1", port=104)  # type: ignore[call-arg]
+    node = Mosaic(Settings(data_dir=tmp_path / "node", http=HttpSettings(port=0),
+                           dicom=DicomSettings(port=0, peers=[caller])))
     node.start()
     yield node
     node.stop()

@@ -30,8 +30,10 @@ def nodelay(event: Any) -> None:
 def start_server(data_dir: Path, dicom_port: int, log: Path) -> subprocess.Popen[bytes]:
     command = [str(Path(sys.executable).parent / "mosaic"), "serve", "--data-dir", str(data_dir),
                "--dicom-port", str(dicom_port), "--http-port", str(free_port())]
+    # CRASHTEST is not a configured peer: this test is about crash safety, not about who may store
+    env = {**os.environ, "MOSAIC_DICOM__ALLOW_UNKNOWN_CALLING_AES": "true"}
     with open(log, "ab") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     wait_until(lambda: is_listening("127.0.0.1", dicom_port), timeout=60, what="mosaic serve", process=process,
                log=log)
     return process

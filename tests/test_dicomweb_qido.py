@@ -10,6 +10,7 @@ import pytest
 
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, Settings
+from tests.auth_support import auth_headers
 from tests.factory import make_bytes
 
 PREFIX = "1.2.826.0.1.3680043.10.1234.8."
@@ -35,7 +36,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosaic]:
 
 
 def qido(node: Mosaic, path: str, **params: Any) -> httpx.Response:
-    return httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web{path}", params=params)
+    return httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web{path}", params=params, headers=auth_headers(node))
 
 
 def values(results: list[dict[str, Any]], tag: str) -> list[Any]:
@@ -78,7 +79,7 @@ def test_default_study_attributes_and_json_types(node: Mosaic) -> None:
 def test_includefield_by_name_tag_comma_list_and_all(node: Mosaic) -> None:
     # OHIF sends comma-separated tag lists, percent-encoded
     url = f"http://127.0.0.1:{node.http_port}/dicom-web/studies?PatientID=Q1&includefield=00081030%2C00101030"
-    [study] = httpx.get(url).json()
+    [study] = httpx.get(url, headers=auth_headers(node)).json()
     assert study["00081030"]["Value"] == ["Synthetic study"]  # StudyDescription
     assert study["00101030"] == {"vr": "DS", "Value": [71.5]}  # PatientWeight as a number
     [everything] = qido(node, "/studies", PatientID="Q1", includefield="all").json()
@@ -132,7 +133,7 @@ def test_no_match_is_an_empty_array(node: Mosaic) -> None:
 
 def test_large_answers_are_gzipped_when_asked(node: Mosaic) -> None:
     response = httpx.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies",
-                         headers={"Accept-Encoding": "gzip"})
+                         headers={"Accept-Encoding": "gzip", **auth_headers(node)})
     assert response.headers.get("content-encoding") == "gzip"
     assert len(response.json()) == 4
 

@@ -22,6 +22,7 @@ from pydicom.misc import is_dicom
 from pydicom.uid import generate_uid
 
 from mosaic.app import Mosaic
+from tests.auth_support import auth_headers
 from tests.dimse_support import (
     StoreSCP,
     dataset_bytes,
@@ -51,13 +52,14 @@ def encoded_like_dicomweb_client(dataset: Dataset) -> bytes:
 
 def client_for(node: Mosaic) -> DICOMwebClient:
     # dicomweb-client sends a Host header without the port: Mosaic's base_url() compensates
-    return DICOMwebClient(url=f"http://127.0.0.1:{node.http_port}/dicom-web", permissive_uid=True)
+    return DICOMwebClient(url=f"http://127.0.0.1:{node.http_port}/dicom-web", permissive_uid=True,
+                          headers=auth_headers(node))
 
 
 def raw_instance(node: Mosaic, study: str, series: str, sop: str) -> bytes:
     """The one Part 10 file of a WADO-RS instance retrieval asking for the stored transfer syntax."""
     response = requests.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies/{study}/series/{series}"
-                            f"/instances/{sop}", headers={"Accept": ANY_DICOM}, timeout=30)
+                            f"/instances/{sop}", headers={"Accept": ANY_DICOM, **auth_headers(node)}, timeout=30)
     assert response.status_code == 200, response.text
     [(_, body)] = multipart_parts(response)  # type: ignore[arg-type]
     return body

@@ -12,6 +12,7 @@ import pytest
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, Settings
 from mosaic.services.verify import VerifyService
+from tests.auth_support import auth_headers
 from tests.factory import make_bytes, make_instance
 
 BOUNDARY = "stow-test-boundary"
@@ -35,7 +36,7 @@ def multipart(parts: list[tuple[dict[str, str], bytes]]) -> bytes:
 
 def post(node: Mosaic, body: bytes, part_type: str) -> httpx.Response:
     return httpx.post(f"http://127.0.0.1:{node.http_port}/dicom-web/studies", content=body, headers={
-        "Content-Type": f'multipart/related; type="{part_type}"; boundary={BOUNDARY}'})
+        "Content-Type": f'multipart/related; type="{part_type}"; boundary={BOUNDARY}', **auth_headers(node)})
 
 
 def leftovers(node: Mosaic) -> tuple[list[Path], list[str]]:

@@ -24,6 +24,7 @@ from pydicom.uid import generate_uid
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, Settings, StorageSettings
 from mosaic.dicomweb.multipart import media_type_parameters
+from tests.auth_support import auth_headers
 from tests.dimse_support import start_node
 from tests.factory import PREFIX, make_instance, to_bytes
 
@@ -76,12 +77,16 @@ class Archive:
     items: dict[str, Stored] = field(default_factory=dict)
 
     def get(self, path: str, **kwargs: object) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.node.http_port}/dicom-web{path}", timeout=30,
+        return self.fetch(f"http://127.0.0.1:{self.node.http_port}/dicom-web{path}", **kwargs)
+
+    def fetch(self, url: str, *, headers: dict[str, str] | None = None, **kwargs: object) -> httpx.Response:
+        """GET an absolute URL (a BulkDataURI) as the node's administrator."""
+        return httpx.get(url, timeout=30, headers={**auth_headers(self.node), **(headers or {})},
                          **kwargs)  # type: ignore[arg-type]
 
-    def post(self, path: str, **kwargs: object) -> httpx.Response:
+    def post(self, path: str, *, headers: dict[str, str] | None = None, **kwargs: object) -> httpx.Response:
         return httpx.post(f"http://127.0.0.1:{self.node.http_port}/dicom-web{path}", timeout=30,
-                          **kwargs)  # type: ignore[arg-type]
+                          headers={**auth_headers(self.node), **(headers or {})}, **kwargs)  # type: ignore[arg-type]
 
 
 BUNDLED = ["CT_small.dcm", "rtdose.dcm", "rtdose_expb.dcm", "examples_ybr_color.dcm", "JPEG2000.dcm",
@@ -329,22 +334,22 @@ def test_bulkdata_uris_from_metadata_resolve_to_the_values(archive: Archive) -> 
     uri = metadata["54000100"]["Value"][0]["54001010"]["BulkDataURI"]
     assert uri.startswith(f"http://127.0.0.1:{archive.node.http_port}/dicom-web{item.url}/bulkdata/")
     expected = bytes(item.dataset.WaveformSequence[0].WaveformData)
-    response = httpx.get(uri)
+    response = archive.fetch(uri)
     assert response.status_code == 200
     [(headers, body)] = multipart_parts(response)
     assert headers["content-type"] == "application/octet-stream"
     assert body == expected
-    ranged = httpx.get(uri, headers={"Range": "bytes=10-109", "Accept": "application/octet-stream"})
+    ranged = archive.fetch(uri, headers={"Range": "bytes=10-109", "Accept": "application/octet-stream"})
     assert ranged.status_code == 206
     assert ranged.content == expected[10:110]
     assert ranged.headers["content-range"] == f"bytes 10-109/{len(expected)}"
-    assert httpx.get(uri, headers={"Range": f"bytes={len(expected)}-"}).status_code == 416
+    assert archive.fetch(uri, headers={"Range": f"bytes={len(expected)}-"}).status_code == 416
     assert archive.get(f"{item.url}/bulkdata/00091001").status_code == 404  # no such element
     assert archive.get(f"{item.url}/bulkdata/xyz").status_code == 400
     # Pixel Data: the frames; big endian pixel data comes back little endian
     big = archive.items["MR_small_bigendian.dcm"]
     uri = archive.get(f"{big.url}/metadata").json()[0]["7FE00010"]["BulkDataURI"]
-    [(_, body)] = multipart_parts(httpx.get(uri))
+    [(_, body)] = multipart_parts(archive.fetch(uri))
     assert body == big.dataset.pixel_array.astype("<i2").tobytes()
 
 

@@ -15,7 +15,7 @@ from pynetdicom.sop_class import (
 )
 
 from mosaic.app import Mosaic
-from mosaic.config import DicomPeer
+from mosaic.config import DicomPeer, DicomSettings, HttpSettings, Settings
 from tests.dimse_support import (
     LOCALHOST,
     MOSAIC_AE,
@@ -83,6 +83,19 @@ def test_unknown_calling_ae_is_rejected_by_pynetdicom_too(node: Mosaic) -> None:
     association = ae.associate(LOCALHOST, node.dicom_port, ae_title=MOSAIC_AE)
     assert association.is_rejected
     assert not association.is_established
+
+
+def test_unknown_calling_aes_are_refused_by_default(tmp_path: Path, dcmtk: dict[str, str]) -> None:
+    assert DicomSettings().allow_unknown_calling_aes is False  # type: ignore[call-arg]
+    default = Mosaic(Settings(data_dir=tmp_path / "default", http=HttpSettings(port=0),  # type: ignore[call-arg]
+                              dicom=DicomSettings(ae_title=MOSAIC_AE, port=0)))  # type: ignore[call-arg]
+    default.start()
+    try:
+        result = run_tool("echoscu", *peer_args(default, "STRANGER"), env=dcmtk)
+    finally:
+        default.stop()
+    assert result.returncode != 0
+    assert re.search(r"Calling AE Title Not Recognized", output(result), re.IGNORECASE), output(result)
 
 
 def test_known_peer_can_associate(node: Mosaic, dcmtk: dict[str, str]) -> None:

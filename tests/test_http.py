@@ -10,6 +10,7 @@ import pytest
 
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, Settings
+from tests.auth_support import auth_headers
 from tests.factory import make_bytes
 
 
@@ -39,7 +40,7 @@ def test_metrics_expose_ingest_and_query_histograms(node: Mosaic) -> None:
     identifier.QueryRetrieveLevel = "STUDY"
     identifier.StudyInstanceUID = ""
     list(node.query.c_find(identifier, root="STUDY"))
-    text = httpx.get(url(node, "/metrics")).text
+    text = httpx.get(url(node, "/metrics"), headers=auth_headers(node)).text
     assert 'mosaic_ingest_seconds_bucket{door="test",le="0.1"}' in text
     assert 'mosaic_ingest_total{door="test",outcome="stored"}' in text
     assert 'mosaic_query_seconds_count{door="dimse",level="STUDY"}' in text
@@ -51,28 +52,31 @@ def test_change_feed_pages_through_events_in_order(node: Mosaic) -> None:
     seen: list[int] = []
     since = 0
     while True:
-        page = httpx.get(url(node, "/api/changes"), params={"since": since, "limit": 5}).json()
+        page = httpx.get(url(node, "/api/changes"), params={"since": since, "limit": 5},
+                         headers=auth_headers(node)).json()
         seen.extend(change["seq"] for change in page["changes"])
         since = page["last"]
         if page["done"]:
             break
     assert len(seen) == 12  # per new patient: PatientCreated, StudyCreated, SeriesCreated, InstanceStored
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
-    types = [change["type"] for change in httpx.get(url(node, "/api/changes"), params={"limit": 4}).json()["changes"]]
+    first = httpx.get(url(node, "/api/changes"), params={"limit": 4}, headers=auth_headers(node)).json()
+    types = [change["type"] for change in first["changes"]]
     assert types == ["PatientCreated", "StudyCreated", "SeriesCreated", "InstanceStored"]
 
 
 def test_change_feed_rejects_bad_parameters(node: Mosaic) -> None:
-    assert httpx.get(url(node, "/api/changes"), params={"since": -1}).status_code == 422
-    assert httpx.get(url(node, "/api/changes"), params={"limit": "many"}).status_code == 422
+    headers = auth_headers(node)
+    assert httpx.get(url(node, "/api/changes"), params={"since": -1}, headers=headers).status_code == 422
+    assert httpx.get(url(node, "/api/changes"), params={"limit": "many"}, headers=headers).status_code == 422
 
 
 def test_landing_page_lists_recent_studies_with_viewer_links(node: Mosaic) -> None:
-    empty = httpx.get(url(node, "/"))
+    empty = httpx.get(url(node, "/"), headers=auth_headers(node))
     assert empty.status_code == 200 and "No studies yet" in empty.text
     node.ingest.store(make_bytes(patient_name="Doe^Jane<script>", study_uid="1.2.826.0.1.3680043.10.1234.404"),
                       door="test")
-    page = httpx.get(url(node, "/")).text
+    page = httpx.get(url(node, "/"), headers=auth_headers(node)).text
     assert "/viewer/viewer?StudyInstanceUIDs=1.2.826.0.1.3680043.10.1234.404" in page
     assert "Doe Jane&lt;script&gt;" in page  # names are escaped
 
@@ -85,14 +89,18 @@ def test_cors_is_off_by_default_and_configurable(tmp_path: Path) -> None:
         preflight = httpx.options(url(mosaic, "/dicom-web/studies"), headers={
             "Origin": "https://viewer.example.org", "Access-Control-Request-Method": "GET"})
         assert preflight.headers["access-control-allow-origin"] == "https://viewer.example.org"
-        answer = httpx.get(url(mosaic, "/dicom-web/studies"), headers={"Origin": "https://viewer.example.org"})
+        answer = httpx.get(url(mosaic, "/dicom-web/studies"),
+                           headers={"Origin": "https://viewer.example.org", **auth_headers(mosaic)})
+        assert answer.status_code == 200
         assert "X-Total-Count" in answer.headers["access-control-expose-headers"]
-        other = httpx.get(url(mosaic, "/dicom-web/studies"), headers={"Origin": "https://evil.example.org"})
+        other = httpx.get(url(mosaic, "/dicom-web/studies"),
+                          headers={"Origin": "https://evil.example.org", **auth_headers(mosaic)})
         assert "access-control-allow-origin" not in other.headers
     finally:
         mosaic.stop()
 
 
 def test_no_cors_headers_without_configuration(node: Mosaic) -> None:
-    answer = httpx.get(url(node, "/dicom-web/studies"), headers={"Origin": "https://viewer.example.org"})
-    assert "access-control-allow-origin" not in answer.headers
+    answer = httpx.get(url(node, "/dicom-web/studies"),
+                       headers={"Origin": "https://viewer.example.org", **auth_headers(node)})
+    assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers

@@ -44,8 +44,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from mosaic.app import Mosaic
-from mosaic.config import DicomSettings, HttpSettings, IndexSettings, Settings, StorageSettings
-from tests.browser import PageLog, chromium_context, open_page, viewer_dir
+from mosaic.config import DicomSettings, HttpSettings, IndexSettings, SecuritySettings, Settings, StorageSettings
+from tests.auth_support import auth_headers
+from tests.browser import PageLog, chromium_context, open_page, sign_in, viewer_dir
 from tests.dimse_support import MOSAIC_AE, peer_args, run_tool
 from tests.factory import PREFIX
 from tests.test_dicomweb_wado import ANY_DICOM, multipart_parts
@@ -67,6 +68,7 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 #: Text on the page that means OHIF could not show something (error toasts, "Something went wrong", …).
 ERROR_TEXT = re.compile(r"error|failed|went wrong|not available|unable to|could not", re.IGNORECASE)
 RENDER_TIMEOUT = 45.0
+ADMIN_PASSWORD = "e2e-admin-password"  # the browser signs in as admin with it
 
 
 # --- the archive ---------------------------------------------------------------------------------------------------
@@ -147,13 +149,13 @@ def phantom_study(folder: Path) -> tuple[str, list[Path], dict[str, np.ndarray]]
     return study_uid, paths, expected
 
 
-def stow(base_url: str, path: Path) -> None:
+def stow(base_url: str, path: Path, credentials: dict[str, str]) -> None:
     boundary = "mosaic-e2e-boundary"
     body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes()
             + f"\r\n--{boundary}--\r\n".encode())
     response = httpx.post(f"{base_url}/dicom-web/studies", content=body, timeout=60, headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-        "Accept": "application/dicom+json"})
+        "Accept": "application/dicom+json", **credentials})
     assert response.status_code == 200, response.text
 
 
@@ -176,6 +178,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory, dcmtk: dict[str, str]) -> 
         storage=StorageSettings(),  # type: ignore[call-arg]
         http=HttpSettings(port=0, viewer_dir=viewer_dir()),  # type: ignore[call-arg]
         dicom=DicomSettings(ae_title=MOSAIC_AE, port=0, allow_unknown_calling_aes=True),  # type: ignore[call-arg]
+        security=SecuritySettings(initial_admin_password=ADMIN_PASSWORD),  # type: ignore[call-arg]
     )
     node = Mosaic(settings)
     node.start()
@@ -185,7 +188,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory, dcmtk: dict[str, str]) -> 
         result = run_tool("storescu", "-xi", "-aet", "E2E", *peer_args(node), *paths, env=dcmtk)  # Implicit VR LE
         assert result.returncode == 0, result.stdout + result.stderr
         ct_small = Path(str(get_testdata_file("CT_small.dcm")))
-        stow(url, ct_small)
+        stow(url, ct_small, auth_headers(node))
         dataset = pydicom.dcmread(ct_small)
         expected[dataset.SOPInstanceUID] = (dataset.pixel_array * float(dataset.RescaleSlope)
                                             + float(dataset.RescaleIntercept))
@@ -195,8 +198,10 @@ def archive(tmp_path_factory: pytest.TempPathFactory, dcmtk: dict[str, str]) -> 
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def browser(tmp_path_factory: pytest.TempPathFactory, archive: Archive) -> Iterator[Any]:
+    """Chromium signed in to the archive as ``admin`` through the sign-in page."""
     with chromium_context(tmp_path_factory.mktemp("chromium-profile")) as context:
+        sign_in(context, archive.url, "/viewer/", username="admin", password=ADMIN_PASSWORD)
         yield context
 
 
@@ -312,17 +317,17 @@ def show_study(archive: Archive, browser: Any, study_uid: str, tmp_path: Path, n
     return Shown(page, log, canvas.mean(axis=2), state, sop_uid, screenshot)
 
 
-def transfer_syntaxes(frame_url: str) -> tuple[str, str]:
+def transfer_syntaxes(frame_url: str, credentials: dict[str, str]) -> tuple[str, str]:
     """(the syntax the instance is stored in, the syntax Mosaic labels its frame with when asked as OHIF asks).
 
     Native pixel data is the same bytes in Implicit and Explicit VR Little Endian: a frame of either is served as
     ``application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1``.
     """
-    instance = httpx.get(frame_url.split("/frames/")[0], timeout=30, headers={"Accept": ANY_DICOM})
+    instance = httpx.get(frame_url.split("/frames/")[0], timeout=30, headers={"Accept": ANY_DICOM, **credentials})
     assert instance.status_code == 200, instance.text
     [(_headers, part10)] = multipart_parts(instance)
     stored = str(pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True).file_meta.TransferSyntaxUID)
-    frame = httpx.get(frame_url, timeout=30, headers={"Accept": FRAMES_ACCEPT})
+    frame = httpx.get(frame_url, timeout=30, headers={"Accept": FRAMES_ACCEPT, **credentials})
     assert frame.status_code == 200, frame.text
     [(headers, _body)] = multipart_parts(frame)
     match = re.search(r"transfer-syntax=([0-9.]+)", headers["content-type"])
@@ -415,7 +420,8 @@ def test_viewer_draws_the_phantom(archive: Archive, browser: Any, tmp_path: Path
         {"description": "Axial 2.5 mm", "frames": 8, "volume": True, "warnings": 0},
         {"description": "Axial 5.0 mm", "frames": 8, "volume": True, "warnings": 0}], display_sets
     frame = next(url for url, _ in shown.log.dicomweb_requests if "/frames/" in url)
-    assert transfer_syntaxes(frame) == (IMPLICIT_LE, EXPLICIT_LE)  # storescu -xi: stored as Implicit VR LE
+    # storescu -xi: stored as Implicit VR LE
+    assert transfer_syntaxes(frame, auth_headers(archive.node)) == (IMPLICIT_LE, EXPLICIT_LE)
     shown.page.close()
 
 
@@ -425,5 +431,5 @@ def test_viewer_draws_ct_small(archive: Archive, browser: Any, tmp_path: Path) -
     assert len(np.unique(shown.canvas.round())) > 100
     assert_drawn_as_stored(shown, archive.expected_hu[shown.sop_uid], name="CT_small")
     frame = next(url for url, _ in shown.log.dicomweb_requests if "/frames/" in url)
-    assert transfer_syntaxes(frame) == (EXPLICIT_LE, EXPLICIT_LE)
+    assert transfer_syntaxes(frame, auth_headers(archive.node)) == (EXPLICIT_LE, EXPLICIT_LE)
     shown.page.close()

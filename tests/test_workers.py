@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from mosaic.app import Mosaic
 from mosaic.config import Settings
+from tests.auth_support import admin_token
 from tests.factory import make_instance
 from tests.helpers import free_port, is_listening, wait_until
 
@@ -20,11 +22,17 @@ from tests.helpers import free_port, is_listening, wait_until
 def test_two_dicom_workers_share_the_port_and_the_archive(tmp_path: Path) -> None:
     dicom_port, http_port = free_port(), free_port()
     log = tmp_path / "serve.log"
+    first = Mosaic(Settings(data_dir=tmp_path / "data"))
+    first.identity.ensure_administrator()  # what the first start does: the `admin` account
+    token = admin_token(first)  # for /metrics
+    first.stop()
+    # the senders are not configured peers: this test is about the workers, not about who may store
+    env = {**os.environ, "MOSAIC_DICOM__ALLOW_UNKNOWN_CALLING_AES": "true"}
     with open(log, "wb") as output:
         server = subprocess.Popen(
             [str(Path(sys.executable).parent / "mosaic"), "serve", "--data-dir", str(tmp_path / "data"),
              "--dicom-port", str(dicom_port), "--http-port", str(http_port), "--dicom-workers", "2"],
-            stdout=output, stderr=subprocess.STDOUT)
+            stdout=output, stderr=subprocess.STDOUT, env=env)
     try:
         wait_until(lambda: is_listening("127.0.0.1", http_port), timeout=60, what="mosaic serve", process=server,
                    log=log)
@@ -45,7 +53,7 @@ def test_two_dicom_workers_share_the_port_and_the_archive(tmp_path: Path) -> Non
         with ThreadPoolExecutor(max_workers=8) as pool:
             results = list(pool.map(send, range(16)))
         assert all(status == 0 for statuses in results for status in statuses)
-        metrics = httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
+        metrics = httpx.get(f"http://127.0.0.1:{http_port}/metrics", headers={"Authorization": f"Bearer {token}"}).text
         assert 'mosaic_ingest_total{door="dimse",outcome="stored"} 80.0' in metrics  # summed over processes
         writers = {path.name.rsplit("_", 1)[-1] for path in (tmp_path / "data" / ".metrics").glob("counter_*.db")}
         assert len(writers) >= 2, "connections were spread over more than one process"

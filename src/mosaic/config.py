@@ -305,9 +305,17 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the effective settings: explicit overrides, then ``MOSAIC_*`` env, then the TOML file."""
-    if config_file is not None:
-        os.environ["MOSAIC_CONFIG"] = str(config_file)
-    return Settings(**overrides)
+    if config_file is None:
+        return Settings(**overrides)
+    previous = os.environ.get("MOSAIC_CONFIG")
+    os.environ["MOSAIC_CONFIG"] = str(config_file)
+    try:
+        return Settings(**overrides)
+    finally:  # the file applies to these settings only, not to every later Settings() of the process
+        if previous is None:
+            del os.environ["MOSAIC_CONFIG"]
+        else:
+            os.environ["MOSAIC_CONFIG"] = previous
 
 
 def iter_options(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, str, str, str]]:
