@@ -168,3 +168,26 @@ def test_an_auditor_sees_both_doors_in_one_trail(site: Site) -> None:
     found = httpx.get(f"http://{LOCALHOST}:{site.node.http_port}/api/audit", headers=headers,
                       params={"study": DERM_STUDY}).json()["records"]
     assert {"dimse"} <= {record["interface"] for record in found}
+
+
+def test_patient_level_counts_only_what_the_peer_may_see(site: Site, tmp_path: Path,
+                                                         dcmtk: dict[str, str]) -> None:
+    import pydicom
+
+    labels = (("DERM_CAM", "SITE-A", "DERMATOLOGY", "1.2.826.0.1.3680043.10.1234.511"),
+              ("PSY_CAM", "SITE-B", "PSYCHIATRY", "1.2.826.0.1.3680043.10.1234.512"))
+    for ae_title, facility, department, study in labels:
+        site.node.ingest.store(to_bytes(make_instance(patient_id="SHARED-1", study_uid=study)), door="import",
+                               source_ae_title=ae_title, facility=facility, department=department)
+    answers = {}
+    for ae_title in ("DERM_CAM", "DERM_WS"):
+        folder = tmp_path / ae_title
+        folder.mkdir()
+        result = run_tool("findscu", "-P", "-X", "-od", folder, "-k", "QueryRetrieveLevel=PATIENT",
+                          "-k", "PatientID=SHARED-1", "-k", "NumberOfPatientRelatedStudies",
+                          "-k", "NumberOfPatientRelatedInstances", *calling(site, ae_title), env=dcmtk)
+        assert result.returncode == 0, result.stdout + result.stderr
+        [response] = [pydicom.dcmread(path) for path in folder.glob("rsp*.dcm")]
+        answers[ae_title] = (int(response.NumberOfPatientRelatedStudies),
+                             int(response.NumberOfPatientRelatedInstances))
+    assert answers == {"DERM_CAM": (2, 2), "DERM_WS": (1, 1)}

@@ -100,6 +100,8 @@ class Match:
     level: str
     rows: dict[str, Any]
     metadata: dict[str, Any] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Values that differ from the rows for this caller (patient counts within a restricted scope)."""
 
 
 def query_from_identifier(identifier: Dataset, *, root: str) -> Query:
@@ -162,7 +164,24 @@ class QueryEngine:
             matches = [match for match in matches if all(_matches_metadata(match, key) for key in post_filters)]
             end = None if query.limit is None else query.offset + query.limit
             matches = matches[query.offset:end]
+        if query.level == "PATIENT" and query.scope is not None and not query.scope.unrestricted:
+            self._scoped_patient_counts(matches, query.scope)
         return matches
+
+    def _scoped_patient_counts(self, matches: list[Match], scope: Scope) -> None:
+        """A patient's Number of Patient Related … counts only the studies the caller may see."""
+        if not matches:
+            return
+        rows = self.session.execute(
+            select(Study.patient_pk, func.count(Study.pk), func.sum(Study.NumberOfStudyRelatedSeries),
+                   func.sum(Study.NumberOfStudyRelatedInstances))
+            .where(Study.patient_pk.in_([match.rows["PATIENT"].pk for match in matches]), scope.study_condition())
+            .group_by(Study.patient_pk)).all()
+        counts = {pk: (int(studies), int(series or 0), int(instances or 0)) for pk, studies, series, instances in rows}
+        for match in matches:
+            studies, series, instances = counts.get(match.rows["PATIENT"].pk, (0, 0, 0))
+            match.overrides.update(NumberOfPatientRelatedStudies=studies, NumberOfPatientRelatedSeries=series,
+                                   NumberOfPatientRelatedInstances=instances)
 
     def count(self, query: Query) -> int:
         statement, post_filters = self._statement(query)
@@ -384,6 +403,8 @@ def _text_matches(text: str, option: str, vr: str) -> bool:
 
 def response_value(match: Match, keyword: str) -> Any:
     """The value of ``keyword`` for a match: an indexed column, a computed attribute, or the metadata."""
+    if keyword in match.overrides:
+        return match.overrides[keyword]
     if keyword == "Modality" and match.level == "STUDY":
         # asked of a study (OHIF's study list does), Modality answers with every modality in the study
         return [item for item in str(match.rows["STUDY"].ModalitiesInStudy).split("\\") if item]
