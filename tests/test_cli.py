@@ -60,6 +60,12 @@ def test_import_stores_recursively_reports_rejects_and_is_safe_to_rerun(corpus: 
              if line.count("│") >= 3}
     assert lines["stored"] == "0" and lines["already-stored"] == "4"
 
+    node = Mosaic(Settings(data_dir=data_dir))
+    stores, total = node.audit.search(action="store")
+    node.stop()
+    assert total == 8  # every instance each time it was offered, by the OS user who ran the import
+    assert all(row.interface == "cli" and row.actor.startswith("os:") and row.PatientID for row in stores)
+
 
 def test_verify_reports_missing_and_corrupt_objects_by_uid(corpus: Path, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"

@@ -104,12 +104,26 @@ def import_(
     from mosaic.app import Mosaic
     from mosaic.services.importer import import_paths, iter_files
 
+    import getpass
+
+    from mosaic.governance.audit import AuditAction, AuditEntry
+
     node = Mosaic(_settings(config, data_dir))
+    node.audit.start()
+    operator = f"os:{getpass.getuser()}"
+
+    def audit(result: Any) -> None:
+        node.audit.record(AuditEntry(
+            action=AuditAction.STORE, outcome="success", actor=operator, actor_kind="cli", interface="cli",
+            PatientID=result.patient_id, IssuerOfPatientID=result.issuer_of_patient_id,
+            StudyInstanceUID=result.study_instance_uid, SeriesInstanceUID=result.series_instance_uid,
+            SOPInstanceUID=result.sop_instance_uid, detail={"door": "import", "outcome": result.outcome.value}))
+
     total = sum(1 for _ in iter_files(paths))
     with Progress(TextColumn("[bold]Importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         task = progress.add_task("import", total=total)
-        summary = import_paths(node.ingest, paths, progress=lambda _file: progress.advance(task))
+        summary = import_paths(node.ingest, paths, progress=lambda _file: progress.advance(task), stored=audit)
     table = Table(title="Import summary")
     table.add_column("outcome")
     table.add_column("files", justify="right")
