@@ -101,12 +101,11 @@ def import_(
     data_dir: DataDirOption = None,
 ) -> None:
     """Store DICOM files from folders; re-running after an interruption skips what is stored."""
-    from mosaic.app import Mosaic
-    from mosaic.services.importer import import_paths, iter_files
-
     import getpass
 
+    from mosaic.app import Mosaic
     from mosaic.governance.audit import AuditAction, AuditEntry
+    from mosaic.services.importer import import_paths, iter_files
 
     node = Mosaic(_settings(config, data_dir))
     node.audit.start()
