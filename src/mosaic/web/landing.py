@@ -52,7 +52,8 @@ def render_landing(studies: list[StudySummary], *, viewer_prefix: str = "/viewer
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
 <body><h1>Mosaic</h1>
 <p class="muted">Recent studies. <a href="{viewer_prefix}/">Open the study list in the viewer</a> ·
-<a href="/dicom-web/studies">DICOMweb</a> · <a href="/audit">audit trail</a> · <a href="/healthz">health</a>
+<a href="/dicom-web/studies">DICOMweb</a> · <a href="/break-glass">emergency access</a> ·
+<a href="/audit">audit trail</a> · <a href="/healthz">health</a>
 {_account(user, csrf_token)}</p>
 <table><thead><tr><th>Patient</th><th>Patient ID</th><th>Study date</th><th>Description</th><th>Modalities</th>
 <th>Accession</th><th>Series / instances</th><th></th></tr></thead>
