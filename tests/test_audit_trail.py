@@ -267,3 +267,26 @@ def test_two_nodes_on_postgresql_append_to_one_chain(tmp_path: Path, fresh_postg
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_instances_stored_one_by_one_are_recorded_per_series(tmp_path: Path) -> None:
+    node = new_node(tmp_path)
+    try:
+        for number in range(30):
+            node.audit.record(AuditEntry(action="store", outcome="success", actor="CT_SCANNER", actor_kind="ae",
+                                         address="10.1.1.1", interface="dimse", PatientID="P1",
+                                         StudyInstanceUID="1.2.3", SeriesInstanceUID=f"1.2.3.{number % 2}",
+                                         SOPInstanceUID=f"1.2.3.{number % 2}.{number}",
+                                         detail={"outcome": "stored"}))
+        assert node.audit.flush()
+        rows, total = node.audit.search(action="store")
+        import json
+
+        # one record per series and writer batch (a batch gathers for a quarter second), never one per instance
+        assert 2 <= total < 30
+        listed = sorted(item["SOPInstanceUID"] for row in rows for item in json.loads(row.detail)["instances"])
+        assert listed == sorted(f"1.2.3.{number % 2}.{number}" for number in range(30))
+        assert all(row.SeriesInstanceUID in {"1.2.3.0", "1.2.3.1"} for row in rows)
+        assert node.audit.verify().intact
+    finally:
+        node.stop()

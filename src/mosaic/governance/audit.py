@@ -81,6 +81,45 @@ class AuditEntry:
                    interface=principal.interface, **values)
 
 
+_COALESCED = (("store", "dimse"), ("store", "cli"))
+"""Instances stored one by one over an association (or an import) are recorded per series, as PS3.15's 'DICOM
+Instances Transferred' does: one record naming every SOP Instance UID, instead of one record each."""
+
+
+def coalesce(entries: list[AuditEntry]) -> list[AuditEntry]:
+    """Merge the queued per-instance store entries of one sender, series and outcome into one record."""
+    merged: list[AuditEntry] = []
+    groups: dict[tuple[Any, ...], AuditEntry] = {}
+    for entry in entries:
+        if (entry.action, entry.interface) not in _COALESCED or not entry.SOPInstanceUID:
+            merged.append(entry)
+            continue
+        key = (entry.action, entry.interface, entry.outcome, entry.actor, entry.address, entry.PatientID,
+               entry.IssuerOfPatientID, entry.StudyInstanceUID, entry.SeriesInstanceUID)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = AuditEntry(
+                action=entry.action, outcome=entry.outcome, actor=entry.actor, actor_kind=entry.actor_kind,
+                roles=entry.roles, address=entry.address, interface=entry.interface, PatientID=entry.PatientID,
+                IssuerOfPatientID=entry.IssuerOfPatientID, StudyInstanceUID=entry.StudyInstanceUID,
+                SeriesInstanceUID=entry.SeriesInstanceUID, recorded_at=entry.recorded_at,
+                detail={key: value for key, value in entry.detail.items() if key != "outcome"} | {"instances": []})
+            merged.append(group)
+        group.detail["instances"].append(
+            {"SOPInstanceUID": entry.SOPInstanceUID, **({"outcome": entry.detail["outcome"]}
+                                                         if "outcome" in entry.detail else {})})
+    for group in groups.values():
+        instances = group.detail["instances"]
+        if len(instances) == 1:  # a single instance keeps its own record shape
+            group.SOPInstanceUID = instances[0]["SOPInstanceUID"]
+            group.detail.pop("instances")
+            if "outcome" in instances[0]:
+                group.detail["outcome"] = instances[0]["outcome"]
+        else:
+            group.detail["count"] = len(instances)
+    return merged
+
+
 def _naive_utc(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
 
@@ -125,9 +164,12 @@ class ChainReport:
 class AuditTrail:
     """Queues entries and appends them to the hash chain from a writer thread."""
 
-    def __init__(self, database: Database, *, batch_size: int = 500) -> None:
+    def __init__(self, database: Database, *, batch_size: int = 2000, linger: float = 0.25) -> None:
         self.database = database
         self.batch_size = batch_size
+        self.linger = linger
+        """How long the writer gathers entries before one transaction appends them (one commit, not one per
+        entry: on SQLite each commit is an fsync that C-STORE would wait behind)."""
         self._queue: queue.Queue[AuditEntry] = queue.Queue()
         self._pending = 0
         self._pending_lock = threading.Condition()
@@ -180,14 +222,17 @@ class AuditTrail:
             except queue.Empty:
                 continue
             batch = [first]
+            deadline = time.monotonic() + self.linger
             while len(batch) < self.batch_size:
+                remaining = deadline - time.monotonic()
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
                 except queue.Empty:
                     break
+            entries = coalesce(batch)
             while True:
                 try:
-                    self._write(batch)
+                    self._write(entries)
                     break
                 except Exception:
                     # the index is unreachable or busy: keep the entries and try again
