@@ -223,7 +223,7 @@ class IdentityService:
 
     def check_password(self, username: str, password: str) -> Principal:
         """The account's principal when the password is right (raises :class:`AuthenticationFailed`)."""
-        cache_key = "password:" + _sha256(f"{username}\x00{password}")
+        cache_key = "password:" + _sha256(f"{username}\x00{password}")  # what remembered() looks up
         cached = self._cache.get(cache_key)
         if cached is not None:
             return cached
@@ -377,6 +377,11 @@ class IdentityService:
         return principal
 
     # --- one entry point for the HTTP door --------------------------------------------------
+
+    def remembered(self, kind: str, secret: str) -> Principal | None:
+        """The principal of a credential checked within the cache's time, without touching the index or
+        argon2 (``kind``: token, session, jwt or password; a password's secret is ``user\x00password``)."""
+        return self._cache.get(f"{kind}:{_sha256(secret)}")
 
     def authenticate_bearer(self, token: str) -> Principal:
         """An ``Authorization: Bearer`` credential: Mosaic API token, or a JWT from the OIDC issuer."""

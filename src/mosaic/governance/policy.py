@@ -11,6 +11,8 @@ flagged and audited.
 from __future__ import annotations
 
 import enum
+import threading
+import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -92,6 +94,11 @@ class AccessPolicy:
     def __init__(self, database: Database, settings: SecuritySettings) -> None:
         self.database = database
         self.settings = settings
+        self._facts: dict[str, tuple[float, tuple[str, str, str, str] | None]] = {}
+        self._grants_of: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+        self.ttl = settings.credential_cache_seconds
+        """Study labels and break-glass grants are trusted this long (a viewer asks about one study per frame)."""
         self.roles: dict[str, frozenset[Permission]] = dict(DEFAULT_ROLES)
         for name, permissions in settings.roles.items():
             self.roles[name] = frozenset(Permission(permission) for permission in permissions)
@@ -147,27 +154,52 @@ class AccessPolicy:
     def study_access(self, principal: Principal, study_instance_uid: str) -> StudyAccess:
         """May ``principal`` open this study, and is it through break-glass? An unknown study is allowed (the
         route answers 404), and a refused one must be answered the same way, so its existence stays hidden."""
-        with self.database.session() as session:
-            row = session.execute(select(Study.facility, Study.department, Patient.PatientID,
-                                         Patient.IssuerOfPatientID).join(Patient, Study.patient_pk == Patient.pk)
-                                  .where(Study.StudyInstanceUID == study_instance_uid)).first()
-        if row is None:
+        facts = self._study_facts(study_instance_uid)
+        if facts is None:
             return StudyAccess(True, False)
-        facility, department, patient_id, issuer = row
+        facility, department, patient_id, issuer = facts
         scope = self.scope(principal)
         if Scope(scope.facilities, scope.departments).permits(facility, department, study_instance_uid):
             return StudyAccess(True, False, patient_id, issuer)
         opened = study_instance_uid in scope.studies
         return StudyAccess(opened, opened, patient_id, issuer)
 
+    def _study_facts(self, study_instance_uid: str) -> tuple[str, str, str, str] | None:
+        """(facility, department, PatientID, IssuerOfPatientID) of a study, None when it is not stored."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._facts.get(study_instance_uid)
+        if cached is not None and cached[0] > now and cached[1] is not None:
+            return cached[1]
+        with self.database.session() as session:
+            row = session.execute(select(Study.facility, Study.department, Patient.PatientID,
+                                         Patient.IssuerOfPatientID).join(Patient, Study.patient_pk == Patient.pk)
+                                  .where(Study.StudyInstanceUID == study_instance_uid)).first()
+        facts = None if row is None else (row[0], row[1], row[2], row[3])
+        if facts is not None and self.ttl > 0:  # an unknown study is asked again: it may arrive any moment
+            with self._lock:
+                if len(self._facts) > 10_000:
+                    self._facts.clear()
+                self._facts[study_instance_uid] = (now + self.ttl, facts)
+        return facts
+
     def _grants(self, principal: Principal) -> frozenset[str]:
         if principal.kind == "ae":
             return frozenset()
-        now = datetime.now(UTC)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._grants_of.get(principal.name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
         with self.database.session() as session:
-            rows = session.scalars(select(BreakGlassGrant.StudyInstanceUID).where(
-                BreakGlassGrant.username == principal.name, BreakGlassGrant.expires_at > now)).all()
-        return frozenset(rows)
+            rows = frozenset(session.scalars(select(BreakGlassGrant.StudyInstanceUID).where(
+                BreakGlassGrant.username == principal.name, BreakGlassGrant.expires_at > datetime.now(UTC))).all())
+        if self.ttl > 0:
+            with self._lock:
+                if len(self._grants_of) > 10_000:
+                    self._grants_of.clear()
+                self._grants_of[principal.name] = (now + self.ttl, rows)
+        return rows
 
     def break_glass(self, principal: Principal, study_instance_uid: str, reason: str) -> datetime:
         """Open an out-of-scope study for ``principal`` until the returned time. Needs a reason and the
@@ -182,4 +214,6 @@ class AccessPolicy:
         with self.database.session(write=True) as session:
             session.add(BreakGlassGrant(username=principal.name, StudyInstanceUID=study_instance_uid,
                                         reason=reason.strip()[:2000], granted_at=now, expires_at=expires))
+        with self._lock:
+            self._grants_of.pop(principal.name, None)  # the opening counts at once on this node
         return expires

@@ -24,7 +24,7 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from mosaic.governance.audit import AuditAction, AuditEntry
-from mosaic.governance.identity import AuthenticationFailed
+from mosaic.governance.identity import TOKEN_PREFIX, AuthenticationFailed
 from mosaic.governance.policy import ANONYMOUS, Permission, Principal
 
 if TYPE_CHECKING:
@@ -80,7 +80,10 @@ class AuthMiddleware:
         address = client[0] if client else ""
         state = scope.setdefault("state", {})
         try:
-            principal, via_cookie = await run_in_threadpool(self._authenticate, headers)
+            found = self._remembered(headers)
+            if found is None:
+                found = await run_in_threadpool(self._authenticate, headers)
+            principal, via_cookie = found
         except AuthenticationFailed as exc:
             self.mosaic.audit.record(AuditEntry(
                 action=AuditAction.LOGIN, outcome="denied", actor=_claimed_name(headers), address=address,
@@ -124,6 +127,23 @@ class AuthMiddleware:
                                                   else "failure")
                 entry.detail.setdefault("status", status)
                 self.mosaic.audit.record(entry)
+
+    def _remembered(self, headers: dict[str, str]) -> tuple[Principal, bool] | None:
+        """A credential checked moments ago (a viewer's hundreds of frame requests): no thread, no index."""
+        identity = self.mosaic.identity
+        if self.mosaic.settings.security.development_mode:
+            return identity.development_principal(), False
+        scheme, _, credentials = headers.get("authorization", "").partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() == "bearer" and credentials:
+            kind = "token" if credentials.startswith(TOKEN_PREFIX) else "jwt"
+            principal = identity.remembered(kind, credentials)
+            return (principal, False) if principal is not None else None
+        session_id = _cookies(headers.get("cookie", "")).get(SESSION_COOKIE) if not scheme else None
+        if session_id:
+            principal = identity.remembered("session", session_id)
+            return (principal, True) if principal is not None else None
+        return None
 
     def _authenticate(self, headers: dict[str, str]) -> tuple[Principal, bool]:
         identity = self.mosaic.identity
