@@ -41,7 +41,7 @@ from mosaic.index.schema import Event, Instance, InstanceVersion, Patient, Serie
 from mosaic.services.verify import VerifyService
 from tests.auth_support import auth_headers
 from tests.factory import PREFIX, make_instance, to_bytes
-from tests.helpers import LOCALHOST
+from tests.helpers import LOCALHOST, wait_until
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "300"}
@@ -471,7 +471,13 @@ def test_http_retention_and_holds_need_administer(tmp_path: Path) -> None:
         assert client.delete(f"/api/holds/{placed.json()['id']}").json()["released_by"] == "admin"
         assert client.delete(f"/api/holds/{placed.json()['id']}").status_code == 409
         assert client.delete("/api/holds/999").status_code == 404
-        assert client.post("/api/retention/run").json()["purged_studies"] == [cases["minor_grown"].study]
+        started = client.post("/api/retention/run", params={"background": "true"})
+        assert started.status_code == 202 and started.headers["location"] == "/api/retention/status"
+        wait_until(lambda: not client.get("/api/retention/status").json()["running"], timeout=60,
+                   what="background retention run")
+        status = client.get("/api/retention/status").json()
+        assert status["last"]["purged_studies"] == [cases["minor_grown"].study]
+        assert status["total"] >= status["done"] > 0 and status["phase"]
 
         changes = [(json.loads(row.detail)["change"], row.outcome)
                    for row in audit(node, action="legal-hold", user="admin")]

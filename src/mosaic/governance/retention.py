@@ -244,6 +244,8 @@ class RetentionService:
         self.deleter = deleter
         self.audit = audit
         self._running = threading.Lock()
+        self.progress: dict[str, Any] = {"running": False, "phase": "", "done": 0, "total": 0, "last": None}
+        """The current or last run as the API shows it (``GET /api/retention/status``)."""
 
     @property
     def grace(self) -> timedelta:
@@ -302,11 +304,20 @@ class RetentionService:
         marked at least ``grace_days`` before ``now``, each through the legal-hold check, each audited."""
         if not self._running.acquire(blocking=False):
             raise RetentionBusy("a retention run is already in progress")
+
+        def track(phase: str, done: int, total: int) -> None:
+            self.progress.update(phase=phase, done=done, total=total)
+            if progress is not None:
+                progress(phase, done, total)
+
+        self.progress.update(running=True, phase="starting", done=0, total=0, triggered_by=triggered_by)
         try:
             report = RetentionReport(_aware(now) or datetime.now(UTC))
-            self._mark(report, progress, triggered_by)
-            self._purge(report, progress, triggered_by)
+            self._mark(report, track, triggered_by)
+            self._purge(report, track, triggered_by)
+            self.progress["last"] = report.as_json()
         finally:
+            self.progress["running"] = False
             self._running.release()
         log.info("retention run: %d studies, %d marked, %d purged (%d instances), %d kept, %d held, %d waiting, "
                  "%d unmarked, %d failed", report.studies, report.marked, report.purged, report.instances,

@@ -7,6 +7,8 @@ answers 409 with the hold and its reason. Every request is audited by the middle
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -59,12 +61,30 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
         return {"counts": dict(counts), "purge_now": sum(item.purge_now for item in items),
                 "studies": [item.as_json() for item in shown]}
 
-    @router.post("/api/retention/run")
-    def run(request: Request) -> dict[str, Any]:
+    @router.get("/api/retention/status")
+    def status(request: Request) -> dict[str, Any]:
+        """The run in progress (phase, done of total) or the last one's report."""
+        require(request, Permission.ADMINISTER)
+        return dict(mosaic.retention.progress)
+
+    @router.post("/api/retention/run", response_model=None)
+    def run(request: Request, background: bool = Query(False, description="Answer 202 at once; follow the run "
+                                                       "at /api/retention/status.")) -> dict[str, Any] | JSONResponse:
         """Mark due studies and purge those past the grace period (each deletion audited as actor retention)."""
         principal = require(request, Permission.ADMINISTER, action=AuditAction.DELETE)
         entry = AuditEntry.of(principal, AuditAction.DELETE, "", detail={"path": "/api/retention/run"})
         request.state.audit = entry
+        if background:
+            if mosaic.retention.progress["running"]:
+                raise HTTPException(409, "a retention run is already in progress")
+
+            def run_in_background() -> None:
+                with contextlib.suppress(RetentionBusy):
+                    mosaic.retention.run(triggered_by=principal.name)
+
+            threading.Thread(target=run_in_background, name="retention-run", daemon=True).start()
+            entry.detail["background"] = True
+            return JSONResponse({"started": True}, status_code=202, headers={"Location": "/api/retention/status"})
         try:
             report = mosaic.retention.run(triggered_by=principal.name)
         except RetentionBusy as exc:
