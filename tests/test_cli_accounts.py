@@ -84,3 +84,41 @@ def test_mistakes_are_explained(node: Mosaic, args: list[str], message: str) -> 
     code, output = mosaic_cli(node, *args)
     assert code == 1
     assert message in " ".join(output.split())
+
+
+def test_administrators_manage_accounts_over_http(node: Mosaic) -> None:
+    from tests.auth_support import auth_headers
+
+    base = f"http://{LOCALHOST}:{node.http_port}/api/users"
+    with httpx.Client(headers=auth_headers(node)) as admin:
+        created = admin.post(base, json={"username": "tech1", "roles": ["technologist"], "password": "tech-password",
+                                         "facilities": ["SITE-A"]})
+        assert created.status_code == 201 and created.json()["facilities"] == ["SITE-A"]
+        assert "password" not in created.text.lower().replace("has_password", "")
+        assert admin.post(base, json={"username": "tech1", "roles": ["technologist"]}).status_code == 400
+        assert admin.post(base, json={"username": "x", "roles": ["wizard"]}).json()["error"].startswith(
+            "unknown role")
+        token = admin.post(f"{base}/tech1/tokens", json={"label": "PACS bridge"}).json()["token"]
+        assert studies(node, headers={"Authorization": f"Bearer {token}"}) == 200
+        updated = admin.patch(f"{base}/tech1", json={"roles": ["clinician"], "active": False})
+        assert updated.status_code == 200 and updated.json()["active"] is False
+        assert studies(node, headers={"Authorization": f"Bearer {token}"}) == 401
+        assert admin.patch(f"{base}/nobody", json={"active": True}).status_code == 404
+        listed = admin.get(base).json()
+        assert {"admin", "tech1"} <= {user["username"] for user in listed["users"]}
+        assert "read-audit" in listed["roles"]["auditor"]
+    tech = httpx.get(base, auth=("tech1", "tech-password"))
+    assert tech.status_code == 401  # disabled
+    node.audit.flush()
+    changes = node.audit.search(action="policy-change", user="admin")[0]
+    assert [json.loads(row.detail)["change"] for row in reversed(changes) if row.outcome == "success"] == [
+        "created", "token issued", "updated"]
+
+
+def test_only_administrators_manage_accounts(node: Mosaic) -> None:
+    node.identity.add_user("clin", roles=["clinician"], password="clin-password")
+    base = f"http://{LOCALHOST}:{node.http_port}/api/users"
+    for method, path in (("GET", ""), ("POST", ""), ("PATCH", "/admin"), ("POST", "/admin/tokens"),
+                         ("DELETE", "/admin/tokens")):
+        response = httpx.request(method, base + path, auth=("clin", "clin-password"), json={})
+        assert response.status_code == 403, (method, path, response.text)

@@ -106,6 +106,9 @@ def create_app(mosaic: Mosaic) -> FastAPI:
     from mosaic.web.export_routes import create_export_router
 
     app.include_router(create_export_router(mosaic))
+    from mosaic.web.users_routes import create_users_router
+
+    app.include_router(create_users_router(mosaic))
     from mosaic.web.retention_routes import create_retention_router
 
     app.include_router(create_retention_router(mosaic))
