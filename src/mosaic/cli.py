@@ -72,6 +72,9 @@ def serve(
         console.print(f"  [bold yellow]First start:[/] sign in at http://{settings.http.host}:{node.http_port}/login "
                       f"as [bold]admin[/] with password [bold]{node.initial_admin_password}[/] (shown only this once; "
                       "change it with `mosaic user passwd admin`)", highlight=False)
+    if not settings.dicom.peers and not settings.dicom.allow_unknown_calling_aes:
+        console.print("  [yellow]No DICOM peers configured:[/] every association is refused until modalities and "
+                      "PACS are listed in dicom.peers (docs/configuration.md)", highlight=False)
     if settings.security.development_mode:
         console.print("  [bold red]security.development_mode is on: HTTP answers without credentials[/]")
     console.print(f"  DICOM  {settings.dicom.ae_title}@{settings.dicom.host}:{node.dicom_port}")
