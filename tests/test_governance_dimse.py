@@ -46,10 +46,13 @@ def site(tmp_path_factory: pytest.TempPathFactory, dcmtk: dict[str, str]) -> Ite
         DicomPeer(ae_title="DERM_WS", host=LOCALHOST, port=destination.port,  # type: ignore[call-arg]
                   scope_facilities=["SITE-A"], scope_departments=["DERMATOLOGY"]),
         peer("FARAWAY", addresses=["10.99.99.99"]),
+        peer("WORKSTATION"),  # a reading room workstation: people sign in on it (user identity negotiation)
     ]
     node = Mosaic(Settings(data_dir=work / "mosaic", http=HttpSettings(port=0),
                            dicom=DicomSettings(ae_title=MOSAIC_AE, port=0, peers=peers)))  # type: ignore[call-arg]
     node.start()
+    node.identity.add_user("derm.doc", roles=["clinician"], password="derm-doc-password", facilities=["SITE-A"],
+                           departments=["DERMATOLOGY"])
     for ae_title, patient, study in (("DERM_CAM", "DERM-9", DERM_STUDY), ("PSY_CAM", "PSY-9", PSY_STUDY)):
         path = work / f"{patient}.dcm"
         path.write_bytes(to_bytes(make_instance(patient_id=patient, study_uid=study)))
@@ -191,3 +194,54 @@ def test_patient_level_counts_only_what_the_peer_may_see(site: Site, tmp_path: P
         answers[ae_title] = (int(response.NumberOfPatientRelatedStudies),
                              int(response.NumberOfPatientRelatedInstances))
     assert answers == {"DERM_CAM": (2, 2), "DERM_WS": (1, 1)}
+
+
+def find_as(site: Site, ae_title: str, user: tuple[str, str] | None) -> list[str] | None:
+    """Study-level C-FIND with pynetdicom, signed in as ``user`` (name, passcode) when given; None when the
+    association is rejected."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.pdu_primitives import UserIdentityNegotiation
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    negotiation = []
+    if user is not None:
+        item = UserIdentityNegotiation()
+        item.user_identity_type = 2
+        item.primary_field = user[0].encode()
+        item.secondary_field = user[1].encode()
+        negotiation.append(item)
+    association = ae.associate(LOCALHOST, site.node.dicom_port, ae_title=MOSAIC_AE, ext_neg=negotiation)
+    if not association.is_established:
+        return None
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    found: list[str] = []
+    try:
+        for status, identifier in association.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if status and status.Status in (0xFF00, 0xFF01) and identifier is not None:
+                found.append(str(identifier.StudyInstanceUID))
+    finally:
+        association.release()
+    return sorted(found)
+
+
+def test_a_person_signed_in_on_a_workstation_sees_their_own_scope(site: Site) -> None:
+    everything = find_as(site, "WORKSTATION", None)
+    assert everything is not None and {DERM_STUDY, PSY_STUDY} <= set(everything)
+    signed_in = find_as(site, "WORKSTATION", ("derm.doc", "derm-doc-password"))
+    assert signed_in is not None and DERM_STUDY in signed_in and PSY_STUDY not in signed_in
+    from mosaic.index.schema import Study
+
+    with site.node.database.session() as session:
+        site_a = {row.StudyInstanceUID for row in session.query(Study) if row.facility == "SITE-A"}
+    assert set(signed_in) == site_a
+    assert find_as(site, "WORKSTATION", ("derm.doc", "wrong-password")) is None  # rejected
+    logins = audit(site, action="login", user="derm.doc")
+    assert {record.outcome for record in logins} == {"success", "denied"}
+    assert all(record.interface == "dimse" and "WORKSTATION" in record.detail for record in logins)
+    queries = audit(site, action="query", user="derm.doc")
+    assert queries and queries[0].actor_kind == "user"

@@ -106,7 +106,8 @@ class Mosaic:
             if incoming is not None:
                 spool_into(incoming)
             self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve,
-                                     spool=Spool(incoming, self.blobs), policy=self.policy, audit=self.audit)
+                                     spool=Spool(incoming, self.blobs), policy=self.policy, audit=self.audit,
+                                     identity=self.identity)
             self.dicom.start()
             if self.settings.dicom.workers > 1 and workers:
                 self._start_workers(self.dicom.port)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,7 +28,8 @@ from mosaic.dimse.contexts import PATIENT_ROOT_FIND, add_scp_contexts
 from mosaic.dimse.egress import StoredFileDataset, move_contexts
 from mosaic.dimse.fast_store import AssociationSlots, StoreContext, StoreRequestHandler
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
-from mosaic.governance.policy import AccessPolicy, Permission, Principal
+from mosaic.governance.identity import AuthenticationFailed, IdentityService
+from mosaic.governance.policy import ALL, AccessPolicy, Permission, Principal
 from mosaic.index.query import Scope
 from mosaic.services.ingest import IngestService
 from mosaic.services.metrics import RETRIEVE_TOTAL
@@ -56,10 +58,13 @@ class DicomServer:
 
     def __init__(self, settings: DicomSettings, ingest: IngestService, query: QueryService,
                  retrieve: RetrieveService, spool: Spool | None = None, *, policy: AccessPolicy,
-                 audit: AuditTrail) -> None:
+                 audit: AuditTrail, identity: IdentityService | None = None) -> None:
         self.settings = settings
         self.policy = policy
         self.audit = audit
+        self.identity = identity
+        self._users: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
+        """The person signed in on an association (user identity negotiation), by its pynetdicom thread."""
         self.spool = spool or Spool()
         self.ingest = ingest
         self.query = query
@@ -94,6 +99,8 @@ class DicomServer:
             (evt.EVT_CONN_OPEN, _set_nodelay),
             (evt.EVT_REJECTED, self.on_rejected),
         ]
+        if self.identity is not None:
+            handlers.append((evt.EVT_USER_ID, self.on_user_identity))
         server_class = _SharedPortServer if self.settings.workers > 1 else ThreadedAssociationServer
         server = self.ae.make_server((self.settings.host, self.settings.port), evt_handlers=handlers,
                                      server_class=server_class, request_handler=StoreRequestHandler)
@@ -133,9 +140,47 @@ class DicomServer:
         return None
 
     def principal(self, calling: str, address: str = "") -> Principal:
-        """The calling peer as the access policy sees it (unknown AEs and wrong addresses have no rights)."""
-        return self.policy.peer_principal(self._peer(calling), calling, address,
+        """The calling peer as the access policy sees it (unknown AEs and wrong addresses have no rights); when a
+        person signed in on this association (user identity negotiation), that person, within what the AE
+        may do and see."""
+        peer = self.policy.peer_principal(self._peer(calling), calling, address,
                                           allow_unknown=self.settings.allow_unknown_calling_aes)
+        user = self._users.get(threading.current_thread())
+        if user is None:
+            return peer
+        return Principal(name=user.name, kind=user.kind, roles=user.roles,
+                         permissions=peer.permissions & user.permissions,
+                         facilities=_narrowest(peer.facilities, user.facilities),
+                         departments=_narrowest(peer.departments, user.departments),
+                         address=address, interface="dimse")
+
+    def on_user_identity(self, event: Event) -> tuple[bool, bytes | None]:
+        """User identity negotiation (PS3.7 D.3.3.7): a user name and passcode of a Mosaic account, or a JWT
+        of the OpenID Connect issuer. A wrong one rejects the association; either way it is audited."""
+        assert self.identity is not None
+        calling, address = event.assoc.requestor.ae_title.strip(), _address(event)
+        negotiation: Any = event  # pynetdicom adds these attributes to the EVT_USER_ID event
+        kind = int(negotiation.user_id_type)
+        primary = bytes(negotiation.primary_field or b"").decode("utf-8", "replace")
+        claimed = primary if kind in (1, 2) else "jwt" if kind == 5 else f"identity type {kind}"
+        try:
+            if kind == 2:
+                user = self.identity.check_password(primary, bytes(negotiation.secondary_field or b"").decode("utf-8"))
+            elif kind == 5:
+                user = self.identity.check_jwt(primary)
+            else:
+                raise AuthenticationFailed(f"user identity type {kind} is not accepted: send a user name with "
+                                           "a passcode (2) or a JSON Web Token (5)")
+        except AuthenticationFailed as exc:
+            log.warning("association from %r at %s: user identity refused: %s", calling, address, exc)
+            self.audit.record(AuditEntry(action=AuditAction.LOGIN, outcome="denied", actor=claimed[:128],
+                                         actor_kind="user", address=address, interface="dimse",
+                                         detail={"ae": calling, "reason": str(exc)}))
+            return False, None
+        self._users[event.assoc] = user
+        self.audit.record(AuditEntry.of(user.at(address=address, interface="dimse"), AuditAction.LOGIN, "success",
+                                        detail={"ae": calling}))
+        return True, None
 
     def permits(self, calling: str, service: str, address: str = "") -> bool:
         """The one access check of every DIMSE service on both receive paths: may ``calling`` use ``service``
@@ -353,6 +398,15 @@ _SERVICE_PERMISSION = {"store": Permission.STORE, "find": Permission.QUERY, "mov
                        "get": Permission.READ}
 _SERVICE_ACTION = {"store": AuditAction.STORE, "find": AuditAction.QUERY, "move": AuditAction.READ,
                    "get": AuditAction.READ}
+
+
+def _narrowest(first: frozenset[str], second: frozenset[str]) -> frozenset[str]:
+    """What both an AE's and a person's scope allow ('*' allows anything)."""
+    if ALL in first:
+        return second
+    if ALL in second:
+        return first
+    return first & second
 
 
 def _address(event: Event) -> str:
