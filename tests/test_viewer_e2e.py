@@ -435,14 +435,16 @@ def test_viewer_draws_ct_small(archive: Archive, browser: Any, tmp_path: Path) -
     shown.page.close()
 
 
-def test_the_viewer_shows_a_scoped_clinician_only_their_studies(archive: Archive, tmp_path: Path) -> None:
+def test_the_viewer_shows_a_scoped_clinician_only_their_studies(archive: Archive, browser: Any,
+                                                                tmp_path: Path) -> None:
     """The access policy reaches the viewer: a clinician of one site signs in and OHIF's study list holds that
     site's study only; the other study's metadata answers like a study that does not exist."""
     archive.node.identity.add_user("jfk.clinician", roles=["clinician"], password="jfk-password",
                                    facilities=["JFK IMAGING CENTER"])
-    with chromium_context(tmp_path / "profile") as context:
-        sign_in(context, archive.url, "/viewer/", username="jfk.clinician", password="jfk-password")
-        page, log = open_page(context, f"{archive.url}/viewer/")
+    browser.clear_cookies()  # the same browser, now someone else's (one Playwright per process)
+    try:
+        sign_in(browser, archive.url, "/viewer/", username="jfk.clinician", password="jfk-password")
+        page, log = open_page(browser, f"{archive.url}/viewer/")
         page.get_by_text("CompressedSamples, CT1").first.wait_for()
         dismiss_tour(page)
         page.screenshot(path=str(tmp_path / "scoped-study-list.png"))
@@ -455,6 +457,9 @@ def test_the_viewer_shows_a_scoped_clinician_only_their_studies(archive: Archive
         assert answer[0] == 404 and "not in the archive" in answer[1], answer
         assert not log.problems(), log.problems()
         page.close()
+    finally:
+        browser.clear_cookies()
+        sign_in(browser, archive.url, "/viewer/", username="admin", password=ADMIN_PASSWORD)
     archive.node.audit.flush()
     reads = archive.node.audit.search(user="jfk.clinician", study=archive.phantom_uid)[0]
     assert reads and all(row.outcome == "denied" for row in reads)
