@@ -10,11 +10,13 @@ import re
 import socket
 import socketserver
 import sqlite3
+import ssl
 import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -131,13 +133,20 @@ def test_concurrent_writers_keep_one_unbroken_chain(tmp_path: Path) -> None:
 class Collector:
     """A TCP syslog collector (RFC 6587 octet counting) that keeps every message it gets."""
 
-    def __init__(self, port: int, *, reading: bool = True) -> None:
+    def __init__(self, port: int, *, reading: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.messages: list[bytes] = []
         self.reading = reading
+        self.handshake_failures: list[str] = []
         collector = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
+                if tls is not None:
+                    try:
+                        self.request = tls.wrap_socket(self.request, server_side=True)
+                    except (ssl.SSLError, OSError) as exc:
+                        collector.handshake_failures.append(str(exc))
+                        return
                 buffer = b""
                 while True:
                     if not collector.reading:
@@ -290,3 +299,99 @@ def test_instances_stored_one_by_one_are_recorded_per_series(tmp_path: Path) -> 
         assert node.audit.verify().intact
     finally:
         node.stop()
+
+
+def certificate_authority(folder: Path, name: str) -> tuple[Path, Any, Any]:
+    """A self-signed CA: (its certificate file, certificate, key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    path = folder / f"{name}.pem"
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return path, certificate, key
+
+
+def issued_certificate(folder: Path, ca: tuple[Path, Any, Any], name: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by ``ca``: (certificate file, key file)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    _path, ca_certificate, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .issuer_name(ca_certificate.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOCALHOST))]),
+                                  critical=False)
+                   .sign(ca_key, hashes.SHA256()))
+    certificate_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
+    certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return certificate_path, key_path
+
+
+def test_syslog_over_mutual_tls_to_an_atna_repository(tmp_path: Path) -> None:
+    """IHE ATNA: the repository proves who it is with its certificate, and Mosaic with its own."""
+    hospital_ca = certificate_authority(tmp_path, "hospital-ca")
+    repository_certificate, repository_key = issued_certificate(tmp_path, hospital_ca, "audit-repository")
+    mosaic_certificate, mosaic_key = issued_certificate(tmp_path, hospital_ca, "mosaic-node")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(hospital_ca[0]))
+    server.load_cert_chain(str(repository_certificate), str(repository_key))
+    server.verify_mode = ssl.CERT_REQUIRED  # only nodes with a certificate of the hospital's CA
+    port = free_port()
+    collector = Collector(port, tls=server)
+    node = new_node(tmp_path / "data", audit_syslog=SyslogSettings(
+        host=LOCALHOST, port=port, protocol="tls", tls_ca_file=hospital_ca[0], tls_cert_file=mosaic_certificate,
+        tls_key_file=mosaic_key, retry_seconds=0.2))
+    try:
+        write_records(node, 5)
+        wait_until(lambda: len(collector.messages) >= node.audit.total(), timeout=30, what="TLS syslog delivery")
+        assert [audit_xml(message).find("ActiveParticipant").get("UserID") for message in collector.messages[-5:]] \
+            == [f"user{number}" for number in range(5)]
+    finally:
+        node.stop()
+        collector.stop()
+
+
+def test_a_collector_with_an_untrusted_certificate_gets_nothing_and_nothing_is_dropped(tmp_path: Path) -> None:
+    impostor_ca = certificate_authority(tmp_path, "impostor-ca")
+    hospital_ca = certificate_authority(tmp_path, "hospital-ca")
+    certificate, key = issued_certificate(tmp_path, impostor_ca, "impostor")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(certificate), str(key))
+    port = free_port()
+    collector = Collector(port, tls=server)
+    node = new_node(tmp_path / "data", audit_syslog=SyslogSettings(
+        host=LOCALHOST, port=port, protocol="tls", tls_ca_file=hospital_ca[0], retry_seconds=0.2))
+    try:
+        write_records(node, 3)
+        wait_until(lambda: len(collector.handshake_failures) >= 2, timeout=30, what="refused handshakes")
+        assert collector.messages == []
+        from mosaic.index.schema import AuditCursor
+
+        with node.database.session() as session:
+            cursor = session.get(AuditCursor, "syslog")
+        assert cursor is None or cursor.seq == 0  # every record still waits for a trusted repository
+    finally:
+        node.stop()
+        collector.stop()

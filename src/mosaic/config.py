@@ -162,7 +162,13 @@ class SyslogSettings(BaseModel):
 
     host: str | None = Field(None, description="Collector host; None: audit messages stay in Mosaic only.")
     port: int = Field(514, ge=1, le=65535, description="Collector port.")
-    protocol: str = Field("tcp", pattern="^(tcp|udp)$", description="tcp (RFC 6587 octet counting) or udp.")
+    protocol: str = Field("tcp", pattern="^(tcp|tls|udp)$", description="tcp (RFC 6587 octet counting), tls "
+                          "(RFC 5425, as IHE ATNA asks) or udp.")
+    tls_ca_file: Path | None = Field(None, description="CA certificates the collector's certificate must chain to "
+                                     "(tls; default: the system's).")
+    tls_cert_file: Path | None = Field(None, description="Mosaic's own certificate for mutual TLS (ATNA node "
+                                       "authentication), PEM.")
+    tls_key_file: Path | None = Field(None, description="The private key of tls_cert_file, PEM.")
     retry_seconds: float = Field(5.0, gt=0, description="Wait before retrying an unreachable collector.")
     app_name: str = Field("mosaic", description="APP-NAME of each syslog message.")
 

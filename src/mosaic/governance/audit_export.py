@@ -1,5 +1,5 @@
 """The audit trail as others read it: JSON, FHIR R4 ``AuditEvent``, and DICOM PS3.15 A.5 audit messages sent
-to an audit repository over RFC 5424 syslog.
+to an audit repository over RFC 5424 syslog (TCP, TLS as RFC 5425 and IHE ATNA ask, or UDP).
 
 The forwarder reads the audit table after its own cursor (``audit_cursor('syslog')``): the table is the queue,
 so a collector that is down or slow delays only the forwarder — records wait, are retried, and are never
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -237,8 +238,27 @@ class SyslogForwarder:
                 udp.sendto(message, (self.settings.host, self.settings.port))
             return
         if self._socket is None:
-            self._socket = socket.create_connection((self.settings.host, self.settings.port), timeout=10)
-        self._socket.sendall(str(len(message)).encode() + b" " + message)  # RFC 6587 octet counting
+            connection = socket.create_connection((self.settings.host, self.settings.port), timeout=10)
+            if self.settings.protocol == "tls":
+                try:
+                    connection = self._tls().wrap_socket(connection, server_hostname=self.settings.host)
+                except BaseException:
+                    connection.close()
+                    raise
+            self._socket = connection
+        self._socket.sendall(str(len(message)).encode() + b" " + message)  # RFC 6587/5425 octet counting
+
+    def _tls(self) -> ssl.SSLContext:
+        """TLS 1.2+ verifying the collector against ``tls_ca_file`` (or the system's CAs), presenting Mosaic's own
+        certificate when configured (mutual authentication, IHE ATNA)."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                             cafile=str(self.settings.tls_ca_file) if self.settings.tls_ca_file
+                                             else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.settings.tls_cert_file is not None:
+            context.load_cert_chain(str(self.settings.tls_cert_file),
+                                    str(self.settings.tls_key_file) if self.settings.tls_key_file else None)
+        return context
 
     def _close(self) -> None:
         if self._socket is not None:
