@@ -386,3 +386,37 @@ def test_break_glass_page_sends_the_clinician_to_the_viewer(node: Mosaic) -> Non
         assert opened.status_code == 303
         assert opened.headers["location"] == f"/viewer/viewer?StudyInstanceUIDs={DERM_STUDY}"
         assert browser.get(f"/dicom-web/studies/{DERM_STUDY}/metadata").status_code == 200
+
+
+@pytest.mark.postgres
+def test_the_same_door_on_postgresql(tmp_path: Path, fresh_postgres_url: str) -> None:
+    """Scale-out configuration: accounts, sessions, tokens, scope, break-glass and the audit chain on PostgreSQL."""
+    from mosaic.config import IndexSettings
+
+    mosaic = Mosaic(Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0),
+                             index=IndexSettings(url=fresh_postgres_url),  # type: ignore[call-arg]
+                             security=SecuritySettings(initial_admin_password=ADMIN_PASSWORD,
+                                                       credential_cache_seconds=0)))  # type: ignore[call-arg]
+    mosaic.start(dicom=False)
+    try:
+        mosaic.ingest.store(to_bytes(make_instance(patient_id="PG-1", study_uid=PSY_STUDY)), door="import",
+                            facility="SITE-B", department="PSYCHIATRY")
+        mosaic.identity.add_user("pg.doc", roles=["clinician"], password="pg-doc-password", facilities=["SITE-A"])
+        with httpx.Client(base_url=url(mosaic, "")) as browser:
+            browser.get("/login")
+            signed_in = browser.post("/login", data={"username": "pg.doc", "password": "pg-doc-password",
+                                                     "csrf_token": browser.cookies["mosaic_login_csrf"]})
+            assert signed_in.status_code == 303
+            assert browser.get("/dicom-web/studies").json() == []
+            csrf = browser.get("/api/me").json()["csrf_token"]
+            opened = browser.post("/api/break-glass", json={"StudyInstanceUID": PSY_STUDY, "reason": "consult"},
+                                  headers={"X-CSRF-Token": csrf})
+            assert opened.status_code == 200, opened.text
+            assert browser.get(f"/dicom-web/studies/{PSY_STUDY}/metadata").status_code == 200
+        token = mosaic.identity.issue_token("pg.doc", days=1)
+        assert httpx.get(url(mosaic, "/api/me"), headers=bearer(token)).json()["name"] == "pg.doc"
+        mosaic.audit.flush()
+        assert mosaic.audit.verify().intact
+        assert any(row.break_glass for row in mosaic.audit.search(user="pg.doc")[0])
+    finally:
+        mosaic.stop()
