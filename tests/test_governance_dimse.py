@@ -106,12 +106,14 @@ def test_an_unknown_ae_gets_nothing_by_default(site: Site, tool: str, dcmtk: dic
     folder = site.work / f"stolen-{tool}"
     folder.mkdir()
     args: list[str | Path] = {
-        "storescu": [intruder],
+        "storescu": [],
         "findscu": ["-S", "-X", "-od", folder, "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID"],
         "movescu": ["-S", "-aem", "DERM_WS", "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={PSY_STUDY}"],
         "getscu": ["-S", "-od", folder, "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={PSY_STUDY}"],
     }[tool]
-    run_tool(tool, *args, *calling(site, "STRANGER"), env=dcmtk)
+    files = [intruder] if tool == "storescu" else []  # storescu takes its files after the peer's address
+    result = run_tool(tool, *args, *calling(site, "STRANGER"), *files, env=dcmtk)
+    assert "Association Rejected" in result.stdout + result.stderr, result.stdout + result.stderr
     assert counts(site.node) == before
     assert list(folder.iterdir()) == []
     assert PSY_STUDY not in received_files(site.destination.folder)
@@ -245,3 +247,12 @@ def test_a_person_signed_in_on_a_workstation_sees_their_own_scope(site: Site) ->
     assert all(record.interface == "dimse" and "WORKSTATION" in record.detail for record in logins)
     queries = audit(site, action="query", user="derm.doc")
     assert queries and queries[0].actor_kind == "user"
+
+
+def test_a_scoped_peer_cannot_store_into_another_sites_study(site: Site, dcmtk: dict[str, str]) -> None:
+    intruder = site.work / "into-psy.dcm"
+    intruder.write_bytes(to_bytes(make_instance(patient_id="PSY-9", study_uid=PSY_STUDY)))
+    before = counts(site.node)
+    result = run_tool("storescu", "-d", *calling(site, "DERM_WS"), intruder, env=dcmtk)
+    assert "0x0124" in (result.stdout + result.stderr).lower(), result.stdout + result.stderr  # refused, by status
+    assert counts(site.node) == before

@@ -420,3 +420,24 @@ def test_the_same_door_on_postgresql(tmp_path: Path, fresh_postgres_url: str) ->
         assert any(row.break_glass for row in mosaic.audit.search(user="pg.doc")[0])
     finally:
         mosaic.stop()
+
+
+def test_a_store_cannot_add_to_another_sites_study(node: Mosaic) -> None:
+    """STOW is a door into existing studies too: a SITE-A technologist may store new studies, but not add
+    instances to (or replace instances of) a SITE-B study; nothing of the refused part is kept."""
+    node.identity.add_user("tech.a", roles=["technologist"], facilities=["SITE-A"])
+    tech = token_of(node, "tech.a")
+    intruder = make_instance(patient_id="PSY-1", study_uid=PSY_STUDY)
+    own = make_instance(patient_id="NEW-1", InstitutionName="SITE-A")
+    boundary = "mosaic-test-boundary"
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + to_bytes(dataset) + b"\r\n"
+                    for dataset in (intruder, own)) + f"--{boundary}--\r\n".encode()
+    before = node.retrieve.instances_in(PSY_STUDY)
+    response = httpx.post(url(node, "/dicom-web/studies"), content=body, headers={
+        **tech, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert response.status_code == 202, response.text
+    failed = response.json()["00081198"]["Value"]
+    assert [item["00081155"]["Value"][0] for item in failed] == [intruder.SOPInstanceUID]
+    assert failed[0]["00081197"]["Value"] == [0x0124]
+    assert node.retrieve.instances_in(PSY_STUDY) == before
+    assert node.retrieve.instances_by_uid([own.SOPInstanceUID])  # its own new study is stored

@@ -24,6 +24,7 @@ from mosaic.dicomweb.qido import parse_qido
 from mosaic.dicomweb.stow import StowService
 from mosaic.services.metadata import MetadataService
 from mosaic.storage.spool import Spool
+from mosaic.web.auth import principal_of
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
@@ -203,7 +204,9 @@ def create_router(mosaic: Mosaic) -> APIRouter:
             return problem(400, "the multipart body has no parts")
         source = request.client.host if request.client else "http"
         root = base_url(request)
+        principal = principal_of(request)
         outcome = await run_in_threadpool(stow.store_parts, parts, study_uid=study, base_url=root, source=source,
+                                          may_add_to=lambda uid: mosaic.policy.may_add_to(principal, uid),
                                           json_request=part_type == "application/dicom+json")
         audit = getattr(request.state, "audit", None)
         if audit is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ PROCESSING_FAILURE = 0x0110
 CANNOT_UNDERSTAND = 0xC000
 OUT_OF_RESOURCES = 0xA700
 STUDY_MISMATCH = 0xA900
+NOT_AUTHORISED = 0x0124
 WARNING_COERCION = 0xB000
 
 
@@ -65,7 +67,9 @@ class StowService:
         self.spool = spool
 
     def store_parts(self, parts: list[Part], *, study_uid: str | None, base_url: str, source: str,
-                    json_request: bool) -> StowOutcome:
+                    json_request: bool, may_add_to: Callable[[str], bool] | None = None) -> StowOutcome:
+        """Store every part; ``may_add_to`` (the caller's access policy) refuses parts of an existing study the
+        caller may not see."""
         outcome = StowOutcome()
         dicom_files: list[tuple[Path, str | None]] = []
         if json_request:
@@ -81,11 +85,11 @@ class StowService:
                     continue
                 dicom_files.append((part.path, part.digest.hexdigest()))
         for path, sha256 in dicom_files:
-            self._store(path, sha256, study_uid, base_url, source, outcome)
+            self._store(path, sha256, study_uid, base_url, source, outcome, may_add_to)
         return outcome
 
     def _store(self, path: Path, sha256: str | None, study_uid: str | None, base_url: str, source: str,
-               outcome: StowOutcome) -> None:
+               outcome: StowOutcome, may_add_to: Callable[[str], bool] | None = None) -> None:
         sop_class, sop_instance = "", ""
         try:
             parsed = parse_instance(path)
@@ -94,10 +98,10 @@ class StowService:
                 raise InvalidObject(f"its Study Instance UID {parsed.study_instance_uid} is not the {study_uid} "
                                     "of the request URL", sop_instance_uid=sop_instance, status=STUDY_MISMATCH)
             result = self.ingest.store(path, door="dicomweb", source_ae_title=source[:16], sha256=sha256,
-                                       parsed=parsed)
+                                       parsed=parsed, may_add_to=may_add_to)
         except InvalidObject as exc:
             log.warning("STOW-RS from %s: %s", source, exc)
-            reason = exc.status if exc.status in (STUDY_MISMATCH, 0x0111) else CANNOT_UNDERSTAND
+            reason = exc.status if exc.status in (STUDY_MISMATCH, 0x0111, NOT_AUTHORISED) else CANNOT_UNDERSTAND
             outcome.failed.append({**_reference(sop_class, sop_instance or (exc.sop_instance_uid or "")),
                                    "00081197": {"vr": "US", "Value": [reason]}})
             return

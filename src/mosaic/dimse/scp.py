@@ -233,11 +233,13 @@ class DicomServer:
             return NOT_AUTHORISED, f"AE {calling} may not store"
         principal = self.principal(calling, address)
         peer = self._peer(calling)
+        may_add_to = None if self.policy.scope(principal).unrestricted else (
+            lambda study: self.policy.may_add_to(principal, study))
         try:
             result = self.ingest.store(path, door="dimse", source_ae_title=calling,
                                        expected_sop_class_uid=sop_class_uid, sha256=sha256,
                                        facility=peer.facility if peer else "",
-                                       department=peer.department if peer else "")
+                                       department=peer.department if peer else "", may_add_to=may_add_to)
         except InvalidObject as exc:
             self.audit.record(AuditEntry.of(principal, AuditAction.STORE, "failure", SOPInstanceUID=sop_instance_uid,
                                             detail={"reason": exc.reason}))

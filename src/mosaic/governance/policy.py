@@ -151,6 +151,12 @@ class AccessPolicy:
             return Scope()
         return Scope(facilities, departments, self._grants(principal) | principal.break_glass_studies)
 
+    def may_add_to(self, principal: Principal, study_instance_uid: str) -> bool:
+        """May ``principal`` store into this study? A new study always; an existing one only within its scope
+        (a store must not add to, or replace instances of, another site's study). No index lookup for callers
+        who see everything."""
+        return self.scope(principal).unrestricted or self.study_access(principal, study_instance_uid).allowed
+
     def study_access(self, principal: Principal, study_instance_uid: str) -> StudyAccess:
         """May ``principal`` open this study, and is it through break-glass? An unknown study is allowed (the
         route answers 404), and a refused one must be answered the same way, so its existence stays hidden."""

@@ -10,6 +10,7 @@ import enum
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,18 +122,20 @@ class IngestService:
         parsed: ParsedInstance | None = None,
         facility: str = "",
         department: str = "",
+        may_add_to: Callable[[str], bool] | None = None,
     ) -> IngestResult:
         """Store one Part 10 object (file path or bytes). Raises :class:`InvalidObject` with the reason.
 
         ``sha256`` may be given by a door that hashed the bytes as it received them, ``parsed`` by a door
         that already parsed them (both must describe exactly ``source``). ``facility`` and ``department``
         label a new study for the access policy (default: its InstitutionName and
-        InstitutionalDepartmentName).
+        InstitutionalDepartmentName). ``may_add_to`` (the sender's access policy) refuses an object whose existing
+        study the sender may not see, before anything is written (status 0x0124).
         """
         started = time.perf_counter()
         try:
             result = self._store(source, door, source_ae_title, expected_sop_class_uid, sha256, parsed,
-                                 (facility, department))
+                                 (facility, department), may_add_to)
         except InvalidObject as exc:
             INGEST_TOTAL.labels(door, "rejected").inc()
             log.warning("ingest rejected via %s from %r: %s", door, source_ae_title or "-", exc)
@@ -145,8 +148,11 @@ class IngestService:
 
     def _store(self, source: Path | bytes, door: str, source_ae_title: str, expected_sop_class_uid: str | None,
                known_sha256: str | None, known_parse: ParsedInstance | None,
-               labels: tuple[str, str] = ("", "")) -> IngestResult:
+               labels: tuple[str, str] = ("", ""), may_add_to: Callable[[str], bool] | None = None) -> IngestResult:
         parsed = known_parse if known_parse is not None else parse_instance(source)
+        if may_add_to is not None and not may_add_to(parsed.study_instance_uid):
+            raise InvalidObject(f"study {parsed.study_instance_uid} is outside what the sender may store into",
+                                sop_instance_uid=parsed.sop_instance_uid, status=0x0124)
         if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
             raise InvalidObject(
                 f"SOP Class UID {parsed.sop_class_uid} in the data set does not match the negotiated "
