@@ -37,10 +37,11 @@ NOT_AUTHORISED = 0x0124
 
 class StorageCommitmentSCP:
     def __init__(self, retrieve: RetrieveService, settings: DicomSettings,
-                 permits: Callable[[str, str], bool] | None = None) -> None:
+                 permits: Callable[[str, str, str], bool] | None = None) -> None:
         self.retrieve = retrieve
         self.settings = settings
-        self.permits = permits or (lambda _calling, _service: True)
+        self.permits = permits or (lambda _calling, _service, _address: True)
+        """(calling AE, service, peer address) → allowed: the listener's access check."""
         self._queue: Queue[tuple[Any, str, Dataset] | None] = Queue()
         self._worker = threading.Thread(target=self._run, name="storage-commitment", daemon=True)
         self._worker.start()
@@ -53,7 +54,7 @@ class StorageCommitmentSCP:
         if getattr(event.request, "ActionTypeID", None) != 1 or "TransactionUID" not in request:
             return 0x0123, None  # No such action type / invalid argument
         calling = event.assoc.requestor.ae_title.strip()
-        if not self.permits(calling, "store"):
+        if not self.permits(calling, "store", str(event.assoc.requestor.address or "")):
             return NOT_AUTHORISED, None  # commitment belongs to storage: a peer that may not store may not ask
         with self.retrieve.database.session(write=True) as session:
             session.add(StorageCommitment(

@@ -30,7 +30,6 @@ from mosaic.dimse.fast_store import AssociationSlots, StoreContext, StoreRequest
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
 from mosaic.governance.identity import AuthenticationFailed, IdentityService
 from mosaic.governance.policy import ALL, AccessPolicy, Permission, Principal
-from mosaic.index.query import Scope
 from mosaic.services.ingest import IngestService
 from mosaic.services.metrics import RETRIEVE_TOTAL
 from mosaic.services.query import QueryService
@@ -60,6 +59,7 @@ class DicomServer:
                  retrieve: RetrieveService, spool: Spool | None = None, *, policy: AccessPolicy,
                  audit: AuditTrail, identity: IdentityService | None = None) -> None:
         self.settings = settings
+        self._peers = {peer.ae_title: peer for peer in settings.peers}
         self.policy = policy
         self.audit = audit
         self.identity = identity
@@ -134,10 +134,7 @@ class DicomServer:
     # --- access -----------------------------------------------------------------------------
 
     def _peer(self, ae_title: str) -> DicomPeer | None:
-        for peer in self.settings.peers:
-            if peer.ae_title == ae_title:
-                return peer
-        return None
+        return self._peers.get(ae_title)
 
     def principal(self, calling: str, address: str = "") -> Principal:
         """The calling peer as the access policy sees it (unknown AEs and wrong addresses have no rights); when a
@@ -182,23 +179,27 @@ class DicomServer:
                                         detail={"ae": calling}))
         return True, None
 
-    def permits(self, calling: str, service: str, address: str = "") -> bool:
+    def authorise(self, calling: str, service: str, address: str = "") -> Principal | None:
         """The one access check of every DIMSE service on both receive paths: may ``calling`` use ``service``
         (store, find, move, get)? Asked of the access policy; known peers by their ``may_*`` flags and
-        addresses, others only when dicom.allow_unknown_calling_aes. Refusals are audited."""
+        addresses, others only when dicom.allow_unknown_calling_aes. The principal to act as, or None
+        (refusals are audited)."""
         principal = self.principal(calling, address)
         peer = self._peer(calling)
-        allowed = _SERVICE_PERMISSION[service] in principal.permissions and (
-            peer is None or bool(getattr(peer, f"may_{service}")))
-        if not allowed:
-            log.warning("refused %s from AE %r at %s: not permitted by dicom.peers", service.upper(), calling,
-                        address or "?")
-            self.audit.record(AuditEntry.of(principal, _SERVICE_ACTION[service], "denied",
-                                            detail={"service": f"C-{service.upper()}"}))
-        return allowed
+        if _SERVICE_PERMISSION[service] in principal.permissions and (
+                peer is None or bool(getattr(peer, f"may_{service}"))):
+            return principal
+        log.warning("refused %s from AE %r at %s: not permitted by dicom.peers", service.upper(), calling,
+                    address or "?")
+        self.audit.record(AuditEntry.of(principal, _SERVICE_ACTION[service], "denied",
+                                        detail={"service": f"C-{service.upper()}"}))
+        return None
 
-    def _allowed(self, event: Event, service: str) -> bool:
-        return self.permits(event.assoc.requestor.ae_title.strip(), service, _address(event))
+    def permits(self, calling: str, service: str, address: str = "") -> bool:
+        return self.authorise(calling, service, address) is not None
+
+    def _authorise_event(self, event: Event, service: str) -> Principal | None:
+        return self.authorise(event.assoc.requestor.ae_title.strip(), service, _address(event))
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -229,9 +230,9 @@ class DicomServer:
     def store_received(self, path: Path, calling: str, sop_class_uid: str, sop_instance_uid: str,
                        sha256: str | None = None, address: str = "") -> tuple[int, str | None]:
         """The one C-STORE handler of both receive paths: (DIMSE status, error comment)."""
-        if not self.permits(calling, "store", address):
+        principal = self.authorise(calling, "store", address)
+        if principal is None:
             return NOT_AUTHORISED, f"AE {calling} may not store"
-        principal = self.principal(calling, address)
         peer = self._peer(calling)
         may_add_to = None if self.policy.scope(principal).unrestricted else (
             lambda study: self.policy.may_add_to(principal, study))
@@ -287,10 +288,10 @@ class DicomServer:
         """The one C-FIND handler of both receive paths: (status, response, comment) in order, pending
         responses first, then the final status. Responses are Datasets, or already-encoded bytes when
         ``encoded_implicit`` says which VR encoding the wire uses. Only studies in the peer's scope match."""
-        if not self.permits(calling, "find", address):
+        principal = self.authorise(calling, "find", address)
+        if principal is None:
             yield NOT_AUTHORISED, None, f"AE {calling} may not query"
             return
-        principal = self.principal(calling, address)
         scope = self.policy.scope(principal)
         root = "PATIENT" if sop_class_uid == PATIENT_ROOT_FIND else "STUDY"
         audit = AuditEntry.of(principal, AuditAction.QUERY, "success", PatientID=str(identifier.get("PatientID", "")
@@ -319,7 +320,8 @@ class DicomServer:
         yield 0x0000, None, None
 
     def on_c_move(self, event: Event) -> Iterator[Any]:
-        if not self._allowed(event, "move"):
+        principal = self._authorise_event(event, "move")
+        if principal is None:
             yield None, None
             return
         destination = event.move_destination.strip() if event.move_destination else ""
@@ -329,7 +331,7 @@ class DicomServer:
             yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
             return
         try:
-            instances = self.retrieve.instances_for_identifier(event.identifier, scope=self._scope(event))
+            instances = self.retrieve.instances_for_identifier(event.identifier, scope=self.policy.scope(principal))
         except QueryError as exc:
             # not "success, nothing to move": raised before the first yield, pynetdicom answers with a
             # failure (0xC514, unable to process) without opening an association to the destination
@@ -339,27 +341,29 @@ class DicomServer:
         contexts = move_contexts([(stored.SOPClassUID, stored.TransferSyntaxUID) for stored in instances])
         yield peer.host, peer.port, {"ae_title": peer.ae_title, "contexts": contexts or None,
                                      "evt_handlers": [(evt.EVT_CONN_OPEN, _set_nodelay)]}
-        yield from self._sub_operations(event, "C-MOVE", instances)
+        yield from self._sub_operations(event, "C-MOVE", principal, instances)
 
     def on_c_get(self, event: Event) -> Iterator[Any]:
-        if not self._allowed(event, "get"):
+        principal = self._authorise_event(event, "get")
+        if principal is None:
             # refused, not "success, nothing matched": pynetdicom only takes a status after a count
             yield 1
             yield _status(NOT_AUTHORISED, "this AE may not retrieve with C-GET"), None
             return
-        yield from self._sub_operations(event, "C-GET")
+        yield from self._sub_operations(event, "C-GET", principal)
 
-    def _sub_operations(self, event: Event, service: str,
+    def _sub_operations(self, event: Event, service: str, principal: Principal,
                         instances: list[StoredInstance] | None = None) -> Iterator[Any]:
         if instances is None:
             try:
-                instances = self.retrieve.instances_for_identifier(event.identifier, scope=self._scope(event))
+                instances = self.retrieve.instances_for_identifier(event.identifier,
+                                                                   scope=self.policy.scope(principal))
             except QueryError as exc:
                 log.warning("%s from %r refused: %s", service, event.assoc.requestor.ae_title.strip(), exc)
                 yield 1  # a failure status is only taken after a count
                 yield _status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
                 return
-        self._audit_retrieve(event, service, instances)
+        self._audit_retrieve(event, service, principal, instances)
         yield len(instances)
         for instance in instances:
             if event.is_cancelled:
@@ -378,12 +382,9 @@ class DicomServer:
                                                  instance.TransferSyntaxUID)
 
 
-    def _scope(self, event: Event) -> Scope:
-        return self.policy.scope(self.principal(event.assoc.requestor.ae_title.strip(), _address(event)))
-
-    def _audit_retrieve(self, event: Event, service: str, instances: list[StoredInstance]) -> None:
+    def _audit_retrieve(self, event: Event, service: str, principal: Principal,
+                        instances: list[StoredInstance]) -> None:
         """One record per study sent (PS3.15 'DICOM Instances Transferred' is per study too)."""
-        principal = self.principal(event.assoc.requestor.ae_title.strip(), _address(event))
         destination = event.move_destination.strip() if service == "C-MOVE" and event.move_destination else ""
         by_study: dict[str, list[StoredInstance]] = {}
         for instance in instances:
