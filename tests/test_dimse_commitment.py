@@ -207,3 +207,24 @@ def test_a_peer_that_may_not_store_may_not_request_commitment(tmp_path: Path) ->
             assert session.query(StorageCommitment).count() == 0
     finally:
         node.stop()
+
+
+def test_a_peer_calling_from_the_wrong_address_may_not_request_commitment(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "mosaic", allow_unknown_calling_aes=False, peers=[DicomPeer(  # type: ignore[call-arg]
+        ae_title="COMMITTER", host=LOCALHOST, port=1, addresses=["10.20.30.40"])])
+    try:
+        ae = AE(ae_title="COMMITTER")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        association = ae.associate(LOCALHOST, node.dicom_port, ae_title=MOSAIC_AE)
+        assert association.is_established  # pynetdicom admits the AE title; the policy judges the address
+        action = Dataset()
+        action.TransactionUID = generate_uid(prefix=PREFIX)
+        action.ReferencedSOPSequence = [reference(CTImageStorage, "1.2.3.4")]
+        status, _reply = association.send_n_action(action, 1, StorageCommitmentPushModel,
+                                                   STORAGE_COMMITMENT_INSTANCE)
+        association.release()
+        assert status.Status == 0x0124
+        with node.database.session() as session:
+            assert session.query(StorageCommitment).count() == 0
+    finally:
+        node.stop()
