@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from mosaic.index.database import Database
 from mosaic.index.schema import AuditCursor, AuditRecord
@@ -245,26 +246,22 @@ class AuditTrail:
                 listener()
 
     def _write(self, entries: list[AuditEntry]) -> None:
-        for attempt in range(5):
-            try:
-                with self.database.session(write=True) as session:
-                    head = session.scalar(select(AuditCursor).where(AuditCursor.name == CHAIN).with_for_update())
-                    if head is None:
-                        head = AuditCursor(name=CHAIN, seq=0, hash=GENESIS, updated_at=datetime.now(UTC))
-                        session.add(head)
-                    seq, previous = head.seq, head.hash
-                    for entry in entries:
-                        seq += 1
-                        values = _values(entry)
-                        digest = record_hash(seq, entry.recorded_at, values, previous)
-                        session.add(AuditRecord(seq=seq, recorded_at=_naive_utc(entry.recorded_at), **values,
-                                                previous_hash=previous, hash=digest))
-                        previous = digest
-                    head.seq, head.hash, head.updated_at = seq, previous, datetime.now(UTC)
-                return
-            except Exception as exc:  # two first writers raced to create the head row: the loser retries
-                if attempt == 4 or "unique" not in str(exc).lower():
-                    raise
+        def append(session: Session) -> None:
+            head = session.scalar(select(AuditCursor).where(AuditCursor.name == CHAIN).with_for_update())
+            if head is None:  # the first writer creates the head (a racing second one retries and finds it)
+                head = AuditCursor(name=CHAIN, seq=0, hash=GENESIS, updated_at=datetime.now(UTC))
+                session.add(head)
+            seq, previous = head.seq, head.hash
+            for entry in entries:
+                seq += 1
+                values = _values(entry)
+                digest = record_hash(seq, entry.recorded_at, values, previous)
+                session.add(AuditRecord(seq=seq, recorded_at=_naive_utc(entry.recorded_at), **values,
+                                        previous_hash=previous, hash=digest))
+                previous = digest
+            head.seq, head.hash, head.updated_at = seq, previous, datetime.now(UTC)
+
+        self.database.write(append)
 
     # --- reading ----------------------------------------------------------------------------
 

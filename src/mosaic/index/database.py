@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+T = TypeVar("T")
 
 
 class Database:
@@ -47,6 +50,22 @@ class Database:
         factory = self._writer_sessions if write else self.sessions
         with factory() as session, session.begin():
             yield session
+
+    def write(self, work: Callable[[Session], T], *, attempts: int = 5) -> T:
+        """Run ``work`` in one write transaction. When concurrent writers race (PostgreSQL: a unique or foreign
+        key violation, a deadlock 40P01 or a serialization failure 40001) the transaction is rolled back and
+        ``work`` runs again, and then finds what the winner wrote."""
+        for attempt in range(attempts):
+            try:
+                with self.session(write=True) as session:
+                    return work(session)
+            except (IntegrityError, OperationalError) as exc:
+                retryable = isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) in (
+                    "40P01", "40001")
+                if not retryable or attempt == attempts - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from mosaic.core.errors import NotFound
@@ -93,21 +91,8 @@ class DeleteService:
         return self._delete("IMAGE", sop_instance_uid, reason, actor)
 
     def _delete(self, level: str, uid: str, reason: str, actor: str) -> DeletionResult:
-        for attempt in range(5):
-            try:
-                with self.database.session(write=True) as session:
-                    result = _Deletion(session, reason, actor).run(level, uid)
-                break
-            except (IntegrityError, OperationalError) as exc:
-                # PostgreSQL: an instance stored into the study meanwhile (foreign key), a deadlock or a
-                # serialization failure: the whole transaction is tried again
-                retryable = isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) in (
-                    "40P01", "40001")
-                if not retryable or attempt == 4:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-        else:  # pragma: no cover
-            raise AssertionError("unreachable")
+        # an instance stored into the study meanwhile (foreign key), a deadlock: the whole transaction again
+        result = self.database.write(lambda session: _Deletion(session, reason, actor).run(level, uid))
         self._free(result)
         log.info("deleted %s %s (%d series, %d instances, %d older versions; patient %s%s): %s",
                  level.lower(), uid, result.series, result.instances, result.versions, result.PatientID,

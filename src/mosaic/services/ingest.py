@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, case, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from mosaic.config import DuplicatePolicy, IngestSettings
@@ -201,19 +200,8 @@ class IngestService:
     ) -> IngestOutcome:
         # concurrent associations may create the same patient/study/series at once (PostgreSQL):
         # the loser of the unique constraint retries and then finds the winner's rows
-        for attempt in range(5):
-            try:
-                with self.database.session(write=True) as session:
-                    return _IndexWriter(session, parsed, blob, metadata, door, source_ae_title,
-                                        self.settings.duplicate_policy, labels).write()
-            except (IntegrityError, OperationalError) as exc:
-                # PostgreSQL: a deadlock (40P01) or serialization failure (40001) is retried too
-                retryable = isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) in (
-                    "40P01", "40001")
-                if not retryable or attempt == 4:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return self.database.write(lambda session: _IndexWriter(
+            session, parsed, blob, metadata, door, source_ae_title, self.settings.duplicate_policy, labels).write())
 
 
 class _IndexWriter:
