@@ -19,6 +19,7 @@ from xml.sax.saxutils import quoteattr
 from sqlalchemy import select
 
 from mosaic.config import SyslogSettings
+from mosaic.core.times import as_utc
 from mosaic.index.database import Database
 from mosaic.index.schema import AuditCursor, AuditRecord
 
@@ -46,13 +47,9 @@ _EVENTS: dict[str, tuple[str, str, str, tuple[str, str] | None]] = {
 _OUTCOMES = {"success": "0", "denied": "4", "failure": "8"}
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def record_json(row: AuditRecord) -> dict[str, Any]:
     return {
-        "seq": row.seq, "recorded_at": _utc(row.recorded_at).isoformat(), "actor": row.actor,
+        "seq": row.seq, "recorded_at": as_utc(row.recorded_at).isoformat(), "actor": row.actor,
         "actor_kind": row.actor_kind, "roles": [role for role in row.roles.split(",") if role],
         "address": row.address, "interface": row.interface, "action": row.action, "outcome": row.outcome,
         "PatientID": row.PatientID, "IssuerOfPatientID": row.IssuerOfPatientID,
@@ -72,7 +69,7 @@ def fhir_audit_event(row: AuditRecord, observer: str) -> dict[str, Any]:
         "id": f"mosaic-audit-{row.seq}",
         "type": {"system": DCM_SYSTEM, "code": code, "display": meaning},
         "action": action_code,
-        "recorded": _utc(row.recorded_at).isoformat(),
+        "recorded": as_utc(row.recorded_at).isoformat(),
         "outcome": _OUTCOMES.get(row.outcome, "8"),
         "agent": [{
             "who": {"display": row.actor},
@@ -123,7 +120,7 @@ def fhir_bundle(rows: list[AuditRecord], total: int, observer: str) -> dict[str,
 def dicom_audit_message(row: AuditRecord, source_id: str) -> str:
     """One record as a DICOM audit message (PS3.15 A.5.1 schema)."""
     code, meaning, action_code, subtype = _EVENTS.get(row.action, ("110100", "Application Activity", "E", None))
-    when = _utc(row.recorded_at).isoformat()
+    when = as_utc(row.recorded_at).isoformat()
     type_code = (f"<EventTypeCode csd-code={quoteattr(subtype[0])} codeSystemName=\"DCM\" "
                  f"originalText={quoteattr(subtype[1])}/>") if subtype else ""
     if row.break_glass and not subtype:
@@ -162,7 +159,7 @@ def syslog_frame(row: AuditRecord, settings: SyslogSettings, source_id: str, hos
     """RFC 5424 message (facility 10 authpriv, severity notice or warning) carrying the audit message."""
     severity = 5 if row.outcome == "success" else 4
     priority = 10 * 8 + severity
-    timestamp = _utc(row.recorded_at).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    timestamp = as_utc(row.recorded_at).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     header = f"<{priority}>1 {timestamp} {hostname or '-'} {settings.app_name} - IHE+RFC-3881 - "
     return header.encode() + b"\xef\xbb\xbf" + dicom_audit_message(row, source_id).encode("utf-8")
 

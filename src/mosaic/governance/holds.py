@@ -18,17 +18,11 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from mosaic.core.errors import MosaicError, NotFound
+from mosaic.core.times import as_utc
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.policy import Principal
 from mosaic.index.database import Database
 from mosaic.index.schema import LegalHold, Patient, Study
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every time Mosaic writes is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -48,7 +42,7 @@ class Hold:
     @classmethod
     def of(cls, row: LegalHold) -> Hold:
         return cls(row.pk, row.PatientID, row.IssuerOfPatientID, row.StudyInstanceUID, row.reason, row.placed_by,
-                   _aware(row.placed_at) or row.placed_at, row.released_by, _aware(row.released_at))
+                   as_utc(row.placed_at), row.released_by, as_utc(row.released_at))
 
     @property
     def active(self) -> bool:
@@ -164,7 +158,7 @@ class HoldService:
                 raise NotFound(f"there is no legal hold #{hold_id}")
             if row.released_at is not None:
                 raise HoldError(f"legal hold #{hold_id} was already released by {row.released_by} on "
-                                f"{(_aware(row.released_at) or row.released_at).date().isoformat()}")
+                                f"{as_utc(row.released_at).date().isoformat()}")
             row.released_by = principal.name[:128]
             row.released_at = datetime.now(UTC)
             session.flush()

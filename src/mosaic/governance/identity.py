@@ -23,6 +23,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 
 from mosaic.config import SecuritySettings
+from mosaic.core.times import as_utc
 from mosaic.governance.policy import ALL, AccessPolicy, Principal
 from mosaic.index.database import Database
 from mosaic.index.schema import ApiToken, UserAccount, WebSession
@@ -58,10 +59,6 @@ def _sha256(secret: str) -> str:
 
 def _split(text: str) -> frozenset[str]:
     return frozenset(item.strip() for item in text.split(",") if item.strip())
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 class _FailedSignIns:
@@ -284,7 +281,7 @@ class IdentityService:
         token, account = row
         if token.revoked_at is not None:
             raise AuthenticationFailed(f"API token of {account.username!r} was revoked")
-        if token.expires_at is not None and _utc(token.expires_at) < datetime.now(UTC):
+        if token.expires_at is not None and as_utc(token.expires_at) < datetime.now(UTC):
             raise AuthenticationFailed(f"API token of {account.username!r} has expired")
         if not account.active:
             raise AuthenticationFailed(f"account {account.username!r} is disabled")
@@ -323,7 +320,7 @@ class IdentityService:
         if row is None:
             raise AuthenticationFailed("the session has ended; sign in again")
         web_session, account = row
-        if _utc(web_session.expires_at) < datetime.now(UTC):
+        if as_utc(web_session.expires_at) < datetime.now(UTC):
             raise AuthenticationFailed("the session has expired; sign in again")
         if not account.active:
             raise AuthenticationFailed(f"account {account.username!r} is disabled")

@@ -25,6 +25,7 @@ from sqlalchemy import func, select, update
 
 from mosaic.config import RetentionRule, RetentionSettings
 from mosaic.core.errors import MosaicError, NotFound
+from mosaic.core.times import as_utc
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
 from mosaic.governance.holds import ActiveHolds, HoldService, UnderLegalHold
 from mosaic.index.database import Database
@@ -76,13 +77,6 @@ def add_years(start: date, years: float) -> date:
     except ValueError:
         moved = date(start.year + whole, 3, 1)
     return moved + timedelta(days=round((years - whole) * 365.2425))
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every time Mosaic writes is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -271,7 +265,7 @@ class RetentionService:
             if not rows:
                 return
             yield [StudyFacts(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-                              tuple(value for value in row[8].split("\\") if value), _aware(row[9]))
+                              tuple(value for value in row[8].split("\\") if value), as_utc(row[9]))
                    for row in rows]
             last = rows[-1][0]
 
@@ -285,7 +279,7 @@ class RetentionService:
 
     def dry_run(self, now: datetime | None = None) -> list[RetentionItem]:
         """Every study's verdict: exactly what :meth:`run` at ``now`` would mark and purge, and why the rest stay."""
-        now = _aware(now) or datetime.now(UTC)
+        now = as_utc(now) or datetime.now(UTC)
         holds = self.holds.active()
         items: list[RetentionItem] = []
         for page in self._facts():
@@ -312,7 +306,7 @@ class RetentionService:
 
         self.progress.update(running=True, phase="starting", done=0, total=0, triggered_by=triggered_by)
         try:
-            report = RetentionReport(_aware(now) or datetime.now(UTC))
+            report = RetentionReport(as_utc(now) or datetime.now(UTC))
             self._mark(report, track, triggered_by)
             self._purge(report, track, triggered_by)
             self.progress["last"] = report.as_json()
