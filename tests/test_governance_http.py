@@ -441,3 +441,11 @@ def test_a_store_cannot_add_to_another_sites_study(node: Mosaic) -> None:
     assert failed[0]["00081197"]["Value"] == [0x0124]
     assert node.retrieve.instances_in(PSY_STUDY) == before
     assert node.retrieve.instances_by_uid([own.SOPInstanceUID])  # its own new study is stored
+
+
+@pytest.mark.parametrize("path", ["/api/break-glass", "/api/exports", "/api/users", "/api/holds"])
+def test_a_body_that_is_not_json_is_a_400_that_says_so(node: Mosaic, path: str) -> None:
+    response = httpx.post(url(node, path), content=b"{not json", headers={
+        **token_of(node, "admin"), "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "not JSON" in response.json()["error"]

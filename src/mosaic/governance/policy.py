@@ -118,8 +118,9 @@ class AccessPolicy:
     def permits(principal: Principal, permission: Permission) -> bool:
         return permission in principal.permissions
 
-    def require(self, principal: Principal, permission: Permission) -> None:
-        if not self.permits(principal, permission):
+    @staticmethod
+    def require(principal: Principal, permission: Permission) -> None:
+        if permission not in principal.permissions:
             roles = ", ".join(sorted(principal.roles)) or "no role"
             raise AccessDenied(f"{principal.name} ({roles}) may not {permission.value}")
 

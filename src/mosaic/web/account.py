@@ -17,6 +17,7 @@ from mosaic.governance.audit_export import fhir_bundle, record_json
 from mosaic.governance.identity import AuthenticationFailed
 from mosaic.governance.policy import AccessDenied, Permission
 from mosaic.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, check_csrf_form, principal_of, require
+from mosaic.web.bodies import json_object
 from mosaic.web.landing import STYLE
 
 if TYPE_CHECKING:
@@ -113,9 +114,7 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
 
     async def _break_glass_fields(request: Request) -> tuple[str, str]:
         if request.headers.get("content-type", "").startswith("application/json"):
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise HTTPException(400, "expected a JSON object with StudyInstanceUID and reason")
+            body = await json_object(request)
             return str(body.get("StudyInstanceUID", "")), str(body.get("reason", ""))
         form = await request.form()
         check_csrf_form(request, form)

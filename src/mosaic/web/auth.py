@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.identity import TOKEN_PREFIX, AuthenticationFailed
-from mosaic.governance.policy import ANONYMOUS, Permission, Principal
+from mosaic.governance.policy import ANONYMOUS, AccessDenied, AccessPolicy, Permission, Principal
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
@@ -129,7 +129,8 @@ class AuthMiddleware:
                 self.mosaic.audit.record(entry)
 
     def _remembered(self, headers: dict[str, str]) -> tuple[Principal, bool] | None:
-        """A credential checked moments ago (a viewer's hundreds of frame requests): no thread, no index."""
+        """Who asks, when that needs no thread and no index: the developer in development mode, or a credential
+        checked moments ago (a viewer's hundreds of frame requests). None: :meth:`_authenticate` must check."""
         identity = self.mosaic.identity
         if self.mosaic.settings.security.development_mode:
             return identity.development_principal(), False
@@ -147,8 +148,6 @@ class AuthMiddleware:
 
     def _authenticate(self, headers: dict[str, str]) -> tuple[Principal, bool]:
         identity = self.mosaic.identity
-        if self.mosaic.settings.security.development_mode:
-            return identity.development_principal(), False
         authorization = headers.get("authorization", "")
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
@@ -201,12 +200,13 @@ def principal_of(request: Request) -> Principal:
 def require(request: Request, permission: Permission, *, action: str | None = None) -> Principal:
     """The request's principal if it has ``permission``; else a 403 (audited as denied when ``action``)."""
     principal = principal_of(request)
-    if permission not in principal.permissions:
+    try:
+        AccessPolicy.require(principal, permission)
+    except AccessDenied as exc:
         if action is not None:
             request.state.audit = AuditEntry.of(principal, action, "denied",
                                                 detail={"path": request.url.path, "missing": permission.value})
-        roles = ", ".join(sorted(principal.roles)) or "no role"
-        raise HTTPException(403, f"{principal.name} ({roles}) may not {permission.value}")
+        raise HTTPException(403, str(exc)) from None
     return principal
 
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.policy import AccessDenied, Permission
 from mosaic.web.auth import principal_of, require
+from mosaic.web.bodies import json_object
 from mosaic.workflow.export import Destination, ExportError
 
 if TYPE_CHECKING:
@@ -31,9 +32,7 @@ def create_export_router(mosaic: Mosaic) -> APIRouter:
         """``{"studies": [...], "project": "...", "destination": {"kind": "zip", "target": "cohort.zip"},
         "options": {...}}`` → 202 with the export's id; poll ``GET /api/exports/{id}``."""
         principal = require(request, Permission.EXPORT, action=AuditAction.EXPORT)
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise HTTPException(400, "expected a JSON object")
+        body = await json_object(request)
         destination = body.get("destination") or {}
         kind, target = str(destination.get("kind", "")), str(destination.get("target", ""))
         if kind in ("folder", "zip"):

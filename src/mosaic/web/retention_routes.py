@@ -23,23 +23,10 @@ from mosaic.governance.holds import HoldError, UnderLegalHold, hold_audit_entry
 from mosaic.governance.policy import Permission
 from mosaic.governance.retention import RetentionBusy
 from mosaic.web.auth import require
+from mosaic.web.bodies import json_object
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON object body ({} when there is none)."""
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise HTTPException(400, "the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise HTTPException(400, "expected a JSON object")
-    return body
 
 
 def create_retention_router(mosaic: Mosaic) -> APIRouter:
@@ -108,7 +95,7 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
     async def place_hold(request: Request) -> JSONResponse:
         """Place a hold: ``{"PatientID", "IssuerOfPatientID"}`` or ``{"StudyInstanceUID"}``, with ``reason``."""
         principal = require(request, Permission.ADMINISTER, action=AuditAction.LEGAL_HOLD)
-        body = await _json_object(request)
+        body = await json_object(request, empty_ok=True)
         fields = {name: str(body.get(name) or "") for name in ("PatientID", "IssuerOfPatientID",
                                                                 "StudyInstanceUID", "reason")}
         request.state.audit = AuditEntry.of(principal, AuditAction.LEGAL_HOLD, "", PatientID=fields["PatientID"],
@@ -146,7 +133,7 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
         """Delete a study (index and blobs): needs ``reason`` (query or JSON body); 409 under a legal hold."""
         principal = require(request, Permission.DELETE, action=AuditAction.DELETE)
         if reason is None:
-            reason = str((await _json_object(request)).get("reason") or "")
+            reason = str((await json_object(request, empty_ok=True)).get("reason") or "")
         entry = AuditEntry.of(principal, AuditAction.DELETE, "", StudyInstanceUID=study,
                               detail={"reason": reason})
         request.state.audit = entry

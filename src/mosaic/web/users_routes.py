@@ -14,6 +14,7 @@ from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.identity import AccountError
 from mosaic.governance.policy import Permission
 from mosaic.web.auth import require
+from mosaic.web.bodies import json_object
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
@@ -26,16 +27,6 @@ def _strings(body: dict[str, Any], key: str) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise HTTPException(400, f"{key} must be a list of strings")
     return value
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise HTTPException(400, "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise HTTPException(400, "the body must be a JSON object")
-    return body
 
 
 def create_users_router(mosaic: Mosaic) -> APIRouter:
@@ -55,7 +46,7 @@ def create_users_router(mosaic: Mosaic) -> APIRouter:
     @router.post("", status_code=201)
     async def add_user(request: Request) -> JSONResponse:
         """``{"username", "roles", "facilities"?, "departments"?, "password"?, "display_name"?}``."""
-        body = await _body(request)
+        body = await json_object(request)
         change(request, {"user": body.get("username"), "change": "created", "roles": body.get("roles"),
                          "facilities": body.get("facilities"), "departments": body.get("departments")})
         try:
@@ -72,7 +63,7 @@ def create_users_router(mosaic: Mosaic) -> APIRouter:
     @router.patch("/{username}")
     async def update_user(request: Request, username: str) -> dict[str, Any]:
         """Change roles, facilities, departments, ``active`` and/or ``password``."""
-        body = await _body(request)
+        body = await json_object(request)
         change(request, {"user": username, "change": "updated",
                          **{key: body[key] for key in ("roles", "facilities", "departments", "active") if key in body},
                          **({"password": "changed"} if "password" in body else {})})
@@ -92,7 +83,7 @@ def create_users_router(mosaic: Mosaic) -> APIRouter:
     @router.post("/{username}/tokens", status_code=201)
     async def issue_token(request: Request, username: str) -> JSONResponse:
         """A new API token for the account, shown in this answer only."""
-        body = await _body(request) if await request.body() else {}
+        body = await json_object(request, empty_ok=True)
         change(request, {"user": username, "change": "token issued", "label": body.get("label", "")})
         days = body.get("days")
         try:
