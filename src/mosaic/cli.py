@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mosaic.cli_retention import delete_command, hold_app, retention_app
-from mosaic.config import Settings, iter_options, load_settings
+from mosaic.cli_support import ConfigOption, DataDirOption, console, errors, node_of, operator
+from mosaic.cli_support import settings_of as _settings
+from mosaic.config import iter_options
 
 app = typer.Typer(help="Mosaic: an open enterprise imaging platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -25,24 +26,6 @@ audit_app = typer.Typer(help="The audit trail: verify its hash chain, search it.
 app.add_typer(audit_app, name="audit")
 app.add_typer(retention_app, name="retention")
 app.add_typer(hold_app, name="hold")
-console = Console()
-errors = Console(stderr=True)
-
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file.",
-                                                    exists=True, dir_okay=False)]
-DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Folder for the index and blobs.")]
-
-
-def _settings(config: Path | None, data_dir: Path | None = None, **overrides: Any) -> Settings:
-    settings = load_settings(config)
-    if data_dir is not None:
-        settings.data_dir = data_dir
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        section, _, name = dotted.partition("__")
-        setattr(getattr(settings, section), name, value)
-    return settings
 
 
 @app.command()
@@ -104,20 +87,17 @@ def import_(
     data_dir: DataDirOption = None,
 ) -> None:
     """Store DICOM files from folders; re-running after an interruption skips what is stored."""
-    import getpass
-
-    from mosaic.app import Mosaic
     from mosaic.governance.audit import AuditAction, AuditEntry
     from mosaic.services.importer import import_paths, iter_files
 
-    node = Mosaic(_settings(config, data_dir))
+    node = node_of(config, data_dir)
     node.audit.start()
-    operator = f"os:{getpass.getuser()}"
+    importer = operator(node)
 
     def audit(result: Any) -> None:
-        node.audit.record(AuditEntry(
-            action=AuditAction.STORE, outcome="success", actor=operator, actor_kind="cli", interface="cli",
-            PatientID=result.patient_id, IssuerOfPatientID=result.issuer_of_patient_id,
+        node.audit.record(AuditEntry.of(
+            importer, AuditAction.STORE, "success", PatientID=result.patient_id,
+            IssuerOfPatientID=result.issuer_of_patient_id,
             StudyInstanceUID=result.study_instance_uid, SeriesInstanceUID=result.series_instance_uid,
             SOPInstanceUID=result.sop_instance_uid, detail={"door": "import", "outcome": result.outcome.value}))
 
@@ -194,20 +174,11 @@ def echo(
     console.print(f"C-ECHO to {peer}: success in {seconds * 1000:.1f} ms")
 
 
-def _cli_node(config: Path | None, data_dir: Path | None) -> Any:
-    from mosaic.app import Mosaic
-
-    return Mosaic(_settings(config, data_dir))
-
-
 def _audit_cli_change(node: Any, action: str, detail: dict[str, Any], outcome: str = "success") -> None:
     """Account and policy changes made on the command line are audited like any other (actor: the OS user)."""
-    import getpass
-
     from mosaic.governance.audit import AuditEntry
 
-    node.audit.record(AuditEntry(action=action, outcome=outcome, actor=f"os:{getpass.getuser()}", actor_kind="cli",
-                                 interface="cli", detail=detail))
+    node.audit.record(AuditEntry.of(operator(node), action, outcome, detail=detail))
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -246,7 +217,7 @@ def user_add(
     from mosaic.governance.audit import AuditAction
     from mosaic.governance.identity import AccountError
 
-    node = _cli_node(config, data_dir)
+    node = node_of(config, data_dir)
     try:
         account = node.identity.add_user(username, roles=_csv(roles) or [], password=None if no_password
                                          else _new_password(password), display_name=display_name,
@@ -277,7 +248,7 @@ def user_set(
     from mosaic.governance.audit import AuditAction
     from mosaic.governance.identity import AccountError
 
-    node = _cli_node(config, data_dir)
+    node = node_of(config, data_dir)
     try:
         account = node.identity.update_user(username, roles=_csv(roles), facilities=_csv(facilities),
                                             departments=_csv(departments), active=active)
@@ -303,7 +274,7 @@ def user_passwd(
     from mosaic.governance.audit import AuditAction
     from mosaic.governance.identity import AccountError
 
-    node = _cli_node(config, data_dir)
+    node = node_of(config, data_dir)
     try:
         node.identity.set_password(username, _new_password(password))
     except AccountError as exc:
@@ -328,7 +299,7 @@ def user_token(
     from mosaic.governance.audit import AuditAction
     from mosaic.governance.identity import AccountError
 
-    node = _cli_node(config, data_dir)
+    node = node_of(config, data_dir)
     try:
         if revoke:
             count = node.identity.revoke_tokens(username)
@@ -350,7 +321,7 @@ def user_token(
 @user_app.command("list")
 def user_list(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Every account with its roles and scope."""
-    node = _cli_node(config, data_dir)
+    node = node_of(config, data_dir)
     table = Table(title="Accounts")
     for column in ("user", "roles", "facilities", "departments", "active", "password"):
         table.add_column(column)
@@ -365,7 +336,7 @@ def user_list(config: ConfigOption = None, data_dir: DataDirOption = None) -> No
 @audit_app.command("verify")
 def audit_verify(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Walk the audit trail's hash chain; names the first record edited, removed or reordered (exit 1)."""
-    node = _cli_node(config, data_dir)
+    node = node_of(config, data_dir)
     with Progress(TextColumn("[bold]Verifying the audit trail"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("audit", total=node.audit.total())
@@ -392,7 +363,7 @@ def audit_search(
     """Search the audit trail, newest first."""
     from mosaic.governance.audit import AuditAction
 
-    node = _cli_node(config, data_dir)
+    node = node_of(config, data_dir)
     rows, total = node.audit.search(patient_id=patient, user=user, study=study, action=action, limit=limit)
     _audit_cli_change(node, AuditAction.AUDIT_READ, {"patient": patient, "user": user, "study": study,
                                                      "action": action, "matches": total})
@@ -428,9 +399,6 @@ def export(
 ) -> None:
     """De-identify studies (PS3.15 Annex E) into a folder, a zip, a DICOM peer or a DICOMweb destination.
     The manifest linking pseudonyms to patients stays inside Mosaic."""
-    import getpass
-
-    from mosaic.governance.policy import Principal
     from mosaic.workflow.export import Destination, ExportError
 
     targets = [(kind, value) for kind, value in (("zip" if as_zip else "folder", str(to) if to else None),
@@ -438,12 +406,11 @@ def export(
     if len(targets) != 1:
         errors.print("[red]give exactly one of --to, --peer, --dicomweb[/]")
         raise typer.Exit(2)
-    node = _cli_node(config, data_dir)
-    operator = Principal(name=f"os:{getpass.getuser()}", kind="cli", roles=frozenset({"administrator"}),
-                         permissions=node.policy.permissions_of(frozenset({"administrator"})), interface="cli")
+    node = node_of(config, data_dir)
+    exporter = operator(node)
     node.audit.start()
     try:
-        job = node.exports.prepare(operator, study, Destination(*targets[0]), project)
+        job = node.exports.prepare(exporter, study, Destination(*targets[0]), project)
     except ExportError as exc:
         errors.print(f"[red]{exc}[/]")
         node.stop()
@@ -454,7 +421,7 @@ def export(
     with Progress(TextColumn("[bold]Exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         task = progress.add_task("export", total=None)
-        node.exports.run(job, operator, options,
+        node.exports.run(job, exporter, options,
                          progress=lambda current: progress.update(task, total=current.total, completed=current.done))
     node.stop()
     console.print(f"export {job.id}: {job.exported} instances exported, {len(job.excluded)} excluded, "

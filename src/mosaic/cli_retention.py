@@ -6,46 +6,21 @@ operating-system user as the actor; deletions by a retention run are audited wit
 
 from __future__ import annotations
 
-import getpass
 from collections import Counter
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from mosaic.app import Mosaic
-    from mosaic.governance.policy import Principal
+from mosaic.cli_support import ConfigOption, DataDirOption, console, errors, node_of
+from mosaic.cli_support import operator as operator_of
 
 retention_app = typer.Typer(help="Retention rules: what they let go (dry run), and running them.",
                             no_args_is_help=True)
 hold_app = typer.Typer(help="Legal holds: patients or studies nothing may delete until released.",
                        no_args_is_help=True)
-console = Console()
-errors = Console(stderr=True)
-
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file.",
-                                                    exists=True, dir_okay=False)]
-DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Folder for the index and blobs.")]
-
-
-def _node(config: Path | None, data_dir: Path | None) -> Mosaic:
-    from mosaic.app import Mosaic
-    from mosaic.cli import _settings
-
-    return Mosaic(_settings(config, data_dir))
-
-
-def _operator(node: Mosaic) -> Principal:
-    """Whoever runs the command: the operating-system user, with the administrator's permissions."""
-    from mosaic.governance.policy import Principal
-
-    return Principal(name=f"os:{getpass.getuser()}", kind="cli", roles=frozenset({"administrator"}),
-                     permissions=node.policy.permissions_of(frozenset({"administrator"})), interface="cli")
 
 
 def _when(value: datetime | None) -> str:
@@ -62,7 +37,7 @@ def retention_dry_run(
     data_dir: DataDirOption = None,
 ) -> None:
     """What a run would mark and purge now, and why every other study stays (changes nothing)."""
-    node = _node(config, data_dir)
+    node = node_of(config, data_dir)
     try:
         items = node.retention.dry_run()
     finally:
@@ -86,8 +61,8 @@ def retention_dry_run(
 @retention_app.command("run")
 def retention_run(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Mark due studies, purge those marked longer ago than the grace period (a legal hold saves a study)."""
-    node = _node(config, data_dir)
-    operator = _operator(node)
+    node = node_of(config, data_dir)
+    operator = operator_of(node)
     try:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=console) as progress:
@@ -129,8 +104,8 @@ def hold_place(
     """Place a legal hold on a patient or a study: nothing deletes it until it is released."""
     from mosaic.governance.holds import HoldError, hold_audit_entry
 
-    node = _node(config, data_dir)
-    operator = _operator(node)
+    node = node_of(config, data_dir)
+    operator = operator_of(node)
     try:
         hold = node.holds.place(operator, reason=reason, patient_id=patient or "", issuer=issuer,
                                 study_instance_uid=study or "")
@@ -153,8 +128,8 @@ def hold_release(
     from mosaic.core.errors import NotFound
     from mosaic.governance.holds import HoldError, hold_audit_entry
 
-    node = _node(config, data_dir)
-    operator = _operator(node)
+    node = node_of(config, data_dir)
+    operator = operator_of(node)
     try:
         hold = node.holds.release(operator, hold_id)
         node.audit.record(hold_audit_entry(operator, hold, "released", "success"))
@@ -173,7 +148,7 @@ def hold_list(
     data_dir: DataDirOption = None,
 ) -> None:
     """Legal holds in the order they were placed (active ones unless --all)."""
-    node = _node(config, data_dir)
+    node = node_of(config, data_dir)
     try:
         holds = node.holds.holds(include_released=show_all)
     finally:
@@ -204,8 +179,8 @@ def delete_command(
     if not reason.strip():
         errors.print("[red]a deletion needs a reason[/]")
         raise typer.Exit(2)
-    node = _node(config, data_dir)
-    operator = _operator(node)
+    node = node_of(config, data_dir)
+    operator = operator_of(node)
     try:
         result = node.deleter.delete_study(study, reason=reason.strip(), actor=operator.name)
     except UnderLegalHold as exc:
