@@ -48,13 +48,20 @@ def start_node(data_dir: Path, *, peers: Sequence[DicomPeer] = (), allow_unknown
     return node
 
 
-def run_tool(tool: str, *args: str | Path, env: dict[str, str], timeout: float = TOOL_TIMEOUT
-             ) -> subprocess.CompletedProcess[str]:
-    """Run one dcmtk tool; the result carries its exit code and its combined output."""
-    return subprocess.run(
-        [tool, *(str(arg) for arg in args)], env=env, capture_output=True, text=True, timeout=timeout,
-        check=False,
-    )
+def run_tool(tool: str, *args: str | Path, env: dict[str, str], timeout: float = TOOL_TIMEOUT,
+             logs: Sequence[Path] = ()) -> subprocess.CompletedProcess[str]:
+    """Run one dcmtk tool; the result carries its exit code and its combined output. A tool still running
+    after ``timeout`` fails the test with what it printed and the tail of ``logs`` (e.g. a storescp's)."""
+    command = [tool, *(str(arg) for arg in args)]
+    try:
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        printed = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part or ""
+                          for part in (exc.stdout, exc.stderr))
+        tails = "".join(f"\n--- {log} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+                        for log in logs if log.exists())
+        raise AssertionError(f"{' '.join(command)} still running after {timeout:.0f} s; it printed:\n"
+                             f"{printed or '(nothing)'}{tails}") from None
 
 
 def peer_args(node: Mosaic, calling_ae: str | None = None) -> list[str]:
@@ -118,13 +125,16 @@ class StoreSCP:
             self.port = free_port()
             with open(self.log, "ab") as log:
                 self.process = subprocess.Popen(
-                    ["storescp", "+B", "+xa", "-aet", self.ae_title, "-od", str(self.folder), str(self.port)],
+                    ["storescp", "-v", "+B", "+xa", "-aet", self.ae_title, "-od", str(self.folder), str(self.port)],
                     env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.process.poll() is None:
                 if is_listening(LOCALHOST, self.port):
-                    return self
+                    time.sleep(0.05)
+                    if self.process.poll() is None:  # still running: it, not something else, holds the port
+                        return self
+                    break
                 time.sleep(0.02)
             self.stop()
         raise RuntimeError(f"storescp did not start: {self.log.read_text(errors='replace')[-2000:]}")

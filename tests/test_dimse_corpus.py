@@ -270,7 +270,7 @@ def test_cmove_delivers_every_corpus_instance_byte_identical(stored_corpus: Stor
     uids = "\\".join(item.sop_instance_uid for item in stored_corpus.corpus.sent)
     result = run_tool("movescu", "-S", "-aem", stored_corpus.destination.ae_title,
                       "-k", "QueryRetrieveLevel=IMAGE", "-k", f"SOPInstanceUID={uids}",
-                      *peer_args(stored_corpus.node), env=dcmtk)
+                      *peer_args(stored_corpus.node), env=dcmtk, logs=[stored_corpus.destination.log])
     assert result.returncode == 0, result.stdout + result.stderr
     _assert_byte_identical(stored_corpus, stored_corpus.destination.received())
 
