@@ -20,6 +20,8 @@ from mosaic.governance.audit_export import SyslogForwarder
 from mosaic.governance.identity import IdentityService
 from mosaic.governance.policy import AccessPolicy
 from mosaic.index.database import Database
+from mosaic.jobs.runner import JobRunner
+from mosaic.jobs.store import JobStore
 from mosaic.services.changes import ChangeFeed
 from mosaic.services.ingest import IngestService
 from mosaic.services.query import QueryService
@@ -46,6 +48,9 @@ class Mosaic:
         self.policy = AccessPolicy(self.database, settings.security)
         self.identity = IdentityService(self.database, settings.security, self.policy)
         self.audit = AuditTrail(self.database)
+        self.jobs = JobStore(self.database, settings.jobs)
+        self.job_runner = JobRunner(self.jobs, settings.jobs)
+        """Runs queued jobs (exports, retention runs) on this node once started; the services register."""
         from mosaic.workflow.export import ExportService
 
         self.exports = ExportService(self)
@@ -101,6 +106,8 @@ class Mosaic:
 
             self._retention_schedule = RetentionScheduler(self.retention, self.settings.retention.schedule_hours)
             self._retention_schedule.start()
+        if http:
+            self.job_runner.start()
         if dicom:
             incoming = getattr(self.blobs, "incoming", None)
             if incoming is not None:
@@ -154,6 +161,7 @@ class Mosaic:
         if self._retention_schedule is not None:
             self._retention_schedule.stop()
             self._retention_schedule = None
+        self.job_runner.stop()
         self.audit.stop()
         if self._syslog is not None:
             self._syslog.stop()

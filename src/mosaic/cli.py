@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mosaic.cli_jobs import jobs_app
 from mosaic.cli_retention import delete_command, hold_app, retention_app
 from mosaic.cli_support import ConfigOption, DataDirOption, console, errors, node_of, operator
 from mosaic.cli_support import settings_of as _settings
@@ -26,6 +27,7 @@ audit_app = typer.Typer(help="The audit trail: verify its hash chain, search it.
 app.add_typer(audit_app, name="audit")
 app.add_typer(retention_app, name="retention")
 app.add_typer(hold_app, name="hold")
+app.add_typer(jobs_app, name="jobs")
 
 
 @app.command()
@@ -399,7 +401,7 @@ def export(
 ) -> None:
     """De-identify studies (PS3.15 Annex E) into a folder, a zip, a DICOM peer or a DICOMweb destination.
     The manifest linking pseudonyms to patients stays inside Mosaic."""
-    from mosaic.workflow.export import Destination, ExportError
+    from mosaic.workflow.export import Destination, ExportError, summary
 
     targets = [(kind, value) for kind, value in (("zip" if as_zip else "folder", str(to) if to else None),
                                                  ("peer", peer), ("dicomweb", dicomweb)) if value]
@@ -409,29 +411,30 @@ def export(
     node = node_of(config, data_dir)
     exporter = operator(node)
     node.audit.start()
+    options = {"retain_patient_characteristics": retain_patient_characteristics, "retain_uids": retain_uids,
+               "retain_device_identity": retain_device_identity, "retain_longitudinal_modified_dates": shift_dates,
+               "include_burned_in": include_burned_in}
     try:
-        job = node.exports.prepare(exporter, study, Destination(*targets[0]), project)
+        job = node.exports.prepare(exporter, study, Destination(*targets[0]), project, options)
     except ExportError as exc:
         errors.print(f"[red]{exc}[/]")
         node.stop()
         raise typer.Exit(1) from exc
-    options = {"retain_patient_characteristics": retain_patient_characteristics, "retain_uids": retain_uids,
-               "retain_device_identity": retain_device_identity, "retain_longitudinal_modified_dates": shift_dates,
-               "include_burned_in": include_burned_in}
-    with Progress(TextColumn("[bold]Exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
-        task = progress.add_task("export", total=None)
-        node.exports.run(job, exporter, options,
-                         progress=lambda current: progress.update(task, total=current.total, completed=current.done))
+        task = progress.add_task("Exporting", total=None)
+        job = node.exports.run(job, lambda phase, done, total: progress.update(
+            task, description=phase.capitalize(), total=total, completed=done))
     node.stop()
-    console.print(f"export {job.id}: {job.exported} instances exported, {len(job.excluded)} excluded, "
-                  f"{len(job.failed)} failed (project {project}; the manifest stays in Mosaic)")
-    for uid, reason in job.excluded[:50]:
-        console.print(f"[yellow]excluded[/] {uid}: {reason}", highlight=False)
-    for source, reason in job.failed[:50]:
-        console.print(f"[red]failed[/] {source}: {reason}", highlight=False)
+    outcome = summary(job)
+    console.print(f"export {job.id}: {outcome['exported']} instances exported, {outcome['excluded_count']} excluded, "
+                  f"{outcome['failed_count']} failed (project {project}; the manifest stays in Mosaic)")
+    for item in outcome["excluded"][:50]:
+        console.print(f"[yellow]excluded[/] {item['SOPInstanceUID']}: {item['reason']}", highlight=False)
+    for item in outcome["failed"][:50]:
+        console.print(f"[red]failed[/] {item['source']}: {item['reason']}", highlight=False)
     if job.state != "done":
-        errors.print(f"[red]export failed: {job.error}[/]")
+        errors.print(f"[red]export {job.state}: {job.error}[/]")
         raise typer.Exit(1)
 
 

@@ -238,6 +238,20 @@ class ExportSettings(BaseModel):
     )
 
 
+class JobSettings(BaseModel):
+    """Durable jobs: de-identified exports and retention runs are rows in the index that any node shows."""
+
+    workers: int = Field(1, ge=0, le=16, description="Jobs one `mosaic serve` runs at a time (0: this node runs "
+                         "none; another node on the same index does).")
+    poll_seconds: float = Field(2.0, gt=0, description="How often an idle node looks for queued jobs (a job "
+                                "submitted on the node itself starts at once).")
+    stale_seconds: float = Field(120.0, ge=10, description="A running job whose node has not reported for this "
+                                 "long is taken to be interrupted (the node crashed or was stopped) and is "
+                                 "queued again.")
+    max_attempts: int = Field(3, ge=1, description="Runs a job gets (the first and its resumptions after "
+                              "interruptions) before it is failed.")
+
+
 class LogSettings(BaseModel):
     level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     json_format: bool = Field(False, description="Write logs as one JSON object per line.")
@@ -275,6 +289,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)  # type: ignore[arg-type]
     retention: RetentionSettings = Field(default_factory=RetentionSettings)  # type: ignore[arg-type]
     export: ExportSettings = Field(default_factory=ExportSettings)  # type: ignore[arg-type]
+    jobs: JobSettings = Field(default_factory=JobSettings)  # type: ignore[arg-type]
 
     _config_file: Path | None = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pynetdicom import AE
@@ -38,29 +39,43 @@ def verify_peer(own_ae_title: str, ae_title: str, host: str, port: int) -> tuple
     return status, time.perf_counter() - started
 
 
-def store_files(own_ae_title: str, ae_title: str, host: str, port: int,
-                paths: list[Path]) -> list[tuple[Path, str | None]]:
-    """C-STORE Part 10 files to a peer over one association: (file, None on success or the reason)."""
+def store_files(own_ae_title: str, ae_title: str, host: str, port: int, paths: list[Path],
+                progress: Callable[[int], None] | None = None) -> list[tuple[Path, str | None]]:
+    """C-STORE Part 10 files to a peer over one association: (file, None on success or the reason). Only the
+    headers are read up front (for the presentation contexts); each file is read when it is sent.
+    ``progress`` is called with the number of files sent so far."""
     from pydicom import dcmread
 
     if not paths:
         return []
-    datasets = [(path, dcmread(path)) for path in paths]
+    pairs: dict[Path, tuple[str, str]] = {}
+    results: list[tuple[Path, str | None]] = []
+    for path in paths:
+        try:
+            header = dcmread(path, stop_before_pixels=True)
+            pairs[path] = (str(header.SOPClassUID), str(header.file_meta.TransferSyntaxUID))
+        except Exception as exc:  # pydicom raises many types on a bad file
+            results.append((path, f"not a readable DICOM file: {exc}"))
     ae = AE(ae_title=own_ae_title)
     ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 60
-    pairs = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _path, ds in datasets})
-    for sop_class, syntax in pairs[:128]:
+    contexts = sorted(set(pairs.values()))
+    for sop_class, syntax in contexts[:128]:
         ae.add_requested_context(sop_class, [syntax])
     association = ae.associate(host, port, ae_title=ae_title)
     if not association.is_established:
-        return [(path, f"association with {ae_title}@{host}:{port} refused or failed") for path, _ds in datasets]
-    results: list[tuple[Path, str | None]] = []
+        return results + [(path, f"association with {ae_title}@{host}:{port} refused or failed") for path in pairs]
     try:
-        for path, dataset in datasets:
-            response = association.send_c_store(dataset)
+        for count, path in enumerate(pairs, start=1):
+            try:
+                response = association.send_c_store(dcmread(path))
+            except (ValueError, RuntimeError) as exc:  # e.g. no accepted presentation context for it
+                results.append((path, f"not sent: {exc}"))
+                continue
             status = int(response.Status) if response and "Status" in response else None
             results.append((path, None if status in (0x0000, 0xB000, 0xB007, 0xB006) else
                             f"C-STORE status {status:#06x}" if status is not None else "no C-STORE response"))
+            if progress is not None:
+                progress(count)
     finally:
         association.release()
     return results

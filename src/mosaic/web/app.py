@@ -112,5 +112,8 @@ def create_app(mosaic: Mosaic) -> FastAPI:
     from mosaic.web.retention_routes import create_retention_router
 
     app.include_router(create_retention_router(mosaic))
+    from mosaic.web.jobs_routes import create_jobs_router
+
+    app.include_router(create_jobs_router(mosaic))
     mount_viewer(app, mosaic.settings.viewer_path, dicomweb_root="/dicom-web")
     return app

@@ -14,14 +14,12 @@ from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.policy import AccessDenied, Permission
 from mosaic.web.auth import principal_of, require
 from mosaic.web.bodies import json_object
-from mosaic.workflow.export import Destination, ExportError
+from mosaic.workflow.export import KIND, Destination, ExportError, summary
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_OPTIONS = ("retain_longitudinal_modified_dates", "retain_patient_characteristics", "retain_device_identity",
-            "clean_descriptors", "retain_uids", "include_burned_in")
 
 
 def create_export_router(mosaic: Mosaic) -> APIRouter:
@@ -41,27 +39,27 @@ def create_export_router(mosaic: Mosaic) -> APIRouter:
                                          "(letters, digits, '.', '_', '-')")
             target = str(mosaic.settings.export_path / target)
         options = body.get("options") or {}
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise HTTPException(400, f"unknown de-identification option(s) {', '.join(unknown)}; known: "
-                                     f"{', '.join(_OPTIONS)}")
+        if not isinstance(options, dict):
+            raise HTTPException(400, "options must be an object of true/false de-identification options")
         studies = [str(study) for study in body.get("studies") or []]
         try:
-            job = mosaic.exports.prepare(principal, studies, Destination(kind, target), str(body.get("project", "")))
+            job = mosaic.exports.prepare(principal, studies, Destination(kind, target), str(body.get("project", "")),
+                                         {key: bool(value) for key, value in options.items()})
         except AccessDenied as exc:
             raise HTTPException(403, str(exc)) from None
         except ExportError as exc:
             raise HTTPException(404 if "not in the archive" in str(exc) else 400, str(exc)) from None
-        mosaic.exports.start(job, principal, {key: bool(value) for key, value in options.items()})
-        return JSONResponse(job.summary(), status_code=202, headers={"Location": f"/api/exports/{job.id}"})
+        mosaic.exports.start(job)
+        return JSONResponse(summary(job), status_code=202, headers={"Location": f"/api/exports/{job.id}"})
 
     @router.get("/{export_id}")
     def export_status(request: Request, export_id: str) -> dict[str, Any]:
         principal = principal_of(request)
-        job = mosaic.exports.jobs.get(export_id)
-        if job is None or (job.requested_by != principal.name and Permission.ADMINISTER not in principal.permissions):
+        job = mosaic.jobs.get(export_id)
+        if job is None or job.kind != KIND or (job.requested_by != principal.name
+                                               and Permission.ADMINISTER not in principal.permissions):
             raise HTTPException(404, f"export {export_id} is unknown")
-        return job.summary()
+        return summary(job)
 
     @router.get("/{export_id}/manifest")
     def export_manifest(request: Request, export_id: str) -> dict[str, Any]:

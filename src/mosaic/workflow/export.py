@@ -4,31 +4,37 @@ DICOMweb (STOW-RS) destination, with the manifest kept inside Mosaic.
 The caller's policy decides which studies it may export (the EXPORT permission and its scope); each
 project has its own secret, created on first use and kept in the index, so a patient gets the same
 pseudonym in every export of the project. Every exported study is audited. Originals are only read.
+
+An export is a durable job (``mosaic.jobs``): its request, progress and outcome are a row any node shows;
+one a stopped node left unfinished runs again from the start (the project's secret makes the second run
+write the same pseudonyms and UIDs); a folder or zip appears under its name only once complete.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
 import tempfile
-import threading
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.deid import DeidentificationOptions, ExportReport, export_deidentified
 from mosaic.governance.policy import AccessDenied, Permission, Principal
 from mosaic.index.schema import DeidManifestEntry, DeidProject, Patient, Study
+from mosaic.jobs.runner import JobCancelled, JobContext, JobFailed
+from mosaic.jobs.store import JobView
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
@@ -49,38 +55,48 @@ class Destination:
     target: str
 
 
-@dataclass
-class ExportJob:
-    """One export's progress and outcome (what the CLI's bar and ``GET /api/exports/{id}`` show)."""
+KIND = "export"
+OPTIONS = ("retain_longitudinal_modified_dates", "retain_patient_characteristics", "retain_device_identity",
+           "clean_descriptors", "retain_uids", "include_burned_in")
+LISTED = 1000
+"""Excluded and failed instances named in a job's result (the counts are always complete)."""
 
-    id: str
-    project: str
-    requested_by: str
-    studies: list[str]
-    destination: Destination
-    state: str = "queued"
-    """queued, running, done, failed."""
-    total: int = 0
-    done: int = 0
-    exported: int = 0
-    excluded: list[tuple[str, str]] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    error: str = ""
 
-    def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "project": self.project, "state": self.state, "studies": len(self.studies),
-                "destination": {"kind": self.destination.kind, "target": self.destination.target},
-                "total": self.total, "done": self.done, "exported": self.exported,
-                "excluded": [{"SOPInstanceUID": uid, "reason": reason} for uid, reason in self.excluded],
-                "failed": [{"source": source, "reason": reason} for source, reason in self.failed],
-                "error": self.error or None}
+def summary(job: JobView) -> dict[str, Any]:
+    """An export job as ``GET /api/exports/{id}`` shows it: what was asked, how far it got, what came out."""
+    params, result = job.params, job.result
+    destination = params.get("destination", {})
+    return {"id": job.id, "project": params.get("project", ""), "state": job.state.value,
+            "studies": len(params.get("studies", [])),
+            "destination": {"kind": destination.get("kind", ""), "target": destination.get("target", "")},
+            "phase": job.phase, "total": job.total, "done": job.done, "attempts": job.attempts,
+            "exported": int(result.get("exported", 0)), "excluded": result.get("excluded", []),
+            "excluded_count": int(result.get("excluded_count", 0)), "failed": result.get("failed", []),
+            "failed_count": int(result.get("failed_count", 0)), "error": job.error or None,
+            "created_at": job.as_json()["created_at"], "finished_at": job.as_json()["finished_at"]}
+
+
+def _principal_params(principal: Principal) -> dict[str, Any]:
+    """The requester as the job keeps it: a resumed run acts with the rights the export was granted with."""
+    return {"name": principal.name, "kind": principal.kind, "roles": sorted(principal.roles),
+            "permissions": sorted(permission.value for permission in principal.permissions),
+            "facilities": sorted(principal.facilities), "departments": sorted(principal.departments),
+            "address": principal.address, "interface": principal.interface,
+            "break_glass_studies": sorted(principal.break_glass_studies)}
+
+
+def _principal_of(params: dict[str, Any]) -> Principal:
+    return Principal(name=params["name"], kind=params["kind"], roles=frozenset(params["roles"]),
+                     permissions=frozenset(Permission(value) for value in params["permissions"]),
+                     facilities=frozenset(params["facilities"]), departments=frozenset(params["departments"]),
+                     address=params.get("address", ""), interface=params.get("interface", ""),
+                     break_glass_studies=frozenset(params.get("break_glass_studies", [])))
 
 
 class ExportService:
     def __init__(self, mosaic: Mosaic) -> None:
         self.mosaic = mosaic
-        self.jobs: dict[str, ExportJob] = {}
-        self._lock = threading.Lock()
+        mosaic.job_runner.register(KIND, self.run_job)
 
     # --- projects ---------------------------------------------------------------------------
 
@@ -107,94 +123,159 @@ class ExportService:
                                    .order_by(DeidManifestEntry.pk)).all()
         return [{"kind": row.kind, "original": row.original, "pseudonym": row.pseudonym} for row in rows]
 
-    # --- exporting --------------------------------------------------------------------------
+    # --- requesting -------------------------------------------------------------------------
 
-    def prepare(self, principal: Principal, studies: list[str], destination: Destination, project: str) -> ExportJob:
-        """Check everything before anything is written: permission, scope, destination."""
+    def prepare(self, principal: Principal, studies: list[str], destination: Destination, project: str,
+                options: dict[str, bool] | None = None) -> JobView:
+        """Check everything before anything is written (permission, scope, destination, options), then queue
+        the export as a job. Raises :class:`ExportError` or :class:`AccessDenied`."""
         self.mosaic.policy.require(principal, Permission.EXPORT)
         if not studies:
             raise ExportError("no study to export")
+        unknown = sorted(set(options or {}) - set(OPTIONS))
+        if unknown:
+            raise ExportError(f"unknown de-identification option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
         if destination.kind not in ("folder", "zip", "peer", "dicomweb"):
             raise ExportError(f"destination kind {destination.kind!r} is not folder, zip, peer or dicomweb")
+        if destination.kind in ("folder", "zip"):
+            target = Path(destination.target)
+            if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+                raise ExportError(f"{target} already exists: an export writes a new {destination.kind}")
         if destination.kind == "peer" and self._peer(destination.target) is None:
             raise ExportError(f"{destination.target!r} is not a configured DICOM peer (dicom.peers)")
         dicomweb = self.mosaic.settings.export.dicomweb_destinations
         if destination.kind == "dicomweb" and destination.target not in dicomweb:
             raise ExportError(f"{destination.target!r} is not a configured DICOMweb destination "
                               "(export.dicomweb_destinations)")
+        self.project_secret(project, principal.name)  # checks the name; the secret exists before the job runs
         for study in studies:
             access = self.mosaic.policy.study_access(principal, study)
             if not access.allowed or not self.mosaic.retrieve.instances_in(study):
                 raise ExportError(f"study {study} is not in the archive")
-        job = ExportJob(str(uuid.uuid4()), project, principal.name, list(dict.fromkeys(studies)), destination)
-        with self._lock:
-            self.jobs[job.id] = job
-        return job
+        params = {"studies": list(dict.fromkeys(studies)), "project": project,
+                  "destination": {"kind": destination.kind, "target": destination.target},
+                  "options": {key: bool(value) for key, value in (options or {}).items()},
+                  "principal": _principal_params(principal)}
+        return self.mosaic.jobs.submit(KIND, principal.name, params)
 
-    def run(self, job: ExportJob, principal: Principal, options: dict[str, bool] | None = None,
-            progress: Callable[[ExportJob], None] | None = None) -> ExportJob:
-        """Export every instance of the job's studies; the job's counters move as it goes."""
-        job.state = "running"
+    def start(self, job: JobView) -> None:
+        """Let this node's job workers take it now (any node's would within ``jobs.poll_seconds``)."""
+        self.mosaic.job_runner.wake()
+
+    def run(self, job: JobView, progress: Callable[[str, int, int], None] | None = None) -> JobView:
+        """Run the export here and now (the CLI); the job as it ended."""
+        return self.mosaic.job_runner.run_now(job.id, progress)
+
+    # --- running (the job handler) ----------------------------------------------------------
+
+    def run_job(self, context: JobContext) -> dict[str, Any]:
+        """Export every instance of the job's studies; safe to run again after an interruption."""
+        params = context.params
+        principal = _principal_of(params["principal"])
+        destination = Destination(params["destination"]["kind"], params["destination"]["target"])
+        project, studies = str(params["project"]), list(params["studies"])
+        report: ExportReport | None = None
+        missing: list[tuple[str, str]] = []
+        outcome, error = "failure", ""
         try:
-            secret = self.project_secret(job.project, principal.name)
-            deid_options = DeidentificationOptions(project_secret=secret, **(options or {}))
-            instances = [instance for study in job.studies for instance in self.mosaic.retrieve.instances_in(study)]
-            job.total = len(instances)
+            self.mosaic.policy.require(principal, Permission.EXPORT)
+            secret = self.project_secret(project, principal.name)
+            options = DeidentificationOptions(project_secret=secret, **params.get("options", {}))
+            instances = []
+            for study in studies:
+                found = self.mosaic.retrieve.instances_in(study) if self.mosaic.policy.study_access(
+                    principal, study).allowed else []
+                if not found:
+                    missing.append((f"study {study}", "no longer in the archive (or in the requester's scope)"))
+                instances += found
+            context.progress("de-identifying", 0, len(instances))
             with ExitStack() as stack:
                 paths = [stack.enter_context(self.mosaic.retrieve.local_file(instance)) for instance in instances]
-
-                def advance(count: int) -> None:
-                    job.done = count
-                    if progress is not None:
-                        progress(job)
-
-                report = self._write(job, paths, deid_options, advance)
-            job.exported = report.exported_count
-            job.excluded = report.excluded
-            job.failed += [(str(path), reason) for path, reason in report.failed]
-            self._keep_manifest(job, report)
-            job.state = "done"
+                report = self._write(context, destination, paths, options)
+            report.failed += [(Path(source), reason) for source, reason in missing]
+            self._keep_manifest(context.job.id, project, report)
+            outcome = "success"
+        except JobCancelled as exc:
+            error = str(exc)
+            raise
         except (AccessDenied, ExportError, OSError, ValueError) as exc:
-            job.state, job.error = "failed", str(exc)
-            log.warning("export %s failed: %s", job.id, exc)
+            error = str(exc)
+            raise JobFailed(error, self._result(report, missing)) from exc
         except Exception as exc:
-            job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
-            log.exception("export %s failed", job.id)
-        self._audit(job, principal)
-        if progress is not None:
-            progress(job)
-        return job
+            error = f"{type(exc).__name__}: {exc}"
+            raise JobFailed(error, self._result(report, missing)) from exc
+        finally:
+            self._audit(context.job.id, project, destination, studies, principal, outcome, report, error)
+        return self._result(report, missing)
 
-    def start(self, job: ExportJob, principal: Principal, options: dict[str, bool] | None = None) -> None:
-        threading.Thread(target=self.run, args=(job, principal, options), name=f"export-{job.id[:8]}",
-                         daemon=True).start()
+    @staticmethod
+    def _result(report: ExportReport | None, missing: list[tuple[str, str]]) -> dict[str, Any]:
+        excluded = report.excluded if report else []
+        failed = [(str(source), reason) for source, reason in report.failed] if report else list(missing)
+        return {"exported": report.exported_count if report else 0,
+                "excluded": [{"SOPInstanceUID": uid, "reason": reason} for uid, reason in excluded[:LISTED]],
+                "excluded_count": len(excluded),
+                "failed": [{"source": source, "reason": reason} for source, reason in failed[:LISTED]],
+                "failed_count": len(failed)}
 
-    def _write(self, job: ExportJob, paths: list[Path], options: DeidentificationOptions,
-               advance: Callable[[int], None]) -> ExportReport:
-        kind, target = job.destination.kind, job.destination.target
+    def _write(self, context: JobContext, destination: Destination, paths: list[Path],
+               options: DeidentificationOptions) -> ExportReport:
+        total = len(paths)
+
+        def advance(count: int) -> None:
+            context.progress("de-identifying", count, total)
+
+        kind, target = destination.kind, destination.target
         if kind in ("folder", "zip"):
-            return export_deidentified(paths, Path(target), options=options, as_zip=kind == "zip", progress=advance)
+            return self._write_local(Path(target), kind == "zip", paths, options, advance)
         staging = Path(tempfile.mkdtemp(prefix="mosaic-export-"))
         try:
             report = export_deidentified(paths, staging / "out", options=options, progress=advance)
             files = [staging / "out" / item.name for item in report.exported]
+            context.progress("sending", 0, len(files))
             if kind == "peer":
-                self._send_to_peer(target, files, report)
+                self._send_to_peer(target, files, report,
+                                   lambda count: context.progress("sending", count, len(files)))
             else:
                 self._send_stow(self.mosaic.settings.export.dicomweb_destinations[target], files, report)
+                context.progress("sending", len(files), len(files))
             return report
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    @staticmethod
+    def _write_local(target: Path, as_zip: bool, paths: list[Path], options: DeidentificationOptions,
+                     advance: Callable[[int], None]) -> ExportReport:
+        """Written under a hidden partial name and renamed when complete: a failed, cancelled or interrupted
+        export leaves nothing under the target's name (and a resumed one starts over)."""
+        partial = target.parent / f".{target.name}.partial"
+        _remove(partial)
+        try:
+            report = export_deidentified(paths, partial, options=options, as_zip=as_zip, progress=advance)
+            if target.is_dir() and not any(target.iterdir()):
+                target.rmdir()  # an empty folder named on the command line
+            if target.exists():
+                raise ExportError(f"{target} appeared while the export ran; the export is left at {partial}")
+            os.replace(partial, target)
+        except BaseException:
+            if not (partial.exists() and target.exists()):
+                _remove(partial)
+            raise
+        report.destination = target
+        return report
+
     def _peer(self, ae_title: str) -> Any:
         return next((peer for peer in self.mosaic.settings.dicom.peers if peer.ae_title == ae_title), None)
 
-    def _send_to_peer(self, ae_title: str, files: list[Path], report: ExportReport) -> None:
+    def _send_to_peer(self, ae_title: str, files: list[Path], report: ExportReport,
+                      progress: Callable[[int], None]) -> None:
         from mosaic.dimse.scu import store_files
 
         peer = self._peer(ae_title)
+        if peer is None:
+            raise ExportError(f"{ae_title!r} is no longer a configured DICOM peer (dicom.peers)")
         for path, problem in store_files(self.mosaic.settings.dicom.ae_title, peer.ae_title, peer.host, peer.port,
-                                         files):
+                                         files, progress):
             if problem is not None:
                 _drop(report, path, problem)
 
@@ -220,32 +301,46 @@ class ExportService:
             for path in files:
                 _drop(report, path, f"STOW-RS to {url} failed: {exc}")
 
-    def _keep_manifest(self, job: ExportJob, report: ExportReport) -> None:
+    def _keep_manifest(self, export_id: str, project: str, report: ExportReport) -> None:
+        """The export's manifest (a resumed run replaces what an interrupted one wrote)."""
         now = datetime.now(UTC)
-        with self.mosaic.database.session(write=True) as session:
+
+        def write(session: Any) -> None:
+            session.execute(delete(DeidManifestEntry).where(DeidManifestEntry.export_id == export_id))
             for key, pseudonym in report.manifest.patients.items():
                 original = key.patient_id or f"(no PatientID) study {key.study_instance_uid}"
                 if key.issuer_of_patient_id:
                     original += f"^^^{key.issuer_of_patient_id}"
-                session.add(DeidManifestEntry(project=job.project, export_id=job.id, kind="patient",
+                session.add(DeidManifestEntry(project=project, export_id=export_id, kind="patient",
                                               original=original[:200], pseudonym=pseudonym[:200], created_at=now))
             for original, new in report.manifest.studies.items():
-                session.add(DeidManifestEntry(project=job.project, export_id=job.id, kind="study", original=original,
+                session.add(DeidManifestEntry(project=project, export_id=export_id, kind="study", original=original,
                                               pseudonym=new, created_at=now))
 
-    def _audit(self, job: ExportJob, principal: Principal) -> None:
+        self.mosaic.database.write(write)
+
+    def _audit(self, export_id: str, project: str, destination: Destination, studies: list[str],
+               principal: Principal, outcome: str, report: ExportReport | None, error: str) -> None:
         with self.mosaic.database.session() as session:
             patients = dict(session.execute(select(Study.StudyInstanceUID, Patient.PatientID)
                                             .join(Patient, Study.patient_pk == Patient.pk)
-                                            .where(Study.StudyInstanceUID.in_(job.studies))).all())
-        for study in job.studies:
+                                            .where(Study.StudyInstanceUID.in_(studies))).all())
+        for study in studies:
             self.mosaic.audit.record(AuditEntry.of(
-                principal, AuditAction.EXPORT, "success" if job.state == "done" else "failure",
-                PatientID=patients.get(study, ""), StudyInstanceUID=study,
-                detail={"export": job.id, "project": job.project, "de-identified": True,
-                        "destination": f"{job.destination.kind}:{job.destination.target}",
-                        "exported": job.exported, "excluded": len(job.excluded), "failed": len(job.failed),
-                        **({"error": job.error} if job.error else {})}))
+                principal, AuditAction.EXPORT, outcome, PatientID=patients.get(study, ""), StudyInstanceUID=study,
+                detail={"export": export_id, "project": project, "de-identified": True,
+                        "destination": f"{destination.kind}:{destination.target}",
+                        "exported": report.exported_count if report else 0,
+                        "excluded": len(report.excluded) if report else 0,
+                        "failed": len(report.failed) if report else 0,
+                        **({"error": error} if error else {})}))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _drop(report: ExportReport, path: Path, problem: str) -> None:
