@@ -236,3 +236,20 @@ def test_a_job_whose_node_went_silent_is_queued_again_then_failed_after_its_atte
     assert silent is not None and silent.state == JobState.QUEUED and "interrupted on another-host:4242" in silent.error
     assert alive is not None and alive.state == JobState.RUNNING
     assert worn is not None and worn.state == JobState.FAILED and "max_attempts" in worn.error
+
+
+def test_one_retention_run_at_a_time_across_the_nodes_of_an_index(two_nodes: tuple[Mosaic, Mosaic]) -> None:
+    front, back = two_nodes
+    with api(front, "boss") as boss:
+        queued = boss.post("/api/retention/run", params={"background": "true"})
+        assert queued.status_code == 202, queued.text
+        job_id = queued.json()["job"]["id"]
+        assert boss.get("/api/retention/status").json()["running"]  # queued: no node here runs jobs
+        again = boss.post("/api/retention/run", params={"background": "true"})
+        assert again.status_code == 409 and "already queued" in again.json()["error"]
+        back.start(dicom=False)
+        wait_until(lambda: not boss.get("/api/retention/status").json()["running"], timeout=60,
+                   what="retention run on the other node")
+        status = boss.get("/api/retention/status").json()
+    assert status["job"]["id"] == job_id and status["job"]["state"] == "done"
+    assert status["last"]["studies"] == 1 and status["last"]["purged"] == 0  # no rules: everything is kept

@@ -478,6 +478,11 @@ def test_http_retention_and_holds_need_administer(tmp_path: Path) -> None:
         status = client.get("/api/retention/status").json()
         assert status["last"]["purged_studies"] == [cases["minor_grown"].study]
         assert status["total"] >= status["done"] > 0 and status["phase"]
+        # each run is a durable job, listed with its report (the synchronous one above too)
+        runs = client.get("/api/jobs", params={"kind": "retention"}).json()["jobs"]
+        assert [job["state"] for job in runs] == ["done", "done"]
+        assert runs[0]["id"] == status["job"]["id"] == started.json()["job"]["id"]
+        assert runs[0]["result"]["purged_studies"] == [cases["minor_grown"].study]
 
         changes = [(json.loads(row.detail)["change"], row.outcome)
                    for row in audit(node, action="legal-hold", user="admin")]

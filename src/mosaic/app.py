@@ -61,6 +61,9 @@ class Mosaic:
         self.deleter = DeleteService(self.database, self.blobs)
         self.holds = HoldService(self.database)
         self.retention = RetentionService(self.database, settings.retention, self.holds, self.deleter, self.audit)
+        from mosaic.workflow.retention_runs import RetentionRuns
+
+        self.retention_runs = RetentionRuns(self.retention, self.jobs, self.job_runner)
         self._retention_schedule: RetentionScheduler | None = None
         self.initial_admin_password: str | None = None
         """Set only at the very first start (no account yet): the one time the `admin` password is said."""
@@ -104,7 +107,8 @@ class Mosaic:
         if http and self.settings.retention.schedule_hours > 0:
             from mosaic.governance.retention import RetentionScheduler
 
-            self._retention_schedule = RetentionScheduler(self.retention, self.settings.retention.schedule_hours)
+            self._retention_schedule = RetentionScheduler(self.retention_runs.submit,
+                                                          self.settings.retention.schedule_hours)
             self._retention_schedule.start()
         if http:
             self.job_runner.start()

@@ -61,30 +61,37 @@ def retention_dry_run(
 @retention_app.command("run")
 def retention_run(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Mark due studies, purge those marked longer ago than the grace period (a legal hold saves a study)."""
+    from mosaic.governance.retention import RetentionBusy
+
     node = node_of(config, data_dir)
     operator = operator_of(node)
     try:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=console) as progress:
             task = progress.add_task("Retention", total=None)
-            report = node.retention.run(
-                progress=lambda phase, done, total: progress.update(task, description=phase, completed=done,
-                                                                    total=total),
-                triggered_by=operator.name)
+            job = node.retention_runs.run_now(operator.name, lambda phase, done, total: progress.update(
+                task, description=phase, completed=done, total=total))
+    except RetentionBusy as exc:
+        errors.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
     finally:
         node.stop()
-    table = Table(title=f"Retention run: {report.studies} studies")
+    if job.state != "done":
+        errors.print(f"[red]retention run {job.id} {job.state.value}: {job.error}[/]")
+        raise typer.Exit(1)
+    report = job.result
+    table = Table(title=f"Retention run: {report['studies']} studies")
     table.add_column("outcome")
     table.add_column("studies", justify="right")
     for name in ("marked", "purged", "waiting", "held", "kept", "tier", "unmarked", "failed"):
-        table.add_row(name, str(getattr(report, name)))
+        table.add_row(name, str(report[name]))
     console.print(table)
-    console.print(f"{report.instances} instances deleted" + (
-        f"; {report.blobs_failed} blobs could not be deleted (see `mosaic verify`)" if report.blobs_failed else ""),
-        highlight=False)
-    for line in report.errors[:50]:
+    console.print(f"{report['instances']} instances deleted" + (
+        f"; {report['blobs_failed']} blobs could not be deleted (see `mosaic verify`)" if report["blobs_failed"]
+        else ""), highlight=False)
+    for line in report["errors"][:50]:
         errors.print(f"[red]failed[/] {line}", highlight=False)
-    if report.failed:
+    if report["failed"]:
         raise typer.Exit(1)
 
 

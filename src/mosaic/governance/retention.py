@@ -238,8 +238,6 @@ class RetentionService:
         self.deleter = deleter
         self.audit = audit
         self._running = threading.Lock()
-        self.progress: dict[str, Any] = {"running": False, "phase": "", "done": 0, "total": 0, "last": None}
-        """The current or last run as the API shows it (``GET /api/retention/status``)."""
 
     @property
     def grace(self) -> timedelta:
@@ -298,20 +296,11 @@ class RetentionService:
         marked at least ``grace_days`` before ``now``, each through the legal-hold check, each audited."""
         if not self._running.acquire(blocking=False):
             raise RetentionBusy("a retention run is already in progress")
-
-        def track(phase: str, done: int, total: int) -> None:
-            self.progress.update(phase=phase, done=done, total=total)
-            if progress is not None:
-                progress(phase, done, total)
-
-        self.progress.update(running=True, phase="starting", done=0, total=0, triggered_by=triggered_by)
         try:
             report = RetentionReport(as_utc(now) or datetime.now(UTC))
-            self._mark(report, track, triggered_by)
-            self._purge(report, track, triggered_by)
-            self.progress["last"] = report.as_json()
+            self._mark(report, progress, triggered_by)
+            self._purge(report, progress, triggered_by)
         finally:
-            self.progress["running"] = False
             self._running.release()
         log.info("retention run: %d studies, %d marked, %d purged (%d instances), %d kept, %d held, %d waiting, "
                  "%d unmarked, %d failed", report.studies, report.marked, report.purged, report.instances,
@@ -421,15 +410,14 @@ class RetentionService:
 
 
 class RetentionScheduler:
-    """Runs retention every ``schedule_hours`` in ``mosaic serve`` (first run one interval, at most ten minutes,
-    after start)."""
+    """Starts a retention run every ``schedule_hours`` in ``mosaic serve`` (first one interval, at most ten minutes,
+    after start) through ``submit`` (which queues it as a job; :class:`RetentionBusy` while one is going on)."""
 
-    def __init__(self, service: RetentionService, hours: float) -> None:
-        self.service = service
+    def __init__(self, submit: Callable[[str], Any], hours: float) -> None:
+        self.submit = submit
         self.interval = hours * 3600
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last: RetentionReport | None = None
 
     def start(self) -> None:
         if self._thread is not None or self.interval <= 0:
@@ -450,8 +438,8 @@ class RetentionScheduler:
         while not self._stop.wait(wait):
             wait = self.interval
             try:
-                self.last = self.service.run(triggered_by="schedule")
+                self.submit("schedule")
             except RetentionBusy:
-                log.info("scheduled retention run skipped: another run is in progress")
+                log.info("scheduled retention run skipped: another run is queued or in progress")
             except Exception:
-                log.exception("scheduled retention run failed; retrying at the next interval")
+                log.exception("scheduled retention run could not be started; retrying at the next interval")

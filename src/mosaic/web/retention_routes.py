@@ -7,8 +7,6 @@ answers 409 with the hold and its reason. Every request is audited by the middle
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -50,35 +48,33 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
 
     @router.get("/api/retention/status")
     def status(request: Request) -> dict[str, Any]:
-        """The run in progress (phase, done of total) or the last one's report."""
+        """The newest run (phase, done of total; it is a job, see also ``/api/jobs``) and the last report."""
         require(request, Permission.ADMINISTER)
-        return dict(mosaic.retention.progress)
+        return mosaic.retention_runs.status()
 
     @router.post("/api/retention/run", response_model=None)
     def run(request: Request, background: bool = Query(False, description="Answer 202 at once; follow the run "
                                                        "at /api/retention/status.")) -> dict[str, Any] | JSONResponse:
-        """Mark due studies and purge those past the grace period (each deletion audited as actor retention)."""
+        """Mark due studies and purge those past the grace period (each deletion audited as actor retention).
+        The run is a durable job: any node shows it, and it is run again if its node stops."""
         principal = require(request, Permission.ADMINISTER, action=AuditAction.DELETE)
         entry = AuditEntry.of(principal, AuditAction.DELETE, "", detail={"path": "/api/retention/run"})
         request.state.audit = entry
-        if background:
-            if mosaic.retention.progress["running"]:
-                raise HTTPException(409, "a retention run is already in progress")
-
-            def run_in_background() -> None:
-                with contextlib.suppress(RetentionBusy):
-                    mosaic.retention.run(triggered_by=principal.name)
-
-            threading.Thread(target=run_in_background, name="retention-run", daemon=True).start()
-            entry.detail["background"] = True
-            return JSONResponse({"started": True}, status_code=202, headers={"Location": "/api/retention/status"})
         try:
-            report = mosaic.retention.run(triggered_by=principal.name)
+            if background:
+                job = mosaic.retention_runs.submit(principal.name)
+                entry.detail.update({"background": True, "job": job.id})
+                return JSONResponse({"started": True, "job": job.as_json()}, status_code=202,
+                                    headers={"Location": "/api/retention/status"})
+            job = mosaic.retention_runs.run_now(principal.name)
         except RetentionBusy as exc:
             raise HTTPException(409, str(exc)) from None
-        entry.detail.update({"marked": report.marked, "purged": report.purged, "held": report.held,
-                             "failed": report.failed})
-        return report.as_json()
+        if job.state != "done":
+            raise HTTPException(500, f"the retention run {job.id} {job.state.value}: {job.error}")
+        report = job.result
+        entry.detail.update({"job": job.id, "marked": report["marked"], "purged": report["purged"],
+                             "held": report["held"], "failed": report["failed"]})
+        return report
 
     # --- legal holds ------------------------------------------------------------------------
 
