@@ -228,3 +228,22 @@ def test_a_peer_calling_from_the_wrong_address_may_not_request_commitment(tmp_pa
             assert session.query(StorageCommitment).count() == 0
     finally:
         node.stop()
+
+
+def test_a_scoped_peer_is_told_another_sites_instance_is_not_stored(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "mosaic", peers=[DicomPeer(  # type: ignore[call-arg]
+        ae_title="COMMITTER", host=LOCALHOST, port=1, facility="SITE-A", scope_facilities=["SITE-A"])])
+    try:
+        ours = make_instance(patient_id="OURS", InstitutionName="SITE-A")
+        theirs = make_instance(patient_id="THEIRS", InstitutionName="SITE-B")
+        for dataset, facility in ((ours, "SITE-A"), (theirs, "SITE-B")):
+            node.ingest.store(to_bytes(dataset), door="import", facility=facility)
+        _transaction, status, event_type, report = request_commitment(node, [
+            reference(CTImageStorage, str(ours.SOPInstanceUID)), reference(CTImageStorage, str(theirs.SOPInstanceUID))])
+    finally:
+        node.stop()
+    assert status == 0x0000 and event_type == 2
+    assert referenced(report.ReferencedSOPSequence) == [(CTImageStorage, str(ours.SOPInstanceUID))]
+    failed = report.FailedSOPSequence
+    assert [(str(item.ReferencedSOPInstanceUID), int(item.FailureReason)) for item in failed] == [
+        (str(theirs.SOPInstanceUID), NO_SUCH_OBJECT_INSTANCE)]  # exactly what a missing instance gets

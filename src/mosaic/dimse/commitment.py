@@ -3,7 +3,9 @@
 The N-ACTION request is answered at once; the outcome, checked against the index (each referenced
 instance must be stored with the same SOP class), is sent as an N-EVENT-REPORT: on the same
 association while it is open, otherwise on a new association to the requestor when it is a
-configured peer. Every request and result is recorded in the ``storage_commitment`` table.
+configured peer. Every request and result is recorded in the ``storage_commitment`` table. A peer limited
+to some facilities or departments gets "no such object" for instances outside them, as if they were not
+stored (asking must not reveal that another site's instance exists).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from mosaic.config import DicomSettings
+from mosaic.index.query import Scope
 from mosaic.index.schema import StorageCommitment
 from mosaic.services.retrieve import RetrieveService
 
@@ -37,12 +40,13 @@ NOT_AUTHORISED = 0x0124
 
 class StorageCommitmentSCP:
     def __init__(self, retrieve: RetrieveService, settings: DicomSettings,
-                 permits: Callable[[str, str, str], bool] | None = None) -> None:
+                 scope_of: Callable[[str, str], Scope | None] | None = None) -> None:
         self.retrieve = retrieve
         self.settings = settings
-        self.permits = permits or (lambda _calling, _service, _address: True)
-        """(calling AE, service, peer address) → allowed: the listener's access check."""
-        self._queue: Queue[tuple[Any, str, Dataset] | None] = Queue()
+        self.scope_of = scope_of or (lambda _calling, _address: Scope())
+        """(calling AE, peer address) → what it may see, or None when it may not store (commitment belongs to
+        storage): the listener's access check."""
+        self._queue: Queue[tuple[Any, str, Dataset, Scope] | None] = Queue()
         self._worker = threading.Thread(target=self._run, name="storage-commitment", daemon=True)
         self._worker.start()
 
@@ -54,19 +58,22 @@ class StorageCommitmentSCP:
         if getattr(event.request, "ActionTypeID", None) != 1 or "TransactionUID" not in request:
             return 0x0123, None  # No such action type / invalid argument
         calling = event.assoc.requestor.ae_title.strip()
-        if not self.permits(calling, "store", str(event.assoc.requestor.address or "")):
+        scope = self.scope_of(calling, str(event.assoc.requestor.address or ""))
+        if scope is None:
             return NOT_AUTHORISED, None  # commitment belongs to storage: a peer that may not store may not ask
         with self.retrieve.database.session(write=True) as session:
             session.add(StorageCommitment(
                 TransactionUID=str(request.TransactionUID), requestor_ae_title=calling[:16],
                 request_json=json.dumps(request.to_json_dict()), created_at=datetime.now(UTC)))
-        self._queue.put((event.assoc, calling, request))
+        self._queue.put((event.assoc, calling, request, scope))
         return 0x0000, None
 
-    def outcome(self, request: Dataset) -> tuple[int, Dataset]:
-        """The event report for a request: type 1 (all committed) or 2 (some failed)."""
+    def outcome(self, request: Dataset, scope: Scope | None = None) -> tuple[int, Dataset]:
+        """The event report for a request: type 1 (all committed) or 2 (some failed); an instance outside
+        ``scope`` fails as not stored."""
         references = list(request.get("ReferencedSOPSequence", []))
-        stored = self.retrieve.instances_by_uid([str(item.ReferencedSOPInstanceUID) for item in references])
+        stored = self.retrieve.instances_by_uid([str(item.ReferencedSOPInstanceUID) for item in references],
+                                                scope=scope)
         report = Dataset()
         report.TransactionUID = request.TransactionUID
         committed, failed = [], []
@@ -96,14 +103,14 @@ class StorageCommitmentSCP:
                 continue
             if item is None:
                 return
-            association, calling, request = item
+            association, calling, request, scope = item
             try:
-                self._report(association, calling, request)
+                self._report(association, calling, request, scope)
             except Exception:
                 log.exception("storage commitment %s: event report failed", request.get("TransactionUID"))
 
-    def _report(self, association: Any, calling: str, request: Dataset) -> None:
-        event_type, report = self.outcome(request)
+    def _report(self, association: Any, calling: str, request: Dataset, scope: Scope) -> None:
+        event_type, report = self.outcome(request, scope)
         transaction = str(request.TransactionUID)
         delivered = False
         time.sleep(0.05)  # let the N-ACTION response go out first

@@ -30,6 +30,7 @@ from mosaic.dimse.fast_store import AssociationSlots, StoreContext, StoreRequest
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
 from mosaic.governance.identity import AuthenticationFailed, IdentityService
 from mosaic.governance.policy import ALL, AccessPolicy, Permission, Principal
+from mosaic.index.query import Scope
 from mosaic.services.ingest import IngestService
 from mosaic.services.metrics import RETRIEVE_TOTAL
 from mosaic.services.query import QueryService
@@ -69,7 +70,7 @@ class DicomServer:
         self.ingest = ingest
         self.query = query
         self.retrieve = retrieve
-        self.commitment = StorageCommitmentSCP(retrieve, settings, permits=self.permits)
+        self.commitment = StorageCommitmentSCP(retrieve, settings, scope_of=self._commitment_scope)
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = settings.max_associations
         self.ae.maximum_pdu_size = settings.max_pdu_size
@@ -195,8 +196,10 @@ class DicomServer:
                                         detail={"service": f"C-{service.upper()}"}))
         return None
 
-    def permits(self, calling: str, service: str, address: str = "") -> bool:
-        return self.authorise(calling, service, address) is not None
+    def _commitment_scope(self, calling: str, address: str) -> Scope | None:
+        """What a storage commitment requester may be told about: its scope, or None when it may not store."""
+        principal = self.authorise(calling, "store", address)
+        return None if principal is None else self.policy.scope(principal)
 
     def _authorise_event(self, event: Event, service: str) -> Principal | None:
         return self.authorise(event.assoc.requestor.ae_title.strip(), service, _address(event))

@@ -73,9 +73,15 @@ class RetrieveService:
                                    row.size, row.sha256, row.dataset_offset, study, patient_id, issuer)
                     for row, study, patient_id, issuer in rows]
 
-    def instances_by_uid(self, sop_instance_uids: list[str]) -> dict[str, StoredInstance]:
+    def instances_by_uid(self, sop_instance_uids: list[str], *, scope: Scope | None = None
+                         ) -> dict[str, StoredInstance]:
+        """The stored instances among ``sop_instance_uids`` (only those of studies in ``scope``, when given)."""
+        statement = select(Instance).where(Instance.SOPInstanceUID.in_(sop_instance_uids))
+        if scope is not None and not scope.unrestricted:
+            statement = (statement.join(Series, Instance.series_pk == Series.pk)
+                         .join(Study, Series.study_pk == Study.pk).where(scope.study_condition()))
         with self.database.session() as session:
-            rows = session.scalars(select(Instance).where(Instance.SOPInstanceUID.in_(sop_instance_uids))).all()
+            rows = session.scalars(statement).all()
             return {row.SOPInstanceUID: StoredInstance(row.SOPInstanceUID, row.SOPClassUID, row.TransferSyntaxUID,
                                                        row.blob_key, row.size, row.sha256, row.dataset_offset)
                     for row in rows}
