@@ -21,7 +21,15 @@ from pynetdicom.sop_class import (
 from sqlalchemy import func, select
 
 from mosaic.app import Mosaic
-from mosaic.config import DicomPeer, DicomSettings, HttpSettings, IndexSettings, Settings, StorageSettings
+from mosaic.config import (
+    DicomPeer,
+    DicomSettings,
+    DicomTlsSettings,
+    HttpSettings,
+    IndexSettings,
+    Settings,
+    StorageSettings,
+)
 from mosaic.index.schema import Instance, Patient, Series, Study
 from tests.helpers import free_port, is_listening
 
@@ -31,7 +39,8 @@ TOOL_TIMEOUT = 60
 
 
 def start_node(data_dir: Path, *, peers: Sequence[DicomPeer] = (), allow_unknown_calling_aes: bool = True,
-               index_url: str | None = None, storage: StorageSettings | None = None) -> Mosaic:
+               index_url: str | None = None, storage: StorageSettings | None = None,
+               tls: DicomTlsSettings | None = None) -> Mosaic:
     """A started Mosaic node on free ports (the caller stops it): SQLite and a blob folder unless
     ``index_url`` / ``storage`` say otherwise."""
     settings = Settings(  # type: ignore[call-arg]
@@ -40,7 +49,8 @@ def start_node(data_dir: Path, *, peers: Sequence[DicomPeer] = (), allow_unknown
         storage=storage or StorageSettings(),  # type: ignore[call-arg]
         http=HttpSettings(port=0),  # type: ignore[call-arg]
         dicom=DicomSettings(  # type: ignore[call-arg]
-            ae_title=MOSAIC_AE, port=0, peers=list(peers), allow_unknown_calling_aes=allow_unknown_calling_aes
+            ae_title=MOSAIC_AE, port=0, peers=list(peers), allow_unknown_calling_aes=allow_unknown_calling_aes,
+            **({"tls": tls} if tls else {}),
         ),
     )
     node = Mosaic(settings)
@@ -111,8 +121,11 @@ class StoreSCP:
     """dcmtk ``storescp`` on a free loopback port: a C-MOVE destination that writes what it receives
     bit-preserving (``+B``) into a folder, accepting every transfer syntax it knows (``+xa``)."""
 
-    def __init__(self, folder: Path, env: dict[str, str], ae_title: str = "STORESCP") -> None:
+    def __init__(self, folder: Path, env: dict[str, str], ae_title: str = "STORESCP",
+                 options: Sequence[str] = ()) -> None:
         self.folder = folder
+        self.options = list(options)
+        """More storescp options (e.g. ``+tls key cert +cf ca``)."""
         self.env = env
         self.ae_title = ae_title
         self.port = 0
@@ -125,7 +138,8 @@ class StoreSCP:
             self.port = free_port()
             with open(self.log, "ab") as log:
                 self.process = subprocess.Popen(
-                    ["storescp", "-v", "+B", "+xa", "-aet", self.ae_title, "-od", str(self.folder), str(self.port)],
+                    ["storescp", "-v", "+B", "+xa", *self.options, "-aet", self.ae_title, "-od", str(self.folder),
+                     str(self.port)],
                     env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 )
             deadline = time.monotonic() + 10

@@ -16,7 +16,6 @@ import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -29,6 +28,7 @@ from mosaic.governance.audit import AuditEntry
 from tests.auth_support import auth_headers
 from tests.factory import make_instance, to_bytes
 from tests.helpers import LOCALHOST, free_port, wait_until
+from tests.tls_support import certificate_authority, issued_certificate
 
 
 def new_node(data_dir: Path, **security: object) -> Mosaic:
@@ -299,55 +299,6 @@ def test_instances_stored_one_by_one_are_recorded_per_series(tmp_path: Path) -> 
         assert node.audit.verify().intact
     finally:
         node.stop()
-
-
-def certificate_authority(folder: Path, name: str) -> tuple[Path, Any, Any]:
-    """A self-signed CA: (its certificate file, certificate, key)."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-                   .not_valid_after(now + datetime.timedelta(days=30))
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                   .sign(key, hashes.SHA256()))
-    path = folder / f"{name}.pem"
-    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return path, certificate, key
-
-
-def issued_certificate(folder: Path, ca: tuple[Path, Any, Any], name: str) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 signed by ``ca``: (certificate file, key file)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    _path, ca_certificate, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                   .issuer_name(ca_certificate.subject).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-                   .not_valid_after(now + datetime.timedelta(days=30))
-                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOCALHOST))]),
-                                  critical=False)
-                   .sign(ca_key, hashes.SHA256()))
-    certificate_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
-    certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return certificate_path, key_path
 
 
 def test_syslog_over_mutual_tls_to_an_atna_repository(tmp_path: Path) -> None:

@@ -63,6 +63,8 @@ def serve(
     if settings.security.development_mode:
         console.print("  [bold red]security.development_mode is on: HTTP answers without credentials[/]")
     console.print(f"  DICOM  {settings.dicom.ae_title}@{settings.dicom.host}:{node.dicom_port}")
+    if node.dicom is not None and settings.dicom.tls.enabled:
+        console.print(f"  DICOM  {settings.dicom.ae_title}@{settings.dicom.host}:{node.dicom.tls_port} (TLS)")
     console.print(f"  HTTP   http://{settings.http.host}:{node.http_port}/  (health: /healthz, metrics: /metrics)")
     console.print("  Press Ctrl+C to stop.", highlight=False)
     stopped = threading.Event()

@@ -75,6 +75,13 @@ class DicomPeer(BaseModel):
         default_factory=lambda: ["*"], description="Departments whose studies the peer may find and retrieve "
         "([\"*\"]: all).",
     )
+    tls: bool = Field(False, description="Mosaic connects to this peer with TLS (C-MOVE destination, storage "
+                      "commitment results, exports), showing its dicom.tls certificate.")
+    certificate_names: list[str] = Field(
+        default_factory=list, description="Names (subject CN or DNS subject alternative name) one of which the "
+        "peer's TLS client certificate must carry: the peer is then served only on the TLS listener, "
+        "authenticated by its certificate, not by its AE title alone (empty: any caller with the AE title).",
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -83,6 +90,22 @@ class DicomPeer(BaseModel):
         if not value or len(value) > 16 or "\\" in value:
             raise ValueError(f"AE title {value!r} must be 1-16 characters without backslash")
         return value
+
+
+class DicomTlsSettings(BaseModel):
+    """A second DICOM listener that speaks TLS (PS3.15 B.1, the BCP 195 profile; IHE ATNA secure node):
+    peers are authenticated by certificate, and what they send is encrypted."""
+
+    enabled: bool = Field(False, description="Open the TLS listener.")
+    port: int = Field(2762, ge=0, le=65535, description="Its TCP port (2762 is DICOM's registered TLS port; "
+                      "0 picks a free port).")
+    cert_file: Path | None = Field(None, description="Mosaic's certificate (PEM, with any intermediates), shown "
+                                   "to callers and, as a client certificate, to peers Mosaic calls with TLS.")
+    key_file: Path | None = Field(None, description="The private key of cert_file (PEM).")
+    ca_file: Path | None = Field(None, description="CA certificates (PEM) that callers' and peers' certificates "
+                                 "must chain to.")
+    require_client_certificate: bool = Field(True, description="Refuse a caller without a valid client "
+                                             "certificate (ATNA node authentication).")
 
 
 class DicomSettings(BaseModel):
@@ -107,6 +130,7 @@ class DicomSettings(BaseModel):
     peers: list[DicomPeer] = Field(
         default_factory=list, description="Known peers: move destinations and allowed callers."
     )
+    tls: DicomTlsSettings = Field(default_factory=DicomTlsSettings)  # type: ignore[arg-type]
 
 
 class StorageSettings(BaseModel):

@@ -42,6 +42,10 @@ TAIL = """\
 Each entry of `dicom.peers` has `ae_title`, `host`, `port` and the permissions `may_store`, `may_find`,
 `may_move`, `may_get` (all true by default). An AE title not listed is served only when
 `dicom.allow_unknown_calling_aes` is true; C-MOVE only sends to listed peers (others get status 0xA801).
+A peer may also have `addresses` (where it may call from), `facility`/`department` (labels for what it stores),
+`scope_facilities`/`scope_departments` (what it may find and retrieve), `tls` (Mosaic calls it with TLS) and
+`certificate_names` (it is served only on the `dicom.tls` listener, with a client certificate of one of these
+names: authenticated by certificate, not by its AE title alone).
 
 `ingest.duplicate_policy`: when an instance arrives whose SOP Instance UID is already stored with
 *identical* bytes, it is a success and nothing is stored twice. With *different* bytes, `reject` (default)

@@ -25,6 +25,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from mosaic.config import DicomSettings
+from mosaic.dimse.tls import client_context
 from mosaic.index.query import Scope
 from mosaic.index.schema import StorageCommitment
 from mosaic.services.retrieve import RetrieveService
@@ -135,7 +136,8 @@ class StorageCommitmentSCP:
         ae = AE(ae_title=self.settings.ae_title)
         ae.add_requested_context(StorageCommitmentPushModel)
         # Mosaic sends the N-EVENT-REPORT, so it proposes the SCP role of the SOP class (PS3.4 J.3.3)
-        association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+        tls_args = (client_context(self.settings.tls), peer.host) if peer.tls else None
+        association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args,
                                    ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
         if not association.is_established:
             return False

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
@@ -27,6 +27,14 @@ from mosaic.dimse.commitment import StorageCommitmentSCP
 from mosaic.dimse.contexts import PATIENT_ROOT_FIND, add_scp_contexts
 from mosaic.dimse.egress import StoredFileDataset, move_contexts
 from mosaic.dimse.fast_store import AssociationSlots, StoreContext, StoreRequestHandler
+from mosaic.dimse.tls import (
+    SharedPortTlsServer,
+    TlsAssociationServer,
+    TlsRequestHandler,
+    client_context,
+    peer_names,
+    server_context,
+)
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
 from mosaic.governance.identity import AuthenticationFailed, IdentityService
 from mosaic.governance.policy import ALL, AccessPolicy, Permission, Principal
@@ -81,7 +89,10 @@ class DicomServer:
             self.ae.require_calling_aet = [peer.ae_title for peer in settings.peers]
         add_scp_contexts(self.ae)
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: TlsAssociationServer | None = None
         self._lock = threading.Lock()
+        self.client_tls = client_context(settings.tls) if any(peer.tls for peer in settings.peers) else None
+        """How Mosaic calls peers configured with ``tls`` (its dicom.tls certificate, theirs checked)."""
 
     @property
     def port(self) -> int:
@@ -122,14 +133,43 @@ class DicomServer:
                          daemon=True).start()
         self._server = server
         log.info("DICOM listener %s on %s:%d", self.settings.ae_title, self.settings.host, self.port)
+        if self.settings.tls.enabled:
+            self._start_tls(handlers)
+
+    def _start_tls(self, handlers: list[Any]) -> None:
+        """The TLS listener: every association on it is pynetdicom's (after the handshake)."""
+        tls = self.settings.tls
+        server = cast(TlsAssociationServer, self.ae.make_server(
+            (self.settings.host, tls.port), evt_handlers=handlers,
+            server_class=SharedPortTlsServer if self.settings.workers > 1 else TlsAssociationServer,
+            ssl_context=server_context(tls), request_handler=TlsRequestHandler))
+        server.handshake_timeout = self.settings.network_timeout
+        server.on_refused = self._audit_tls_refused
+        self.ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="dicom-tls-listener",
+                         daemon=True).start()
+        self._tls_server = server
+        log.info("DICOM TLS listener %s on %s:%d", self.settings.ae_title, self.settings.host, self.tls_port)
+
+    @property
+    def tls_port(self) -> int:
+        if self._tls_server is None:
+            raise RuntimeError("the DICOM TLS listener is not running (dicom.tls.enabled)")
+        return int(self._tls_server.server_address[1])
+
+    def _audit_tls_refused(self, address: str, reason: str) -> None:
+        """A caller that could not authenticate its node (PS3.15 'User Authentication', failed)."""
+        self.audit.record(AuditEntry(action=AuditAction.LOGIN, outcome="denied", actor="(TLS)", actor_kind="ae",
+                                     address=address, interface="dimse", detail={"reason": reason}))
 
     def stop(self) -> None:
         if getattr(self, "_slots", None) is not None:
             self._slots.close_all()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        self._server = self._tls_server = None
         self.commitment.stop()
 
     # --- access -----------------------------------------------------------------------------
@@ -142,7 +182,8 @@ class DicomServer:
         person signed in on this association (user identity negotiation), that person, within what the AE
         may do and see."""
         peer = self.policy.peer_principal(self._peer(calling), calling, address,
-                                          allow_unknown=self.settings.allow_unknown_calling_aes)
+                                          allow_unknown=self.settings.allow_unknown_calling_aes,
+                                          certificate_names=_certificate_names())
         user = self._users.get(threading.current_thread())
         if user is None:
             return peer
@@ -227,8 +268,11 @@ class DicomServer:
 
     def _audit_rejected(self, principal: Principal) -> None:
         """A refused association is a failed sign-in of a DICOM node (PS3.15 'User Authentication')."""
-        self.audit.record(AuditEntry.of(principal, AuditAction.LOGIN, "denied",
-                                        detail={"reason": "association rejected: not a known peer at this address"}))
+        peer = self._peer(principal.name)
+        reason = ("association rejected: this peer must call on the TLS listener with its certificate"
+                  if peer is not None and peer.certificate_names and _certificate_names() is None
+                  else "association rejected: not a known peer at this address")
+        self.audit.record(AuditEntry.of(principal, AuditAction.LOGIN, "denied", detail={"reason": reason}))
 
     def store_received(self, path: Path, calling: str, sop_class_uid: str, sop_instance_uid: str,
                        sha256: str | None = None, address: str = "") -> tuple[int, str | None]:
@@ -343,7 +387,8 @@ class DicomServer:
         # the association to the destination proposes the stored SOP classes and transfer syntaxes
         contexts = move_contexts([(stored.SOPClassUID, stored.TransferSyntaxUID) for stored in instances])
         yield peer.host, peer.port, {"ae_title": peer.ae_title, "contexts": contexts or None,
-                                     "evt_handlers": [(evt.EVT_CONN_OPEN, _set_nodelay)]}
+                                     "evt_handlers": [(evt.EVT_CONN_OPEN, _set_nodelay)],
+                                     **({"tls_args": (self.client_tls, peer.host)} if peer.tls else {})}
         yield from self._sub_operations(event, "C-MOVE", principal, instances)
 
     def on_c_get(self, event: Event) -> Iterator[Any]:
@@ -413,6 +458,13 @@ def _narrowest(first: frozenset[str], second: frozenset[str]) -> frozenset[str]:
     if ALL in second:
         return first
     return first & second
+
+
+def _certificate_names() -> frozenset[str] | None:
+    """The TLS client certificate names of the association this thread serves; None when it is not over TLS.
+    pynetdicom runs handlers on the association's own thread (the fast path never serves TLS)."""
+    dul = getattr(threading.current_thread(), "dul", None)
+    return peer_names(getattr(getattr(dul, "socket", None), "socket", None))
 
 
 def _address(event: Event) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,8 @@ def verify_peer(own_ae_title: str, ae_title: str, host: str, port: int) -> tuple
 
 
 def store_files(own_ae_title: str, ae_title: str, host: str, port: int, paths: list[Path],
-                progress: Callable[[int], None] | None = None) -> list[tuple[Path, str | None]]:
+                progress: Callable[[int], None] | None = None, tls: ssl.SSLContext | None = None
+                ) -> list[tuple[Path, str | None]]:
     """C-STORE Part 10 files to a peer over one association: (file, None on success or the reason). Only the
     headers are read up front (for the presentation contexts); each file is read when it is sent.
     ``progress`` is called with the number of files sent so far."""
@@ -61,7 +63,7 @@ def store_files(own_ae_title: str, ae_title: str, host: str, port: int, paths: l
     contexts = sorted(set(pairs.values()))
     for sop_class, syntax in contexts[:128]:
         ae.add_requested_context(sop_class, [syntax])
-    association = ae.associate(host, port, ae_title=ae_title)
+    association = ae.associate(host, port, ae_title=ae_title, tls_args=(tls, host) if tls else None)
     if not association.is_established:
         return results + [(path, f"association with {ae_title}@{host}:{port} refused or failed") for path in pairs]
     try:

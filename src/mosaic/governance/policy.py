@@ -125,15 +125,21 @@ class AccessPolicy:
             raise AccessDenied(f"{principal.name} ({roles}) may not {permission.value}")
 
     def peer_principal(self, peer: DicomPeer | None, ae_title: str, address: str, *,
-                       allow_unknown: bool) -> Principal:
-        """A DICOM peer as a principal: its ``may_*`` flags as permissions, its scope as configured."""
+                       allow_unknown: bool, certificate_names: frozenset[str] | None = None) -> Principal:
+        """A DICOM peer as a principal: its ``may_*`` flags as permissions, its scope as configured. A peer
+        calling from an address it is not configured with, or (when it must show a certificate) over a connection
+        without TLS or with a certificate of other names (``certificate_names``: None when not TLS), has no
+        rights."""
+        nobody = replace(ANONYMOUS, name=ae_title, kind="ae", address=address, interface="dimse")
         if peer is None:
             if not allow_unknown:
-                return replace(ANONYMOUS, name=ae_title, kind="ae", address=address, interface="dimse")
+                return nobody
             return Principal(name=ae_title, kind="ae", permissions=frozenset({_P.STORE, _P.QUERY, _P.READ}),
                              address=address, interface="dimse")
         if peer.addresses and address and address not in peer.addresses:
-            return replace(ANONYMOUS, name=ae_title, kind="ae", address=address, interface="dimse")
+            return nobody
+        if peer.certificate_names and not (certificate_names or frozenset()) & set(peer.certificate_names):
+            return nobody
         permissions = {permission for flag, permission in (("may_store", _P.STORE), ("may_find", _P.QUERY))
                        if getattr(peer, flag)}
         if peer.may_move or peer.may_get:

@@ -270,12 +270,14 @@ class ExportService:
     def _send_to_peer(self, ae_title: str, files: list[Path], report: ExportReport,
                       progress: Callable[[int], None]) -> None:
         from mosaic.dimse.scu import store_files
+        from mosaic.dimse.tls import client_context
 
         peer = self._peer(ae_title)
         if peer is None:
             raise ExportError(f"{ae_title!r} is no longer a configured DICOM peer (dicom.peers)")
+        tls = client_context(self.mosaic.settings.dicom.tls) if peer.tls else None
         for path, problem in store_files(self.mosaic.settings.dicom.ae_title, peer.ae_title, peer.host, peer.port,
-                                         files, progress):
+                                         files, progress, tls):
             if problem is not None:
                 _drop(report, path, problem)
 
