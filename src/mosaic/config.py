@@ -179,6 +179,17 @@ class OidcSettings(BaseModel):
     departments_claim: str = Field("departments", description="Claim listing the departments the user may see "
                                    "(absent: all).")
     leeway_seconds: int = Field(30, ge=0, description="Clock skew allowed on `exp` and `nbf`.")
+    client_id: str | None = Field(None, description="Mosaic's client id at the provider: turns on single sign-on "
+                                  "for the web pages and the viewer (authorization code flow with PKCE); the "
+                                  "redirect URI to register is <public URL>/login/oidc/callback.")
+    client_secret: str | None = Field(None, description="The client's secret (None: a public client, PKCE only).")
+    authorization_endpoint: str | None = Field(None, description="Default: from <issuer>/.well-known/"
+                                               "openid-configuration.")
+    token_endpoint: str | None = Field(None, description="Default: from <issuer>/.well-known/"
+                                       "openid-configuration.")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile"], description="Scopes asked for at "
+                              "sign-in (the claims above must reach the ID token).")
+    provider_name: str = Field("the hospital's sign-in", description="How the sign-in page names the provider.")
 
 
 class SyslogSettings(BaseModel):

@@ -324,7 +324,8 @@ class IdentityService:
             raise AuthenticationFailed("the session has expired; sign in again")
         if not account.active:
             raise AuthenticationFailed(f"account {account.username!r} is disabled")
-        principal = self._principal(account, "user", csrf_token=web_session.csrf_token)
+        principal = self._principal(account, "oidc" if account.source == "oidc" else "user",
+                                    csrf_token=web_session.csrf_token)
         self._cache.put("session:" + digest, principal)
         return principal
 
@@ -336,42 +337,88 @@ class IdentityService:
 
     def check_jwt(self, token: str) -> Principal:
         """A bearer JWT from the configured issuer: signature against its JWKS, issuer, audience, expiry."""
+        cached = self._cache.get("jwt:" + _sha256(token))
+        if cached is not None:
+            return cached
+        claims = self._verified_claims(token, self.settings.oidc.audience, "bearer token")
+        principal = self._claims_principal(claims, "bearer token")
+        self._cache.put("jwt:" + _sha256(token), principal)
+        return principal
+
+    def check_id_token(self, token: str, nonce: str) -> tuple[Principal, str]:
+        """An ID token from single sign-on (OpenID Connect Core 3.1.3.7): signed by the issuer, for Mosaic's
+        client id, not expired, carrying the nonce of this sign-in. (principal, display name)."""
+        oidc = self.settings.oidc
+        if not oidc.client_id:
+            raise AuthenticationFailed("single sign-on is not configured (security.oidc.client_id)")
+        claims = self._verified_claims(token, oidc.client_id, "ID token", require=("exp", "iss", "aud", "nonce"))
+        if not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+            raise AuthenticationFailed("the ID token was not issued for this sign-in (nonce mismatch)")
+        return self._claims_principal(claims, "ID token"), str(claims.get("name") or "")
+
+    def _verified_claims(self, token: str, audience: str, what: str,
+                         require: tuple[str, ...] = ("exp", "iss", "aud")) -> dict[str, Any]:
         import jwt
 
         oidc = self.settings.oidc
         if oidc.issuer is None:
             raise AuthenticationFailed("OpenID Connect is not configured (security.oidc.issuer)")
-        cached = self._cache.get("jwt:" + _sha256(token))
-        if cached is not None:
-            return cached
         if self._jwks is None:
             url = oidc.jwks_url or oidc.issuer.rstrip("/") + "/.well-known/jwks.json"
             self._jwks = jwt.PyJWKClient(url, cache_keys=True, lifespan=300)
         try:
             key = self._jwks.get_signing_key_from_jwt(token)
-            claims = jwt.decode(token, key.key, algorithms=oidc.algorithms, audience=oidc.audience,
-                                issuer=oidc.issuer, leeway=oidc.leeway_seconds,
-                                options={"require": ["exp", "iss", "aud"]})
+            claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=oidc.algorithms, audience=audience,
+                                                issuer=oidc.issuer, leeway=oidc.leeway_seconds,
+                                                options={"require": list(require)})
         except jwt.ExpiredSignatureError:
-            raise AuthenticationFailed("the bearer token has expired") from None
+            raise AuthenticationFailed(f"the {what} has expired") from None
         except jwt.InvalidAudienceError:
-            raise AuthenticationFailed(f"the bearer token is not for audience {oidc.audience!r}") from None
+            raise AuthenticationFailed(f"the {what} is not for audience {audience!r}") from None
         except jwt.InvalidIssuerError:
-            raise AuthenticationFailed(f"the bearer token was not issued by {oidc.issuer}") from None
+            raise AuthenticationFailed(f"the {what} was not issued by {oidc.issuer}") from None
         except jwt.PyJWKClientError as exc:
-            raise AuthenticationFailed(f"the bearer token's signing key is not the issuer's: {exc}") from None
+            raise AuthenticationFailed(f"the {what}'s signing key is not the issuer's: {exc}") from None
         except jwt.InvalidTokenError as exc:
-            raise AuthenticationFailed(f"the bearer token is invalid: {exc}") from None
+            raise AuthenticationFailed(f"the {what} is invalid: {exc}") from None
+        return claims
+
+    def _claims_principal(self, claims: dict[str, Any], what: str) -> Principal:
+        oidc = self.settings.oidc
         name = str(claims.get(oidc.username_claim) or claims.get("sub") or "")
         if not name:
-            raise AuthenticationFailed("the bearer token names no user")
+            raise AuthenticationFailed(f"the {what} names no user")
         roles = frozenset(_claim_list(claims.get(oidc.roles_claim)))
         facilities = _claim_list(claims.get(oidc.facilities_claim)) if oidc.facilities_claim in claims else [ALL]
         departments = _claim_list(claims.get(oidc.departments_claim)) if oidc.departments_claim in claims else [ALL]
-        principal = Principal(name=name, kind="oidc", roles=roles, permissions=self.policy.permissions_of(roles),
-                              facilities=frozenset(facilities), departments=frozenset(departments))
-        self._cache.put("jwt:" + _sha256(token), principal)
-        return principal
+        return Principal(name=name, kind="oidc", roles=roles, permissions=self.policy.permissions_of(roles),
+                         facilities=frozenset(facilities), departments=frozenset(departments))
+
+    def single_sign_on(self, principal: Principal, display_name: str = "") -> None:
+        """Keep the account of a person who signed in at the provider: created at the first sign-in, its roles and
+        scope taken from the claims at every sign-in (the provider decides them). A local account of the same
+        name is never taken over, and an administrator can still disable the person here."""
+        now = datetime.now(UTC)
+        roles = sorted(principal.roles - set(self.policy.unknown_roles(principal.roles)))
+        with self.database.session(write=True) as session:
+            account = session.scalar(select(UserAccount).where(UserAccount.username == principal.name))
+            if account is None:
+                session.add(UserAccount(username=principal.name[:128], display_name=display_name[:256],
+                                        password_hash="", roles=",".join(roles),
+                                        facilities=",".join(sorted(principal.facilities)),
+                                        departments=",".join(sorted(principal.departments)), active=True,
+                                        source="oidc", created_at=now, updated_at=now))
+                return
+            if account.source != "oidc":
+                raise AuthenticationFailed(f"{principal.name!r} is a local Mosaic account: it signs in with its "
+                                           "password, not through the identity provider")
+            if not account.active:
+                raise AuthenticationFailed(f"account {principal.name!r} is disabled in Mosaic")
+            account.roles, account.updated_at = ",".join(roles), now
+            account.facilities = ",".join(sorted(principal.facilities))
+            account.departments = ",".join(sorted(principal.departments))
+            account.display_name = display_name[:256] or account.display_name
+        self._cache.clear()
 
     # --- one entry point for the HTTP door --------------------------------------------------
 

@@ -223,6 +223,8 @@ class UserAccount(Base):
     departments: Mapped[str] = mapped_column(Text, nullable=False, default="*")
     """Comma-separated departments/specialties the account may see; ``*`` for all."""
     active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    source: Mapped[str] = mapped_column(String(16), nullable=False, default="local", server_default="local")
+    """local (managed in Mosaic) or oidc (created and updated from the identity provider's claims at sign-in)."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 

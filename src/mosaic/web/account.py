@@ -38,10 +38,13 @@ def _safe_next(target: str) -> str:
     return target
 
 
-def _login_form(next_path: str, csrf: str, message: str = "") -> str:
+def _login_form(next_path: str, csrf: str, message: str = "", sso: str = "") -> str:
+    """The password form; with single sign-on configured (``sso``: the provider's name), a link to it first."""
     error = f'<p class="error">{escape(message)}</p>' if message else ""
+    single = (f'<p><a class="button" href="/login/oidc?next={quote(next_path)}">Sign in with {escape(sso)}</a></p>'
+              '<p>or with a Mosaic account:</p>') if sso else ""
     return _page("Sign in", f"""<h1>Mosaic</h1><form method="post" action="/login" class="card">
-<h2>Sign in</h2>{error}
+<h2>Sign in</h2>{error}{single}
 <label>User name <input name="username" autocomplete="username" required autofocus></label>
 <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
 <input type="hidden" name="csrf_token" value="{escape(csrf)}"><input type="hidden" name="next"
@@ -52,13 +55,20 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
     router = APIRouter()
     security = mosaic.settings.security
 
+    sso = security.oidc.provider_name if security.oidc.client_id and security.oidc.issuer else ""
+
     def cookie_options() -> dict[str, Any]:
         return {"httponly": True, "samesite": "lax", "secure": security.secure_cookies, "path": "/"}
+
+    if sso:
+        from mosaic.web.oidc_login import create_oidc_router
+
+        router.include_router(create_oidc_router(mosaic, _safe_next, _page))
 
     @router.get("/login", response_class=HTMLResponse)
     def login_page(next: str = "/") -> Response:
         csrf = secrets.token_urlsafe(24)
-        response = HTMLResponse(_login_form(_safe_next(next), csrf))
+        response = HTMLResponse(_login_form(_safe_next(next), csrf, sso=sso))
         response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, **cookie_options())
         return response
 
@@ -78,7 +88,7 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
                                              address=principal.address, interface="http",
                                              detail={"reason": str(exc)})
             csrf = secrets.token_urlsafe(24)
-            response = HTMLResponse(_login_form(next_path, csrf, "Wrong user name or password."), 401)
+            response = HTMLResponse(_login_form(next_path, csrf, "Wrong user name or password.", sso), 401)
             response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, **cookie_options())
             return response
         session_id, _csrf = await run_in_threadpool(mosaic.identity.open_session, user.name)

@@ -35,7 +35,8 @@ log = logging.getLogger("mosaic.http.auth")
 SESSION_COOKIE = "mosaic_session"
 LOGIN_CSRF_COOKIE = "mosaic_login_csrf"
 CSRF_HEADER = "x-csrf-token"
-PUBLIC_PATHS = frozenset({"/healthz", "/login", "/favicon.ico", "/viewer/manifest.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/login", "/login/oidc", "/login/oidc/callback", "/favicon.ico",
+                          "/viewer/manifest.json"})
 """No patient data behind these; the viewer's web-app manifest is fetched by browsers without cookies."""
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

@@ -1,0 +1,236 @@
+"""Single sign-on for the browser (OpenID Connect authorization code flow with PKCE): a person signs in at the
+hospital's identity provider and gets a Mosaic session with the provider's roles and scope; forged, replayed,
+foreign or expired answers are refused and audited.
+
+The identity provider is a small one written here and served on loopback (discovery, authorize, token, JWKS),
+standing in for Keycloak or Entra ID, which cannot run on this machine. It checks what a real one checks of
+Mosaic: the registered client and secret, the redirect URI, and the PKCE verifier against the challenge.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from mosaic.app import Mosaic
+from mosaic.config import DicomSettings, HttpSettings, OidcSettings, SecuritySettings, Settings
+from tests.factory import make_instance, to_bytes
+from tests.helpers import LOCALHOST
+
+CLIENT_ID = "mosaic-web"
+CLIENT_SECRET = "s3cret-of-the-client"
+SITE_A_STUDY = "1.2.826.0.1.3680043.10.1234.31"
+SITE_B_STUDY = "1.2.826.0.1.3680043.10.1234.32"
+
+
+class IdentityProvider:
+    """Discovery, authorization (the person is already signed in: it answers at once), token and JWKS."""
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.person: dict[str, Any] = {}
+        """The claims of whoever signs in next."""
+        self.tamper: dict[str, Any] = {}
+        """How the next ID token goes wrong: nonce, key, aud, expires_in, error."""
+        self.codes: dict[str, dict[str, Any]] = {}
+        self.requests: list[dict[str, str]] = []
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                if url.path == "/.well-known/openid-configuration":
+                    self.answer(200, {"issuer": provider.issuer, "jwks_uri": provider.issuer + "/jwks.json",
+                                      "authorization_endpoint": provider.issuer + "/authorize",
+                                      "token_endpoint": provider.issuer + "/token"})
+                elif url.path == "/jwks.json":
+                    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(provider.key.public_key()))
+                    self.answer(200, {"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]})
+                elif url.path == "/authorize":
+                    provider.requests.append(query)
+                    self.send_response(302)
+                    self.send_header("Location", provider.authorize(query))
+                    self.end_headers()
+                else:
+                    self.answer(404, {"error": "not_found"})
+
+            def do_POST(self) -> None:
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+                status, body = provider.token(form, self.headers.get("Authorization", ""))
+                self.answer(status, body)
+
+            def answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((LOCALHOST, 0), Handler)
+        self.issuer = f"http://{LOCALHOST}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def authorize(self, query: dict[str, str]) -> str:
+        redirect = query["redirect_uri"]
+        if self.tamper.get("error"):
+            return f"{redirect}?{urllib.parse.urlencode({'error': 'access_denied', 'state': query['state']})}"
+        assert query["response_type"] == "code" and query["client_id"] == CLIENT_ID
+        assert query["code_challenge_method"] == "S256" and "openid" in query["scope"].split()
+        code = secrets.token_urlsafe(16)
+        self.codes[code] = {"query": query, "person": dict(self.person), "tamper": dict(self.tamper)}
+        return f"{redirect}?{urllib.parse.urlencode({'code': code, 'state': query['state']})}"
+
+    def token(self, form: dict[str, str], authorization: str) -> tuple[int, dict[str, Any]]:
+        expected = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        if authorization != expected:
+            return 401, {"error": "invalid_client"}
+        grant = self.codes.pop(form.get("code", ""), None)  # a code is good once
+        if grant is None or form.get("grant_type") != "authorization_code":
+            return 400, {"error": "invalid_grant"}
+        query = grant["query"]
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(form.get("code_verifier", "").encode()).digest())
+        if challenge.rstrip(b"=").decode() != query["code_challenge"] or form.get("redirect_uri") != \
+                query["redirect_uri"]:
+            return 400, {"error": "invalid_grant", "error_description": "PKCE verifier or redirect URI mismatch"}
+        tamper, now = grant["tamper"], int(time.time())
+        claims = {"iss": self.issuer, "aud": tamper.get("aud", CLIENT_ID), "sub": "sub-" + grant["person"]["name"],
+                  "iat": now, "exp": now + tamper.get("expires_in", 300), "nonce": tamper.get("nonce", query["nonce"]),
+                  "preferred_username": grant["person"]["name"], **grant["person"].get("claims", {})}
+        token = jwt.encode(claims, tamper.get("key", self.key), algorithm="RS256", headers={"kid": "k1"})
+        return 200, {"id_token": token, "access_token": "opaque", "token_type": "Bearer", "expires_in": 300}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[IdentityProvider]:
+    provider = IdentityProvider()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, idp: IdentityProvider) -> Iterator[Mosaic]:
+    oidc = OidcSettings(issuer=idp.issuer, jwks_url=idp.issuer + "/jwks.json", client_id=CLIENT_ID,  # type: ignore[call-arg]
+                        client_secret=CLIENT_SECRET, provider_name="St. Elsewhere sign-in")
+    security = SecuritySettings(initial_admin_password="admin-password-1", credential_cache_seconds=0,  # type: ignore[call-arg]
+                                oidc=oidc)
+    mosaic = Mosaic(Settings(data_dir=tmp_path_factory.mktemp("sso"), http=HttpSettings(port=0),  # type: ignore[call-arg]
+                             dicom=DicomSettings(port=0), security=security))  # type: ignore[call-arg]
+    mosaic.start(dicom=False)
+    for study, facility in ((SITE_A_STUDY, "SITE-A"), (SITE_B_STUDY, "SITE-B")):
+        mosaic.ingest.store(to_bytes(make_instance(study_uid=study, patient_id=f"P-{facility}")), door="import",
+                            facility=facility, department="DERMATOLOGY")
+    yield mosaic
+    mosaic.stop()
+
+
+@contextmanager
+def sign_in(node: Mosaic, idp: IdentityProvider, username: str, **claims: Any) -> Iterator[httpx.Client]:
+    """A browser that goes through the whole flow (Mosaic → provider → Mosaic) and lands on /api/me."""
+    idp.person = {"name": username, "claims": claims}
+    with httpx.Client(base_url=f"http://{LOCALHOST}:{node.http_port}", follow_redirects=True) as browser:
+        browser.get("/login/oidc", params={"next": "/api/me"})
+        yield browser
+
+
+def denied(node: Mosaic) -> list[str]:
+    node.audit.flush()
+    rows = node.audit.search(action="login", limit=20)[0]
+    return [json.loads(row.detail)["reason"] for row in rows if row.outcome == "denied"
+            and json.loads(row.detail or "{}").get("via") == "oidc"]
+
+
+def test_the_sign_in_page_offers_the_provider(node: Mosaic) -> None:
+    page = httpx.get(f"http://{LOCALHOST}:{node.http_port}/login", params={"next": "/viewer/"})
+    assert "Sign in with St. Elsewhere sign-in" in page.text and "/login/oidc?next=/viewer/" in page.text
+
+
+def test_single_sign_on_opens_a_session_with_the_providers_roles_and_scope(node: Mosaic,
+                                                                          idp: IdentityProvider) -> None:
+    with sign_in(node, idp, "dr.derm", roles=["clinician"], facilities=["SITE-A"], name="Dr Derm") as browser:
+        me = browser.get("/api/me")
+        assert me.status_code == 200, me.text
+        assert (me.json()["name"], me.json()["roles"], me.json()["facilities"]) == ("dr.derm", ["clinician"],
+                                                                                   ["SITE-A"])
+        studies = browser.get("/dicom-web/studies").json()
+        assert [study["0020000D"]["Value"][0] for study in studies] == [SITE_A_STUDY]
+    asked = idp.requests[-1]
+    assert asked["code_challenge_method"] == "S256" and len(asked["code_challenge"]) == 43
+    assert asked["redirect_uri"] == f"http://{LOCALHOST}:{node.http_port}/login/oidc/callback"
+    node.audit.flush()
+    signed_in = [row for row in node.audit.search(action="login", user="dr.derm", limit=5)[0]]
+    assert signed_in[0].outcome == "success" and json.loads(signed_in[0].detail)["via"] == "oidc"
+    account = next(account for account in node.identity.users() if account.username == "dr.derm")
+    assert account.display_name == "Dr Derm" and not account.has_password
+
+
+def test_roles_follow_the_provider_and_an_administrator_can_still_disable_the_person(
+        node: Mosaic, idp: IdentityProvider) -> None:
+    with sign_in(node, idp, "dr.rad", roles=["clinician"]) as browser:
+        assert browser.get("/api/me").json()["roles"] == ["clinician"]
+    with sign_in(node, idp, "dr.rad", roles=["radiologist"]) as browser:
+        assert browser.get("/api/me").json()["roles"] == ["radiologist"]
+    node.identity.update_user("dr.rad", active=False)
+    with sign_in(node, idp, "dr.rad", roles=["radiologist"]) as browser:
+        assert browser.get("/api/me").status_code == 401
+    assert "account 'dr.rad' is disabled in Mosaic" in denied(node)[0]
+
+
+@pytest.mark.parametrize(("tamper", "name", "reason"), [
+    ({"nonce": "replayed-from-another-sign-in"}, "eve", "nonce mismatch"),
+    ({"key": "stranger"}, "eve", "Signature verification failed"),
+    ({"aud": "another-application"}, "eve", "not for audience 'mosaic-web'"),
+    ({"expires_in": -600}, "eve", "has expired"),
+    ({"error": True}, "eve", "access_denied"),
+    ({}, "admin", "is a local Mosaic account"),
+])
+def test_sign_ins_that_must_fail(node: Mosaic, idp: IdentityProvider, tamper: dict[str, Any], name: str,
+                                 reason: str) -> None:
+    idp.tamper = {**tamper, **({"key": idp.stranger} if tamper.get("key") else {})}
+    try:
+        with sign_in(node, idp, name, roles=["administrator"]) as browser:
+            assert browser.get("/api/me").status_code == 401  # no session
+    finally:
+        idp.tamper = {}
+    assert reason in denied(node)[0]
+    accounts = {account.username: account for account in node.identity.users()}
+    assert "eve" not in accounts  # nobody was provisioned
+    assert accounts["admin"].has_password  # the local administrator stays local
+
+
+def test_a_forged_callback_is_refused(node: Mosaic, idp: IdentityProvider) -> None:
+    """A link to the callback with a code the attacker obtained, in a victim's browser that never started a sign-in
+    (login CSRF): no session, and the code is never exchanged."""
+    idp.person = {"name": "mallory", "claims": {"roles": ["clinician"]}}
+    query = {"response_type": "code", "client_id": CLIENT_ID, "redirect_uri": "x", "scope": "openid",
+             "state": "s", "nonce": "n", "code_challenge": "c" * 43, "code_challenge_method": "S256"}
+    code = urllib.parse.parse_qs(urllib.parse.urlsplit(idp.authorize(query)).query)["code"][0]
+    with httpx.Client(base_url=f"http://{LOCALHOST}:{node.http_port}") as victim:
+        answer = victim.get("/login/oidc/callback", params={"code": code, "state": "s"})
+        assert answer.status_code == 401 and "state mismatch" in answer.text
+        assert victim.get("/api/me").status_code == 401
+    assert code in idp.codes  # never exchanged
+    assert "state mismatch" in denied(node)[0]
