@@ -150,7 +150,7 @@ class ExportService:
         self.project_secret(project, principal.name)  # checks the name; the secret exists before the job runs
         for study in studies:
             access = self.mosaic.policy.study_access(principal, study)
-            if not access.allowed or not self.mosaic.retrieve.instances_in(study):
+            if not access.allowed or self.mosaic.retrieve.representative(study) is None:
                 raise ExportError(f"study {study} is not in the archive")
         params = {"studies": list(dict.fromkeys(studies)), "project": project,
                   "destination": {"kind": destination.kind, "target": destination.target},
