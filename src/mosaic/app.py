@@ -123,8 +123,13 @@ class Mosaic:
             if self.settings.dicom.workers > 1 and workers:
                 self._start_workers(self.dicom.port)
         if http:
-            config = uvicorn.Config(self.http_app(), host=self.settings.http.host, port=self.settings.http.port,
-                                    log_level="warning", access_log=False, lifespan="off")
+            web = self.settings.http
+            if web.https and web.tls_key_file is None:
+                raise ValueError("http.tls_cert_file needs http.tls_key_file")
+            config = uvicorn.Config(self.http_app(), host=web.host, port=web.port, log_level="warning",
+                                    access_log=False, lifespan="off",
+                                    ssl_certfile=str(web.tls_cert_file) if web.https else None,
+                                    ssl_keyfile=str(web.tls_key_file) if web.https else None)
             self._http = uvicorn.Server(config)
             self._http_thread = threading.Thread(target=self._http.run, name="http", daemon=True)
             self._http_thread.start()

@@ -53,10 +53,11 @@ def serve(
     node = Mosaic(settings)
     node.start()
     console.print(f"[bold green]Mosaic is running[/]  data: {settings.data_dir.resolve()}")
+    scheme = "https" if settings.http.https else "http"
     if node.initial_admin_password:
-        console.print(f"  [bold yellow]First start:[/] sign in at http://{settings.http.host}:{node.http_port}/login "
-                      f"as [bold]admin[/] with password [bold]{node.initial_admin_password}[/] (shown only this once; "
-                      "change it with `mosaic user passwd admin`)", highlight=False)
+        console.print(f"  [bold yellow]First start:[/] sign in at {scheme}://{settings.http.host}:{node.http_port}"
+                      f"/login as [bold]admin[/] with password [bold]{node.initial_admin_password}[/] "
+                      "(shown only this once; change it with `mosaic user passwd admin`)", highlight=False)
     if not settings.dicom.peers and not settings.dicom.allow_unknown_calling_aes:
         console.print("  [yellow]No DICOM peers configured:[/] every association is refused until modalities and "
                       "PACS are listed in dicom.peers (docs/configuration.md)", highlight=False)
@@ -65,7 +66,7 @@ def serve(
     console.print(f"  DICOM  {settings.dicom.ae_title}@{settings.dicom.host}:{node.dicom_port}")
     if node.dicom is not None and settings.dicom.tls.enabled:
         console.print(f"  DICOM  {settings.dicom.ae_title}@{settings.dicom.host}:{node.dicom.tls_port} (TLS)")
-    console.print(f"  HTTP   http://{settings.http.host}:{node.http_port}/  (health: /healthz, metrics: /metrics)")
+    console.print(f"  HTTP   {scheme}://{settings.http.host}:{node.http_port}/  (health: /healthz, metrics: /metrics)")
     console.print("  Press Ctrl+C to stop.", highlight=False)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -47,6 +47,13 @@ class HttpSettings(BaseModel):
         None, description="The built OHIF viewer served at /viewer/ (default: build/viewer of the source "
         "checkout, made by `make install`).",
     )
+    tls_cert_file: Path | None = Field(None, description="Serve HTTPS with this certificate (PEM, with any "
+                                       "intermediates); None: plain HTTP (e.g. behind a TLS-terminating proxy).")
+    tls_key_file: Path | None = Field(None, description="The private key of tls_cert_file (PEM).")
+
+    @property
+    def https(self) -> bool:
+        return self.tls_cert_file is not None
 
 
 class DicomPeer(BaseModel):

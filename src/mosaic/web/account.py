@@ -58,7 +58,8 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
     sso = security.oidc.provider_name if security.oidc.client_id and security.oidc.issuer else ""
 
     def cookie_options() -> dict[str, Any]:
-        return {"httponly": True, "samesite": "lax", "secure": security.secure_cookies, "path": "/"}
+        secure = security.secure_cookies or mosaic.settings.http.https
+        return {"httponly": True, "samesite": "lax", "secure": secure, "path": "/"}
 
     if sso:
         from mosaic.web.oidc_login import create_oidc_router

@@ -78,7 +78,7 @@ def create_oidc_router(mosaic: Mosaic, safe_next: Any, page: Any) -> APIRouter:
     router = APIRouter()
     oidc = mosaic.settings.security.oidc
     provider = _Provider(mosaic)
-    secure = mosaic.settings.security.secure_cookies
+    secure = mosaic.settings.security.secure_cookies or mosaic.settings.http.https
 
     def refused(request: Request, reason: str, claimed: str = "") -> Response:
         principal = principal_of(request)
