@@ -184,7 +184,7 @@ def test_single_sign_on_opens_a_session_with_the_providers_roles_and_scope(node:
     signed_in = [row for row in node.audit.search(action="login", user="dr.derm", limit=5)[0]]
     assert signed_in[0].outcome == "success" and json.loads(signed_in[0].detail)["via"] == "oidc"
     account = next(account for account in node.identity.users() if account.username == "dr.derm")
-    assert account.display_name == "Dr Derm" and not account.has_password
+    assert (account.display_name, account.has_password, account.source) == ("Dr Derm", False, "oidc")
 
 
 def test_roles_follow_the_provider_and_an_administrator_can_still_disable_the_person(

@@ -328,12 +328,13 @@ def user_list(config: ConfigOption = None, data_dir: DataDirOption = None) -> No
     """Every account with its roles and scope."""
     node = node_of(config, data_dir)
     table = Table(title="Accounts")
-    for column in ("user", "roles", "facilities", "departments", "active", "password"):
+    for column in ("user", "roles", "facilities", "departments", "active", "signs in with password"):
         table.add_column(column)
     for account in node.identity.users():
         table.add_row(account.username, ", ".join(account.roles), ", ".join(account.facilities),
                       ", ".join(account.departments), "yes" if account.active else "no",
-                      "yes" if account.has_password else "tokens only")
+                      "single sign-on" if account.source == "oidc" else "yes" if account.has_password
+                      else "tokens only")
     node.stop()
     console.print(table)
 

@@ -51,6 +51,8 @@ class Account:
     departments: list[str]
     active: bool
     has_password: bool
+    source: str = "local"
+    """local, or oidc (kept from the identity provider's claims at each single sign-on)."""
 
 
 def _sha256(secret: str) -> str:
@@ -209,7 +211,7 @@ class IdentityService:
     @staticmethod
     def _account(row: UserAccount) -> Account:
         return Account(row.username, row.display_name, sorted(_split(row.roles)), sorted(_split(row.facilities)),
-                       sorted(_split(row.departments)), row.active, bool(row.password_hash))
+                       sorted(_split(row.departments)), row.active, bool(row.password_hash), row.source)
 
     def _principal(self, row: UserAccount, kind: str, csrf_token: str = "") -> Principal:
         roles = _split(row.roles)
