@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -27,11 +28,12 @@ def nodelay(event: Any) -> None:
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def start_server(data_dir: Path, dicom_port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_server(data_dir: Path, dicom_port: int, log: Path, **settings: str) -> subprocess.Popen[bytes]:
+    """``mosaic serve`` in its own process (``settings``: more MOSAIC_* variables)."""
     command = [str(Path(sys.executable).parent / "mosaic"), "serve", "--data-dir", str(data_dir),
                "--dicom-port", str(dicom_port), "--http-port", str(free_port())]
     # CRASHTEST is not a configured peer: this test is about crash safety, not about who may store
-    env = {**os.environ, "MOSAIC_DICOM__ALLOW_UNKNOWN_CALLING_AES": "true"}
+    env = {**os.environ, "MOSAIC_DICOM__ALLOW_UNKNOWN_CALLING_AES": "true", **settings}
     with open(log, "ab") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     wait_until(lambda: is_listening("127.0.0.1", dicom_port), timeout=60, what="mosaic serve", process=process,
@@ -99,3 +101,42 @@ def test_kill_during_ingest_loses_no_acknowledged_object_and_leaves_none_half_st
         server.terminate()
         server.wait(30)
     time.sleep(0)
+
+
+def test_kill_before_the_audit_writer_runs_loses_no_audit_record(tmp_path: Path) -> None:
+    """Stores acknowledged, their audit records still gathered in memory (a 30 s batch here), then kill -9: the
+    next start writes them into the chain from the journal."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    server = start_server(data_dir, port, tmp_path / "serve.log", MOSAIC_SECURITY__AUDIT_BATCH_SECONDS="30")
+    study_uid = "1.2.826.0.1.3680043.10.1234.950"
+    datasets = [make_instance(study_uid=study_uid, series_uid=f"{study_uid}.1", instance_number=number)
+                for number in range(1, 4)]
+    try:
+        ae = AE(ae_title="CRASHTEST")
+        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        association = ae.associate("127.0.0.1", port, ae_title="MOSAIC", evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
+        statuses = [association.send_c_store(dataset).Status for dataset in datasets]
+        association.release()
+        assert statuses == [0x0000] * 3
+        journal = data_dir / "audit-journal"
+        wait_until(lambda: any(path.stat().st_size for path in journal.glob("*.jsonl")), timeout=30,
+                   what="journaled audit entries")
+    finally:
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(30)
+    node = Mosaic(Settings(data_dir=data_dir))  # type: ignore[call-arg]
+    try:
+        assert node.audit.search(action="store")[1] == 0, "written before the kill: this test proves nothing"
+        node.audit.start()  # recovers the journal of the killed process
+        node.audit.flush()
+        records, _total = node.audit.search(action="store", study=study_uid)
+        assert node.audit.verify().intact
+    finally:
+        node.stop()
+    assert len(records) == 1 and records[0].actor == "CRASHTEST"
+    detail = json.loads(records[0].detail)
+    assert sorted(item["SOPInstanceUID"] for item in detail["instances"]) == sorted(
+        str(dataset.SOPInstanceUID) for dataset in datasets)
+    assert "stopped before writing" in detail["recovered"]
+    assert not list((data_dir / "audit-journal").glob("*.jsonl"))

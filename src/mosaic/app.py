@@ -47,7 +47,8 @@ class Mosaic:
         self.changes = ChangeFeed(self.database)
         self.policy = AccessPolicy(self.database, settings.security)
         self.identity = IdentityService(self.database, settings.security, self.policy)
-        self.audit = AuditTrail(self.database)
+        self.audit = AuditTrail(self.database, linger=settings.security.audit_batch_seconds,
+                                journal=settings.data_dir / "audit-journal")
         self.jobs = JobStore(self.database, settings.jobs)
         self.job_runner = JobRunner(self.jobs, settings.jobs)
         """Runs queued jobs (exports, retention runs) on this node once started; the services register."""

@@ -226,6 +226,9 @@ class SecuritySettings(BaseModel):
     )
     session_hours: float = Field(12.0, gt=0, description="How long a browser sign-in lasts.")
     secure_cookies: bool = Field(False, description="Mark the session cookie Secure (set true behind HTTPS).")
+    audit_batch_seconds: float = Field(0.25, gt=0, le=60, description="How long the audit writer gathers records "
+                                       "before one transaction appends them (what is gathered is journaled to "
+                                       "<data_dir>/audit-journal and survives a crash).")
     credential_cache_seconds: float = Field(
         10.0, ge=0, description="How long a checked token or session is trusted before the index is asked "
         "again (a revoked token stops working within this time).",

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -28,6 +29,7 @@ from mosaic.index.database import Database
 from mosaic.index.schema import AuditCursor, AuditRecord
 
 if TYPE_CHECKING:
+    from mosaic.governance.audit_journal import AuditJournal
     from mosaic.governance.policy import Principal
 
 log = logging.getLogger("mosaic.audit")
@@ -165,10 +167,14 @@ class ChainReport:
 class AuditTrail:
     """Queues entries and appends them to the hash chain from a writer thread."""
 
-    def __init__(self, database: Database, *, batch_size: int = 2000, linger: float = 0.25) -> None:
+    def __init__(self, database: Database, *, batch_size: int = 2000, linger: float = 0.25,
+                 journal: Path | None = None) -> None:
         self.database = database
         self.batch_size = batch_size
         self.linger = linger
+        self.journal_folder = journal
+        """Where queued entries are journaled until written (``audit_journal``); None: not journaled."""
+        self._journal: AuditJournal | None = None
         """How long the writer gathers entries before one transaction appends them (one commit, not one per
         entry: on SQLite each commit is an fsync that C-STORE would wait behind)."""
         self._queue: queue.Queue[AuditEntry] = queue.Queue()
@@ -186,13 +192,20 @@ class AuditTrail:
         if self._thread is None:
             self._write([entry])
             return
-        with self._pending_lock:
+        with self._pending_lock:  # journal order is queue order: a batch is always the journal's oldest entries
             self._pending += 1
-        self._queue.put(entry)
+            if self._journal is not None:
+                self._journal.append(entry)
+            self._queue.put(entry)
 
     def start(self) -> None:
         if self._thread is not None:
             return
+        if self.journal_folder is not None:
+            from mosaic.governance.audit_journal import AuditJournal
+
+            self._journal = AuditJournal(self.journal_folder)
+            self._recover(self._journal)
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
@@ -204,6 +217,19 @@ class AuditTrail:
         self._stopping.set()
         self._thread.join(timeout=10)
         self._thread = None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    def _recover(self, journal: AuditJournal) -> None:
+        """Write what stopped processes of this host had queued but not written (see ``audit_journal``)."""
+
+        def write(entries: list[AuditEntry]) -> None:
+            for entry in entries:
+                entry.detail["recovered"] = "queued by a process that stopped before writing it"
+            self._write(coalesce(entries))
+
+        journal.recover(write)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every queued entry is in the index (True) or ``timeout`` passes (False)."""
@@ -241,6 +267,8 @@ class AuditTrail:
                     time.sleep(1.0)
             with self._pending_lock:
                 self._pending -= len(batch)
+                if self._journal is not None:
+                    self._journal.mark_committed(len(batch))
                 self._pending_lock.notify_all()
             for listener in self.listeners:
                 listener()

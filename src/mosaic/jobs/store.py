@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mosaic.config import JobSettings
+from mosaic.core.processes import running
 from mosaic.core.times import as_utc
 from mosaic.index.database import Database
 from mosaic.index.schema import Job
@@ -224,15 +225,7 @@ class JobStore:
 def _process_gone(node: str, host: str) -> bool:
     """Whether ``node`` (host:pid) is a process of this host that no longer exists."""
     name, _, pid = node.rpartition(":")
-    if name != host or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return name == host and pid.isdigit() and not running(int(pid))
 
 
 def _iso(value: datetime | None) -> str | None:
