@@ -192,10 +192,12 @@ class AuditTrail:
         if self._thread is None:
             self._write([entry])
             return
+        journal = self._journal
+        line = journal.encode(entry) if journal is not None else b""
         with self._pending_lock:  # journal order is queue order: a batch is always the journal's oldest entries
             self._pending += 1
-            if self._journal is not None:
-                self._journal.append(entry)
+            if journal is not None:
+                journal.append(line)
             self._queue.put(entry)
 
     def start(self) -> None:

@@ -19,7 +19,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -39,11 +38,16 @@ class AuditJournal:
         self.appended = 0
         self.committed = 0
 
-    def append(self, entry: AuditEntry) -> None:
-        """Called in queue order (under the trail's lock)."""
-        values = asdict(entry)
+    @staticmethod
+    def encode(entry: AuditEntry) -> bytes:
+        """The journal line of ``entry`` (made before taking the trail's lock)."""
+        values = dict(vars(entry))
         values["recorded_at"] = entry.recorded_at.isoformat()
-        os.write(self._fd, (json.dumps(values, default=str) + "\n").encode())
+        return (json.dumps(values, default=str) + "\n").encode()
+
+    def append(self, line: bytes) -> None:
+        """Called in queue order (under the trail's lock) with an :meth:`encode` d entry."""
+        os.write(self._fd, line)
         self.appended += 1
 
     def mark_committed(self, count: int) -> None:
