@@ -253,3 +253,58 @@ def test_one_retention_run_at_a_time_across_the_nodes_of_an_index(two_nodes: tup
         status = boss.get("/api/retention/status").json()
     assert status["job"]["id"] == job_id and status["job"]["state"] == "done"
     assert status["last"]["studies"] == 1 and status["last"]["purged"] == 0  # no rules: everything is kept
+
+
+def test_a_job_running_when_its_node_stops_is_queued_again_without_using_an_attempt(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    database.migrate()
+    store = JobStore(database, JobSettings(poll_seconds=0.05))  # type: ignore[call-arg]
+    started = threading.Event()
+
+    def count_forever(context: JobContext) -> dict[str, Any]:
+        steps = 0
+        while True:
+            steps += 1
+            started.set()
+            context.progress("counting", steps, 0)
+
+    first = JobRunner(store, store.settings)
+    first.register("count", count_forever)
+    job = store.submit("count", "tester", {})
+    first.start()
+    assert started.wait(30)
+    first.stop()  # the node shuts down in the middle of the job
+    stopped = store.get(job.id)
+    assert stopped is not None and (stopped.state, stopped.attempts) == (JobState.QUEUED, 0), stopped
+    assert "node was stopped" in stopped.error
+
+    second = JobRunner(store, store.settings)  # the next node takes it up
+    second.register("count", lambda context: {"resumed": context.job.attempts})
+    second.start()
+    try:
+        wait_until(lambda: (current := store.get(job.id)) is not None and current.finished, timeout=30,
+                   what="resumed job")
+    finally:
+        second.stop()
+        database.dispose()
+    ended = store.get(job.id)
+    assert ended is not None and ended.state == JobState.DONE and ended.result == {"resumed": 1}
+
+
+def test_ctrl_c_on_a_foreground_run_cancels_the_job_for_good(tmp_path: Path) -> None:
+    """A command's foreground run stopped by the user must not be resumed by a server later."""
+    database = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    database.migrate()
+    store = JobStore(database, JobSettings())  # type: ignore[call-arg]
+    runner = JobRunner(store, store.settings)
+
+    def interrupted(context: JobContext) -> dict[str, Any]:
+        raise KeyboardInterrupt  # what Python raises in the main thread on Ctrl+C
+
+    runner.register("export", interrupted)
+    job = store.submit("export", "os:tester", {})
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_now(job.id)
+    ended = store.get(job.id)
+    database.dispose()
+    assert ended is not None and ended.state == JobState.CANCELLED and "Ctrl+C" in ended.error

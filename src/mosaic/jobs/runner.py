@@ -28,6 +28,10 @@ class JobCancelled(Exception):
     """The job was cancelled while it ran; raised by :meth:`JobContext.progress`."""
 
 
+class JobInterrupted(Exception):
+    """This node is stopping: the job goes back to the queue (any node resumes it); raised by progress()."""
+
+
 class JobFailed(Exception):
     """The job ended in failure; ``result`` says how far it got."""
 
@@ -40,10 +44,12 @@ class JobContext:
     """What a running job sees: its row, and where it reports progress."""
 
     def __init__(self, store: JobStore, job: JobView,
-                 on_progress: Callable[[str, int, int], None] | None = None) -> None:
+                 on_progress: Callable[[str, int, int], None] | None = None,
+                 stopping: threading.Event | None = None) -> None:
         self.store = store
         self.job = job
         self.on_progress = on_progress
+        self.stopping = stopping or threading.Event()
         self._last = 0.0
         self._phase = ""
 
@@ -57,6 +63,8 @@ class JobContext:
         return self.job.attempts > 1
 
     def progress(self, phase: str, done: int, total: int) -> None:
+        if self.stopping.is_set():
+            raise JobInterrupted(f"job {self.job.id}: this node is stopping")
         if self.on_progress is not None:
             self.on_progress(phase, done, total)
         now = time.monotonic()
@@ -108,8 +116,14 @@ class JobRunner:
             threading.Thread(target=self._beat, args=(job.id, beating), name="job-heartbeat", daemon=True).start()
         log.info("job %s (%s) started, attempt %d", job.id, job.kind, job.attempts)
         try:
-            result = handler(JobContext(self.store, job, on_progress))
+            result = handler(JobContext(self.store, job, on_progress, self._stopping))
             self.store.finish(job.id, JobState.DONE, result)
+        except JobInterrupted:
+            log.info("job %s goes back to the queue: this node is stopping", job.id)
+            self.store.requeue(job.id, "interrupted: its node was stopped")
+        except KeyboardInterrupt:  # Ctrl+C on a command's foreground run: the user stopped it, nobody resumes it
+            self.store.finish(job.id, JobState.CANCELLED, {}, "interrupted by the user (Ctrl+C)")
+            raise
         except JobCancelled as exc:
             log.info("job %s cancelled", job.id)
             self.store.finish(job.id, JobState.CANCELLED, {}, str(exc))

@@ -175,6 +175,13 @@ class JobStore:
 
         self.database.write(write)
 
+    def requeue(self, job_id: str, reason: str) -> None:
+        """Back to the queue, this run not counted as an attempt (its node is stopping, not failing)."""
+        self.database.write(lambda session: session.execute(
+            update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING.value).values(
+                state=JobState.QUEUED.value, node="", phase="queued again", error=reason,
+                attempts=Job.attempts - 1)))
+
     def cancel(self, job_id: str) -> JobView | None:
         """A queued job is cancelled at once; a running one is asked to stop (at its next progress report)."""
         def write(session: Session) -> JobView | None:

@@ -33,7 +33,7 @@ from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.deid import DeidentificationOptions, ExportReport, export_deidentified
 from mosaic.governance.policy import AccessDenied, Permission, Principal
 from mosaic.index.schema import DeidManifestEntry, DeidProject, Patient, Study
-from mosaic.jobs.runner import JobCancelled, JobContext, JobFailed
+from mosaic.jobs.runner import JobCancelled, JobContext, JobFailed, JobInterrupted
 from mosaic.jobs.store import JobView
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ class ExportService:
             report.failed += [(Path(source), reason) for source, reason in missing]
             self._keep_manifest(context.job.id, project, report)
             outcome = "success"
-        except JobCancelled as exc:
+        except (JobCancelled, JobInterrupted) as exc:
             error = str(exc)
             raise
         except (AccessDenied, ExportError, OSError, ValueError) as exc:
