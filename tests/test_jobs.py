@@ -173,6 +173,13 @@ def test_a_job_submitted_on_one_node_is_shown_cancelled_or_run_by_another(two_no
     assert cancels and cancels[0].outcome == "success"
 
 
+def job_store(folder: Path, **settings: Any) -> JobStore:
+    """Job rows in a fresh SQLite index of their own (the caller disposes of ``store.database``)."""
+    database = Database(f"sqlite:///{folder / 'index.sqlite'}")
+    database.migrate()
+    return JobStore(database, JobSettings(**settings))
+
+
 def test_a_running_export_cancelled_stops_and_leaves_nothing(archive: Path) -> None:
     node = Mosaic(settings(archive, workers=0))
     try:
@@ -190,9 +197,8 @@ def test_a_running_export_cancelled_stops_and_leaves_nothing(archive: Path) -> N
 
 
 def test_a_running_job_stops_at_its_next_step_once_cancelled(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    database.migrate()
-    store = JobStore(database, JobSettings(poll_seconds=0.05))  # type: ignore[call-arg]
+    store = job_store(tmp_path, poll_seconds=0.05)
+    database = store.database
     runner = JobRunner(store, store.settings)
     started, steps = threading.Event(), []
 
@@ -220,9 +226,8 @@ def test_a_running_job_stops_at_its_next_step_once_cancelled(tmp_path: Path) -> 
 
 
 def test_a_job_whose_node_went_silent_is_queued_again_then_failed_after_its_attempts(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    database.migrate()
-    store = JobStore(database, JobSettings(stale_seconds=60, max_attempts=2))  # type: ignore[call-arg]
+    store = job_store(tmp_path, stale_seconds=60, max_attempts=2)
+    database = store.database
     now = datetime.now(UTC)
     with database.session(write=True) as session:
         for job_id, attempts, beat in (("silent", 1, now - timedelta(minutes=5)), ("alive", 1, now),
@@ -256,9 +261,8 @@ def test_one_retention_run_at_a_time_across_the_nodes_of_an_index(two_nodes: tup
 
 
 def test_a_job_running_when_its_node_stops_is_queued_again_without_using_an_attempt(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    database.migrate()
-    store = JobStore(database, JobSettings(poll_seconds=0.05))  # type: ignore[call-arg]
+    store = job_store(tmp_path, poll_seconds=0.05)
+    database = store.database
     started = threading.Event()
 
     def count_forever(context: JobContext) -> dict[str, Any]:
@@ -293,9 +297,8 @@ def test_a_job_running_when_its_node_stops_is_queued_again_without_using_an_atte
 
 def test_ctrl_c_on_a_foreground_run_cancels_the_job_for_good(tmp_path: Path) -> None:
     """A command's foreground run stopped by the user must not be resumed by a server later."""
-    database = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    database.migrate()
-    store = JobStore(database, JobSettings())  # type: ignore[call-arg]
+    store = job_store(tmp_path)
+    database = store.database
     runner = JobRunner(store, store.settings)
 
     def interrupted(context: JobContext) -> dict[str, Any]:
