@@ -268,7 +268,7 @@ def test_cget_returns_every_corpus_instance_byte_identical(stored_corpus: Stored
 def test_cmove_delivers_every_corpus_instance_byte_identical(stored_corpus: StoredCorpus,
                                                              dcmtk: dict[str, str]) -> None:
     uids = "\\".join(item.sop_instance_uid for item in stored_corpus.corpus.sent)
-    result = run_tool("movescu", "-S", "-aem", stored_corpus.destination.ae_title,
+    result = run_tool("movescu", "-v", "-S", "-aem", stored_corpus.destination.ae_title,
                       "-k", "QueryRetrieveLevel=IMAGE", "-k", f"SOPInstanceUID={uids}",
                       *peer_args(stored_corpus.node), env=dcmtk, logs=[stored_corpus.destination.log])
     assert result.returncode == 0, result.stdout + result.stderr
