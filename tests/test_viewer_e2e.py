@@ -49,6 +49,7 @@ from tests.auth_support import auth_headers
 from tests.browser import PageLog, chromium_context, open_page, sign_in, viewer_dir
 from tests.dimse_support import MOSAIC_AE, peer_args, run_tool
 from tests.factory import PREFIX
+from tests.oidc_support import IdentityProvider
 from tests.test_dicomweb_wado import ANY_DICOM, multipart_parts
 
 pytestmark = pytest.mark.dcmtk
@@ -170,7 +171,15 @@ class Archive:
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory, dcmtk: dict[str, str]) -> Iterator[Archive]:
+def idp() -> Iterator[IdentityProvider]:
+    provider = IdentityProvider()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory, dcmtk: dict[str, str], idp: IdentityProvider
+            ) -> Iterator[Archive]:
     work = tmp_path_factory.mktemp("e2e")
     settings = Settings(  # type: ignore[call-arg]
         data_dir=work / "mosaic",
@@ -178,7 +187,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory, dcmtk: dict[str, str]) -> 
         storage=StorageSettings(),  # type: ignore[call-arg]
         http=HttpSettings(port=0, viewer_dir=viewer_dir()),  # type: ignore[call-arg]
         dicom=DicomSettings(ae_title=MOSAIC_AE, port=0, allow_unknown_calling_aes=True),  # type: ignore[call-arg]
-        security=SecuritySettings(initial_admin_password=ADMIN_PASSWORD),  # type: ignore[call-arg]
+        security=SecuritySettings(initial_admin_password=ADMIN_PASSWORD, oidc=idp.settings()),  # type: ignore[call-arg]
     )
     node = Mosaic(settings)
     node.start()
@@ -433,6 +442,36 @@ def test_viewer_draws_ct_small(archive: Archive, browser: Any, tmp_path: Path) -
     frame = next(url for url, _ in shown.log.dicomweb_requests if "/frames/" in url)
     assert transfer_syntaxes(frame, auth_headers(archive.node)) == (EXPLICIT_LE, EXPLICIT_LE)
     shown.page.close()
+
+
+def test_a_clinician_signs_in_at_the_hospitals_identity_provider_and_reads_in_the_viewer(
+        archive: Archive, browser: Any, idp: IdentityProvider, tmp_path: Path) -> None:
+    """Single sign-on in Chromium: the viewer sends the browser to the sign-in page, its "Sign in with …" button to
+    the identity provider and back, and OHIF then lists what the provider's claims let the person see."""
+    idp.person = {"name": "sso.clinician", "claims": {"roles": ["clinician"], "facilities": ["JFK IMAGING CENTER"]}}
+    browser.clear_cookies()  # the same browser, now someone else's (one Playwright per process)
+    try:
+        page = browser.new_page()
+        page.goto(f"{archive.url}/viewer/")
+        assert page.url.startswith(f"{archive.url}/login?next="), page.url
+        with page.expect_navigation(url=f"{archive.url}/viewer/"):
+            page.get_by_role("link", name="Sign in with St. Elsewhere sign-in").click()
+        page.close()
+        page, log = open_page(browser, f"{archive.url}/viewer/")
+        page.get_by_text("CompressedSamples, CT1").first.wait_for()
+        dismiss_tour(page)
+        page.screenshot(path=str(tmp_path / "sso-study-list.png"))
+        text = page.inner_text("body")
+        assert "Mosaic, Phantom" not in text and "E2E phantom" not in text, text
+        assert not log.problems(), log.problems()
+        page.close()
+    finally:
+        browser.clear_cookies()
+        sign_in(browser, archive.url, "/viewer/", username="admin", password=ADMIN_PASSWORD)
+    assert idp.requests[-1]["code_challenge_method"] == "S256"
+    archive.node.audit.flush()
+    logins = archive.node.audit.search(user="sso.clinician", action="login")[0]
+    assert [row.outcome for row in logins] == ["success"]
 
 
 def test_the_viewer_shows_a_scoped_clinician_only_their_studies(archive: Archive, browser: Any,
