@@ -115,5 +115,6 @@ class IdentityProvider:
 
     def settings(self, provider_name: str = "St. Elsewhere sign-in") -> OidcSettings:
         """Mosaic's security.oidc for this provider."""
-        return OidcSettings(issuer=self.issuer, jwks_url=self.issuer + "/jwks.json", client_id=CLIENT_ID,  # type: ignore[call-arg]
-                            client_secret=CLIENT_SECRET, provider_name=provider_name)
+        # no jwks_url: Mosaic finds the keys through discovery (they are not at <issuer>/.well-known/jwks.json)
+        return OidcSettings(issuer=self.issuer, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,  # type: ignore[call-arg]
+                            provider_name=provider_name)

@@ -176,8 +176,8 @@ class OidcSettings(BaseModel):
 
     issuer: str | None = Field(None, description="The issuer (`iss`) accepted; None turns OpenID Connect off.")
     audience: str = Field("mosaic", description="The audience (`aud`) a token must name.")
-    jwks_url: str | None = Field(None, description="Where the issuer's signing keys are (JWKS); default: "
-                                 "<issuer>/.well-known/jwks.json.")
+    jwks_url: str | None = Field(None, description="Where the issuer's signing keys are (JWKS); default: the "
+                                 "jwks_uri of <issuer>/.well-known/openid-configuration.")
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], description="Accepted signatures.")
     username_claim: str = Field("preferred_username", description="Claim naming the user (else `sub`).")
     roles_claim: str = Field("roles", description="Claim listing the user's Mosaic roles.")

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import secrets
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -366,8 +368,7 @@ class IdentityService:
         if oidc.issuer is None:
             raise AuthenticationFailed("OpenID Connect is not configured (security.oidc.issuer)")
         if self._jwks is None:
-            url = oidc.jwks_url or oidc.issuer.rstrip("/") + "/.well-known/jwks.json"
-            self._jwks = jwt.PyJWKClient(url, cache_keys=True, lifespan=300)
+            self._jwks = jwt.PyJWKClient(self._jwks_url(), cache_keys=True, lifespan=300)
         try:
             key = self._jwks.get_signing_key_from_jwt(token)
             claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=oidc.algorithms, audience=audience,
@@ -384,6 +385,21 @@ class IdentityService:
         except jwt.InvalidTokenError as exc:
             raise AuthenticationFailed(f"the {what} is invalid: {exc}") from None
         return claims
+
+    def _jwks_url(self) -> str:
+        """``security.oidc.jwks_url``, else the ``jwks_uri`` of the issuer's discovery document (Keycloak, Entra ID
+        and others keep their keys elsewhere than <issuer>/.well-known/jwks.json, the last resort)."""
+        oidc = self.settings.oidc
+        if oidc.jwks_url:
+            return oidc.jwks_url
+        base = (oidc.issuer or "").rstrip("/")
+        try:
+            with urllib.request.urlopen(base + "/.well-known/openid-configuration", timeout=10) as response:
+                return str(json.loads(response.read())["jwks_uri"])  # the configured issuer
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("OpenID Connect discovery at %s failed (%s); trying %s/.well-known/jwks.json", base, exc,
+                        base)
+            return base + "/.well-known/jwks.json"
 
     def _claims_principal(self, claims: dict[str, Any], what: str) -> Principal:
         oidc = self.settings.oidc
