@@ -25,6 +25,7 @@ from tests.helpers import LOCALHOST, wait_until
 
 STUDY_A = "1.2.826.0.1.3680043.10.1234.701"
 STUDY_B = "1.2.826.0.1.3680043.10.1234.702"
+STUDY_C = "1.2.826.0.1.3680043.10.1234.703"
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +190,30 @@ def test_cli_export_with_options(node: Mosaic, tmp_path: Path) -> None:
     missing = CliRunner().invoke(cli, ["export", "--study", "1.2.3.4", "--project", "cli", "--to",
                                        str(tmp_path / "none"), "--data-dir", str(node.settings.data_dir)])
     assert missing.exit_code == 1 and "not in the archive" in missing.output
+
+
+def test_a_study_without_images_is_exported_too(node: Mosaic) -> None:
+    """A study of structured reports only (no Rows) is a study like any other for export."""
+    report = make_instance(patient_id="MRN-3", study_uid=STUDY_C, modality="SR", rows=0, columns=0,
+                           sop_class_uid="1.2.840.10008.5.1.4.1.1.88.11")
+    node.ingest.store(to_bytes(report), door="import", facility="SITE-A", department="DERMATOLOGY")
+    result = run_export(node, "admin", studies=[STUDY_C], project="reports",
+                        destination={"kind": "folder", "target": "reports"})
+    assert result["state"] == "done" and result["exported"] == 1, result
+
+
+def test_two_exports_to_one_name_never_mix(node: Mosaic) -> None:
+    """Each export writes under a partial name of its own, so the second finds the first's output and fails
+    instead of publishing a mixture."""
+    with api(node, "admin") as client:
+        body = {"studies": [STUDY_A], "project": "twice", "destination": {"kind": "zip", "target": "twice.zip"}}
+        first, second = client.post("/api/exports", json=body), client.post("/api/exports", json=body)
+        assert first.status_code == second.status_code == 202, (first.text, second.text)
+        ids = [started.json()["id"] for started in (first, second)]
+        wait_until(lambda: all(client.get(f"/api/exports/{export_id}").json()["state"] in ("done", "failed")
+                               for export_id in ids), timeout=60, what="both exports")
+        states = sorted(client.get(f"/api/exports/{export_id}").json()["state"] for export_id in ids)
+    assert states == ["done", "failed"]
+    with zipfile.ZipFile(node.settings.export_path / "twice.zip") as archive:
+        assert len(archive.namelist()) == 2
+    assert not list(node.settings.export_path.glob(".twice.zip*"))

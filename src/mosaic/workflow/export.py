@@ -12,6 +12,7 @@ write the same pseudonyms and UIDs); a folder or zip appears under its name only
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -19,9 +20,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,15 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
 
+from mosaic.dicomweb.multipart import OutgoingPart, new_boundary, write_parts
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.deid import DeidentificationOptions, ExportReport, export_deidentified
-from mosaic.governance.policy import AccessDenied, Permission, Principal
-from mosaic.index.schema import DeidManifestEntry, DeidProject, Patient, Study
+from mosaic.governance.policy import AccessDenied, AccessPolicy, Permission, Principal
+from mosaic.index.schema import DeidManifestEntry, DeidProject, Study
 from mosaic.jobs.runner import JobCancelled, JobContext, JobFailed, JobInterrupted
 from mosaic.jobs.store import JobView
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
+    from mosaic.services.retrieve import StoredInstance
 
 log = logging.getLogger("mosaic.export")
 
@@ -77,20 +78,18 @@ def summary(job: JobView) -> dict[str, Any]:
 
 
 def _principal_params(principal: Principal) -> dict[str, Any]:
-    """The requester as the job keeps it: a resumed run acts with the rights the export was granted with."""
+    """The requester as the job keeps it: who, with which roles and scope (a resumed run gets the permissions
+    those roles have then)."""
     return {"name": principal.name, "kind": principal.kind, "roles": sorted(principal.roles),
-            "permissions": sorted(permission.value for permission in principal.permissions),
             "facilities": sorted(principal.facilities), "departments": sorted(principal.departments),
-            "address": principal.address, "interface": principal.interface,
-            "break_glass_studies": sorted(principal.break_glass_studies)}
+            "address": principal.address, "interface": principal.interface}
 
 
-def _principal_of(params: dict[str, Any]) -> Principal:
-    return Principal(name=params["name"], kind=params["kind"], roles=frozenset(params["roles"]),
-                     permissions=frozenset(Permission(value) for value in params["permissions"]),
+def _principal_of(params: dict[str, Any], policy: AccessPolicy) -> Principal:
+    roles = frozenset(params["roles"])
+    return Principal(name=params["name"], kind=params["kind"], roles=roles, permissions=policy.permissions_of(roles),
                      facilities=frozenset(params["facilities"]), departments=frozenset(params["departments"]),
-                     address=params.get("address", ""), interface=params.get("interface", ""),
-                     break_glass_studies=frozenset(params.get("break_glass_studies", [])))
+                     address=params.get("address", ""), interface=params.get("interface", ""))
 
 
 class ExportService:
@@ -147,11 +146,12 @@ class ExportService:
         if destination.kind == "dicomweb" and destination.target not in dicomweb:
             raise ExportError(f"{destination.target!r} is not a configured DICOMweb destination "
                               "(export.dicomweb_destinations)")
-        self.project_secret(project, principal.name)  # checks the name; the secret exists before the job runs
+        with self.mosaic.database.session() as session:
+            stored = set(session.scalars(select(Study.StudyInstanceUID).where(Study.StudyInstanceUID.in_(studies))))
         for study in studies:
-            access = self.mosaic.policy.study_access(principal, study)
-            if not access.allowed or self.mosaic.retrieve.representative(study) is None:
+            if study not in stored or not self.mosaic.policy.study_access(principal, study).allowed:
                 raise ExportError(f"study {study} is not in the archive")
+        self.project_secret(project, principal.name)  # checks the name; the secret exists before the job runs
         params = {"studies": list(dict.fromkeys(studies)), "project": project,
                   "destination": {"kind": destination.kind, "target": destination.target},
                   "options": {key: bool(value) for key, value in (options or {}).items()},
@@ -171,11 +171,12 @@ class ExportService:
     def run_job(self, context: JobContext) -> dict[str, Any]:
         """Export every instance of the job's studies; safe to run again after an interruption."""
         params = context.params
-        principal = _principal_of(params["principal"])
+        principal = _principal_of(params["principal"], self.mosaic.policy)
         destination = Destination(params["destination"]["kind"], params["destination"]["target"])
         project, studies = str(params["project"]), list(params["studies"])
         report: ExportReport | None = None
         missing: list[tuple[str, str]] = []
+        patients: dict[str, tuple[str, str]] = {}
         outcome, error = "failure", ""
         try:
             self.mosaic.policy.require(principal, Permission.EXPORT)
@@ -183,15 +184,14 @@ class ExportService:
             options = DeidentificationOptions(project_secret=secret, **params.get("options", {}))
             instances = []
             for study in studies:
-                found = self.mosaic.retrieve.instances_in(study) if self.mosaic.policy.study_access(
-                    principal, study).allowed else []
+                access = self.mosaic.policy.study_access(principal, study)
+                patients[study] = (access.PatientID, access.IssuerOfPatientID)
+                found = self.mosaic.retrieve.instances_in(study) if access.allowed else []
                 if not found:
                     missing.append((f"study {study}", "no longer in the archive (or in the requester's scope)"))
                 instances += found
             context.progress("de-identifying", 0, len(instances))
-            with ExitStack() as stack:
-                paths = [stack.enter_context(self.mosaic.retrieve.local_file(instance)) for instance in instances]
-                report = self._write(context, destination, paths, options)
+            report = self._write(context, destination, self._local_files(instances), len(instances), options)
             report.failed += [(Path(source), reason) for source, reason in missing]
             self._keep_manifest(context.job.id, project, report)
             outcome = "success"
@@ -205,7 +205,7 @@ class ExportService:
             error = f"{type(exc).__name__}: {exc}"
             raise JobFailed(error, self._result(report, missing)) from exc
         finally:
-            self._audit(context.job.id, project, destination, studies, principal, outcome, report, error)
+            self._audit(context.job.id, project, destination, patients, principal, outcome, report, error)
         return self._result(report, missing)
 
     @staticmethod
@@ -218,16 +218,20 @@ class ExportService:
                 "failed": [{"source": source, "reason": reason} for source, reason in failed[:LISTED]],
                 "failed_count": len(failed)}
 
-    def _write(self, context: JobContext, destination: Destination, paths: list[Path],
-               options: DeidentificationOptions) -> ExportReport:
-        total = len(paths)
+    def _local_files(self, instances: list[StoredInstance]) -> Iterator[Path]:
+        """Each stored instance as a local file, one at a time (from S3: one temporary copy at a time)."""
+        for instance in instances:
+            with self.mosaic.retrieve.local_file(instance) as path:
+                yield path
 
+    def _write(self, context: JobContext, destination: Destination, paths: Iterator[Path], total: int,
+               options: DeidentificationOptions) -> ExportReport:
         def advance(count: int) -> None:
             context.progress("de-identifying", count, total)
 
         kind, target = destination.kind, destination.target
         if kind in ("folder", "zip"):
-            return self._write_local(Path(target), kind == "zip", paths, options, advance)
+            return self._write_local(Path(target), context.job.id, kind == "zip", paths, options, advance)
         staging = Path(tempfile.mkdtemp(prefix="mosaic-export-"))
         try:
             report = export_deidentified(paths, staging / "out", options=options, progress=advance)
@@ -244,22 +248,23 @@ class ExportService:
             shutil.rmtree(staging, ignore_errors=True)
 
     @staticmethod
-    def _write_local(target: Path, as_zip: bool, paths: list[Path], options: DeidentificationOptions,
-                     advance: Callable[[int], None]) -> ExportReport:
-        """Written under a hidden partial name and renamed when complete: a failed, cancelled or interrupted
-        export leaves nothing under the target's name (and a resumed one starts over)."""
-        partial = target.parent / f".{target.name}.partial"
+    def _write_local(target: Path, export_id: str, as_zip: bool, paths: Iterator[Path],
+                     options: DeidentificationOptions, advance: Callable[[int], None]) -> ExportReport:
+        """Written under a hidden partial name of its own (two exports to one name never share it) and renamed
+        when complete: a failed, cancelled or interrupted export leaves nothing under the target's name (and a
+        resumed one starts over)."""
+        partial = target.parent / f".{target.name}.{export_id}.partial"
         _remove(partial)
         try:
             report = export_deidentified(paths, partial, options=options, as_zip=as_zip, progress=advance)
             if target.is_dir() and not any(target.iterdir()):
                 target.rmdir()  # an empty folder named on the command line
             if target.exists():
-                raise ExportError(f"{target} appeared while the export ran; the export is left at {partial}")
+                raise ExportError(f"{target} was written by another export while this one ran; export again "
+                                  "under another name")
             os.replace(partial, target)
         except BaseException:
-            if not (partial.exists() and target.exists()):
-                _remove(partial)
+            _remove(partial)
             raise
         report.destination = target
         return report
@@ -283,25 +288,33 @@ class ExportService:
 
     @staticmethod
     def _send_stow(url: str, files: list[Path], report: ExportReport) -> None:
-        boundary = "mosaic-" + uuid.uuid4().hex
-        body = bytearray()
-        for path in files:
-            body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes() + b"\r\n"
-        body += f"--{boundary}--\r\n".encode()
+        """One STOW-RS request, streamed from the files; instances the destination names as failed (in a 202 or
+        an error answer) or all of them, when it answers nothing usable, count as failed."""
+        boundary = new_boundary()
+        body = write_parts((OutgoingPart("application/dicom", path=path) for path in files), boundary)
         request = urllib.request.Request(
-            url.rstrip("/") + "/studies", data=bytes(body), method="POST",
+            url.rstrip("/") + "/studies", data=body, method="POST",
             headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                      "Accept": "application/dicom+json"})
+        by_uid = {item.sop_instance_uid: staging for item, staging in zip(report.exported, files, strict=True)}
         try:
             with urllib.request.urlopen(request, timeout=120) as response:  # a configured URL
-                response.read()
+                answer = response.read()
         except urllib.error.HTTPError as exc:
-            if exc.code != 202:  # 202: some stored; the others are named in the body (not parsed here)
-                for path in files:
-                    _drop(report, path, f"STOW-RS to {url} answered {exc.code}")
+            answer = exc.read()
+            failed = _failed_sop_instances(answer)
+            for uid, path in by_uid.items():
+                if not failed or uid in failed:
+                    _drop(report, path, f"STOW-RS to {url} answered {exc.code}" + (
+                        f" ({failed[uid]})" if failed.get(uid) else ""))
+            return
         except OSError as exc:
             for path in files:
                 _drop(report, path, f"STOW-RS to {url} failed: {exc}")
+            return
+        for uid, reason in _failed_sop_instances(answer).items():  # a 202: stored, but not every instance
+            if uid in by_uid:
+                _drop(report, by_uid[uid], f"STOW-RS to {url} did not store it ({reason or 'no reason given'})")
 
     def _keep_manifest(self, export_id: str, project: str, report: ExportReport) -> None:
         """The export's manifest (a resumed run replaces what an interrupted one wrote)."""
@@ -321,15 +334,13 @@ class ExportService:
 
         self.mosaic.database.write(write)
 
-    def _audit(self, export_id: str, project: str, destination: Destination, studies: list[str],
+    def _audit(self, export_id: str, project: str, destination: Destination, patients: dict[str, tuple[str, str]],
                principal: Principal, outcome: str, report: ExportReport | None, error: str) -> None:
-        with self.mosaic.database.session() as session:
-            patients = dict(session.execute(select(Study.StudyInstanceUID, Patient.PatientID)
-                                            .join(Patient, Study.patient_pk == Patient.pk)
-                                            .where(Study.StudyInstanceUID.in_(studies))).all())
-        for study in studies:
+        """One record per study (``patients``: study → its PatientID and issuer, as the export found them)."""
+        for study, (patient_id, issuer) in patients.items():
             self.mosaic.audit.record(AuditEntry.of(
-                principal, AuditAction.EXPORT, outcome, PatientID=patients.get(study, ""), StudyInstanceUID=study,
+                principal, AuditAction.EXPORT, outcome, PatientID=patient_id, IssuerOfPatientID=issuer,
+                StudyInstanceUID=study,
                 detail={"export": export_id, "project": project, "de-identified": True,
                         "destination": f"{destination.kind}:{destination.target}",
                         "exported": report.exported_count if report else 0,
@@ -347,7 +358,24 @@ def _remove(path: Path) -> None:
 
 def _drop(report: ExportReport, path: Path, problem: str) -> None:
     """An instance written to staging but not delivered: it counts as failed, not exported."""
-    for item in list(report.exported):
+    for item in report.exported:
         if path.as_posix().endswith(item.name):
             report.exported.remove(item)
             report.failed.append((item.source, problem))
+            return
+
+
+def _failed_sop_instances(answer: bytes) -> dict[str, str]:
+    """SOP Instance UID → failure reason of the Failed SOP Sequence (0008,1198) of a STOW-RS answer."""
+    try:
+        document = json.loads(answer or b"{}")
+    except ValueError:
+        return {}
+    items = document.get("00081198", {}).get("Value", []) if isinstance(document, dict) else []
+    failed: dict[str, str] = {}
+    for item in items:
+        uid = (item.get("00081155", {}).get("Value") or [""])[0]
+        reason = (item.get("00081197", {}).get("Value") or [""])[0]
+        if uid:
+            failed[str(uid)] = f"failure reason {reason:#06x}" if isinstance(reason, int) else str(reason)
+    return failed
