@@ -24,7 +24,7 @@ from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, JobSettings, Settings
 from mosaic.index.database import Database
 from mosaic.index.schema import DeidManifestEntry, Job
-from mosaic.jobs.runner import JobCancelled, JobContext, JobRunner
+from mosaic.jobs.runner import JobCancelled, JobContext, JobInterrupted, JobRunner
 from mosaic.jobs.store import JobState, JobStore
 from mosaic.workflow.export import Destination
 from tests.factory import make_instance, to_bytes
@@ -305,9 +305,27 @@ def test_ctrl_c_on_a_foreground_run_cancels_the_job_for_good(tmp_path: Path) -> 
         raise KeyboardInterrupt  # what Python raises in the main thread on Ctrl+C
 
     runner.register("export", interrupted)
-    job = store.submit("export", "os:tester", {})
+    job = store.submit("export", "os:tester", {}, here=True)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_now(job.id)
+        runner.run_now(job)
     ended = store.get(job.id)
     database.dispose()
     assert ended is not None and ended.state == JobState.CANCELLED and "Ctrl+C" in ended.error
+
+
+def test_a_node_that_lost_its_job_stops_and_cannot_overwrite_the_new_run(tmp_path: Path) -> None:
+    """Taken for stopped (no heartbeat for stale_seconds) and given to another node, a slow node must neither go
+    on nor write its outcome over the new run's."""
+    store = job_store(tmp_path)
+    job = store.submit("export", "tester", {}, here=True)
+    with store.database.session(write=True) as session:  # what recover() and another node's claim leave behind
+        row = session.get(Job, job.id)
+        assert row is not None
+        row.node, row.attempts = "another-host:4242", 2
+    with pytest.raises(JobInterrupted):
+        JobContext(store, job).progress("de-identifying", 1, 10)
+    assert not store.finish(job.id, JobState.DONE, {"exported": 1})
+    current = store.get(job.id)
+    store.database.dispose()
+    assert current is not None and (current.state, current.node, current.result) == (
+        JobState.RUNNING, "another-host:4242", {})

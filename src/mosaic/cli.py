@@ -419,7 +419,7 @@ def export(
                "retain_device_identity": retain_device_identity, "retain_longitudinal_modified_dates": shift_dates,
                "include_burned_in": include_burned_in}
     try:
-        job = node.exports.prepare(exporter, study, Destination(*targets[0]), project, options)
+        job = node.exports.prepare(exporter, study, Destination(*targets[0]), project, options, here=True)
     except ExportError as exc:
         errors.print(f"[red]{exc}[/]")
         node.stop()

@@ -57,11 +57,6 @@ class JobContext:
     def params(self) -> dict[str, Any]:
         return self.job.params
 
-    @property
-    def resumed(self) -> bool:
-        """This is not the job's first run (an earlier one was interrupted)."""
-        return self.job.attempts > 1
-
     def progress(self, phase: str, done: int, total: int) -> None:
         if self.stopping.is_set():
             raise JobInterrupted(f"job {self.job.id}: this node is stopping")
@@ -71,8 +66,12 @@ class JobContext:
         if phase == self._phase and now - self._last < PROGRESS_INTERVAL and done < total:
             return
         self._phase, self._last = phase, now
-        if self.store.report(self.job.id, phase, done, total):
+        answer = self.store.report(self.job.id, phase, done, total)
+        if answer == "cancel":
             raise JobCancelled(f"job {self.job.id} was cancelled")
+        if answer == "lost":
+            raise JobInterrupted(f"job {self.job.id} was taken over by another node (this one was taken for "
+                                 "stopped)")
 
 
 Handler = Callable[[JobContext], dict[str, Any]]
@@ -96,14 +95,10 @@ class JobRunner:
 
     # --- running one job --------------------------------------------------------------------
 
-    def run_now(self, job_id: str, on_progress: Callable[[str, int, int], None] | None = None) -> JobView:
-        """Claim ``job_id`` and run it in this thread (the CLI's foreground run); the job as it ended."""
-        job = self.store.claim(list(self.handlers), job_id=job_id)
-        if job is None:
-            current = self.store.get(job_id)
-            if current is None:
-                raise LookupError(f"job {job_id} does not exist")
-            return current
+    def run_now(self, job: JobView, on_progress: Callable[[str, int, int], None] | None = None) -> JobView:
+        """Run a job submitted ``here`` in this thread (a command's foreground run); the job as it ended."""
+        if job.state != JobState.RUNNING or job.node != self.store.node:
+            raise ValueError(f"job {job.id} is not this process's to run (submit it with here=True)")
         return self._execute(job, on_progress)
 
     def _execute(self, job: JobView, on_progress: Callable[[str, int, int], None] | None = None) -> JobView:
@@ -117,7 +112,8 @@ class JobRunner:
         log.info("job %s (%s) started, attempt %d", job.id, job.kind, job.attempts)
         try:
             result = handler(JobContext(self.store, job, on_progress, self._stopping))
-            self.store.finish(job.id, JobState.DONE, result)
+            if not self.store.finish(job.id, JobState.DONE, result):
+                log.warning("job %s finished here after another node took it over; its run there stands", job.id)
         except JobInterrupted:
             log.info("job %s goes back to the queue: this node is stopping", job.id)
             self.store.requeue(job.id, "interrupted: its node was stopped")

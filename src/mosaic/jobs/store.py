@@ -117,10 +117,15 @@ class JobStore:
 
     # --- changing ---------------------------------------------------------------------------
 
-    def submit(self, kind: str, requested_by: str, params: dict[str, Any]) -> JobView:
-        row = Job(id=str(uuid.uuid4()), kind=kind, state=JobState.QUEUED.value, requested_by=requested_by,
-                  params_json=json.dumps(params), result_json="{}", error="", phase="queued", done=0, total=0,
-                  attempts=0, cancel_requested=False, node="", created_at=datetime.now(UTC))
+    def submit(self, kind: str, requested_by: str, params: dict[str, Any], *, here: bool = False) -> JobView:
+        """A new job, queued for any node; ``here``: already taken by this process (a command's foreground run,
+        which no other node may take first)."""
+        now = datetime.now(UTC)
+        row = Job(id=str(uuid.uuid4()), kind=kind, state=(JobState.RUNNING if here else JobState.QUEUED).value,
+                  requested_by=requested_by, params_json=json.dumps(params), result_json="{}", error="",
+                  phase="starting" if here else "queued", done=0, total=0, attempts=1 if here else 0,
+                  cancel_requested=False, node=self.node if here else "", created_at=now,
+                  started_at=now if here else None, heartbeat_at=now if here else None)
 
         def add(session: Session) -> JobView:
             session.add(row)
@@ -151,14 +156,21 @@ class JobStore:
 
         return self.database.write(take)
 
-    def report(self, job_id: str, phase: str, done: int, total: int) -> bool:
-        """Record progress (and that this node is alive); True when someone asked the job to stop."""
-        def write(session: Session) -> bool:
-            session.execute(update(Job).where(Job.id == job_id, Job.node == self.node).values(
+    def report(self, job_id: str, phase: str, done: int, total: int) -> str:
+        """Record progress (and that this node is alive): "go on", "cancel" (someone asked the job to stop) or
+        "lost" (this node no longer runs it: it was taken back as interrupted)."""
+        def write(session: Session) -> str:
+            updated = session.execute(update(Job).where(*self._mine(job_id)).values(
                 phase=phase[:200], done=done, total=total, heartbeat_at=datetime.now(UTC)))
-            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+            if session.scalar(select(Job.cancel_requested).where(Job.id == job_id)):
+                return "cancel"
+            return "go on" if getattr(updated, "rowcount", 0) == 1 else "lost"
 
         return self.database.write(write)
+
+    def _mine(self, job_id: str) -> tuple[Any, ...]:
+        """The row of ``job_id`` while this node runs it."""
+        return Job.id == job_id, Job.node == self.node, Job.state == JobState.RUNNING.value
 
     def heartbeat(self, job_ids: Collection[str]) -> None:
         if not job_ids:
@@ -167,18 +179,20 @@ class JobStore:
             update(Job).where(Job.id.in_(list(job_ids)), Job.node == self.node,
                               Job.state == JobState.RUNNING.value).values(heartbeat_at=datetime.now(UTC))))
 
-    def finish(self, job_id: str, state: JobState, result: dict[str, Any], error: str = "") -> None:
-        def write(session: Session) -> None:
-            session.execute(update(Job).where(Job.id == job_id).values(
+    def finish(self, job_id: str, state: JobState, result: dict[str, Any], error: str = "") -> bool:
+        """End this node's run of the job; False when another node has taken it over meanwhile (nothing written)."""
+        def write(session: Session) -> bool:
+            updated = session.execute(update(Job).where(*self._mine(job_id)).values(
                 state=state.value, result_json=json.dumps(result, default=str), error=error[:10_000],
                 phase=state.value, finished_at=datetime.now(UTC), node=""))
+            return getattr(updated, "rowcount", 0) == 1
 
-        self.database.write(write)
+        return self.database.write(write)
 
     def requeue(self, job_id: str, reason: str) -> None:
         """Back to the queue, this run not counted as an attempt (its node is stopping, not failing)."""
         self.database.write(lambda session: session.execute(
-            update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING.value).values(
+            update(Job).where(*self._mine(job_id)).values(
                 state=JobState.QUEUED.value, node="", phase="queued again", error=reason,
                 attempts=Job.attempts - 1)))
 

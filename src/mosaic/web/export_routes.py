@@ -49,7 +49,7 @@ def create_export_router(mosaic: Mosaic) -> APIRouter:
             raise HTTPException(403, str(exc)) from None
         except ExportError as exc:
             raise HTTPException(404 if "not in the archive" in str(exc) else 400, str(exc)) from None
-        mosaic.exports.start(job)
+        mosaic.exports.start()
         return JSONResponse(summary(job), status_code=202, headers={"Location": f"/api/exports/{job.id}"})
 
     @router.get("/{export_id}")

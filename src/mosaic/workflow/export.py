@@ -125,9 +125,10 @@ class ExportService:
     # --- requesting -------------------------------------------------------------------------
 
     def prepare(self, principal: Principal, studies: list[str], destination: Destination, project: str,
-                options: dict[str, bool] | None = None) -> JobView:
+                options: dict[str, bool] | None = None, *, here: bool = False) -> JobView:
         """Check everything before anything is written (permission, scope, destination, options), then queue
-        the export as a job. Raises :class:`ExportError` or :class:`AccessDenied`."""
+        the export as a job (``here``: for :meth:`run` in this process). Raises :class:`ExportError` or
+        :class:`AccessDenied`."""
         self.mosaic.policy.require(principal, Permission.EXPORT)
         if not studies:
             raise ExportError("no study to export")
@@ -156,15 +157,15 @@ class ExportService:
                   "destination": {"kind": destination.kind, "target": destination.target},
                   "options": {key: bool(value) for key, value in (options or {}).items()},
                   "principal": _principal_params(principal)}
-        return self.mosaic.jobs.submit(KIND, principal.name, params)
+        return self.mosaic.jobs.submit(KIND, principal.name, params, here=here)
 
-    def start(self, job: JobView) -> None:
-        """Let this node's job workers take it now (any node's would within ``jobs.poll_seconds``)."""
+    def start(self) -> None:
+        """Let this node's job workers take a queued export now (any node's would within ``jobs.poll_seconds``)."""
         self.mosaic.job_runner.wake()
 
     def run(self, job: JobView, progress: Callable[[str, int, int], None] | None = None) -> JobView:
-        """Run the export here and now (the CLI); the job as it ended."""
-        return self.mosaic.job_runner.run_now(job.id, progress)
+        """Run an export prepared ``here``, here and now (the CLI); the job as it ended."""
+        return self.mosaic.job_runner.run_now(job, progress)
 
     # --- running (the job handler) ----------------------------------------------------------
 

@@ -30,13 +30,13 @@ class RetentionRuns:
 
     def run_now(self, triggered_by: str, progress: Callable[[str, int, int], None] | None = None) -> JobView:
         """Queue a run and run it in this thread (the CLI, a synchronous API call); the job as it ended."""
-        return self.runner.run_now(self._queue(triggered_by).id, progress)
+        return self.runner.run_now(self._queue(triggered_by, here=True), progress)
 
-    def _queue(self, triggered_by: str) -> JobView:
+    def _queue(self, triggered_by: str, *, here: bool = False) -> JobView:
         for state in (JobState.QUEUED, JobState.RUNNING):
             if self.jobs.recent(kind=KIND, state=state.value, limit=1):
                 raise RetentionBusy(f"a retention run is already {state.value}")
-        return self.jobs.submit(KIND, triggered_by, {"triggered_by": triggered_by})
+        return self.jobs.submit(KIND, triggered_by, {"triggered_by": triggered_by}, here=here)
 
     def status(self) -> dict[str, Any]:
         """The newest run (its phase and progress) and the report of the newest finished one."""
