@@ -16,9 +16,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fhir.resources.R4B.auditevent import AuditEvent
+from sqlalchemy import select
 
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, OidcSettings, SecuritySettings, Settings
+from mosaic.index.schema import Series, Study
 from tests.factory import make_instance, to_bytes
 from tests.helpers import LOCALHOST
 
@@ -441,6 +443,37 @@ def test_a_store_cannot_add_to_another_sites_study(node: Mosaic) -> None:
     assert failed[0]["00081197"]["Value"] == [0x0124]
     assert node.retrieve.instances_in(PSY_STUDY) == before
     assert node.retrieve.instances_by_uid([own.SOPInstanceUID])  # its own new study is stored
+
+
+def test_a_store_cannot_reach_another_sites_study_through_its_series_or_instances(node: Mosaic) -> None:
+    """A new Study Instance UID does not open a way in: an object that names another site's series (which would
+    file it under that study) or another site's instance (which would be reported a duplicate, or replaced) is
+    refused like any other store into that study (0x0124), and its existence is not given away."""
+    node.identity.add_user("tech.b", roles=["technologist"], facilities=["SITE-A"])
+    tech = token_of(node, "tech.b")
+    stored = node.retrieve.instances_in(PSY_STUDY)[0]
+    into_series = make_instance(patient_id="NEW-2", study_uid="1.2.826.0.1.3680043.10.1234.77",
+                                series_uid=psy_series_uid(node))
+    same_instance = make_instance(patient_id="NEW-3", study_uid="1.2.826.0.1.3680043.10.1234.78",
+                                  sop_uid=stored.SOPInstanceUID)
+    boundary = "mosaic-test-boundary"
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + to_bytes(dataset)
+                    + b"\r\n" for dataset in (into_series, same_instance)) + f"--{boundary}--\r\n".encode()
+    before = node.retrieve.instances_in(PSY_STUDY)
+    response = httpx.post(url(node, "/dicom-web/studies"), content=body, headers={
+        **tech, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert response.status_code == 409, response.text
+    failed = {item["00081155"]["Value"][0]: item["00081197"]["Value"][0]
+              for item in response.json()["00081198"]["Value"]}
+    assert failed == {into_series.SOPInstanceUID: 0x0124, same_instance.SOPInstanceUID: 0x0124}
+    assert node.retrieve.instances_in(PSY_STUDY) == before
+    assert not node.retrieve.instances_by_uid([into_series.SOPInstanceUID])
+
+
+def psy_series_uid(node: Mosaic) -> str:
+    with node.database.session() as session:
+        return str(session.scalar(select(Series.SeriesInstanceUID).join(Study, Series.study_pk == Study.pk)
+                                  .where(Study.StudyInstanceUID == PSY_STUDY)))
 
 
 @pytest.mark.parametrize("path", ["/api/break-glass", "/api/exports", "/api/users", "/api/holds"])

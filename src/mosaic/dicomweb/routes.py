@@ -206,7 +206,7 @@ def create_router(mosaic: Mosaic) -> APIRouter:
         root = base_url(request)
         principal = principal_of(request)
         outcome = await run_in_threadpool(stow.store_parts, parts, study_uid=study, base_url=root, source=source,
-                                          may_add_to=lambda uid: mosaic.policy.may_add_to(principal, uid),
+                                          may_add_to=mosaic.policy.store_check(principal),
                                           json_request=part_type == "application/dicom+json")
         audit = getattr(request.state, "audit", None)
         if audit is not None:

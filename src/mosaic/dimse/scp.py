@@ -281,13 +281,12 @@ class DicomServer:
         if principal is None:
             return NOT_AUTHORISED, f"AE {calling} may not store"
         peer = self._peer(calling)
-        may_add_to = None if self.policy.scope(principal).unrestricted else (
-            lambda study: self.policy.may_add_to(principal, study))
         try:
             result = self.ingest.store(path, door="dimse", source_ae_title=calling,
                                        expected_sop_class_uid=sop_class_uid, sha256=sha256,
                                        facility=peer.facility if peer else "",
-                                       department=peer.department if peer else "", may_add_to=may_add_to)
+                                       department=peer.department if peer else "",
+                                       may_add_to=self.policy.store_check(principal))
         except InvalidObject as exc:
             self.audit.record(AuditEntry.of(principal, AuditAction.STORE, "failure", SOPInstanceUID=sop_instance_uid,
                                             detail={"reason": exc.reason}))

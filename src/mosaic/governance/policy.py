@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -163,6 +164,13 @@ class AccessPolicy:
         (a store must not add to, or replace instances of, another site's study). No index lookup for callers
         who see everything."""
         return self.scope(principal).unrestricted or self.study_access(principal, study_instance_uid).allowed
+
+    def store_check(self, principal: Principal) -> Callable[[str], bool] | None:
+        """What ingest asks of each study an object would go into (``IngestService.store(may_add_to=…)``); None
+        for callers who may store anywhere (nothing to ask, no index lookups on the hot path)."""
+        if self.scope(principal).unrestricted:
+            return None
+        return lambda study_instance_uid: self.may_add_to(principal, study_instance_uid)
 
     def study_access(self, principal: Principal, study_instance_uid: str) -> StudyAccess:
         """May ``principal`` open this study, and is it through break-glass? An unknown study is allowed (the

@@ -46,11 +46,16 @@ _instance, _series, _study, _patient, _event = (
 _FIND_INSTANCE = select(_instance.c.pk).where(_instance.c.SOPInstanceUID == bindparam("uid"))
 _FIND_SERIES = (
     select(_series.c.pk, _series.c.study_pk, _study.c.patient_pk, _study.c.SOPClassesInStudy,
-           _patient.c.PatientID, _patient.c.IssuerOfPatientID)
+           _patient.c.PatientID, _patient.c.IssuerOfPatientID, _study.c.StudyInstanceUID)
     .join(_study, _series.c.study_pk == _study.c.pk).join(_patient, _study.c.patient_pk == _patient.c.pk)
     .where(_series.c.SeriesInstanceUID == bindparam("uid"))
 )
-_EXISTING_SHA256 = select(_instance.c.sha256).where(_instance.c.SOPInstanceUID == bindparam("uid"))
+_EXISTING = (
+    select(_instance.c.sha256, _study.c.StudyInstanceUID)
+    .join(_series, _instance.c.series_pk == _series.c.pk).join(_study, _series.c.study_pk == _study.c.pk)
+    .where(_instance.c.SOPInstanceUID == bindparam("uid"))
+)
+"""A stored instance's SHA-256 and the study it is filed under."""
 _INSERT_INSTANCE = _instance.insert()
 _INSERT_EVENT = _event.insert()
 _BUMP_SERIES = _series.update().where(_series.c.pk == bindparam("b_pk")).values(
@@ -149,9 +154,7 @@ class IngestService:
                known_sha256: str | None, known_parse: ParsedInstance | None,
                labels: tuple[str, str] = ("", ""), may_add_to: Callable[[str], bool] | None = None) -> IngestResult:
         parsed = known_parse if known_parse is not None else parse_instance(source)
-        if may_add_to is not None and not may_add_to(parsed.study_instance_uid):
-            raise InvalidObject(f"study {parsed.study_instance_uid} is outside what the sender may store into",
-                                sop_instance_uid=parsed.sop_instance_uid, status=0x0124)
+        _check_may_add_to(may_add_to, parsed, parsed.study_instance_uid)
         if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
             raise InvalidObject(
                 f"SOP Class UID {parsed.sop_class_uid} in the data set does not match the negotiated "
@@ -163,7 +166,9 @@ class IngestService:
             sha256, size = known_sha256, source.stat().st_size
         else:
             sha256, size = sha256_of(source)
-        existing = self._existing(parsed.sop_instance_uid)
+        existing, existing_study = self._existing(parsed.sop_instance_uid)
+        if existing is not None:  # even "already stored" or "duplicate" tells whether it exists
+            _check_may_add_to(may_add_to, parsed, existing_study)
         if existing is not None and existing == sha256:
             return self._result(IngestOutcome.ALREADY_STORED, parsed, sha256, size)
         if existing is not None and self.settings.duplicate_policy == DuplicatePolicy.REJECT:
@@ -174,7 +179,7 @@ class IngestService:
             metadata = json.dumps(metadata_json(parsed.dataset, self.settings.bulk_data_threshold),
                                   separators=(",", ":"), ensure_ascii=False)
             self.blobs.flush(blob)  # bytes durable before the row that names them commits
-            outcome = self._index_with_retry(parsed, blob, metadata, door, source_ae_title, labels)
+            outcome = self._index_with_retry(parsed, blob, metadata, door, source_ae_title, labels, may_add_to)
         except BaseException:
             self.blobs.revoke(blob)
             raise
@@ -190,18 +195,30 @@ class IngestService:
                             parsed.study_instance_uid, parsed.series_instance_uid, sha256, size,
                             _text(parsed.dataset, "PatientID"), _text(parsed.dataset, "IssuerOfPatientID"))
 
-    def _existing(self, sop_instance_uid: str) -> str | None:
+    def _existing(self, sop_instance_uid: str) -> tuple[str | None, str]:
+        """(SHA-256, Study Instance UID) of the stored instance, (None, "") when there is none."""
         with self.database.engine.connect() as connection:
-            return connection.execute(_EXISTING_SHA256, {"uid": sop_instance_uid}).scalar()
+            row = connection.execute(_EXISTING, {"uid": sop_instance_uid}).first()
+        return (None, "") if row is None else (row[0], row[1])
 
     def _index_with_retry(
         self, parsed: ParsedInstance, blob: StoredBlob, metadata: str, door: str, source_ae_title: str,
-        labels: tuple[str, str] = ("", ""),
+        labels: tuple[str, str] = ("", ""), may_add_to: Callable[[str], bool] | None = None,
     ) -> IngestOutcome:
         # concurrent associations may create the same patient/study/series at once (PostgreSQL):
         # the loser of the unique constraint retries and then finds the winner's rows
         return self.database.write(lambda session: _IndexWriter(
-            session, parsed, blob, metadata, door, source_ae_title, self.settings.duplicate_policy, labels).write())
+            session, parsed, blob, metadata, door, source_ae_title, self.settings.duplicate_policy, labels,
+            may_add_to).write())
+
+
+def _check_may_add_to(may_add_to: Callable[[str], bool] | None, parsed: ParsedInstance, study: str) -> None:
+    """Refuse (0x0124) an object that would go into ``study`` (its own, the study of the series it joins, or of
+    the instance it replaces) when the sender may not add to it. The answer names only the object's own study,
+    and is the same whatever the reason, so it reveals nothing of another site's."""
+    if may_add_to is not None and study and not may_add_to(study):
+        raise InvalidObject(f"study {parsed.study_instance_uid} is outside what the sender may store into",
+                            sop_instance_uid=parsed.sop_instance_uid, status=0x0124)
 
 
 class _IndexWriter:
@@ -209,8 +226,10 @@ class _IndexWriter:
 
     def __init__(self, session: Session, parsed: ParsedInstance, blob: StoredBlob, metadata: str,
                  door: str, source_ae_title: str, policy: DuplicatePolicy,
-                 labels: tuple[str, str] = ("", "")) -> None:
+                 labels: tuple[str, str] = ("", ""), may_add_to: Callable[[str], bool] | None = None) -> None:
         self.session = session
+        self.may_add_to = may_add_to
+        """The sender's access check, asked of the study a row really goes into (see :func:`_check_may_add_to`)."""
         self.labels = labels
         self.parsed = parsed
         self.dataset = parsed.dataset
@@ -228,6 +247,11 @@ class _IndexWriter:
         if existing_pk is not None:
             existing = self.session.scalars(select(Instance).where(Instance.pk == existing_pk)
                                             .with_for_update()).one()
+            if self.may_add_to is not None:
+                replaced_in = self.session.scalar(select(Study.StudyInstanceUID)
+                                                  .join(Series, Series.study_pk == Study.pk)
+                                                  .where(Series.pk == existing.series_pk))
+                _check_may_add_to(self.may_add_to, self.parsed, replaced_in or "")
             return self._replace(existing)
         # the common case (the series is known): one joined lookup, then prepared Core statements
         known = connection.execute(_FIND_SERIES, {"uid": self.parsed.series_instance_uid}).first()
@@ -240,7 +264,8 @@ class _IndexWriter:
             series_pk, study_pk, patient_pk = series.pk, study.pk, study.patient_pk
             sop_classes, patient_id, issuer = study.SOPClassesInStudy, patient.PatientID, patient.IssuerOfPatientID
         else:
-            series_pk, study_pk, patient_pk, sop_classes, patient_id, issuer = known
+            series_pk, study_pk, patient_pk, sop_classes, patient_id, issuer, filed_under = known
+            _check_may_add_to(self.may_add_to, self.parsed, filed_under)  # a known series files it under its study
         values = column_values(self.dataset, INSTANCE_KEYS, _WIDTHS[Instance])
         values.update(
             series_pk=series_pk, SOPInstanceUID=self.parsed.sop_instance_uid, SOPClassUID=self.parsed.sop_class_uid,
