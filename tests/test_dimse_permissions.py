@@ -12,6 +12,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 
 from mosaic.app import Mosaic
@@ -144,3 +146,26 @@ def test_peer_without_may_get_gets_a_failure_on_cget(node: Mosaic) -> None:
     finally:
         association.release()
     assert statuses == [NOT_AUTHORISED]
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_pynetdicom_listener_rejects_callers_with_no_rights_before_any_service(tmp_path: Path,
+                                                                               configured: bool) -> None:
+    """Associations that go to pynetdicom (here: Verification with C-MOVE proposed) get the same association check
+    as the streaming path, with or without peers configured: no C-ECHO answer for an unknown AE, one audit
+    record of the refusal."""
+    peers = [DicomPeer(ae_title="TRUSTED", host=LOCALHOST, port=1)] if configured else []  # type: ignore[call-arg]
+    node = Mosaic(Settings(data_dir=tmp_path / "mosaic", http=HttpSettings(port=0),  # type: ignore[call-arg]
+                           dicom=DicomSettings(ae_title=MOSAIC_AE, port=0, peers=peers)))  # type: ignore[call-arg]
+    node.start(http=False)
+    try:
+        ae = AE(ae_title="STRANGER")
+        ae.add_requested_context(Verification)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        association = ae.associate(LOCALHOST, node.dicom_port, ae_title=MOSAIC_AE)
+        assert association.is_rejected and not association.is_established
+        node.audit.flush()
+        refusals = [row for row in node.audit.search(action="login")[0] if row.actor == "STRANGER"]
+    finally:
+        node.stop()
+    assert [row.outcome for row in refusals] == ["denied"]

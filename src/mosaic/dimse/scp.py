@@ -85,8 +85,6 @@ class DicomServer:
         self.ae.network_timeout = settings.network_timeout
         self.ae.acse_timeout = 30
         self.ae.dimse_timeout = settings.network_timeout
-        if not settings.allow_unknown_calling_aes and settings.peers:
-            self.ae.require_calling_aet = [peer.ae_title for peer in settings.peers]
         add_scp_contexts(self.ae)
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: TlsAssociationServer | None = None
@@ -109,7 +107,7 @@ class DicomServer:
             (evt.EVT_C_GET, self.on_c_get),
             (evt.EVT_N_ACTION, self.commitment.on_n_action),
             (evt.EVT_CONN_OPEN, _set_nodelay),
-            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_REQUESTED, self.on_requested),
         ]
         if self.identity is not None:
             handlers.append((evt.EVT_USER_ID, self.on_user_identity))
@@ -263,15 +261,25 @@ class DicomServer:
             self._audit_rejected(principal)
         return bool(principal.permissions)
 
-    def on_rejected(self, event: Event) -> None:
-        self._audit_rejected(self.principal(event.assoc.requestor.ae_title.strip(), _address(event)))
+    def on_requested(self, event: Event) -> None:
+        """The association check of the pynetdicom listeners (plain and TLS), as the streaming path makes it:
+        a caller the policy gives no rights (an unknown AE, a known one from another address or without its
+        certificate) is rejected, "calling AE title not recognised", before anything is negotiated, and audited
+        once."""
+        request = event.assoc.requestor.primitive  # the A-ASSOCIATE-RQ: requestor.ae_title is set only later
+        calling = str(getattr(request, "calling_ae_title", "") or "").strip()
+        if not self._may_associate(calling, _address(event)):
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # sets is_rejected: pynetdicom negotiates nothing more
+            event.assoc.kill()
 
     def _audit_rejected(self, principal: Principal) -> None:
         """A refused association is a failed sign-in of a DICOM node (PS3.15 'User Authentication')."""
         peer = self._peer(principal.name)
-        reason = ("association rejected: this peer must call on the TLS listener with its certificate"
-                  if peer is not None and peer.certificate_names and _certificate_names() is None
-                  else "association rejected: not a known peer at this address")
+        names = _certificate_names()
+        reason = "association rejected: not a known peer at this address"
+        if peer is not None and peer.certificate_names:
+            reason = ("association rejected: this peer must call on the TLS listener with its certificate"
+                      if names is None else "association rejected: the TLS certificate does not name this peer")
         self.audit.record(AuditEntry.of(principal, AuditAction.LOGIN, "denied", detail={"reason": reason}))
 
     def store_received(self, path: Path, calling: str, sop_class_uid: str, sop_instance_uid: str,
