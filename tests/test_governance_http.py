@@ -255,6 +255,19 @@ def test_query_reveals_nothing_outside_the_scope(node: Mosaic) -> None:
     assert changes.status_code == 403
 
 
+def test_wado_uri_with_padded_uids_is_judged_on_the_study_it_serves(node: Mosaic) -> None:
+    """WADO-URI strips its UIDs: a trailing space must not make the guard look up another (unknown, so allowed)
+    study than the one served."""
+    derm = token_of(node, "derm")
+    stored = node.retrieve.instances_in(PSY_STUDY)[0]
+    series = psy_series_uid(node)
+    for padded in (f"{PSY_STUDY} ", f" {PSY_STUDY}"):
+        answer = httpx.get(url(node, "/wado"), headers=derm, params={
+            "requestType": "WADO", "studyUID": padded, "seriesUID": series, "objectUID": stored.SOPInstanceUID,
+            "contentType": "application/dicom"})
+        assert answer.status_code == 404, (padded, answer.status_code)
+
+
 def test_break_glass_opens_one_study_with_a_reason_and_is_flagged(node: Mosaic) -> None:
     node.identity.add_user("er", roles=["clinician"], password="er-password", facilities=["SITE-A"],
                            departments=["EMERGENCY"])

@@ -47,9 +47,10 @@ def dicomweb_guard(mosaic: Mosaic) -> Callable[[Request], None]:
         principal = principal_of(request)
         params = request.path_params
         query = request.query_params
-        study = params.get("study") or query.get("studyUID") or ""
-        series = params.get("series") or query.get("seriesUID") or ""
-        sop = params.get("sop") or query.get("objectUID") or ""
+        # normalised as the routes read them (WADO-URI strips its UIDs): the study checked is the study served
+        study = (params.get("study") or query.get("studyUID") or "").strip()
+        series = (params.get("series") or query.get("seriesUID") or "").strip()
+        sop = (params.get("sop") or query.get("objectUID") or "").strip()
         if request.method == "POST":
             permission, action = Permission.STORE, AuditAction.STORE
         elif request.url.path.rstrip("/").endswith(_QIDO_SUFFIXES):
