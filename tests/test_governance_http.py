@@ -321,6 +321,15 @@ def test_openid_connect_bearer_tokens(node: Mosaic, idp: Jwks) -> None:
         assert reason in refused.json()["error"], (reason, refused.json())
     no_roles = idp.token(preferred_username="nobody")
     assert httpx.get(url(node, "/dicom-web/studies"), headers=bearer(no_roles)).status_code == 403
+    # the provider does not speak for a local account, nor for a person disabled in Mosaic
+    posing = httpx.get(url(node, "/api/me"), headers=bearer(idp.token(preferred_username="admin",
+                                                                       roles=["administrator"])))
+    assert posing.status_code == 401 and "local Mosaic account" in posing.json()["error"]
+    node.identity.single_sign_on(node.identity.check_jwt(good))  # dr.who signed in once in a browser
+    node.identity.update_user("dr.who", active=False)
+    again = idp.token(preferred_username="dr.who", roles=["clinician"], expires_in=299)
+    refused = httpx.get(url(node, "/api/me"), headers=bearer(again))
+    assert refused.status_code == 401 and "disabled" in refused.json()["error"]
 
 
 def test_audit_search_api_and_fhir_audit_events(node: Mosaic) -> None:

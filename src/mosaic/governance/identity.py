@@ -346,6 +346,8 @@ class IdentityService:
             return cached
         claims = self._verified_claims(token, self.settings.oidc.audience, "bearer token")
         principal = self._claims_principal(claims, "bearer token")
+        with self.database.session() as session:
+            _provider_account(session, principal.name)  # the same rules as single sign-on
         self._cache.put("jwt:" + _sha256(token), principal)
         return principal
 
@@ -404,8 +406,8 @@ class IdentityService:
     def _claims_principal(self, claims: dict[str, Any], what: str) -> Principal:
         oidc = self.settings.oidc
         name = str(claims.get(oidc.username_claim) or claims.get("sub") or "")
-        if not name:
-            raise AuthenticationFailed(f"the {what} names no user")
+        if not name or len(name) > 128:
+            raise AuthenticationFailed(f"the {what} names no user (or one longer than 128 characters)")
         roles = frozenset(_claim_list(claims.get(oidc.roles_claim)))
         facilities = _claim_list(claims.get(oidc.facilities_claim)) if oidc.facilities_claim in claims else [ALL]
         departments = _claim_list(claims.get(oidc.departments_claim)) if oidc.departments_claim in claims else [ALL]
@@ -419,19 +421,14 @@ class IdentityService:
         now = datetime.now(UTC)
         roles = sorted(principal.roles - set(self.policy.unknown_roles(principal.roles)))
         with self.database.session(write=True) as session:
-            account = session.scalar(select(UserAccount).where(UserAccount.username == principal.name))
+            account = _provider_account(session, principal.name)
             if account is None:
-                session.add(UserAccount(username=principal.name[:128], display_name=display_name[:256],
+                session.add(UserAccount(username=principal.name, display_name=display_name[:256],
                                         password_hash="", roles=",".join(roles),
                                         facilities=",".join(sorted(principal.facilities)),
                                         departments=",".join(sorted(principal.departments)), active=True,
                                         source="oidc", created_at=now, updated_at=now))
                 return
-            if account.source != "oidc":
-                raise AuthenticationFailed(f"{principal.name!r} is a local Mosaic account: it signs in with its "
-                                           "password, not through the identity provider")
-            if not account.active:
-                raise AuthenticationFailed(f"account {principal.name!r} is disabled in Mosaic")
             account.roles, account.updated_at = ",".join(roles), now
             account.facilities = ",".join(sorted(principal.facilities))
             account.departments = ",".join(sorted(principal.departments))
@@ -457,6 +454,21 @@ class IdentityService:
         roles = frozenset({"administrator"})
         return replace(Principal(name="developer", kind="user", roles=roles,
                                  permissions=self.policy.permissions_of(roles)))
+
+
+def _provider_account(session: Any, name: str) -> UserAccount | None:
+    """The account a person of the identity provider signs in as (None: not yet created). The provider may not
+    speak for a local Mosaic account of the same name, nor for one an administrator disabled here: both refused,
+    for single sign-on and bearer JWTs alike."""
+    account: UserAccount | None = session.scalar(select(UserAccount).where(UserAccount.username == name))
+    if account is None:
+        return None
+    if account.source != "oidc":
+        raise AuthenticationFailed(f"{name!r} is a local Mosaic account: it signs in with its password, not "
+                                   "through the identity provider")
+    if not account.active:
+        raise AuthenticationFailed(f"account {name!r} is disabled in Mosaic")
+    return account
 
 
 def _claim_list(value: Any) -> list[str]:
