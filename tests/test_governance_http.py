@@ -208,6 +208,10 @@ def test_sign_in_form_sets_a_session_and_needs_its_csrf_token(node: Mosaic) -> N
         # an unsafe request riding on the cookie alone (cross-site request forgery) is refused
         stow = browser.post("/dicom-web/studies", content=b"", headers={"Content-Type": "multipart/related"})
         assert stow.status_code == 403 and "CSRF" in stow.json()["error"]
+        # a plain HTML form (what another site can make a browser post) to an API route that takes no body
+        for path in ("/api/retention/run", "/api/users/admin/tokens"):
+            forged = browser.post(path, data={"anything": "x"})
+            assert forged.status_code == 403 and "CSRF" in forged.json()["error"], (path, forged.text)
         csrf_token = browser.get("/api/me").json()["csrf_token"]
         logout_forged = browser.post("/logout", data={"csrf_token": "forged"})
         assert logout_forged.status_code == 403

@@ -39,6 +39,10 @@ PUBLIC_PATHS = frozenset({"/healthz", "/login", "/login/oidc", "/login/oidc/call
                           "/viewer/manifest.json"})
 """No patient data behind these; the viewer's web-app manifest is fetched by browsers without cookies."""
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+FORM_PATHS = frozenset({"/logout", "/api/break-glass"})
+"""The pages' forms: they carry the CSRF token as a form field, which the route checks (``check_csrf_form``);
+every other unsafe request of a browser session must send it in the header, whatever its body."""
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -106,8 +110,7 @@ class AuthMiddleware:
                                   {"www-authenticate": 'Bearer realm="mosaic"'})
             return
         if (via_cookie and scope.get("method") in _UNSAFE and path not in PUBLIC_PATHS
-                and not headers.get("content-type", "").startswith(("application/x-www-form-urlencoded",
-                                                                     "multipart/form-data"))
+                and not (path in FORM_PATHS and headers.get("content-type", "").startswith(_FORM_TYPES))
                 and not secrets.compare_digest(headers.get(CSRF_HEADER, ""), principal.csrf_token)):
             await _send_error(send, 403, f"a browser session must send its CSRF token in {CSRF_HEADER}")
             return
