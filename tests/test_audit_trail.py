@@ -137,10 +137,12 @@ class Collector:
         self.messages: list[bytes] = []
         self.reading = reading
         self.handshake_failures: list[str] = []
+        self.connected = False
         collector = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
+                collector.connected = True
                 if tls is not None:
                     try:
                         self.request = tls.wrap_socket(self.request, server_side=True)
@@ -221,15 +223,20 @@ def test_records_wait_for_a_collector_that_is_down_and_arrive_in_order(tmp_path:
 
 
 def test_a_stuck_collector_does_not_hold_up_retrieval(tmp_path: Path) -> None:
+    """Nor storage: the forwarder holds no index transaction while it waits on the collector (on SQLite a write
+    transaction would stop every C-STORE)."""
     port = free_port()
     collector = Collector(port, reading=False)  # accepts, never reads: the forwarder's sends block
     node = new_node(tmp_path, audit_syslog=SyslogSettings(host=LOCALHOST, port=port, retry_seconds=0.2))
     try:
         headers = auth_headers(node)
         base = f"http://{LOCALHOST}:{node.http_port}"
-        write_records(node, 3000)  # more than the socket buffers hold
+        write_records(node, 6000)  # more than the socket buffers hold (4 MB on the sending side here)
         for _ in range(20):
             assert httpx.get(f"{base}/dicom-web/studies", headers=headers).status_code == 200
+        wait_until(lambda: collector.connected, timeout=30, what="the forwarder sending into the stuck collector")
+        stored = node.ingest.store(to_bytes(make_instance(patient_id="WHILE-STUCK")), door="import")
+        assert stored.sop_instance_uid and node.retrieve.instances_by_uid([stored.sop_instance_uid])
         assert node.audit.flush(), "audit records reach the index while the collector is stuck"
         collector.reading = True
         wait_until(lambda: len(collector.messages) >= node.audit.total(), timeout=60, what="syslog catch-up")

@@ -100,7 +100,7 @@ class Mosaic:
             self.initial_admin_password = self.identity.ensure_administrator()
         self.audit.start()
         if http and self.settings.security.audit_syslog.host:
-            # one forwarder per node (its cursor row is locked while it sends, so nodes never send twice)
+            # one forwarder per node, all on one cursor: nodes racing may each send a record (at least once)
             self._syslog = SyslogForwarder(self.database, self.settings.security.audit_syslog,
                                            self.settings.dicom.ae_title)
             self.audit.listeners.append(self._syslog.wake)

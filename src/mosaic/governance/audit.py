@@ -149,6 +149,13 @@ def _values(entry: AuditEntry) -> dict[str, Any]:
     return values
 
 
+def records_after(database: Database, seq: int, limit: int) -> list[AuditRecord]:
+    """The next ``limit`` records of the chain after ``seq``, in order (read, not locked)."""
+    with database.session() as session:
+        return list(session.scalars(select(AuditRecord).where(AuditRecord.seq > seq)
+                                    .order_by(AuditRecord.seq).limit(limit)))
+
+
 def row_values(row: AuditRecord) -> dict[str, Any]:
     return {name: getattr(row, name) for name in _HASHED}
 
@@ -316,11 +323,6 @@ class AuditTrail:
             total = int(session.scalar(select(func.count()).select_from(statement.subquery())) or 0)
             rows = session.scalars(statement.order_by(AuditRecord.seq.desc()).offset(offset).limit(limit)).all()
         return list(rows), total
-
-    def records_after(self, seq: int, limit: int) -> list[AuditRecord]:
-        with self.database.session() as session:
-            return list(session.scalars(select(AuditRecord).where(AuditRecord.seq > seq)
-                                        .order_by(AuditRecord.seq).limit(limit)))
 
     def total(self) -> int:
         with self.database.session() as session:

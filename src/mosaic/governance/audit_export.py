@@ -16,10 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from mosaic.config import SyslogSettings
 from mosaic.core.times import as_utc
+from mosaic.governance.audit import records_after
 from mosaic.index.database import Database
 from mosaic.index.schema import AuditCursor, AuditRecord
 
@@ -176,7 +178,6 @@ class SyslogForwarder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
-        self.sent = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="audit-syslog", daemon=True)
@@ -211,22 +212,39 @@ class SyslogForwarder:
                 self._wake.clear()
 
     def forward_batch(self, size: int = 200) -> bool:
-        """Send the next records after the cursor; the cursor moves only past what was sent. True if more."""
-        with self.database.session(write=True) as session:
-            cursor = session.scalar(select(AuditCursor).where(AuditCursor.name == SYSLOG_CURSOR).with_for_update())
-            if cursor is None:
-                cursor = AuditCursor(name=SYSLOG_CURSOR, seq=0, hash="", updated_at=datetime.now(UTC))
-                session.add(cursor)
-                session.flush()
-            rows = list(session.scalars(select(AuditRecord).where(AuditRecord.seq > cursor.seq)
-                                        .order_by(AuditRecord.seq).limit(size)))
-            if not rows:
-                return False
+        """Send the next records after the cursor; the cursor moves past what was sent, also when sending stops
+        halfway. No transaction is open while it sends: on SQLite a write transaction would hold up every
+        C-STORE for as long as a slow collector takes. True if there may be more."""
+        seq = self._cursor()
+        rows = records_after(self.database, seq, size)
+        sent: AuditRecord | None = None
+        try:
             for row in rows:
                 self._send(syslog_frame(row, self.settings, self.source_id, self.hostname))
-                cursor.seq, cursor.hash, cursor.updated_at = row.seq, row.hash, datetime.now(UTC)
-                self.sent += 1
-            return len(rows) == size
+                sent = row
+        finally:
+            if sent is not None:
+                self._advance(seq, sent)
+        return len(rows) == size
+
+    def _cursor(self) -> int:
+        with self.database.session() as session:
+            seq = session.scalar(select(AuditCursor.seq).where(AuditCursor.name == SYSLOG_CURSOR))
+        if seq is not None:
+            return int(seq)
+
+        def create(session: Session) -> None:
+            if session.get(AuditCursor, SYSLOG_CURSOR) is None:
+                session.add(AuditCursor(name=SYSLOG_CURSOR, seq=0, hash="", updated_at=datetime.now(UTC)))
+
+        self.database.write(create)
+        return 0
+
+    def _advance(self, seq: int, sent: AuditRecord) -> None:
+        """Move the cursor from ``seq`` to ``sent`` (unless another node's forwarder moved it meanwhile)."""
+        self.database.write(lambda session: session.execute(
+            update(AuditCursor).where(AuditCursor.name == SYSLOG_CURSOR, AuditCursor.seq == seq)
+            .values(seq=sent.seq, hash=sent.hash, updated_at=datetime.now(UTC))))
 
     def _send(self, message: bytes) -> None:
         assert self.settings.host is not None
