@@ -115,6 +115,26 @@ def test_administrators_manage_accounts_over_http(node: Mosaic) -> None:
         "created", "token issued", "updated"]
 
 
+def test_account_changes_over_http_are_whole_or_not_at_all(node: Mosaic) -> None:
+    """A change with one bad part changes nothing (the password stays, sessions stay); bad values are 400s."""
+    from tests.auth_support import auth_headers
+
+    node.identity.add_user("nurse", roles=["clinician"], password="nurse-password")
+    base = f"http://{LOCALHOST}:{node.http_port}/api/users"
+    with httpx.Client(headers=auth_headers(node)) as admin:
+        mixed = admin.patch(f"{base}/nurse", json={"password": "a-new-password", "roles": ["wizard"]})
+        assert mixed.status_code == 400 and "unknown role" in mixed.json()["error"]
+        assert httpx.get(base.replace("/api/users", "/api/me"), auth=("nurse", "nurse-password")).status_code == 200
+        for body in ({"active": "false"}, {"password": 12345678}, {"password": "short"}):
+            assert admin.patch(f"{base}/nurse", json=body).status_code == 400, body
+        assert admin.post(base, json={"username": "weak", "roles": ["clinician"], "password": "short"}
+                          ).status_code == 400
+        for days in ("abc", 0, -1, 1e9):
+            assert admin.post(f"{base}/nurse/tokens", json={"days": days}).status_code == 400, days
+    assert "weak" not in {account.username for account in node.identity.users()}
+    assert next(account for account in node.identity.users() if account.username == "nurse").active
+
+
 def test_only_administrators_manage_accounts(node: Mosaic) -> None:
     node.identity.add_user("clin", roles=["clinician"], password="clin-password")
     base = f"http://{LOCALHOST}:{node.http_port}/api/users"

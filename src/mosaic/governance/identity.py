@@ -164,18 +164,24 @@ class IdentityService:
             if session.scalar(select(UserAccount.pk).where(UserAccount.username == username)) is not None:
                 raise AccountError(f"user {username!r} already exists")
             account = UserAccount(
-                username=username, display_name=display_name, password_hash=_hasher.hash(password) if password else "",
+                username=username, display_name=display_name[:256], password_hash=_password_hash(password),
                 roles=",".join(roles), facilities=",".join(facilities or [ALL]),
                 departments=",".join(departments or [ALL]), active=True, created_at=now, updated_at=now)
             session.add(account)
         return self._account(account)
 
     def update_user(self, username: str, *, roles: list[str] | None = None, facilities: list[str] | None = None,
-                    departments: list[str] | None = None, active: bool | None = None) -> Account:
+                    departments: list[str] | None = None, active: bool | None = None,
+                    password: str | None = None) -> Account:
+        """Every given change, or (on any error) none: checked first, then applied in one transaction."""
         if roles is not None and (unknown := self.policy.unknown_roles(frozenset(roles))):
             raise AccountError(f"unknown role(s) {', '.join(unknown)}")
+        password_hash = _password_hash(password) if password is not None else None
         with self.database.session(write=True) as session:
             account = self._find(session, username)
+            if password_hash is not None:
+                account.password_hash = password_hash
+                session.execute(delete(WebSession).where(WebSession.user_pk == account.pk))
             if roles is not None:
                 account.roles = ",".join(roles)
             if facilities is not None:
@@ -189,14 +195,8 @@ class IdentityService:
         return self._account(account)
 
     def set_password(self, username: str, password: str) -> None:
-        if len(password) < 8:
-            raise AccountError("a password needs at least 8 characters")
-        with self.database.session(write=True) as session:
-            account = self._find(session, username)
-            account.password_hash = _hasher.hash(password)
-            account.updated_at = datetime.now(UTC)
-            session.execute(delete(WebSession).where(WebSession.user_pk == account.pk))
-        self._cache.clear()
+        """A new password (at least 8 characters); the account's browser sessions end."""
+        self.update_user(username, password=password)
         self._failed_sign_ins.succeeded(username)
 
     def users(self) -> list[Account]:
@@ -454,6 +454,15 @@ class IdentityService:
         roles = frozenset({"administrator"})
         return replace(Principal(name="developer", kind="user", roles=roles,
                                  permissions=self.policy.permissions_of(roles)))
+
+
+def _password_hash(password: str | None) -> str:
+    """The argon2id hash of a new password (at least 8 characters); "" for an account without one."""
+    if password is None or password == "":
+        return ""
+    if not isinstance(password, str) or len(password) < 8:
+        raise AccountError("a password needs at least 8 characters")
+    return _hasher.hash(password)
 
 
 def _provider_account(session: Any, name: str) -> UserAccount | None:

@@ -52,7 +52,7 @@ def create_users_router(mosaic: Mosaic) -> APIRouter:
         try:
             account = await run_in_threadpool(
                 lambda: identity.add_user(str(body.get("username", "")), roles=_strings(body, "roles") or [],
-                                          password=body.get("password") or None,
+                                          password=_text(body, "password"),
                                           display_name=str(body.get("display_name", "")),
                                           facilities=_strings(body, "facilities"),
                                           departments=_strings(body, "departments")))
@@ -67,15 +67,15 @@ def create_users_router(mosaic: Mosaic) -> APIRouter:
         change(request, {"user": username, "change": "updated",
                          **{key: body[key] for key in ("roles", "facilities", "departments", "active") if key in body},
                          **({"password": "changed"} if "password" in body else {})})
+        active = body.get("active")
+        if active is not None and not isinstance(active, bool):
+            raise HTTPException(400, "active must be true or false")
         try:
-            if "password" in body:
-                await run_in_threadpool(identity.set_password, username, str(body["password"]))
-            active = body.get("active")
             account = await run_in_threadpool(
                 lambda: identity.update_user(username, roles=_strings(body, "roles"),
                                              facilities=_strings(body, "facilities"),
-                                             departments=_strings(body, "departments"),
-                                             active=None if active is None else bool(active)))
+                                             departments=_strings(body, "departments"), active=active,
+                                             password=_text(body, "password")))
         except AccountError as exc:
             raise HTTPException(404 if "no user named" in str(exc) else 400, str(exc)) from None
         return asdict(account)
@@ -86,6 +86,9 @@ def create_users_router(mosaic: Mosaic) -> APIRouter:
         body = await json_object(request, empty_ok=True)
         change(request, {"user": username, "change": "token issued", "label": body.get("label", "")})
         days = body.get("days")
+        if days is not None and (isinstance(days, bool) or not isinstance(days, int | float)
+                                 or not 0 < days < 36_500):
+            raise HTTPException(400, "days must be a number of days between 0 and 36500 (leave it out: no expiry)")
         try:
             token = await run_in_threadpool(lambda: identity.issue_token(
                 username, name=str(body.get("label", "")), days=float(days) if days is not None else None))
@@ -102,3 +105,11 @@ def create_users_router(mosaic: Mosaic) -> APIRouter:
             raise HTTPException(404, str(exc)) from None
 
     return router
+
+
+def _text(body: dict[str, Any], key: str) -> str | None:
+    """A string field of the body (None when absent); anything else is a 400."""
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise HTTPException(400, f"{key} must be a string")
+    return value
