@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +26,6 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from mosaic.config import DicomSettings
-from mosaic.dimse.tls import client_context
 from mosaic.index.query import Scope
 from mosaic.index.schema import StorageCommitment
 from mosaic.services.retrieve import RetrieveService
@@ -41,9 +41,12 @@ NOT_AUTHORISED = 0x0124
 
 class StorageCommitmentSCP:
     def __init__(self, retrieve: RetrieveService, settings: DicomSettings,
-                 scope_of: Callable[[str, str], Scope | None] | None = None) -> None:
+                 scope_of: Callable[[str, str], Scope | None] | None = None,
+                 client_tls: ssl.SSLContext | None = None) -> None:
         self.retrieve = retrieve
         self.settings = settings
+        self.client_tls = client_tls
+        """How results go to a peer configured with ``tls`` (the listener's context, built once)."""
         self.scope_of = scope_of or (lambda _calling, _address: Scope())
         """(calling AE, peer address) → what it may see, or None when it may not store (commitment belongs to
         storage): the listener's access check."""
@@ -136,7 +139,7 @@ class StorageCommitmentSCP:
         ae = AE(ae_title=self.settings.ae_title)
         ae.add_requested_context(StorageCommitmentPushModel)
         # Mosaic sends the N-EVENT-REPORT, so it proposes the SCP role of the SOP class (PS3.4 J.3.3)
-        tls_args = (client_context(self.settings.tls), peer.host) if peer.tls else None
+        tls_args = (self.client_tls, peer.host) if peer.tls and self.client_tls is not None else None
         association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args,
                                    ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
         if not association.is_established:

@@ -78,7 +78,10 @@ class DicomServer:
         self.ingest = ingest
         self.query = query
         self.retrieve = retrieve
-        self.commitment = StorageCommitmentSCP(retrieve, settings, scope_of=self._commitment_scope)
+        self.client_tls = client_context(settings.tls) if any(peer.tls for peer in settings.peers) else None
+        """How Mosaic calls peers configured with ``tls`` (its dicom.tls certificate, theirs checked)."""
+        self.commitment = StorageCommitmentSCP(retrieve, settings, scope_of=self._commitment_scope,
+                                               client_tls=self.client_tls)
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = settings.max_associations
         self.ae.maximum_pdu_size = settings.max_pdu_size
@@ -89,8 +92,6 @@ class DicomServer:
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: TlsAssociationServer | None = None
         self._lock = threading.Lock()
-        self.client_tls = client_context(settings.tls) if any(peer.tls for peer in settings.peers) else None
-        """How Mosaic calls peers configured with ``tls`` (its dicom.tls certificate, theirs checked)."""
 
     @property
     def port(self) -> int:

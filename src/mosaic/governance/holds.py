@@ -164,13 +164,6 @@ class HoldService:
             session.flush()
             return Hold.of(row)
 
-    def get(self, hold_id: int) -> Hold:
-        with self.database.session() as session:
-            row = session.get(LegalHold, hold_id)
-            if row is None:
-                raise NotFound(f"there is no legal hold #{hold_id}")
-            return Hold.of(row)
-
     def holds(self, *, include_released: bool = False) -> list[Hold]:
         """Holds in the order they were placed (active ones only unless ``include_released``)."""
         statement = select(LegalHold).order_by(LegalHold.pk)

@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -122,6 +122,10 @@ class _TimedCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
 
 
 class IdentityService:
@@ -310,7 +314,7 @@ class IdentityService:
     def close_session(self, session_id: str) -> None:
         with self.database.session(write=True) as session:
             session.execute(delete(WebSession).where(WebSession.session_sha256 == _sha256(session_id)))
-        self._cache.clear()
+        self._cache.forget("session:" + _sha256(session_id))  # only this session: everyone else stays cached
 
     def check_session(self, session_id: str) -> Principal:
         digest = _sha256(session_id)
@@ -334,10 +338,6 @@ class IdentityService:
         return principal
 
     # --- OpenID Connect ---------------------------------------------------------------------
-
-    @property
-    def oidc_enabled(self) -> bool:
-        return self.settings.oidc.issuer is not None
 
     def check_jwt(self, token: str) -> Principal:
         """A bearer JWT from the configured issuer: signature against its JWKS, issuer, audience, expiry."""
@@ -452,8 +452,7 @@ class IdentityService:
 
     def development_principal(self) -> Principal:
         roles = frozenset({"administrator"})
-        return replace(Principal(name="developer", kind="user", roles=roles,
-                                 permissions=self.policy.permissions_of(roles)))
+        return Principal(name="developer", kind="user", roles=roles, permissions=self.policy.permissions_of(roles))
 
 
 def _password_hash(password: str | None) -> str:

@@ -14,6 +14,7 @@ from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.policy import AccessDenied, Permission
 from mosaic.web.auth import principal_of, require
 from mosaic.web.bodies import json_object
+from mosaic.web.jobs_routes import visible
 from mosaic.workflow.export import KIND, Destination, ExportError, summary
 
 if TYPE_CHECKING:
@@ -56,10 +57,8 @@ def create_export_router(mosaic: Mosaic) -> APIRouter:
     def export_status(request: Request, export_id: str) -> dict[str, Any]:
         principal = principal_of(request)
         job = mosaic.jobs.get(export_id)
-        if job is None or job.kind != KIND or (job.requested_by != principal.name
-                                               and Permission.ADMINISTER not in principal.permissions):
-            raise HTTPException(404, f"export {export_id} is unknown")
-        return summary(job)
+        return summary(visible(principal, job if job is not None and job.kind == KIND else None, export_id,
+                               "export"))
 
     @router.get("/{export_id}/manifest")
     def export_manifest(request: Request, export_id: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from mosaic.governance.audit import AuditAction, AuditEntry
-from mosaic.governance.policy import Permission, Principal
+from mosaic.governance.policy import AccessPolicy, Permission, Principal
 from mosaic.jobs.store import JobView
 from mosaic.web.auth import principal_of
 
@@ -18,20 +18,23 @@ if TYPE_CHECKING:
     from mosaic.app import Mosaic
 
 
+def visible(principal: Principal, job: JobView | None, job_id: str, what: str = "job") -> JobView:
+    """The job, for its requester or an administrator; anyone else gets the 404 of a job that does not exist."""
+    if job is None or (job.requested_by != principal.name
+                       and not AccessPolicy.permits(principal, Permission.ADMINISTER)):
+        raise HTTPException(404, f"{what} {job_id} is unknown")
+    return job
+
+
 def create_jobs_router(mosaic: Mosaic) -> APIRouter:
     router = APIRouter(prefix="/api/jobs")
-
-    def visible(principal: Principal, job: JobView | None, job_id: str) -> JobView:
-        if job is None or (job.requested_by != principal.name and Permission.ADMINISTER not in principal.permissions):
-            raise HTTPException(404, f"job {job_id} is unknown")
-        return job
 
     @router.get("")
     def list_jobs(request: Request, kind: str | None = None, state: str | None = None,
                   limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
         """The newest jobs first (a user's own; an administrator's: everyone's)."""
         principal = principal_of(request)
-        mine = None if Permission.ADMINISTER in principal.permissions else principal.name
+        mine = None if AccessPolicy.permits(principal, Permission.ADMINISTER) else principal.name
         jobs = mosaic.jobs.recent(kind=kind, state=state, requested_by=mine, limit=limit)
         return {"jobs": [job.as_json() for job in jobs]}
 

@@ -18,6 +18,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from html import escape
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -86,20 +87,18 @@ def create_oidc_router(mosaic: Mosaic, safe_next: Any, page: Any) -> APIRouter:
                                          actor_kind="user", address=principal.address, interface="http",
                                          detail={"via": "oidc", "reason": reason})
         response = HTMLResponse(page("Sign-in failed", f"<h1>Mosaic</h1><div class=\"card\"><h2>Sign-in failed</h2>"
-                                                       f"<p class=\"error\">{_escape(reason)}</p>"
+                                                       f"<p class=\"error\">{escape(reason)}</p>"
                                                        "<p><a href=\"/login\">Sign in again</a></p></div>"), 401)
         response.delete_cookie(FLOW_COOKIE, path="/login/oidc")
         return response
 
     @router.get("/login/oidc")
     def start(request: Request, next: str = "/") -> Response:
-        if not oidc.client_id:
-            return HTMLResponse(page("Sign in", "<p>Single sign-on is not configured.</p>"), 404)
         try:
             authorization, _token = provider.endpoints()
         except (OSError, ValueError, KeyError) as exc:
             return HTMLResponse(page("Sign in", f"<p class=\"error\">The identity provider cannot be reached: "
-                                                f"{_escape(str(exc))}</p>"), 502)
+                                                f"{escape(str(exc))}</p>"), 502)
         flow = {"state": secrets.token_urlsafe(24), "nonce": secrets.token_urlsafe(24),
                 "verifier": secrets.token_urlsafe(48), "next": safe_next(next)}
         query = urllib.parse.urlencode({
@@ -166,9 +165,3 @@ def create_oidc_router(mosaic: Mosaic, safe_next: Any, page: Any) -> APIRouter:
         return token
 
     return router
-
-
-def _escape(text: str) -> str:
-    from html import escape
-
-    return escape(text)
