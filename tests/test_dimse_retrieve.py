@@ -3,6 +3,7 @@ getscu, and a pynetdicom SCU where the exact status matters."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,6 +112,31 @@ def test_cmove_to_unknown_destination_is_refused_with_a801(retrieval: Retrieval,
         association.release()
     assert statuses == [0xA801]
     assert received_files(retrieval.destination.folder) == {}
+    retrieval.node.audit.flush()
+    refused = [row for row in retrieval.node.audit.search(action="read")[0] if "NOBODY" in row.detail]
+    assert refused and all(row.outcome == "failure" for row in refused)
+
+
+def test_a_cmove_whose_destination_is_down_is_audited_as_failed(retrieval: Retrieval,
+                                                                dcmtk: dict[str, str]) -> None:
+    """The audit says what went out, not what was meant to: no association with the destination, no "success"."""
+    retrieval.destination.stop()
+    result = run_tool("movescu", "-S", "-aem", retrieval.destination.ae_title, "-k", "QueryRetrieveLevel=STUDY",
+                      "-k", f"StudyInstanceUID={retrieval.study}", *peer_args(retrieval.node), env=dcmtk)
+    assert result.returncode != 0
+    retrieval.node.audit.flush()
+    reads = retrieval.node.audit.search(action="read", study=retrieval.study)[0]
+    assert [(row.outcome, json.loads(row.detail)["sent"]) for row in reads] == [("failure", 0)]
+
+
+def test_a_completed_cmove_is_audited_once_the_instances_went_out(retrieval: Retrieval,
+                                                                  dcmtk: dict[str, str]) -> None:
+    result = run_tool("movescu", "-S", "-aem", retrieval.destination.ae_title, "-k", "QueryRetrieveLevel=STUDY",
+                      "-k", f"StudyInstanceUID={retrieval.study}", *peer_args(retrieval.node), env=dcmtk)
+    assert result.returncode == 0, result.stdout + result.stderr
+    retrieval.node.audit.flush()
+    reads = retrieval.node.audit.search(action="read", study=retrieval.study)[0]
+    assert [(row.outcome, json.loads(row.detail)["sent"]) for row in reads] == [("success", 5)]
 
 
 def test_cmove_to_configured_peer_delivers_every_instance_of_the_study(retrieval: Retrieval,

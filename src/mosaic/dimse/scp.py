@@ -383,6 +383,7 @@ class DicomServer:
         peer = self._peer(destination)
         if peer is None:
             log.warning("C-MOVE to unknown destination %r refused", destination)
+            self._audit_refused_retrieve(principal, "C-MOVE", f"move destination {destination!r} is not a peer")
             yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
             return
         try:
@@ -391,6 +392,7 @@ class DicomServer:
             # not "success, nothing to move": raised before the first yield, pynetdicom answers with a
             # failure (0xC514, unable to process) without opening an association to the destination
             log.warning("C-MOVE from %r refused: %s", event.assoc.requestor.ae_title.strip(), exc)
+            self._audit_refused_retrieve(principal, "C-MOVE", str(exc))
             raise
         # the association to the destination proposes the stored SOP classes and transfer syntaxes
         contexts = move_contexts([(stored.SOPClassUID, stored.TransferSyntaxUID) for stored in instances])
@@ -416,41 +418,56 @@ class DicomServer:
                                                                    scope=self.policy.scope(principal))
             except QueryError as exc:
                 log.warning("%s from %r refused: %s", service, event.assoc.requestor.ae_title.strip(), exc)
+                self._audit_refused_retrieve(principal, service, str(exc))
                 yield 1  # a failure status is only taken after a count
                 yield _status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
                 return
-        self._audit_retrieve(event, service, principal, instances)
-        yield len(instances)
-        for instance in instances:
-            if event.is_cancelled:
-                yield CANCEL, None
-                return
-            with ExitStack() as stack:
-                try:
-                    path = stack.enter_context(self.retrieve.local_file(instance))
-                except Exception as exc:
-                    log.error("%s: cannot read stored instance %s: %s", service, instance.SOPInstanceUID, exc)
-                    yield OUT_OF_RESOURCES, None
-                    continue
-                RETRIEVE_TOTAL.labels("dimse").inc()
-                # sent from the stored file, bytes as received (see mosaic.dimse.egress)
-                yield PENDING, StoredFileDataset(path, instance.SOPClassUID, instance.SOPInstanceUID,
-                                                 instance.TransferSyntaxUID)
+        offered: set[str] = set()
+        unreadable: set[str] = set()
+        try:
+            yield len(instances)
+            for instance in instances:
+                if event.is_cancelled:
+                    yield CANCEL, None
+                    return
+                with ExitStack() as stack:
+                    try:
+                        path = stack.enter_context(self.retrieve.local_file(instance))
+                    except Exception as exc:
+                        log.error("%s: cannot read stored instance %s: %s", service, instance.SOPInstanceUID, exc)
+                        unreadable.add(instance.SOPInstanceUID)
+                        yield OUT_OF_RESOURCES, None
+                        continue
+                    RETRIEVE_TOTAL.labels("dimse").inc()
+                    offered.add(instance.SOPInstanceUID)
+                    # sent from the stored file, bytes as received (see mosaic.dimse.egress)
+                    yield PENDING, StoredFileDataset(path, instance.SOPClassUID, instance.SOPInstanceUID,
+                                                     instance.TransferSyntaxUID)
+        finally:  # also when pynetdicom stops early (no association to the destination, aborted)
+            self._audit_retrieve(event, service, principal, instances, offered, unreadable)
 
-
-    def _audit_retrieve(self, event: Event, service: str, principal: Principal,
-                        instances: list[StoredInstance]) -> None:
-        """One record per study sent (PS3.15 'DICOM Instances Transferred' is per study too)."""
+    def _audit_retrieve(self, event: Event, service: str, principal: Principal, instances: list[StoredInstance],
+                        offered: set[str], unreadable: set[str]) -> None:
+        """One record per study, once the sub-operations are over (PS3.15 'DICOM Instances Transferred' is per
+        study too): success when every instance of the study went out, failure with the counts otherwise."""
         destination = event.move_destination.strip() if service == "C-MOVE" and event.move_destination else ""
         by_study: dict[str, list[StoredInstance]] = {}
         for instance in instances:
             by_study.setdefault(instance.StudyInstanceUID, []).append(instance)
         for study, members in by_study.items():
+            sent = sum(member.SOPInstanceUID in offered for member in members)
+            missing = sum(member.SOPInstanceUID in unreadable for member in members)
             self.audit.record(AuditEntry.of(
-                principal, AuditAction.READ, "success", PatientID=members[0].PatientID,
-                IssuerOfPatientID=members[0].IssuerOfPatientID, StudyInstanceUID=study,
-                detail={"service": service, "instances": len(members),
+                principal, AuditAction.READ, "success" if sent == len(members) else "failure",
+                PatientID=members[0].PatientID, IssuerOfPatientID=members[0].IssuerOfPatientID,
+                StudyInstanceUID=study,
+                detail={"service": service, "instances": len(members), "sent": sent,
+                        **({"unreadable": missing} if missing else {}),
                         **({"destination": destination} if destination else {})}))
+
+    def _audit_refused_retrieve(self, principal: Principal, service: str, reason: str) -> None:
+        self.audit.record(AuditEntry.of(principal, AuditAction.READ, "failure",
+                                        detail={"service": service, "reason": reason[:500]}))
 
 
 _SERVICE_PERMISSION = {"store": Permission.STORE, "find": Permission.QUERY, "move": Permission.READ,
