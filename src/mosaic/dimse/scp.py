@@ -28,6 +28,7 @@ from mosaic.dimse.contexts import PATIENT_ROOT_FIND, add_scp_contexts
 from mosaic.dimse.egress import StoredFileDataset, move_contexts
 from mosaic.dimse.fast_store import AssociationSlots, StoreContext, StoreRequestHandler
 from mosaic.dimse.tls import (
+    SharedPort,
     SharedPortTlsServer,
     TlsAssociationServer,
     TlsRequestHandler,
@@ -496,16 +497,8 @@ def _address(event: Event) -> str:
     return str(event.assoc.requestor.address or "")
 
 
-class _SharedPortServer(ThreadedAssociationServer):
-    """A listener that shares its port with the other DICOM worker processes (the kernel spreads
-    connections over them)."""
-
-    def server_bind(self) -> None:
-        import socket
-
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+class _SharedPortServer(SharedPort, ThreadedAssociationServer):
+    """The plain listener shared with the other DICOM worker processes."""
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -99,15 +99,6 @@ class TlsAssociationServer(ThreadedAssociationServer):
 
     handshake_timeout: float = 60.0
     on_refused: Callable[[str, str], None] = staticmethod(lambda _address, _reason: None)  # type: ignore[assignment]
-    reuse_port = False
-    """Share the port with the other DICOM worker processes (SO_REUSEPORT)."""
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            assert self.socket is not None
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
         client_socket, address = self.socket.accept()
@@ -116,10 +107,18 @@ class TlsAssociationServer(ThreadedAssociationServer):
         return wrapped, address
 
 
-class SharedPortTlsServer(TlsAssociationServer):
-    """The TLS listener shared with the other DICOM worker processes."""
+class SharedPort:
+    """Mixed into a listener that shares its port with the other DICOM worker processes (SO_REUSEPORT: the kernel
+    spreads connections over them)."""
 
-    reuse_port = True
+    def server_bind(self) -> None:
+        listening: socket.socket = self.socket  # type: ignore[attr-defined]
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()  # type: ignore[misc]
+
+
+class SharedPortTlsServer(SharedPort, TlsAssociationServer):
+    """The TLS listener shared with the other DICOM worker processes."""
 
 
 def _close(sock: socket.socket) -> None:
