@@ -36,6 +36,8 @@ log = logging.getLogger("mosaic.retention")
 
 ACTOR = "retention"
 PAGE = 1000
+LISTED = 1000
+"""Purged studies and errors a report names (its counts are complete; every purge is audited on its own)."""
 
 Progress = Callable[[str, int, int], None]
 """Called with (phase description, studies done, studies in the phase)."""
@@ -221,7 +223,8 @@ class RetentionReport:
         return {"now": self.now.isoformat(), "studies": self.studies, "marked": self.marked, "waiting": self.waiting,
                 "purged": self.purged, "kept": self.kept, "held": self.held, "tier": self.tier,
                 "unmarked": self.unmarked, "failed": self.failed, "instances": self.instances,
-                "blobs_failed": self.blobs_failed, "purged_studies": self.purged_studies, "errors": self.errors}
+                "blobs_failed": self.blobs_failed, "purged_studies": self.purged_studies[:LISTED],
+                "errors": self.errors[:LISTED]}
 
 
 # --- the service ------------------------------------------------------------------------------
