@@ -272,6 +272,21 @@ def test_wado_uri_with_padded_uids_is_judged_on_the_study_it_serves(node: Mosaic
         assert answer.status_code == 404, (padded, answer.status_code)
 
 
+def test_a_browser_whose_session_ended_is_sent_to_sign_in(node: Mosaic) -> None:
+    """Signed out in another tab (or expired): the next page is the sign-in page, and the dead cookie is dropped;
+    an API call with it still gets a 401."""
+    with httpx.Client(base_url=url(node, "")) as browser:
+        browser.get("/login")
+        browser.post("/login", data={"username": "admin", "password": ADMIN_PASSWORD,
+                                     "csrf_token": browser.cookies["mosaic_login_csrf"]})
+        node.identity.close_session(browser.cookies["mosaic_session"])  # the other tab signed out
+        page = browser.get("/viewer/", headers={"Accept": "text/html"})
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=%2Fviewer%2F"
+        assert "mosaic_session=;" in page.headers["set-cookie"] and "max-age=0" in page.headers["set-cookie"].lower()
+    with httpx.Client(base_url=url(node, ""), cookies={"mosaic_session": "ended"}) as api:
+        assert api.get("/api/me").status_code == 401
+
+
 def test_break_glass_opens_one_study_with_a_reason_and_is_flagged(node: Mosaic) -> None:
     node.identity.add_user("er", roles=["clinician"], password="er-password", facilities=["SITE-A"],
                            departments=["EMERGENCY"])

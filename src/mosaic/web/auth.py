@@ -95,15 +95,18 @@ class AuthMiddleware:
                 interface=interface_of(path), detail={"reason": str(exc), "path": path}))
             if path in PUBLIC_PATHS:
                 principal, via_cookie = ANONYMOUS, False  # a stale cookie must not lock anyone out of /login
+            elif _wants_page(scope, headers) and not headers.get("authorization"):
+                # a browser whose session ended (signed out elsewhere, expired): to the sign-in page, cookie gone
+                await _send_redirect(send, _login_for(scope, path), expire=SESSION_COOKIE)
+                return
             else:
                 await _send_error(send, 401, str(exc), {"www-authenticate": 'Bearer error="invalid_token"'})
                 return
         principal = principal.at(address=address, interface=interface_of(path))
         state["principal"] = principal
         if not principal.authenticated and path not in PUBLIC_PATHS:
-            if scope.get("method") == "GET" and "text/html" in headers.get("accept", ""):
-                target = path + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
-                await _send_redirect(send, "/login?next=" + quote(target, safe=""))
+            if _wants_page(scope, headers):
+                await _send_redirect(send, _login_for(scope, path))
             else:
                 await _send_error(send, 401, "credentials are required: an API token or OpenID Connect bearer "
                                              "token (Authorization: Bearer …), or sign in at /login",
@@ -190,10 +193,22 @@ async def _send_error(send: Send, status: int, message: str, headers: dict[str, 
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_redirect(send: Send, location: str) -> None:
-    await send({"type": "http.response.start", "status": 303,
-                "headers": [(b"location", location.encode()), (b"content-length", b"0")]})
+async def _send_redirect(send: Send, location: str, *, expire: str = "") -> None:
+    headers = [(b"location", location.encode()), (b"content-length", b"0")]
+    if expire:
+        headers.append((b"set-cookie", f"{expire}=; Max-Age=0; Path=/; HttpOnly; SameSite=lax".encode()))
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
+
+
+def _wants_page(scope: Scope, headers: dict[str, str]) -> bool:
+    """A browser navigating to a page (it should be sent to sign in, not shown a JSON 401)."""
+    return scope.get("method") == "GET" and "text/html" in headers.get("accept", "")
+
+
+def _login_for(scope: Scope, path: str) -> str:
+    target = path + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
+    return "/login?next=" + quote(target, safe="")
 
 
 def principal_of(request: Request) -> Principal:
