@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from mosaic.core.dicom import parse_instance
 from mosaic.core.errors import InvalidObject, StorageFailure
 from mosaic.dicomweb.multipart import Part
-from mosaic.services.ingest import IngestService
+from mosaic.services.ingest import IngestService, StoreGuard
 from mosaic.storage.spool import Spool
 
 log = logging.getLogger("mosaic.dicomweb.stow")
@@ -67,7 +66,7 @@ class StowService:
         self.spool = spool
 
     def store_parts(self, parts: list[Part], *, study_uid: str | None, base_url: str, source: str,
-                    json_request: bool, may_add_to: Callable[[str], bool] | None = None) -> StowOutcome:
+                    json_request: bool, may_add_to: StoreGuard | None = None) -> StowOutcome:
         """Store every part; ``may_add_to`` (the caller's access policy) refuses parts of an existing study the
         caller may not see."""
         outcome = StowOutcome()
@@ -89,7 +88,7 @@ class StowService:
         return outcome
 
     def _store(self, path: Path, sha256: str | None, study_uid: str | None, base_url: str, source: str,
-               outcome: StowOutcome, may_add_to: Callable[[str], bool] | None = None) -> None:
+               outcome: StowOutcome, may_add_to: StoreGuard | None = None) -> None:
         sop_class, sop_instance = "", ""
         try:
             parsed = parse_instance(path)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -165,12 +164,13 @@ class AccessPolicy:
         who see everything."""
         return self.scope(principal).unrestricted or self.study_access(principal, study_instance_uid).allowed
 
-    def store_check(self, principal: Principal) -> Callable[[str], bool] | None:
-        """What ingest asks of each study an object would go into (``IngestService.store(may_add_to=…)``); None
-        for callers who may store anywhere (nothing to ask, no index lookups on the hot path)."""
+    def store_check(self, principal: Principal) -> StoreCheck | None:
+        """What ingest asks of each study an object would go into, and of the labels of a study it creates
+        (``IngestService.store(may_add_to=…)``); None for callers who may store anywhere (nothing to ask, no index
+        lookups on the hot path)."""
         if self.scope(principal).unrestricted:
             return None
-        return lambda study_instance_uid: self.may_add_to(principal, study_instance_uid)
+        return StoreCheck(self, principal)
 
     def study_access(self, principal: Principal, study_instance_uid: str) -> StudyAccess:
         """May ``principal`` open this study, and is it through break-glass? An unknown study is allowed (the
@@ -238,3 +238,30 @@ class AccessPolicy:
         with self._lock:
             self._grants_of.pop(principal.name, None)  # the opening counts at once on this node
         return expires
+
+
+class StoreCheck:
+    """A scoped sender's store rights, as ingest asks them (``services.ingest.StoreGuard``)."""
+
+    def __init__(self, policy: AccessPolicy, principal: Principal) -> None:
+        self.policy = policy
+        self.principal = principal
+
+    def __call__(self, study_instance_uid: str) -> bool:
+        """May the sender add to this (existing) study?"""
+        return self.policy.may_add_to(self.principal, study_instance_uid)
+
+    def labels(self, facility: str, department: str) -> tuple[str, str] | None:
+        """The labels of a study the sender creates: those it gives (the peer's configured ones, else the object's
+        InstitutionName / InstitutionalDepartmentName) when its scope holds them; when it gives none and its scope
+        names exactly one, that one; otherwise None: a store may only create studies inside its own scope."""
+        chosen = []
+        for value, allowed in ((facility, self.principal.facilities), (department, self.principal.departments)):
+            if ALL in allowed or value in allowed:
+                chosen.append(value)
+            elif not value and len(allowed) == 1:
+                chosen.append(next(iter(allowed)))
+            else:
+                return None
+        return chosen[0], chosen[1]
+

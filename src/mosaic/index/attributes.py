@@ -21,6 +21,9 @@ SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDate", "S
 INSTANCE_KEYS = ("SOPInstanceUID", "SOPClassUID", "InstanceNumber", "ContentDate", "ContentTime",
                  "AcquisitionNumber", "NumberOfFrames", "Rows", "Columns", "BitsAllocated")
 
+DEMOGRAPHIC_KEYS = ("PatientName", "PatientBirthDate", "PatientBirthTime", "PatientSex", "EthnicGroup")
+"""Patient-level keys each study also keeps as its own objects gave them (``Study.PatientName`` …): what a caller
+whose scope is restricted sees and matches of a patient (see :class:`mosaic.index.query.Scope`)."""
 PERSON_NAME_KEYS = frozenset({"PatientName", "ReferringPhysicianName", "NameOfPhysiciansReadingStudy"})
 INTEGER_KEYS = frozenset({"SeriesNumber", "InstanceNumber", "AcquisitionNumber", "NumberOfFrames", "BitsAllocated",
                           "Rows", "Columns"})

@@ -17,11 +17,18 @@ from typing import Any
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from mosaic.core.errors import QueryError
-from mosaic.index.attributes import COMPUTED_KEYS, INTEGER_KEYS, KEYS_OF_LEVEL, MODEL_OF_LEVEL, PERSON_NAME_KEYS
+from mosaic.index.attributes import (
+    COMPUTED_KEYS,
+    DEMOGRAPHIC_KEYS,
+    INTEGER_KEYS,
+    KEYS_OF_LEVEL,
+    MODEL_OF_LEVEL,
+    PERSON_NAME_KEYS,
+)
 from mosaic.index.schema import Instance, Patient, Series, Study
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -102,6 +109,32 @@ class Match:
     metadata: dict[str, Any] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     """Values that differ from the rows for this caller (patient counts within a restricted scope)."""
+    seen_in: int | None = None
+    """A patient matched for a scoped caller: the primary key of the study (one it may see) that describes it."""
+
+
+class PatientAsSeen:
+    """A patient as a caller with a restricted scope sees it: the shared identity (PatientID + issuer) of the
+    patient record, and the demographics one of the caller's own studies gave (``Study.PatientName`` …), never
+    those another site's objects carried."""
+
+    def __init__(self, patient: Patient, study: Study) -> None:
+        self.pk = patient.pk
+        self.PatientID = patient.PatientID
+        self.IssuerOfPatientID = patient.IssuerOfPatientID
+        self.described_by = study.StudyInstanceUID
+        """The study whose objects gave these demographics (audited as what the answer drew on)."""
+        for keyword in DEMOGRAPHIC_KEYS:
+            setattr(self, keyword, getattr(study, keyword))
+        for keyword in COMPUTED_KEYS["PATIENT"]:
+            setattr(self, keyword, getattr(patient, keyword))  # scoped counts replace them (Match.overrides)
+
+
+def _patient_module(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Only the patient-level attributes of an instance's metadata (group 0010 and the patient's other
+    identifiers): a PATIENT level answer carries nothing of a study (PS3.4 C.6.1.1.2), so no study's description,
+    accession or institution reaches it."""
+    return {tag: element for tag, element in metadata.items() if tag.startswith("0010")}
 
 
 def query_from_identifier(identifier: Dataset, *, root: str) -> Query:
@@ -154,7 +187,8 @@ class QueryEngine:
         if not post_filters:
             statement = self._page(statement, query)
         rows = self.session.execute(statement).all()
-        matches = [self._match(query.level, row) for row in rows]
+        scoped = query.scope is not None and not query.scope.unrestricted
+        matches = [self._match(query.level, row, scoped) for row in rows]
         needs_metadata = query.with_metadata or bool(post_filters) or any(
             not self._has_column(query.level, keyword) for keyword in query.return_keywords
         )
@@ -199,7 +233,8 @@ class QueryEngine:
 
     def _statement(self, query: Query) -> tuple[Select[Any], list[MatchKey]]:
         levels = (*_PARENT_LEVELS[query.level], query.level)
-        statement = self._joins(query.level)
+        scoped = query.scope is not None and not query.scope.unrestricted
+        conditions: list[ColumnElement[bool]] = []
         post_filters: list[MatchKey] = []
         for key in query.keys:
             if not key.value or key.vr == "SQ":
@@ -210,16 +245,25 @@ class QueryEngine:
                     continue  # a key of a lower level: not a matching key at this level (PS3.4 C.4.1.2.1)
                 post_filters.append(key)
                 continue
-            condition = self._condition(MODEL_OF_LEVEL[owner], key, glob=self.glob, fuzzy=query.fuzzy)
+            model = MODEL_OF_LEVEL[owner]
+            if scoped and owner == "PATIENT" and key.keyword in DEMOGRAPHIC_KEYS:
+                model = Study  # a scoped caller matches the patient as its own studies describe them
+            condition = self._condition(model, key, glob=self.glob, fuzzy=query.fuzzy)
             if condition is not None:
-                statement = statement.where(condition)
-        if query.scope is not None and not query.scope.unrestricted:
-            if query.level == "PATIENT":
-                # a patient is visible when one of their studies is
-                statement = statement.where(exists(select(Study.pk).where(
-                    Study.patient_pk == Patient.pk, query.scope.study_condition())))
-            else:
-                statement = statement.where(query.scope.study_condition())
+                conditions.append(condition)
+        if scoped and query.level == "PATIENT":
+            # a patient is visible when one of their studies is, and is described by the latest such study that
+            # matches: nothing of another site's studies (names, dates, descriptions) reaches the answer
+            assert query.scope is not None
+            representative = (select(func.max(Study.pk)).join(Patient, Study.patient_pk == Patient.pk)
+                              .where(query.scope.study_condition(), *conditions).group_by(Study.patient_pk))
+            patients: Any = (select(Patient, Study).join(Study, Study.patient_pk == Patient.pk)
+                             .where(Study.pk.in_(representative)))
+            return patients.order_by(Patient.pk), post_filters
+        statement = self._joins(query.level).where(*conditions)
+        if scoped:
+            assert query.scope is not None
+            statement = statement.where(query.scope.study_condition())
         order = MODEL_OF_LEVEL[query.level].pk
         return statement.order_by(order), post_filters
 
@@ -275,9 +319,15 @@ class QueryEngine:
             return column.in_(numbers)
         return _text_condition(column, value, key.vr, glob=glob)
 
-    def _match(self, level: str, row: Any) -> Match:
+    def _match(self, level: str, row: Any, scoped: bool = False) -> Match:
+        if scoped and level == "PATIENT":
+            patient, study = row
+            return Match(level=level, rows={"PATIENT": PatientAsSeen(patient, study)}, seen_in=study.pk)
         levels = (level, *reversed(_PARENT_LEVELS[level]))
-        return Match(level=level, rows={name: entity for name, entity in zip(levels, row, strict=False)})
+        rows = {name: entity for name, entity in zip(levels, row, strict=False)}
+        if scoped:
+            rows["PATIENT"] = PatientAsSeen(rows["PATIENT"], rows["STUDY"])
+        return Match(level=level, rows=rows)
 
     def _attach_metadata(self, level: str, matches: list[Match]) -> None:
         if not matches:
@@ -298,6 +348,18 @@ class QueryEngine:
             rows = self.session.execute(
                 select(Series.study_pk, Instance.metadata_json).join(Series, Instance.series_pk == Series.pk)
                 .where(Instance.pk.in_(representative))).all()
+        elif matches[0].seen_in is not None:
+            # a scoped caller's patient: described only by the study it was matched in (one the caller may see)
+            studies = [match.seen_in for match in matches if match.seen_in is not None]
+            representative = (select(func.min(Instance.pk)).join(Series, Instance.series_pk == Series.pk)
+                              .where(Series.study_pk.in_(studies)).group_by(Series.study_pk))
+            rows = self.session.execute(
+                select(Series.study_pk, Instance.metadata_json).join(Series, Instance.series_pk == Series.pk)
+                .where(Instance.pk.in_(representative))).all()
+            seen = {pk: json.loads(text) for pk, text in rows}
+            for match in matches:
+                match.metadata = _patient_module(seen.get(match.seen_in or 0, {}))
+            return
         else:
             representative = (select(func.min(Instance.pk)).join(Series, Instance.series_pk == Series.pk)
                               .join(Study, Series.study_pk == Study.pk)
@@ -307,7 +369,8 @@ class QueryEngine:
                 .join(Study, Series.study_pk == Study.pk).where(Instance.pk.in_(representative))).all()
         by_pk = {pk: json.loads(text) for pk, text in rows}
         for match in matches:
-            match.metadata = by_pk.get(match.rows[level].pk, {})
+            metadata = by_pk.get(match.rows[level].pk, {})
+            match.metadata = _patient_module(metadata) if level == "PATIENT" else metadata
 
 
 def _wildcard(column: Any, value: str, glob: bool) -> ColumnElement[bool]:

@@ -89,6 +89,14 @@ class Study(Base):
     PatientWeight: Mapped[str] = _key(16)
     NameOfPhysiciansReadingStudy: Mapped[str] = _key(320)
     InstitutionName: Mapped[str] = _key()
+    # The patient as this study's objects described them (a patient shared across sites is shown to a scoped
+    # caller only as the studies it may see describe it: see docs/architecture.md, "shared patients").
+    PatientName: Mapped[str] = mapped_column(String(320), nullable=False, default="")
+    PatientNameUpper: Mapped[str] = _key(320)
+    PatientBirthDate: Mapped[str] = _ordered_key(8)
+    PatientBirthTime: Mapped[str] = _ordered_key(16)
+    PatientSex: Mapped[str] = _key(16)
+    EthnicGroup: Mapped[str] = _key()
     facility: Mapped[str] = _key()
     """The site the study belongs to (access scope): the sending peer's configured facility, else InstitutionName."""
     department: Mapped[str] = _key()

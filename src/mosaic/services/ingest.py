@@ -10,11 +10,10 @@ import enum
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, bindparam, case, select, update
 from sqlalchemy.orm import Session
@@ -24,6 +23,7 @@ from mosaic.core.dicom import ParsedInstance, metadata_json, parse_instance
 from mosaic.core.errors import DuplicateInstance, InvalidObject
 from mosaic.core.events import EventType
 from mosaic.index.attributes import (
+    DEMOGRAPHIC_KEYS,
     INSTANCE_KEYS,
     PATIENT_KEYS,
     SERIES_KEYS,
@@ -86,6 +86,15 @@ _BUMP_PATIENT = _patient.update().where(_patient.c.pk == bindparam("b_pk")).valu
     NumberOfPatientRelatedInstances=_patient.c.NumberOfPatientRelatedInstances + 1)
 
 
+class StoreGuard(Protocol):
+    """A sender's access policy as ingest asks it (``AccessPolicy.store_check``): may it add to an existing study,
+    and which labels does a new study it creates get (None: refused)."""
+
+    def __call__(self, study_instance_uid: str) -> bool: ...
+
+    def labels(self, facility: str, department: str) -> tuple[str, str] | None: ...
+
+
 class IngestOutcome(enum.StrEnum):
     STORED = "stored"
     ALREADY_STORED = "already-stored"
@@ -126,7 +135,7 @@ class IngestService:
         parsed: ParsedInstance | None = None,
         facility: str = "",
         department: str = "",
-        may_add_to: Callable[[str], bool] | None = None,
+        may_add_to: StoreGuard | None = None,
     ) -> IngestResult:
         """Store one Part 10 object (file path or bytes). Raises :class:`InvalidObject` with the reason.
 
@@ -152,7 +161,7 @@ class IngestService:
 
     def _store(self, source: Path | bytes, door: str, source_ae_title: str, expected_sop_class_uid: str | None,
                known_sha256: str | None, known_parse: ParsedInstance | None,
-               labels: tuple[str, str] = ("", ""), may_add_to: Callable[[str], bool] | None = None) -> IngestResult:
+               labels: tuple[str, str] = ("", ""), may_add_to: StoreGuard | None = None) -> IngestResult:
         parsed = known_parse if known_parse is not None else parse_instance(source)
         _check_may_add_to(may_add_to, parsed, parsed.study_instance_uid)
         if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
@@ -203,7 +212,7 @@ class IngestService:
 
     def _index_with_retry(
         self, parsed: ParsedInstance, blob: StoredBlob, metadata: str, door: str, source_ae_title: str,
-        labels: tuple[str, str] = ("", ""), may_add_to: Callable[[str], bool] | None = None,
+        labels: tuple[str, str] = ("", ""), may_add_to: StoreGuard | None = None,
     ) -> IngestOutcome:
         # concurrent associations may create the same patient/study/series at once (PostgreSQL):
         # the loser of the unique constraint retries and then finds the winner's rows
@@ -212,7 +221,7 @@ class IngestService:
             may_add_to).write())
 
 
-def _check_may_add_to(may_add_to: Callable[[str], bool] | None, parsed: ParsedInstance, study: str) -> None:
+def _check_may_add_to(may_add_to: StoreGuard | None, parsed: ParsedInstance, study: str) -> None:
     """Refuse (0x0124) an object that would go into ``study`` (its own, the study of the series it joins, or of
     the instance it replaces) when the sender may not add to it. The answer names only the object's own study,
     and is the same whatever the reason, so it reveals nothing of another site's."""
@@ -221,12 +230,26 @@ def _check_may_add_to(may_add_to: Callable[[str], bool] | None, parsed: ParsedIn
                             sop_instance_uid=parsed.sop_instance_uid, status=0x0124)
 
 
+def _labels_within(guard: StoreGuard | None, parsed: ParsedInstance, facility: str,
+                   department: str) -> tuple[str, str]:
+    """The facility and department a new study is labelled with: a sender whose scope is restricted may only
+    create studies inside it (an InstitutionName of another site must not put a study in that site's lists)."""
+    if guard is None:
+        return facility, department
+    labels = guard.labels(facility, department)
+    if labels is None:
+        raise InvalidObject(
+            f"study {parsed.study_instance_uid} would belong to facility {facility!r}, department {department!r}, "
+            "outside what the sender may store into", sop_instance_uid=parsed.sop_instance_uid, status=0x0124)
+    return labels
+
+
 class _IndexWriter:
     """Index rows and outbox events for one instance, inside one transaction."""
 
     def __init__(self, session: Session, parsed: ParsedInstance, blob: StoredBlob, metadata: str,
                  door: str, source_ae_title: str, policy: DuplicatePolicy,
-                 labels: tuple[str, str] = ("", ""), may_add_to: Callable[[str], bool] | None = None) -> None:
+                 labels: tuple[str, str] = ("", ""), may_add_to: StoreGuard | None = None) -> None:
         self.session = session
         self.may_add_to = may_add_to
         """The sender's access check, asked of the study a row really goes into (see :func:`_check_may_add_to`)."""
@@ -337,9 +360,13 @@ class _IndexWriter:
         if study is None:
             values = column_values(self.dataset, STUDY_KEYS, _WIDTHS[Study])
             values["StudyInstanceUID"] = self.parsed.study_instance_uid
+            demographics = column_values(self.dataset, DEMOGRAPHIC_KEYS, _WIDTHS[Study])
+            values.update(demographics)  # the patient as this study describes it (what a scoped caller sees)
             facility, department = self.labels
-            values["facility"] = (facility or values.get("InstitutionName") or "")[:64]
-            values["department"] = (department or _text(self.dataset, "InstitutionalDepartmentName"))[:64]
+            facility = (facility or values.get("InstitutionName") or "")[:64]
+            department = (department or _text(self.dataset, "InstitutionalDepartmentName"))[:64]
+            values["facility"], values["department"] = _labels_within(self.may_add_to, self.parsed,
+                                                                      facility, department)
             study = Study(patient_pk=patient.pk, **values, created_at=self.now, updated_at=self.now)
             self.session.add(study)
             self.session.flush()

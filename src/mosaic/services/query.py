@@ -50,8 +50,9 @@ class QueryService:
         matches = self.find(query, door="dimse")
         if audit is not None:
             audit["matches"] = len(matches)
-            audit["studies"] = sorted({match.rows["STUDY"].StudyInstanceUID for match in matches
-                                       if "STUDY" in match.rows})[:100]
+            audit["studies"] = sorted(_studies_drawn_on(matches))[:100]
+            if query.level == "PATIENT":
+                audit["patients"] = sorted({_patient_key(match) for match in matches})[:100]
         return query, matches
 
     def c_find(self, identifier: Dataset, *, root: str, scope: Scope | None = None,
@@ -117,6 +118,23 @@ class QueryService:
         if _needs_unicode(response):
             response.SpecificCharacterSet = "ISO_IR 192"
         return response
+
+
+def _studies_drawn_on(matches: list[Match]) -> set[str]:
+    """The studies whose values an answer carries: each match's own, or the study describing a patient that a
+    scoped caller found (PATIENT level)."""
+    studies: set[str] = set()
+    for match in matches:
+        if "STUDY" in match.rows:
+            studies.add(match.rows["STUDY"].StudyInstanceUID)
+        elif getattr(match.rows["PATIENT"], "described_by", ""):
+            studies.add(match.rows["PATIENT"].described_by)
+    return studies
+
+
+def _patient_key(match: Match) -> str:
+    patient = match.rows["PATIENT"]
+    return f"{patient.PatientID}^^^{patient.IssuerOfPatientID}" if patient.IssuerOfPatientID else patient.PatientID
 
 
 def _set(response: Dataset, match: Match, keyword: str) -> None:
