@@ -168,3 +168,10 @@ def test_a_scoped_peer_cannot_label_a_study_for_another_site(archive: Archive) -
     assert "Status: 0x124" in result.stdout + result.stderr, result.stdout + result.stderr
     with archive.node.database.session() as session:
         assert session.query(Study).filter_by(StudyInstanceUID="1.2.826.0.1.3680043.10.1234.605").count() == 0
+
+
+def test_the_landing_page_shows_a_scoped_clinician_the_own_sites_name(archive: Archive) -> None:
+    page = httpx.get(f"http://{LOCALHOST}:{archive.node.http_port}/", auth=("clin.a", "clin-a-password"), timeout=60)
+    assert page.status_code == 200, page.text
+    assert "SITEA NAME" in page.text
+    assert "SITEB" not in page.text

@@ -29,12 +29,15 @@ class BrowseService:
         self.database = database
 
     def recent_studies(self, limit: int = 50, scope: Scope | None = None) -> list[StudySummary]:
+        scope = scope or Scope()
+        # a scoped caller sees the patient as its own studies describe it (docs/architecture.md, shared patients)
+        name = Patient.PatientName if scope.unrestricted else Study.PatientName
         statement = (
-            select(Study.StudyInstanceUID, Patient.PatientName, Patient.PatientID, Study.StudyDate,
+            select(Study.StudyInstanceUID, name, Patient.PatientID, Study.StudyDate,
                    Study.StudyDescription, Study.AccessionNumber, Study.ModalitiesInStudy,
                    Study.NumberOfStudyRelatedSeries, Study.NumberOfStudyRelatedInstances)
             .join(Patient, Study.patient_pk == Patient.pk)
-            .where((scope or Scope()).study_condition())
+            .where(scope.study_condition())
             .order_by(Study.updated_at.desc(), Study.pk.desc())
             .limit(limit)
         )
