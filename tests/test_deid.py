@@ -394,7 +394,9 @@ def test_without_modified_dates_dates_are_removed() -> None:
                                      InstanceCreationDate="20240101")
     assert result.LongitudinalTemporalInformationModified == "REMOVED"
     assert result.StudyDate != original.StudyDate
-    assert "InstanceCreationDate" not in result
+    assert "StudyDate" in result  # Z: emptied, not removed
+    # Table E.1-1 (2026c) gives InstanceCreationDate X/D: Mosaic takes the dummy date, never the original
+    assert result.InstanceCreationDate == "19000101"
 
 
 def test_deidentify_leaves_the_dataset_unchanged() -> None:
