@@ -72,9 +72,9 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
-from mosaic.governance.deid_table import EDITION, OPTIONS_EDITION, ROWS, Row
-
-__all__ = ["EDITION", "OPTIONS_EDITION", "ROWS", "Row"]  # the table this module applies, re-exported
+from mosaic.governance.deid_table import EDITION as EDITION  # the table this module applies, re-exported
+from mosaic.governance.deid_table import OPTIONS_EDITION as OPTIONS_EDITION
+from mosaic.governance.deid_table import ROWS, Row
 
 
 def _addition(keyword: str) -> Row:
