@@ -18,11 +18,31 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data.data_manager import DATA_ROOT, external_data_sources
-from pydicom.dataset import Dataset
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import MediaStorageDirectoryStorage, UltrasoundImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, MediaStorageDirectoryStorage, UltrasoundImageStorage, generate_uid
 
-from mosaic.governance.deid import DeidentificationOptions, ExportReport, deidentify, export_deidentified
+from mosaic.governance.deid import (
+    BASIC_ACTION_CODES,
+    OPTION_ACTION_CODES,
+    Action,
+    DeidentificationOptions,
+    ExportReport,
+    PatientKey,
+    Pseudonym,
+    UidMap,
+    basic_action,
+    deidentify,
+    encode,
+    export_deidentified,
+    resolve_action,
+    rule_for,
+    shift_date,
+    shift_datetime,
+)
+from mosaic.governance.deid_table import EDITION, ROWS, Row
 from tests.factory import PREFIX, make_instance, to_bytes
 
 SECRET = b"a test project secret, 32 bytes"
@@ -394,7 +414,9 @@ def test_without_modified_dates_dates_are_removed() -> None:
                                      InstanceCreationDate="20240101")
     assert result.LongitudinalTemporalInformationModified == "REMOVED"
     assert result.StudyDate != original.StudyDate
-    assert "InstanceCreationDate" not in result
+    assert "StudyDate" in result  # Z: emptied, not removed
+    # Table E.1-1 (2026c) gives InstanceCreationDate X/D: Mosaic takes the dummy date, never the original
+    assert result.InstanceCreationDate == "19000101"
 
 
 def test_deidentify_leaves_the_dataset_unchanged() -> None:
@@ -442,3 +464,229 @@ def test_unreadable_sources_are_reported(tmp_path: Path) -> None:
 def test_a_short_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="16"):
         DeidentificationOptions(project_secret=b"short")
+
+
+# --- PS3.15 Table E.1-1, row by row -------------------------------------------------------------------------------
+
+BASIC_ONLY = {"retain_longitudinal_modified_dates": False, "clean_descriptors": False}
+"""Options that switch Mosaic's defaults off: the Basic Profile alone."""
+OPTION_COLUMN = {"retain_uids": "uids", "retain_device_identity": "device",
+                 "retain_institution_identity": "institution", "retain_patient_characteristics": "patient",
+                 "retain_longitudinal_full_dates": "full_dates", "retain_longitudinal_modified_dates": "modified_dates",
+                 "clean_descriptors": "descriptors"}
+"""The options Mosaic offers → their column of Table E.1-1 (written here, not taken from the module)."""
+IDENTIFYING_TEXT = "DOE JANE"
+"""Every text value of the test data set names the patient, so no C (clean) may keep it."""
+SOP_UID = PREFIX + "77.1"
+NESTED_NAME = "Doe^Jane^Nested"
+
+
+def concrete_tag(row: Row) -> int:
+    """One tag a row governs: its own, (5000,3000) for (50xx,xxxx), (0009,1010) for the private row."""
+    if row.tag == "(gggg,eeee)":
+        return 0x00091010
+    group, element = row.tag[1:5].replace("x", "0"), row.tag[6:10]
+    return int(group + ("3000" if element == "xxxx" else element), 16)
+
+
+def vr_of(tag: int, row: Row) -> str:
+    """pydicom's VR (the first of "OB or OW"); for attributes newer than pydicom's dictionary, from the name."""
+    if tag == 0x00091010:
+        return "LO"
+    if dictionary_has_tag(tag):
+        return dictionary_VR(tag).split(" or ")[0]
+    if row.name.endswith("Sequence"):
+        return "SQ"
+    if row.name.endswith("DateTime"):
+        return "DT"
+    return "UR" if row.name.endswith(("URI", "Reference")) else "LO"
+
+
+def original_value(vr: str, index: int) -> object:
+    """A valid value of ``vr`` that differs from Mosaic's dummy and empty values."""
+    if vr == "SQ":
+        item = Dataset()
+        item.PatientName = NESTED_NAME
+        item.ReferencedSOPInstanceUID = SOP_UID
+        return Sequence([item])
+    if vr == "UI":
+        return f"{PREFIX}77.{index + 2}"
+    by_vr: dict[str, object] = {
+        "AE": "ORIGAE", "AS": "042Y", "CS": "ORIGCODE", "DA": "20240105", "DS": "7.5", "DT": "20240105101112",
+        "IS": "7", "PN": "Doe^Jane", "SH": IDENTIFYING_TEXT, "TM": "101112", "UR": "http://example.org/doe",
+        "FD": 7.5, "FL": 7.5, "SL": 7, "SS": 7, "SV": 7, "UL": 7, "US": 7, "UV": 7,
+    }
+    if vr in by_vr:
+        return by_vr[vr]
+    if vr in ("OB", "OD", "OF", "OL", "OV", "OW", "UN"):
+        return b"\x01\x02\x03\x04\x05\x06\x07\x08"
+    return f"{IDENTIFYING_TEXT} 0001"  # LO, LT, ST, UC, UT
+
+
+def every_attribute() -> tuple[Dataset, dict[int, Row]]:
+    """A data set carrying one attribute of every row of the table (file meta rows in its file meta)."""
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    rows: dict[int, Row] = {}
+    for index, row in enumerate(ROWS):
+        tag = concrete_tag(row)
+        vr = vr_of(tag, row)
+        value = SOP_UID if tag in (0x00080018, 0x00020003) else original_value(vr, index)
+        target = dataset.file_meta if tag >> 16 == 0x0002 else dataset
+        target.add(DataElement(tag, vr, value))
+        rows[tag] = row
+    dataset.add_new(0x00090010, "LO", "ACME 1.0")  # the private creator of (0009,1010)
+    dataset.SOPClassUID = CTImageStorage
+    return dataset, rows
+
+
+def expected_code(row: Row, enabled: set[str]) -> str:
+    """PS3.15 E.3: an enabled option's column replaces the Basic Profile action (dates first, then K, C, X)."""
+    if "retain_longitudinal_full_dates" in enabled and row.full_dates:
+        return row.full_dates
+    if "retain_longitudinal_modified_dates" in enabled and row.modified_dates:
+        return "shift" if row.modified_dates == "C" else row.modified_dates
+    codes = {getattr(row, OPTION_COLUMN[option]) for option in enabled if "dates" not in option}
+    return next((code for code in "KCX" if code in codes), row.basic)
+
+
+def is_empty(value: object) -> bool:
+    return value is None or value == "" or value == b"" or (isinstance(value, list | Sequence) and len(value) == 0)
+
+
+def check_row(row: Row, code: str, before: DataElement, after: DataElement | None, context: dict[str, object]) -> None:
+    """``after`` is what ``code`` must make of ``before``; the message names the row."""
+    where = f"{row.tag} {row.name} ({code})"
+    sequence = before.VR == "SQ"
+    if code == "C":  # every value names the patient: cleaning must do what the Basic Profile does
+        if sequence:  # a cleaned sequence keeps its items, themselves de-identified
+            code = "K"
+        else:
+            check_row(row, row.basic, before, after, context)
+            return
+    if code == "X":
+        assert after is None, f"{where}: still present as {after}"
+        return
+    assert after is not None, f"{where}: removed"
+    new_uid = context["uid_map"]
+    assert callable(new_uid)
+    if code in ("Z", "X/Z"):
+        assert is_empty(after.value), f"{where}: {after.value!r} is not empty"
+    elif code in ("D", "X/D", "Z/D", "X/Z/D"):
+        if sequence:
+            assert len(after.value) == 0, f"{where}: a dummy sequence is empty"
+        elif before.VR == "UI":
+            assert after.value == new_uid(before.value), f"{where}: {after.value} is not the mapped UID"
+        else:
+            assert not is_empty(after.value) and after.value != before.value, f"{where}: {after.value!r}"
+    elif code == "U":
+        assert after.value == new_uid(before.value) != before.value, f"{where}: {after.value}"
+    elif code == "shift":
+        if before.VR == "DA":
+            assert after.value == shift_date(before.value, context["offset"]), f"{where}: {after.value}"  # type: ignore[arg-type]
+        elif before.VR == "DT":
+            assert after.value == shift_datetime(before.value, context["offset"]), f"{where}: {after.value}"  # type: ignore[arg-type]
+        else:
+            assert after.value == before.value, f"{where}: a time of day is kept, got {after.value!r}"
+    elif code in ("K", "X/Z/U*"):
+        if sequence:
+            assert len(after.value) == 1, f"{where}: the item is gone"
+            item = after.value[0]
+            assert str(item.get("PatientName", "")) != NESTED_NAME, f"{where}: the nested name survived"
+            assert item.ReferencedSOPInstanceUID == context["sop_uid"], f"{where}: the nested UID is not mapped"
+        else:
+            assert code == "K" and after.value == before.value, f"{where}: {after.value!r} != {before.value!r}"
+    else:
+        pytest.fail(f"{where}: no check for action {code!r}")
+
+
+RUNS = [pytest.param(set(), id="basic"), pytest.param({"retain_longitudinal_modified_dates", "clean_descriptors"},
+                                                      id="defaults")]
+RUNS += [pytest.param({option}, id=option) for option in OPTION_COLUMN]
+
+
+def test_every_row_of_the_table_has_a_rule() -> None:
+    assert EDITION == "2026c" and len(ROWS) >= 652
+    option_sets = [DeidentificationOptions(SECRET, **BASIC_ONLY)]
+    option_sets += [DeidentificationOptions(SECRET, **{**BASIC_ONLY, option: True}) for option in OPTION_COLUMN]
+    for row in ROWS:
+        assert rule_for(concrete_tag(row)) is row, f"{row.tag} {row.name}: no rule applies it"
+        assert row.basic in BASIC_ACTION_CODES, f"{row.tag} {row.name}: unknown action {row.basic!r}"
+        for column in Row._fields[3:]:
+            assert getattr(row, column) in OPTION_ACTION_CODES, f"{row.tag} {row.name}: {column} {getattr(row, column)}"
+        for options in option_sets:
+            assert isinstance(resolve_action(row, options), Action)
+    with pytest.raises(ValueError, match="action code"):
+        basic_action("X/Q")
+    assert set(OPTION_COLUMN) <= set(DeidentificationOptions.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("enabled", RUNS)
+def test_every_attribute_of_the_table_gets_its_action(enabled: set[str]) -> None:
+    options = DeidentificationOptions(SECRET, **{**BASIC_ONLY, **dict.fromkeys(enabled, True)})
+    original, rows = every_attribute()
+    result = deidentify(original, options)
+    uid_map = UidMap(SECRET)
+    sop_uid = SOP_UID if "retain_uids" in enabled else uid_map(SOP_UID)
+    context: dict[str, object] = {"uid_map": uid_map, "sop_uid": sop_uid,
+                                  "offset": Pseudonym.derive(PatientKey.of(original), SECRET).date_offset_days}
+    for tag, row in rows.items():
+        code = expected_code(row, enabled)
+        where = f"{row.tag} {row.name}"
+        if tag == 0x00100010:
+            assert str(result.PatientName).startswith("ANON^"), where  # Z, then the pseudonym
+        elif tag == 0x00100020:
+            assert str(result.PatientID).startswith("ANON-"), where  # Z/D: the pseudonym is the dummy
+        elif tag >> 16 == 0x0002:
+            assert result.file_meta.MediaStorageSOPInstanceUID == result.SOPInstanceUID == sop_uid, where
+        else:
+            check_row(row, code, original[tag], result.get(tag), context)
+    assert not any(element.tag.is_private for element in result.iterall())
+    for tag in [element.tag for element in result if element.tag.group == 0x0000]:
+        del result[tag]  # command elements (PS3.7) are in the table but a Part 10 file cannot hold them
+    reread = pydicom.dcmread(io.BytesIO(encode(result)))  # the result is a valid Part 10 file
+    assert reread.PatientIdentityRemoved == "YES"
+    codes = {item.CodeValue for item in reread.DeidentificationMethodCodeSequence}
+    expected = {"113100"} | {CODE_OF_OPTION[option] for option in enabled}
+    assert codes == expected
+
+
+CODE_OF_OPTION = {"clean_descriptors": "113105", "retain_longitudinal_full_dates": "113106",
+                  "retain_longitudinal_modified_dates": "113107", "retain_patient_characteristics": "113108",
+                  "retain_device_identity": "113109", "retain_uids": "113110", "retain_institution_identity": "113112"}
+"""CID 7050 codes of the options (PS3.16)."""
+
+
+def test_attributes_the_hand_typed_table_missed_are_no_longer_kept(tmp_path: Path) -> None:
+    """Table E.1-1 rows the old copy lacked came out unchanged; through a real export they are now removed."""
+    missed = {"StationAETitle": "CTAE01", "RequestingAE": "RISAE", "IssuerOfClinicalTrialSubjectID": "SPONSOR-X",
+              "TreatmentSites": "Left breast of Jane Doe", "InterpretationID": "INT-4711",
+              "PyramidDescription": "Slide of Doe"}
+    source = tmp_path / "source.dcm"
+    source.write_bytes(to_bytes(make_instance(**missed)))
+    for name, options in (("default", DeidentificationOptions(SECRET)),
+                          ("device", DeidentificationOptions(SECRET, retain_device_identity=True))):
+        report = export_deidentified([source], tmp_path / name, options=options)
+        assert report.exported_count == 1 and report.failed == []
+        result = pydicom.dcmread(tmp_path / name / report.exported[0].name)
+        for keyword, value in missed.items():
+            assert keyword not in result, f"{keyword} came out as {result.get(keyword)!r} (was {value!r})"
+
+
+def test_full_dates_keep_dates_and_exclude_modified_dates() -> None:
+    with pytest.raises(ValueError, match="one of the two"):
+        DeidentificationOptions(SECRET, retain_longitudinal_full_dates=True)
+    original, result = _deidentified(DeidentificationOptions(SECRET, retain_longitudinal_full_dates=True,
+                                                             retain_longitudinal_modified_dates=False),
+                                     InstanceCreationDate="20240101")
+    assert (result.StudyDate, result.StudyTime, result.InstanceCreationDate) == (
+        original.StudyDate, original.StudyTime, "20240101")
+    assert result.LongitudinalTemporalInformationModified == "UNMODIFIED"
+
+
+def test_retain_institution_identity_keeps_the_institution() -> None:
+    _, kept = _deidentified(DeidentificationOptions(SECRET, retain_institution_identity=True),
+                            InstitutionName="General Hospital", InstitutionAddress="1 Main St")
+    assert (kept.InstitutionName, kept.InstitutionAddress) == ("General Hospital", "1 Main St")
+    _, removed = _deidentified(DeidentificationOptions(SECRET), InstitutionName="General Hospital")
+    assert removed.InstitutionName != "General Hospital"
