@@ -334,6 +334,8 @@ def test_openid_connect_bearer_tokens(node: Mosaic, idp: Jwks) -> None:
     assert response.status_code == 200
     assert [study["0020000D"]["Value"][0] for study in response.json()] == [DERM_STUDY]
     assert httpx.get(url(node, "/api/me"), headers=bearer(good)).json()["name"] == "dr.who"
+    shouted = idp.token(preferred_username=" DR.WHO ", roles=["clinician"])  # one person, whatever the case
+    assert httpx.get(url(node, "/api/me"), headers=bearer(shouted)).json()["name"] == "dr.who"
     cases = {
         "expired": idp.token(preferred_username="dr.who", roles=["clinician"], expires_in=-120),
         "not issued by": idp.token(preferred_username="dr.who", issuer="https://elsewhere.example.org"),
@@ -348,6 +350,9 @@ def test_openid_connect_bearer_tokens(node: Mosaic, idp: Jwks) -> None:
     assert httpx.get(url(node, "/dicom-web/studies"), headers=bearer(no_roles)).status_code == 403
     # the provider does not speak for a local account, nor for a person disabled in Mosaic
     posing = httpx.get(url(node, "/api/me"), headers=bearer(idp.token(preferred_username="admin",
+                                                                       roles=["administrator"])))
+    assert posing.status_code == 401 and "local Mosaic account" in posing.json()["error"]
+    posing = httpx.get(url(node, "/api/me"), headers=bearer(idp.token(preferred_username="Admin ",
                                                                        roles=["administrator"])))
     assert posing.status_code == 401 and "local Mosaic account" in posing.json()["error"]
     node.identity.single_sign_on(node.identity.check_jwt(good))  # dr.who signed in once in a browser

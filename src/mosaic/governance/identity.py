@@ -17,10 +17,11 @@ import os
 import secrets
 import threading
 import time
+import unicodedata
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -443,7 +444,9 @@ class IdentityService:
         claims = self._verified_claims(token, self.settings.oidc.audience, "bearer token")
         principal = self._claims_principal(claims, "bearer token")
         with self.database.session() as session:
-            _provider_account(session, principal.name)  # the same rules as single sign-on
+            account = _provider_account(session, principal.name)  # the same rules as single sign-on
+            if account is not None:
+                principal = replace(principal, name=account.username)
         self._cache.put("jwt:" + _sha256(token), principal)
         return principal
 
@@ -501,7 +504,7 @@ class IdentityService:
 
     def _claims_principal(self, claims: dict[str, Any], what: str) -> Principal:
         oidc = self.settings.oidc
-        name = str(claims.get(oidc.username_claim) or claims.get("sub") or "")
+        name = provider_username(str(claims.get(oidc.username_claim) or claims.get("sub") or ""))
         if not name or len(name) > 128:
             raise AuthenticationFailed(f"the {what} names no user (or one longer than 128 characters)")
         roles = frozenset(_claim_list(claims.get(oidc.roles_claim)))
@@ -510,10 +513,12 @@ class IdentityService:
         return Principal(name=name, kind="oidc", roles=roles, permissions=self.policy.permissions_of(roles),
                          facilities=frozenset(facilities), departments=frozenset(departments))
 
-    def single_sign_on(self, principal: Principal, display_name: str = "") -> None:
+    def single_sign_on(self, principal: Principal, display_name: str = "") -> Principal:
         """Keep the account of a person who signed in at the provider: created at the first sign-in, its roles and
         scope taken from the claims at every sign-in (the provider decides them). A local account of the same
-        name is never taken over, and an administrator can still disable the person here."""
+        name (in any case) is never taken over, and an administrator can still disable the person here. The
+        principal to open the session for: named as the account is (one created before user names were
+        normalised keeps its spelling)."""
         now = datetime.now(UTC)
         roles = sorted(principal.roles - set(self.policy.unknown_roles(principal.roles)))
         with self.database.session(write=True) as session:
@@ -524,12 +529,14 @@ class IdentityService:
                                         facilities=",".join(sorted(principal.facilities)),
                                         departments=",".join(sorted(principal.departments)), active=True,
                                         source="oidc", created_at=now, updated_at=now))
-                return
+                return principal
             account.roles, account.updated_at = ",".join(roles), now
             account.facilities = ",".join(sorted(principal.facilities))
             account.departments = ",".join(sorted(principal.departments))
             account.display_name = display_name[:256] or account.display_name
+            username = account.username
         self._cache.clear()
+        return replace(principal, name=username)
 
     # --- one entry point for the HTTP door --------------------------------------------------
 
@@ -560,18 +567,36 @@ def _password_hash(password: str | None) -> str:
     return _hasher.hash(password)
 
 
+def provider_username(name: str) -> str:
+    """The identity provider's user name as Mosaic keeps it: NFKC, without surrounding spaces, lower case, so
+    "CLIN.A", "clin.a " and its full-width spelling are one person, not three accounts."""
+    return unicodedata.normalize("NFKC", name).strip().lower()
+
+
 def _provider_account(session: Any, name: str) -> UserAccount | None:
-    """The account a person of the identity provider signs in as (None: not yet created). The provider may not
-    speak for a local Mosaic account of the same name, nor for one an administrator disabled here: both refused,
-    for single sign-on and bearer JWTs alike."""
+    """The account a person of the identity provider (``name`` already :func:`provider_username`) signs in as
+    (None: not yet created). Matched without regard to case or spaces, so an account created before names were
+    normalised is still the person's (the oldest, if several). The provider may not speak for a local Mosaic
+    account of the same name in any case, nor for one an administrator disabled here: both refused, for single
+    sign-on and bearer JWTs alike."""
     account: UserAccount | None = session.scalar(select(UserAccount).where(UserAccount.username == name))
+    if account is None:
+        folded = func.lower(func.trim(UserAccount.username))  # ASCII case only on SQLite; checked again below
+        candidates = [row for row in session.scalars(select(UserAccount).where(folded == name)
+                                                     .order_by(UserAccount.pk))
+                      if provider_username(row.username) == name]
+        local = [row for row in candidates if row.source != "oidc"]
+        account = local[0] if local else candidates[0] if candidates else None
+        if len(candidates) > 1:
+            log.warning("accounts %s are one person of the identity provider (%r): %r is used; disable the others",
+                        ", ".join(repr(row.username) for row in candidates), name, account and account.username)
     if account is None:
         return None
     if account.source != "oidc":
-        raise AuthenticationFailed(f"{name!r} is a local Mosaic account: it signs in with its password, not "
-                                   "through the identity provider")
+        raise AuthenticationFailed(f"{account.username!r} is a local Mosaic account: it signs in with its "
+                                   "password, not through the identity provider")
     if not account.active:
-        raise AuthenticationFailed(f"account {name!r} is disabled in Mosaic")
+        raise AuthenticationFailed(f"account {account.username!r} is disabled in Mosaic")
     return account
 
 
