@@ -92,8 +92,9 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
                                              detail={"reason": str(exc)})
             csrf = secrets.token_urlsafe(24)
             if isinstance(exc, SignInRefused):
-                response = HTMLResponse(_login_form(next_path, csrf, f"{str(exc).capitalize()}.", sso), exc.status,
-                                        headers={"Retry-After": str(exc.retry_after)})
+                message = str(exc)
+                response = HTMLResponse(_login_form(next_path, csrf, f"{message[:1].upper()}{message[1:]}.", sso),
+                                        exc.status, headers={"Retry-After": str(exc.retry_after)})
             else:
                 response = HTMLResponse(_login_form(next_path, csrf, "Wrong user name or password.", sso), 401)
             response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, **cookie_options())
