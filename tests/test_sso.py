@@ -135,3 +135,40 @@ def test_a_forged_callback_is_refused(node: Mosaic, idp: IdentityProvider) -> No
         assert victim.get("/api/me").status_code == 401
     assert code in idp.codes  # never exchanged
     assert "state mismatch" in denied(node)[0]
+
+
+def test_user_names_from_the_provider_are_one_account_whatever_their_case_and_spaces(
+        node: Mosaic, idp: IdentityProvider) -> None:
+    for spelling in ("CLIN.A ", "clin.a", " Clin.A", "\uff23\uff2c\uff29\uff2e.\uff21"):  # full-width: NFKC
+        with sign_in(node, idp, spelling, roles=["clinician"]) as browser:
+            me = browser.get("/api/me")
+            assert me.status_code == 200 and me.json()["name"] == "clin.a", (spelling, me.text)
+    named = [account.username for account in node.identity.users() if account.username.lower().strip() == "clin.a"]
+    assert named == ["clin.a"]
+
+
+def test_an_account_created_before_names_were_normalised_is_still_the_persons(node: Mosaic,
+                                                                               idp: IdentityProvider) -> None:
+    from datetime import UTC, datetime
+
+    from mosaic.index.schema import UserAccount
+
+    now = datetime.now(UTC)
+    with node.database.session(write=True) as session:  # as single sign-on created it before the fix
+        session.add(UserAccount(username="Legacy.Rad", display_name="", password_hash="", roles="clinician",
+                                facilities="*", departments="*", active=True, source="oidc", created_at=now,
+                                updated_at=now))
+    with sign_in(node, idp, "LEGACY.RAD", roles=["radiologist"]) as browser:
+        me = browser.get("/api/me")
+        assert me.status_code == 200 and (me.json()["name"], me.json()["roles"]) == ("Legacy.Rad", ["radiologist"])
+    assert [account.username for account in node.identity.users()
+            if account.username.lower() == "legacy.rad"] == ["Legacy.Rad"]  # no second account
+
+
+def test_a_local_account_in_another_case_is_not_taken_over(node: Mosaic, idp: IdentityProvider) -> None:
+    node.identity.add_user("Night.Admin", roles=["administrator"], password="night-admin-password")
+    with sign_in(node, idp, "night.admin", roles=["administrator"]) as browser:
+        assert browser.get("/api/me").status_code == 401
+    assert "'Night.Admin' is a local Mosaic account" in denied(node)[0]
+    accounts = [account for account in node.identity.users() if account.username.lower() == "night.admin"]
+    assert [(account.username, account.source) for account in accounts] == [("Night.Admin", "local")]

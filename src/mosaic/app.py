@@ -129,6 +129,7 @@ class Mosaic:
                 raise ValueError("http.tls_cert_file needs http.tls_key_file")
             config = uvicorn.Config(self.http_app(), host=web.host, port=web.port, log_level="warning",
                                     access_log=False, lifespan="off",
+                                    proxy_headers=False,  # uvicorn believes 127.0.0.1; http.trusted_proxies decides
                                     ssl_certfile=str(web.tls_cert_file) if web.https else None,
                                     ssl_keyfile=str(web.tls_key_file) if web.https else None)
             self._http = uvicorn.Server(config)

@@ -9,6 +9,7 @@ Nested options are overridden from the environment with a double underscore, for
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -50,6 +51,21 @@ class HttpSettings(BaseModel):
     tls_cert_file: Path | None = Field(None, description="Serve HTTPS with this certificate (PEM, with any "
                                        "intermediates); None: plain HTTP (e.g. behind a TLS-terminating proxy).")
     tls_key_file: Path | None = Field(None, description="The private key of tls_cert_file (PEM).")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For, "
+        "Forwarded and X-Forwarded-Proto headers are believed: the client is then the right-most address they "
+        "name that is not itself a trusted proxy. Empty: the socket's peer is the client, whatever it sends.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"http.trusted_proxies entry {entry!r} is not an address or network (CIDR)") from None
+        return entries
 
     @property
     def https(self) -> bool:
@@ -234,6 +250,21 @@ class SecuritySettings(BaseModel):
         "again (a revoked token stops working within this time).",
     )
     break_glass_hours: float = Field(4.0, gt=0, description="How long a break-glass opening of a study lasts.")
+    sign_in_delay_seconds: float = Field(
+        1.0, gt=0, description="After 5 wrong passwords for one account from one client address, that pair waits "
+        "this long before the next try, doubling with each further failure (other addresses are not slowed).",
+    )
+    sign_in_max_delay_seconds: float = Field(
+        900.0, gt=0, description="The longest wait of one account and client address after wrong passwords.",
+    )
+    failed_sign_ins_per_client_minute: int = Field(
+        20, ge=1, description="Wrong passwords one client address may send per minute, whatever the accounts; "
+        "beyond it its password sign-ins are answered 429 with Retry-After until the minute has passed.",
+    )
+    concurrent_password_checks: int = Field(
+        0, ge=0, description="Passwords checked (argon2id) at the same time on this node; a sign-in that finds no "
+        "free slot within a second is answered 503 with Retry-After. 0: half the processor cores (at least 1).",
+    )
     roles: dict[str, list[str]] = Field(
         default_factory=dict, description="Extra or redefined roles: name → permissions (query, read, store, "
         "modify, delete, export, administer, read-audit).",

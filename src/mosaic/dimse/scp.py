@@ -204,7 +204,8 @@ class DicomServer:
         claimed = primary if kind in (1, 2) else "jwt" if kind == 5 else f"identity type {kind}"
         try:
             if kind == 2:
-                user = self.identity.check_password(primary, bytes(negotiation.secondary_field or b"").decode("utf-8"))
+                user = self.identity.check_password(primary, bytes(negotiation.secondary_field or b"").decode("utf-8"),
+                                                    address=address)
             elif kind == 5:
                 user = self.identity.check_jwt(primary)
             else:

@@ -12,11 +12,16 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
+import os
 import secrets
 import threading
 import time
+import unicodedata
 import urllib.request
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -65,32 +70,115 @@ def _split(text: str) -> frozenset[str]:
     return frozenset(item.strip() for item in text.split(",") if item.strip())
 
 
-class _FailedSignIns:
-    """Locks a user name out after too many wrong passwords in a row (per node, in memory): a guessing attack
-    gets a few tries per window, the real user a clear message."""
+class SignInRefused(AuthenticationFailed):
+    """A password sign-in refused before its password was checked: too many failures from its client (HTTP 429),
+    or no free slot to check it (503). ``retry_after``: whole seconds until a try can succeed."""
 
-    def __init__(self, limit: int = 5, window: float = 900.0) -> None:
-        self.limit = limit
-        self.window = window
-        self._failures: dict[str, list[float]] = {}
+    def __init__(self, message: str, *, retry_after: float, status: int = 429) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
+        self.status = status
+
+
+class _SignInThrottle:
+    """Wrong passwords, counted per node in memory (a restart forgets them). Each (user name, client address)
+    pair has FREE_FAILURES tries, then waits ``delay``, twice, four times… that (at most ``max_delay``) before
+    each next one; and a client address may fail ``per_minute`` times a minute across user names. So a
+    stranger's guesses slow the stranger down, never the real user signing in from elsewhere; only an
+    administrator disables an account (``active``)."""
+
+    FREE_FAILURES = 5
+    WINDOW = 60.0
+    SIZE = 100_000
+
+    def __init__(self, delay: float, max_delay: float, per_minute: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.delay, self.max_delay, self.per_minute, self.clock = delay, max_delay, per_minute, clock
+        self._pairs: dict[tuple[str, str], tuple[int, float]] = {}
+        """(user name, address) → (failures in a row, waiting until)."""
+        self._clients: dict[str, deque[float]] = {}
+        """address → moments of its failures within the last WINDOW."""
         self._lock = threading.Lock()
 
-    def locked(self, username: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            recent = [moment for moment in self._failures.get(username, []) if now - moment < self.window]
-            self._failures[username] = recent
-            return len(recent) >= self.limit
+    def wait_after(self, failures: int) -> float:
+        """Seconds a pair waits after its ``failures``-th wrong password in a row."""
+        if failures < self.FREE_FAILURES:
+            return 0.0
+        return min(self.delay * 2.0 ** min(failures - self.FREE_FAILURES, 64), self.max_delay)
 
-    def failed(self, username: str) -> None:
+    def check(self, username: str, address: str) -> None:
+        """Raise :class:`SignInRefused` when this client, or this user name from this client, must wait."""
+        now = self.clock()
+        client = address or "this client"
         with self._lock:
-            self._failures.setdefault(username, []).append(time.monotonic())
-            if len(self._failures) > 10_000:
-                self._failures.clear()
+            failures = self._recent(address, now)
+            if len(failures) >= self.per_minute:
+                wait = failures[0] + self.WINDOW - now
+                raise SignInRefused(f"too many failed sign-ins from {client}: try again in {math.ceil(wait)} s",
+                                    retry_after=wait)
+            _count, until = self._pairs.get((username, address), (0, 0.0))
+            if until > now:
+                raise SignInRefused(f"too many wrong passwords for {username!r} from {client}: try again in "
+                                    f"{math.ceil(until - now)} s (other addresses are not held back), or ask an "
+                                    "administrator (`mosaic user passwd`)", retry_after=until - now)
 
-    def succeeded(self, username: str) -> None:
+    def failed(self, username: str, address: str) -> None:
+        now = self.clock()
         with self._lock:
-            self._failures.pop(username, None)
+            self._recent(address, now).append(now)
+            count, until = self._pairs.get((username, address), (0, 0.0))
+            if now >= until + self.max_delay:
+                count = 0  # quiet for a while since its last wait: a fresh start
+            self._pairs[(username, address)] = (count + 1, now + self.wait_after(count + 1))
+            if len(self._pairs) > self.SIZE or len(self._clients) > self.SIZE:
+                self._prune(now)
+
+    def succeeded(self, username: str, address: str) -> None:
+        with self._lock:
+            self._pairs.pop((username, address), None)
+
+    def forget(self, username: str) -> None:
+        """An administrator set a new password: every client may try it at once."""
+        with self._lock:
+            for key in [key for key in self._pairs if key[0] == username]:
+                del self._pairs[key]
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        failures = self._clients.setdefault(address, deque())
+        while failures and now - failures[0] >= self.WINDOW:
+            failures.popleft()
+        return failures
+
+    def _prune(self, now: float) -> None:
+        """Bounded memory: drop what no longer holds anyone back, then (a spray of names) the oldest half."""
+        self._clients = {address: moments for address, moments in self._clients.items()
+                         if moments and now - moments[-1] < self.WINDOW}
+        self._pairs = {key: pair for key, pair in self._pairs.items() if now < pair[1] + self.max_delay}
+        if len(self._pairs) > self.SIZE:
+            kept = sorted(self._pairs.items(), key=lambda item: item[1][1])[len(self._pairs) // 2:]
+            self._pairs = dict(kept)
+        if len(self._clients) > self.SIZE:
+            self._clients = dict(sorted(self._clients.items(), key=lambda item: item[1][-1])[self.SIZE // 2:])
+
+
+class _PasswordGate:
+    """At most ``slots`` argon2id checks at a time on this node, so a flood of sign-ins cannot take every core
+    from the archive; a check that finds no free slot within ``wait`` seconds is refused, not queued."""
+
+    def __init__(self, slots: int, wait: float = 1.0) -> None:
+        self.slots = slots
+        self.wait = wait
+        self._semaphore = threading.BoundedSemaphore(slots)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._semaphore.acquire(timeout=self.wait):
+            raise SignInRefused(f"the server is busy checking other sign-ins ({self.slots} at a time): try again "
+                                "in a moment", retry_after=1, status=503)
+        try:
+            yield
+        finally:
+            self._semaphore.release()
 
 
 class _TimedCache:
@@ -136,7 +224,9 @@ class IdentityService:
         self.settings = settings
         self.policy = policy
         self._cache = _TimedCache(settings.credential_cache_seconds)
-        self._failed_sign_ins = _FailedSignIns()
+        self._throttle = _SignInThrottle(settings.sign_in_delay_seconds, settings.sign_in_max_delay_seconds,
+                                         settings.failed_sign_ins_per_client_minute)
+        self._gate = _PasswordGate(settings.concurrent_password_checks or max(1, (os.cpu_count() or 2) // 2))
         self._jwks: Any = None
 
     # --- accounts ---------------------------------------------------------------------------
@@ -201,7 +291,7 @@ class IdentityService:
     def set_password(self, username: str, password: str) -> None:
         """A new password (at least 8 characters); the account's browser sessions end."""
         self.update_user(username, password=password)
-        self._failed_sign_ins.succeeded(username)
+        self._throttle.forget(username)
 
     def users(self) -> list[Account]:
         with self.database.session() as session:
@@ -226,32 +316,39 @@ class IdentityService:
 
     # --- passwords --------------------------------------------------------------------------
 
-    def check_password(self, username: str, password: str) -> Principal:
-        """The account's principal when the password is right (raises :class:`AuthenticationFailed`)."""
+    def check_password(self, username: str, password: str, *, address: str = "") -> Principal:
+        """The account's principal when the password is right (raises :class:`AuthenticationFailed`, or
+        :class:`SignInRefused` when ``address``, the client, must wait after wrong passwords)."""
         cache_key = "password:" + _sha256(f"{username}\x00{password}")  # what remembered() looks up
         cached = self._cache.get(cache_key)
         if cached is not None:
             return cached
-        if self._failed_sign_ins.locked(username):
-            raise AuthenticationFailed(f"too many wrong passwords for {username!r}: try again in 15 minutes or ask "
-                                       "an administrator (`mosaic user passwd`)")
+        self._throttle.check(username, address)
         with self.database.session() as session:
             row = session.scalar(select(UserAccount).where(UserAccount.username == username))
-        if row is None or not row.password_hash:
-            _equalise_timing(password)
-            self._failed_sign_ins.failed(username)
+        with self._gate.slot():
+            if row is None or not row.password_hash:
+                _equalise_timing(password)
+                right = False
+            else:
+                try:
+                    right = _hasher.verify(row.password_hash, password)
+                except (VerificationError, InvalidHashError):
+                    right = False
+        if row is None or not right:
+            self._throttle.failed(username, address)
             raise AuthenticationFailed(f"unknown user or wrong password for {username!r}")
-        try:
-            _hasher.verify(row.password_hash, password)
-        except (VerificationError, InvalidHashError):
-            self._failed_sign_ins.failed(username)
-            raise AuthenticationFailed(f"unknown user or wrong password for {username!r}") from None
-        self._failed_sign_ins.succeeded(username)
+        self._throttle.succeeded(username, address)
         if not row.active:
             raise AuthenticationFailed(f"account {username!r} is disabled")
         principal = self._principal(row, "user")
         self._cache.put(cache_key, principal)
         return principal
+
+    def sign_in_allowed(self, username: str, address: str) -> None:
+        """Raise :class:`SignInRefused` when a password sign-in of ``username`` from ``address`` must wait: asked
+        before a thread is spent on it (cheap, in memory)."""
+        self._throttle.check(username, address)
 
     # --- API tokens -------------------------------------------------------------------------
 
@@ -347,7 +444,9 @@ class IdentityService:
         claims = self._verified_claims(token, self.settings.oidc.audience, "bearer token")
         principal = self._claims_principal(claims, "bearer token")
         with self.database.session() as session:
-            _provider_account(session, principal.name)  # the same rules as single sign-on
+            account = _provider_account(session, principal.name)  # the same rules as single sign-on
+            if account is not None:
+                principal = replace(principal, name=account.username)
         self._cache.put("jwt:" + _sha256(token), principal)
         return principal
 
@@ -405,7 +504,7 @@ class IdentityService:
 
     def _claims_principal(self, claims: dict[str, Any], what: str) -> Principal:
         oidc = self.settings.oidc
-        name = str(claims.get(oidc.username_claim) or claims.get("sub") or "")
+        name = provider_username(str(claims.get(oidc.username_claim) or claims.get("sub") or ""))
         if not name or len(name) > 128:
             raise AuthenticationFailed(f"the {what} names no user (or one longer than 128 characters)")
         roles = frozenset(_claim_list(claims.get(oidc.roles_claim)))
@@ -414,10 +513,12 @@ class IdentityService:
         return Principal(name=name, kind="oidc", roles=roles, permissions=self.policy.permissions_of(roles),
                          facilities=frozenset(facilities), departments=frozenset(departments))
 
-    def single_sign_on(self, principal: Principal, display_name: str = "") -> None:
+    def single_sign_on(self, principal: Principal, display_name: str = "") -> Principal:
         """Keep the account of a person who signed in at the provider: created at the first sign-in, its roles and
         scope taken from the claims at every sign-in (the provider decides them). A local account of the same
-        name is never taken over, and an administrator can still disable the person here."""
+        name (in any case) is never taken over, and an administrator can still disable the person here. The
+        principal to open the session for: named as the account is (one created before user names were
+        normalised keeps its spelling)."""
         now = datetime.now(UTC)
         roles = sorted(principal.roles - set(self.policy.unknown_roles(principal.roles)))
         with self.database.session(write=True) as session:
@@ -428,12 +529,14 @@ class IdentityService:
                                         facilities=",".join(sorted(principal.facilities)),
                                         departments=",".join(sorted(principal.departments)), active=True,
                                         source="oidc", created_at=now, updated_at=now))
-                return
+                return principal
             account.roles, account.updated_at = ",".join(roles), now
             account.facilities = ",".join(sorted(principal.facilities))
             account.departments = ",".join(sorted(principal.departments))
             account.display_name = display_name[:256] or account.display_name
+            username = account.username
         self._cache.clear()
+        return replace(principal, name=username)
 
     # --- one entry point for the HTTP door --------------------------------------------------
 
@@ -464,18 +567,36 @@ def _password_hash(password: str | None) -> str:
     return _hasher.hash(password)
 
 
+def provider_username(name: str) -> str:
+    """The identity provider's user name as Mosaic keeps it: NFKC, without surrounding spaces, lower case, so
+    "CLIN.A", "clin.a " and its full-width spelling are one person, not three accounts."""
+    return unicodedata.normalize("NFKC", name).strip().lower()
+
+
 def _provider_account(session: Any, name: str) -> UserAccount | None:
-    """The account a person of the identity provider signs in as (None: not yet created). The provider may not
-    speak for a local Mosaic account of the same name, nor for one an administrator disabled here: both refused,
-    for single sign-on and bearer JWTs alike."""
+    """The account a person of the identity provider (``name`` already :func:`provider_username`) signs in as
+    (None: not yet created). Matched without regard to case or spaces, so an account created before names were
+    normalised is still the person's (the oldest, if several). The provider may not speak for a local Mosaic
+    account of the same name in any case, nor for one an administrator disabled here: both refused, for single
+    sign-on and bearer JWTs alike."""
     account: UserAccount | None = session.scalar(select(UserAccount).where(UserAccount.username == name))
+    if account is None:
+        folded = func.lower(func.trim(UserAccount.username))  # ASCII case only on SQLite; checked again below
+        candidates = [row for row in session.scalars(select(UserAccount).where(folded == name)
+                                                     .order_by(UserAccount.pk))
+                      if provider_username(row.username) == name]
+        local = [row for row in candidates if row.source != "oidc"]
+        account = local[0] if local else candidates[0] if candidates else None
+        if len(candidates) > 1:
+            log.warning("accounts %s are one person of the identity provider (%r): %r is used; disable the others",
+                        ", ".join(repr(row.username) for row in candidates), name, account and account.username)
     if account is None:
         return None
     if account.source != "oidc":
-        raise AuthenticationFailed(f"{name!r} is a local Mosaic account: it signs in with its password, not "
-                                   "through the identity provider")
+        raise AuthenticationFailed(f"{account.username!r} is a local Mosaic account: it signs in with its "
+                                   "password, not through the identity provider")
     if not account.active:
-        raise AuthenticationFailed(f"account {name!r} is disabled in Mosaic")
+        raise AuthenticationFailed(f"account {account.username!r} is disabled in Mosaic")
     return account
 
 

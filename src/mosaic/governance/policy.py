@@ -222,13 +222,19 @@ class AccessPolicy:
                 self._grants_of[principal.name] = (now + self.ttl, rows)
         return rows
 
+    BREAK_GLASS_REASON_MINIMUM = 10
+    """Characters besides spaces a break-glass reason needs (the /break-glass page asks the same)."""
+
     def break_glass(self, principal: Principal, study_instance_uid: str, reason: str) -> datetime:
-        """Open an out-of-scope study for ``principal`` until the returned time. Needs a reason and the
-        permission to read at all; the caller audits it."""
+        """Open an out-of-scope study for ``principal`` until the returned time. Needs a reason a reviewer can
+        read (BREAK_GLASS_REASON_MINIMUM characters besides spaces) and the permission to read at all; the
+        caller audits it."""
         if principal.kind == "ae":
             raise AccessDenied("DICOM peers cannot break the glass")
-        if not reason.strip():
-            raise AccessDenied("break-glass needs a reason")
+        given = len("".join(reason.split()))
+        if given < self.BREAK_GLASS_REASON_MINIMUM:
+            raise AccessDenied(f"break-glass needs a reason of at least {self.BREAK_GLASS_REASON_MINIMUM} "
+                               f"characters besides spaces (this one has {given})")
         self.require(principal, Permission.READ)
         now = datetime.now(UTC)
         expires = now + timedelta(hours=self.settings.break_glass_hours)

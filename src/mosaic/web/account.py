@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
+from functools import partial
 from html import escape
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -14,8 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.audit_export import fhir_bundle, record_json
-from mosaic.governance.identity import AuthenticationFailed
-from mosaic.governance.policy import AccessDenied, Permission
+from mosaic.governance.identity import AuthenticationFailed, SignInRefused
+from mosaic.governance.policy import AccessDenied, AccessPolicy, Permission
 from mosaic.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, check_csrf_form, principal_of, require
 from mosaic.web.bodies import json_object
 from mosaic.web.landing import STYLE
@@ -83,13 +84,19 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
             return HTMLResponse(_login_form(next_path, "", "The sign-in form expired; reload the page."), 403)
         principal = principal_of(request)
         try:
-            user = await run_in_threadpool(mosaic.identity.check_password, username, password)
+            user = await run_in_threadpool(partial(mosaic.identity.check_password, username, password,
+                                                   address=principal.address))
         except AuthenticationFailed as exc:
             request.state.audit = AuditEntry(action=AuditAction.LOGIN, outcome="denied", actor=username[:128],
                                              address=principal.address, interface="http",
                                              detail={"reason": str(exc)})
             csrf = secrets.token_urlsafe(24)
-            response = HTMLResponse(_login_form(next_path, csrf, "Wrong user name or password.", sso), 401)
+            if isinstance(exc, SignInRefused):
+                message = str(exc)
+                response = HTMLResponse(_login_form(next_path, csrf, f"{message[:1].upper()}{message[1:]}.", sso),
+                                        exc.status, headers={"Retry-After": str(exc.retry_after)})
+            else:
+                response = HTMLResponse(_login_form(next_path, csrf, "Wrong user name or password.", sso), 401)
             response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, **cookie_options())
             return response
         session_id, _csrf = await run_in_threadpool(mosaic.identity.open_session, user.name)
@@ -135,12 +142,14 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
     def break_glass_page(request: Request, study: str = "") -> HTMLResponse:
         """The form a clinician uses to open a study outside their scope (emergency access)."""
         principal = principal_of(request)
+        minimum = AccessPolicy.BREAK_GLASS_REASON_MINIMUM
         return HTMLResponse(_page("Emergency access", f"""<h1>Emergency access (break-glass)</h1>
 <p class="muted">Opening a study outside your facilities or departments is allowed for
 {security.break_glass_hours:g} hours, recorded with your reason and reviewed by the privacy office.</p>
 <form method="post" action="/api/break-glass" class="card">
 <label>Study Instance UID <input name="StudyInstanceUID" value="{escape(study)}" required></label>
-<label>Reason <input name="reason" required minlength="5"></label>
+<label>Reason <input name="reason" required minlength="{minimum}" pattern="\\s*(\\S\\s*){{{minimum},}}"
+title="At least {minimum} characters besides spaces"></label>
 <input type="hidden" name="csrf_token" value="{escape(principal.csrf_token)}">
 <button type="submit">Open the study</button></form>"""))
 
@@ -153,6 +162,10 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
         study, reason = await _break_glass_fields(request)
         if not study.strip():
             raise HTTPException(400, "StudyInstanceUID is required")
+        given = len("".join(reason.split()))
+        if given < AccessPolicy.BREAK_GLASS_REASON_MINIMUM:
+            raise HTTPException(400, f"break-glass needs a reason of at least {AccessPolicy.BREAK_GLASS_REASON_MINIMUM}"
+                                     f" characters besides spaces (this one has {given})")
         entry = AuditEntry.of(principal, AuditAction.BREAK_GLASS, "", StudyInstanceUID=study.strip(),
                               break_glass=True, detail={"reason": reason})
         request.state.audit = entry

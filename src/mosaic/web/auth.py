@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -24,7 +25,7 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from mosaic.governance.audit import AuditAction, AuditEntry
-from mosaic.governance.identity import TOKEN_PREFIX, AuthenticationFailed
+from mosaic.governance.identity import TOKEN_PREFIX, AuthenticationFailed, SignInRefused
 from mosaic.governance.policy import ANONYMOUS, AccessDenied, AccessPolicy, Permission, Principal
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class AuthMiddleware:
     def __init__(self, app: Callable[..., Awaitable[None]], mosaic: Mosaic) -> None:
         self.app = app
         self.mosaic = mosaic
+        self.proxies = TrustedProxies(mosaic.settings.http.trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,18 +83,20 @@ class AuthMiddleware:
             return
         headers = _headers(scope)
         path: str = scope.get("path", "")
-        client = scope.get("client")
-        address = client[0] if client else ""
+        address = self.proxies.resolve(scope)
         state = scope.setdefault("state", {})
         try:
-            found = self._remembered(headers)
+            found = self._remembered(headers, address)
             if found is None:
-                found = await run_in_threadpool(self._authenticate, headers)
+                found = await run_in_threadpool(self._authenticate, headers, address)
             principal, via_cookie = found
         except AuthenticationFailed as exc:
             self.mosaic.audit.record(AuditEntry(
                 action=AuditAction.LOGIN, outcome="denied", actor=_claimed_name(headers), address=address,
                 interface=interface_of(path), detail={"reason": str(exc), "path": path}))
+            if isinstance(exc, SignInRefused):  # too many wrong passwords from this client, or no slot to check
+                await _send_error(send, exc.status, str(exc), {"retry-after": str(exc.retry_after)})
+                return
             if path in PUBLIC_PATHS:
                 principal, via_cookie = ANONYMOUS, False  # a stale cookie must not lock anyone out of /login
             elif _wants_page(scope, headers) and not headers.get("authorization"):
@@ -135,9 +139,11 @@ class AuthMiddleware:
                 entry.detail.setdefault("status", status)
                 self.mosaic.audit.record(entry)
 
-    def _remembered(self, headers: dict[str, str]) -> tuple[Principal, bool] | None:
+    def _remembered(self, headers: dict[str, str], address: str) -> tuple[Principal, bool] | None:
         """Who asks, when that needs no thread and no index: the developer in development mode, or a credential
-        checked moments ago (a viewer's hundreds of frame requests). None: :meth:`_authenticate` must check."""
+        checked moments ago (a viewer's hundreds of frame requests). None: :meth:`_authenticate` must check.
+        Basic credentials from a client that must wait after wrong passwords are refused here, before a thread
+        is spent on them."""
         identity = self.mosaic.identity
         if self.mosaic.settings.security.development_mode:
             return identity.development_principal(), False
@@ -147,30 +153,114 @@ class AuthMiddleware:
             kind = "token" if credentials.startswith(TOKEN_PREFIX) else "jwt"
             principal = identity.remembered(kind, credentials)
             return (principal, False) if principal is not None else None
+        if scheme.lower() == "basic" and credentials:
+            username, password = _basic(credentials)
+            principal = identity.remembered("password", f"{username}\x00{password}")
+            if principal is not None:
+                return principal, False
+            identity.sign_in_allowed(username, address)
+            return None
         session_id = _cookies(headers.get("cookie", "")).get(SESSION_COOKIE) if not scheme else None
         if session_id:
             principal = identity.remembered("session", session_id)
             return (principal, True) if principal is not None else None
         return None
 
-    def _authenticate(self, headers: dict[str, str]) -> tuple[Principal, bool]:
+    def _authenticate(self, headers: dict[str, str], address: str) -> tuple[Principal, bool]:
         identity = self.mosaic.identity
         authorization = headers.get("authorization", "")
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             return identity.authenticate_bearer(credentials.strip()), False
         if scheme.lower() == "basic" and credentials.strip():
-            try:
-                username, _, password = base64.b64decode(credentials.strip()).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                raise AuthenticationFailed("the Basic credentials are not base64 of user:password") from None
-            return identity.check_password(username, password), False
+            username, password = _basic(credentials.strip())
+            return identity.check_password(username, password, address=address), False
         if authorization:
             raise AuthenticationFailed(f"authorization scheme {scheme!r} is not Bearer or Basic")
         session_id = _cookies(headers.get("cookie", "")).get(SESSION_COOKIE)
         if session_id:
             return identity.check_session(session_id), True
         return ANONYMOUS, False
+
+
+def _basic(credentials: str) -> tuple[str, str]:
+    """(user name, password) of ``Authorization: Basic`` credentials."""
+    try:
+        username, _, password = base64.b64decode(credentials.strip()).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise AuthenticationFailed("the Basic credentials are not base64 of user:password") from None
+    return username, password
+
+
+class TrustedProxies:
+    """``http.trusted_proxies``: only a request whose socket peer is one of them may say, in ``Forwarded``
+    (RFC 7239) or ``X-Forwarded-For``, whom it forwards for; the client is then the right-most address named
+    that is not itself a trusted proxy, and ``proto`` / ``X-Forwarded-Proto`` set the scheme. Any other peer is
+    the client, whatever headers it sends (so no one can choose the address audited and throttled)."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self.networks = [ipaddress.ip_network(entry.strip(), strict=False) for entry in entries]
+
+    def __contains__(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.networks)
+
+    def resolve(self, scope: Scope) -> str:
+        """The client's address; for a trusted proxy's request, ``scope["client"]`` and ``scope["scheme"]`` are
+        rewritten to the forwarded client's, so every route (``request.client``, ``request.base_url``) sees it."""
+        client = scope.get("client")
+        peer = str(client[0]) if client else ""
+        if not self.networks or peer not in self:
+            return peer
+        forwarded: list[bytes] = []
+        x_forwarded_for: list[bytes] = []
+        x_forwarded_proto: list[bytes] = []
+        for name, value in scope.get("headers", []):
+            if name == b"forwarded":
+                forwarded.append(value)
+            elif name == b"x-forwarded-for":
+                x_forwarded_for.append(value)
+            elif name == b"x-forwarded-proto":
+                x_forwarded_proto.append(value)
+        hops: list[tuple[str, str]] = []  # (address, proto) from the first hop to the last
+        if forwarded:
+            for element in b",".join(forwarded).decode("latin-1").split(","):
+                pairs = dict(_forwarded_pair(pair) for pair in element.split(";") if "=" in pair)
+                if "for" in pairs:
+                    hops.append((_host_of(pairs["for"]), pairs.get("proto", "")))
+        elif x_forwarded_for:
+            protos = [item.strip() for item in b",".join(x_forwarded_proto).decode("latin-1").split(",")]
+            proto = protos[-1] if protos else ""
+            hops = [(_host_of(item), proto) for item in b",".join(x_forwarded_for).decode("latin-1").split(",")
+                    if item.strip()]
+        if not hops:
+            return peer
+        chosen = next((hop for hop in reversed(hops) if hop[0] not in self), hops[0])
+        address, proto = chosen[0][:64], chosen[1].lower()
+        scope["client"] = (address, 0)
+        if proto in ("http", "https"):
+            scope["scheme"] = proto
+        return address
+
+
+def _forwarded_pair(pair: str) -> tuple[str, str]:
+    name, _, value = pair.strip().partition("=")
+    return name.strip().lower(), value.strip().strip('"')
+
+
+def _host_of(node: str) -> str:
+    """The address of a forwarded node: ``192.0.2.1:8080`` → 192.0.2.1, ``[2001:db8::1]:443`` → 2001:db8::1."""
+    node = node.strip().strip('"')
+    if node.startswith("["):
+        return node[1:].partition("]")[0]
+    if node.count(":") == 1:
+        return node.partition(":")[0]
+    return node
 
 
 def _claimed_name(headers: dict[str, str]) -> str:

@@ -125,9 +125,9 @@ def create_oidc_router(mosaic: Mosaic, safe_next: Any, page: Any) -> APIRouter:
             return refused(request, "the identity provider sent no authorization code")
         try:
             id_token = await run_in_threadpool(exchange, request, code, str(flow["verifier"]))
-            user, display_name = await run_in_threadpool(mosaic.identity.check_id_token, id_token,
-                                                         str(flow["nonce"]))
-            await run_in_threadpool(mosaic.identity.single_sign_on, user, display_name)
+            claimed, display_name = await run_in_threadpool(mosaic.identity.check_id_token, id_token,
+                                                            str(flow["nonce"]))
+            user = await run_in_threadpool(mosaic.identity.single_sign_on, claimed, display_name)
         except AuthenticationFailed as exc:
             return refused(request, str(exc))
         session_id, _csrf = await run_in_threadpool(mosaic.identity.open_session, user.name)
