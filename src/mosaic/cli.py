@@ -116,7 +116,8 @@ def init(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     finally:
         node.stop()
     if password is None:
-        console.print(f"{node.settings.data_dir.resolve()} is already set up: nothing changed", highlight=False)
+        console.print(f"{node.settings.data_dir.resolve()} is already set up: nothing changed", highlight=False,
+                      soft_wrap=True)
         return
     console.print(f"set up a new archive in {node.settings.data_dir.resolve()}; sign in as [bold]admin[/] with "
                   f"password [bold]{password}[/] (shown only this once; change it with `mosaic user passwd admin`)",

@@ -533,7 +533,7 @@ def _describe(error: Any, path: Path | None, document: Mapping[str, Any], overri
         reason = "required key missing"
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
-        reason = message[:1].lower() + message[1:]
+        reason = message[:1].lower() + message[1:] if message[1:2].islower() else message  # not "aE title"
         if not isinstance(error.get("input"), (dict, list)):
             reason += f" (got {error.get('input')!r})"
     return f"configuration error in {where}: {_key(loc) or '(top level)'}: {reason}"
