@@ -40,6 +40,17 @@ def test_the_documented_example_file_loads(tmp_path: Path, monkeypatch: pytest.M
     assert settings.index_url.startswith("postgresql+psycopg://")
 
 
+def test_every_documented_example_file_loads(tmp_path: Path) -> None:
+    examples = re.findall(r"```toml\n(.*?)```", DOCS.read_text(), re.S)
+    assert len(examples) >= 2
+    for number, example in enumerate(examples):
+        config = tmp_path / f"example{number}.toml"
+        config.write_text(example)
+        load_settings(config)
+    rules = load_settings(tmp_path / "example1.toml").retention.rules
+    assert [rule.name for rule in rules] == ["minors", "mammo-site-a", "ct-mr-7y"]
+
+
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "mosaic.toml"
     config.write_text('[ingest]\nduplicate_policy = "reject"\n[dicom]\nport = 104\n')
