@@ -145,6 +145,7 @@ class Mosaic:
             while not self._http.started and time.monotonic() < deadline and self._http_thread.is_alive():
                 time.sleep(0.02)
             if not self._http.started:
+                listening.close()
                 raise StartupError(f"the HTTP server did not start on {web.host}:{web.port} (see the log above)")
             self.initial_admin_password = self.identity.ensure_administrator()
         _settle_garbage_collector()
@@ -231,8 +232,8 @@ def _open_index(settings: Settings, *, create: bool) -> Database:
     shown = url.render_as_string(hide_password=True)
     missing = f"is not set up (no index {shown}): give the archive's data directory with --data-dir or " \
               "data_dir, or set up a new archive with `mosaic init`"
-    sqlite_file = Path(url.database) if url.get_backend_name() == "sqlite" and url.database not in (None, "",
-                                                                                                  ":memory:") else None
+    in_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    sqlite_file = Path(str(url.database)) if in_file else None
     if folder.exists() and not folder.is_dir():
         raise StartupError(f"cannot use the data directory {folder}: not a directory")
     if not create and sqlite_file is not None and not sqlite_file.exists():
