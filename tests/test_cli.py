@@ -45,8 +45,15 @@ def test_config_show_prints_every_option_with_environment_overrides(monkeypatch:
         assert option in result.output
 
 
+def initialised(data_dir: Path) -> Path:
+    """A new archive, set up as an operator does: `mosaic init` (import refuses a folder that is not one)."""
+    result = runner.invoke(app, ["init", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    return data_dir
+
+
 def test_import_stores_recursively_reports_rejects_and_is_safe_to_rerun(corpus: Path, tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+    data_dir = initialised(tmp_path / "data")
     first = runner.invoke(app, ["import", str(corpus), "--data-dir", str(data_dir)], env={"COLUMNS": "200"})
     assert first.exit_code == 0, first.output
     assert "stored" in first.output
@@ -75,7 +82,7 @@ def test_import_stores_recursively_reports_rejects_and_is_safe_to_rerun(corpus: 
 
 
 def test_verify_reports_missing_and_corrupt_objects_by_uid(corpus: Path, tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+    data_dir = initialised(tmp_path / "data")
     runner.invoke(app, ["import", str(corpus), "--data-dir", str(data_dir)])
     clean = runner.invoke(app, ["verify", "--data-dir", str(data_dir)])
     assert clean.exit_code == 0, clean.output

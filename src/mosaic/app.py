@@ -6,13 +6,18 @@ import gc
 import logging
 import multiprocessing
 import os
+import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from mosaic.config import Settings
+from mosaic.config import Settings, StartupError
 from mosaic.dimse.receive import spool_into
 from mosaic.dimse.scp import DicomServer
 from mosaic.governance.audit import AuditTrail
@@ -35,11 +40,11 @@ log = logging.getLogger("mosaic")
 class Mosaic:
     """One Mosaic node: its index, blob store, services and (once started) its DICOM and HTTP listeners."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, create: bool = True) -> None:
+        """``create=False``: refuse (:class:`StartupError`) a data directory or index that is not set up yet,
+        instead of silently starting a new, empty archive there."""
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.database = Database(settings.index_url, pool_size=settings.index.pool_size)
-        self.database.migrate()
+        self.database = _open_index(settings, create=create)
         self.blobs: BlobStore = open_blob_store(settings)
         self.ingest = IngestService(self.database, self.blobs, settings.ingest)
         self.query = QueryService(self.database, settings.dicom.ae_title)
@@ -96,8 +101,8 @@ class Mosaic:
         log.info("DICOM port %d served by %d processes", port, self.settings.dicom.workers)
 
     def start(self, *, dicom: bool = True, http: bool = True, workers: bool = True) -> None:
-        if http:
-            self.initial_admin_password = self.identity.ensure_administrator()
+        """Start the listeners; :class:`StartupError` (one line) when one cannot listen. The first ``admin``
+        is created only once everything has started, so a failed first start leaves no unknown password."""
         self.audit.start()
         if http and self.settings.security.audit_syslog.host:
             # one forwarder per node, all on one cursor: nodes racing may each send a record (at least once)
@@ -120,28 +125,46 @@ class Mosaic:
             self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve,
                                      spool=Spool(incoming, self.blobs), policy=self.policy, audit=self.audit,
                                      identity=self.identity)
-            self.dicom.start()
+            self._start_dicom(self.dicom)
             if self.settings.dicom.workers > 1 and workers:
                 self._start_workers(self.dicom.port)
         if http:
             web = self.settings.http
             if web.https and web.tls_key_file is None:
-                raise ValueError("http.tls_cert_file needs http.tls_key_file")
+                raise StartupError("http.tls_cert_file needs http.tls_key_file")
+            listening = _listen(web.host, web.port, "HTTP")
             config = uvicorn.Config(self.http_app(), host=web.host, port=web.port, log_level="warning",
                                     access_log=False, lifespan="off",
                                     proxy_headers=False,  # uvicorn believes 127.0.0.1; http.trusted_proxies decides
                                     ssl_certfile=str(web.tls_cert_file) if web.https else None,
                                     ssl_keyfile=str(web.tls_key_file) if web.https else None)
             self._http = uvicorn.Server(config)
-            self._http_thread = threading.Thread(target=self._http.run, name="http", daemon=True)
+            self._http_thread = threading.Thread(target=self._http.run, kwargs={"sockets": [listening]}, name="http",
+                                                 daemon=True)
             self._http_thread.start()
             deadline = time.monotonic() + 15
             while not self._http.started and time.monotonic() < deadline and self._http_thread.is_alive():
                 time.sleep(0.02)
             if not self._http.started:
-                raise RuntimeError(f"HTTP server did not start on {self.settings.http.host}:"
-                                   f"{self.settings.http.port}")
+                listening.close()
+                raise StartupError(f"the HTTP server did not start on {web.host}:{web.port} (see the log above)")
+            self.initial_admin_password = self.identity.ensure_administrator()
         _settle_garbage_collector()
+
+    def _start_dicom(self, server: DicomServer) -> None:
+        """The DICOM listener(s), with a bind failure said in one line naming the address and the listener."""
+        try:
+            server.start()
+        except OSError as exc:
+            try:
+                server.port  # noqa: B018 - raises while the plain listener is not up: it is the one that failed
+            except RuntimeError:
+                host, port, which = self.settings.dicom.host, self.settings.dicom.port, "DICOM"
+            else:
+                host, port, which = self.settings.dicom.host, self.settings.dicom.tls.port, "DICOM TLS"
+            if exc.filename:
+                raise StartupError(f"cannot read {exc.filename} ({which}): {_reason(exc)}") from exc
+            raise StartupError(f"cannot listen on {host}:{port} ({which}): {_reason(exc)}") from exc
 
     @property
     def http_port(self) -> int:
@@ -178,6 +201,63 @@ class Mosaic:
             self._syslog.stop()
             self._syslog = None
         self.database.dispose()
+
+
+def _reason(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def _listen(host: str, port: int, which: str) -> socket.socket:
+    """A bound, listening socket for a server (a port in use or an unknown host said in one line)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+        listening.listen(2048)
+    except OSError as exc:
+        listening.close()
+        raise StartupError(f"cannot listen on {host}:{port} ({which}): {_reason(exc)}") from exc
+    return listening
+
+
+def _open_index(settings: Settings, *, create: bool) -> Database:
+    """The data directory checked (exists unless created here, a writable folder) and the index opened and
+    migrated; every refusal a :class:`StartupError` naming the folder or index and the reason."""
+    folder = settings.data_dir.resolve()
+    try:
+        url = make_url(settings.index_url)
+    except ArgumentError as exc:
+        raise StartupError("index.url is not a database URL (e.g. postgresql+psycopg://user@host/mosaic)") from exc
+    shown = url.render_as_string(hide_password=True)
+    missing = f"is not set up (no index {shown}): give the archive's data directory with --data-dir or " \
+              "data_dir, or set up a new archive with `mosaic init`"
+    in_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    sqlite_file = Path(str(url.database)) if in_file else None
+    if folder.exists() and not folder.is_dir():
+        raise StartupError(f"cannot use the data directory {folder}: not a directory")
+    if not create and sqlite_file is not None and not sqlite_file.exists():
+        raise StartupError(f"data directory {folder} {missing}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create the data directory {folder}: {_reason(exc)}") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StartupError(f"cannot use the data directory {folder}: not writable by this user")
+    database = Database(settings.index_url, pool_size=settings.index.pool_size)
+    try:
+        if not create and not inspect(database.engine).has_table("alembic_version"):
+            raise StartupError(f"data directory {folder} {missing}")
+        database.migrate()
+    except SQLAlchemyError as exc:
+        database.dispose()
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise StartupError(f"cannot open the index {shown}: {first}") from exc
+    except StartupError:
+        database.dispose()
+        raise
+    return database
 
 
 def _settle_garbage_collector() -> None:

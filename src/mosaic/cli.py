@@ -10,14 +10,29 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from mosaic.cli_jobs import jobs_app
 from mosaic.cli_retention import delete_command, hold_app, retention_app
-from mosaic.cli_support import ConfigOption, DataDirOption, console, errors, node_of, operator
+from mosaic.cli_support import ConfigOption, DataDirOption, console, errors, node_of, open_node, operator, say
 from mosaic.cli_support import settings_of as _settings
-from mosaic.config import iter_options
+from mosaic.config import ConfigurationError, StartupError, iter_options
 
-app = typer.Typer(help="Mosaic: an open enterprise imaging platform.", no_args_is_help=True,
+
+class _OneLineErrors(TyperGroup):
+    """Every command: a configuration or start-up error is said in one line each on stderr (``mosaic: …``),
+    exit code 2, no traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer._click.Context: typer vendors click
+        try:
+            return super().invoke(ctx)
+        except (ConfigurationError, StartupError) as exc:
+            for line in str(exc).splitlines():
+                say(line)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=_OneLineErrors, help="Mosaic: an open enterprise imaging platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -48,16 +63,19 @@ def serve(
     configure_logging(settings.log)
     if settings.dicom.workers > 1:
         _multiprocess_metrics(settings.data_dir / ".metrics")
-    from mosaic.app import Mosaic
-
-    node = Mosaic(settings)
-    node.start()
+    node = open_node(settings, create=True)
+    try:
+        node.start()
+    except BaseException:
+        node.stop()
+        raise
     console.print(f"[bold green]Mosaic is running[/]  data: {settings.data_dir.resolve()}")
     scheme = "https" if settings.http.https else "http"
     if node.initial_admin_password:
         console.print(f"  [bold yellow]First start:[/] sign in at {scheme}://{settings.http.host}:{node.http_port}"
                       f"/login as [bold]admin[/] with password [bold]{node.initial_admin_password}[/] "
-                      "(shown only this once; change it with `mosaic user passwd admin`)", highlight=False)
+                      "(shown only this once; change it with `mosaic user passwd admin`)", highlight=False,
+                      soft_wrap=True)
     if not settings.dicom.peers and not settings.dicom.allow_unknown_calling_aes:
         console.print("  [yellow]No DICOM peers configured:[/] every association is refused until modalities and "
                       "PACS are listed in dicom.peers (docs/configuration.md)", highlight=False)
@@ -81,8 +99,29 @@ def _multiprocess_metrics(folder: Path) -> None:
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create {folder} (the workers' metrics): {exc.strerror or exc}") from exc
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+@app.command()
+def init(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """First-time set-up: create the data directory, the index and the `admin` account (its password is printed
+    once). Every command but `serve` and `init` refuses a data directory that is not set up."""
+    node = open_node(_settings(config, data_dir), create=True)
+    try:
+        password = node.identity.ensure_administrator()
+    finally:
+        node.stop()
+    if password is None:
+        console.print(f"{node.settings.data_dir.resolve()} is already set up: nothing changed", highlight=False,
+                      soft_wrap=True)
+        return
+    console.print(f"set up a new archive in {node.settings.data_dir.resolve()}; sign in as [bold]admin[/] with "
+                  f"password [bold]{password}[/] (shown only this once; change it with `mosaic user passwd admin`)",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command("import")
@@ -131,10 +170,9 @@ def verify(
     repair: Annotated[bool, typer.Option("--repair", help="Index orphan blobs that hold valid DICOM.")] = False,
 ) -> None:
     """Re-read every stored object and report missing or corrupt ones (exit code 1 if any)."""
-    from mosaic.app import Mosaic
     from mosaic.services.verify import VerifyService
 
-    node = Mosaic(_settings(config, data_dir))
+    node = node_of(config, data_dir)
     service = VerifyService(node.database, node.blobs)
     with Progress(TextColumn("[bold]Verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from mosaic.config import Settings, load_settings
 
@@ -25,23 +27,42 @@ DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Folder f
 
 
 def settings_of(config: Path | None, data_dir: Path | None = None, **overrides: Any) -> Settings:
-    """The file (or MOSAIC_CONFIG) and environment, then the command's own options (``section__name``)."""
-    settings = load_settings(config)
-    if data_dir is not None:
-        settings.data_dir = data_dir
+    """The file (or MOSAIC_CONFIG) and environment, then the command's own options (``section__name``), all
+    validated together (:class:`~mosaic.config.ConfigurationError` names the key and where it was given)."""
+    given: dict[str, Any] = {} if data_dir is None else {"data_dir": data_dir}
     for dotted, value in overrides.items():
-        if value is None:
-            continue
-        section, _, name = dotted.partition("__")
-        setattr(getattr(settings, section), name, value)
-    return settings
+        if value is not None:
+            section, _, name = dotted.partition("__")
+            given.setdefault(section, {})[name] = value
+    return load_settings(config, **given)
+
+
+def say(line: str) -> None:
+    """One line for the operator on stderr (stdout stays for what a command answers, e.g. JSON or a token)."""
+    typer.echo(f"mosaic: {line}", err=True)
+
+
+def masked_index_url(settings: Settings) -> str:
+    """The index URL with any password shown as ***."""
+    try:
+        return make_url(settings.index_url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL SQLAlchemy parses (opening the index says so): never shown whole
+        return "(not a valid URL)"
+
+
+def open_node(settings: Settings, *, create: bool = False) -> Mosaic:
+    """The node a command works on (not started: no listener), after saying which data directory and index it
+    uses. Only ``create`` (serve, init) sets up an archive: any other command refuses a data directory
+    without an index instead of starting an empty archive there."""
+    from mosaic.app import Mosaic
+
+    say(f"data directory {settings.data_dir.resolve()}, index {masked_index_url(settings)}")
+    return Mosaic(settings, create=create)
 
 
 def node_of(config: Path | None, data_dir: Path | None) -> Mosaic:
-    """The node a command works on (not started: no listener)."""
-    from mosaic.app import Mosaic
-
-    return Mosaic(settings_of(config, data_dir))
+    """The node of an existing archive a command works on (not started: no listener)."""
+    return open_node(settings_of(config, data_dir))
 
 
 def operator(node: Mosaic) -> Principal:

@@ -8,15 +8,44 @@ Nested options are overridden from the environment with a double underscore, for
 
 from __future__ import annotations
 
+import difflib
 import enum
 import ipaddress
 import os
 import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+
+from mosaic.core.errors import MosaicError
+
+ENV_PREFIX = "MOSAIC_"
+
+
+class ConfigurationError(MosaicError):
+    """The configuration cannot be used. Each of ``problems`` is one line that names where the value came from
+    (the file, an environment variable, the command line), the key and the reason."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class StartupError(MosaicError):
+    """The node cannot start as configured: a port it cannot listen on, an unusable data directory, no index.
+    The message is one line for the operator."""
+
+
+class StrictModel(BaseModel):
+    """Base of every configuration table: an unknown key (a typo such as ``may_stor``) is refused, never
+    silently ignored with the default left in force."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class DuplicatePolicy(enum.StrEnum):
@@ -33,7 +62,7 @@ class StorageBackend(enum.StrEnum):
     S3 = "s3"
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(StrictModel):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP server (0 picks a free port).")
     public_url: str | None = Field(
@@ -72,7 +101,7 @@ class HttpSettings(BaseModel):
         return self.tls_cert_file is not None
 
 
-class DicomPeer(BaseModel):
+class DicomPeer(StrictModel):
     """A known DICOM application entity: a modality, a PACS or a workstation."""
 
     ae_title: str = Field(description="The peer's AE title (at most 16 characters).")
@@ -115,7 +144,7 @@ class DicomPeer(BaseModel):
         return value
 
 
-class DicomTlsSettings(BaseModel):
+class DicomTlsSettings(StrictModel):
     """A second DICOM listener that speaks TLS (PS3.15 B.1, the BCP 195 profile; IHE ATNA secure node):
     peers are authenticated by certificate, and what they send is encrypted."""
 
@@ -131,7 +160,7 @@ class DicomTlsSettings(BaseModel):
                                              "certificate (ATNA node authentication).")
 
 
-class DicomSettings(BaseModel):
+class DicomSettings(StrictModel):
     ae_title: str = Field("MOSAIC", description="Mosaic's own AE title.")
     host: str = Field("127.0.0.1", description="Address the DICOM listener binds to.")
     port: int = Field(11112, ge=0, le=65535, description="TCP port of the DICOM listener (0 picks a free port).")
@@ -156,7 +185,7 @@ class DicomSettings(BaseModel):
     tls: DicomTlsSettings = Field(default_factory=DicomTlsSettings)  # type: ignore[arg-type]
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(StrictModel):
     backend: StorageBackend = Field(StorageBackend.FILESYSTEM, description="Where blobs live: filesystem or s3.")
     path: Path | None = Field(None, description="Folder of the filesystem backend (default: <data_dir>/blobs).")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint URL (None: AWS default).")
@@ -168,7 +197,7 @@ class StorageSettings(BaseModel):
     s3_create_bucket: bool = Field(False, description="Create the bucket at start-up if it is missing.")
 
 
-class IndexSettings(BaseModel):
+class IndexSettings(StrictModel):
     url: str | None = Field(
         None,
         description="SQLAlchemy URL of the index (default: SQLite at <data_dir>/index.sqlite; "
@@ -177,7 +206,7 @@ class IndexSettings(BaseModel):
     pool_size: int = Field(10, ge=1, description="Connections kept open to PostgreSQL.")
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(StrictModel):
     duplicate_policy: DuplicatePolicy = Field(
         DuplicatePolicy.REJECT,
         description="Same SOP Instance UID with different bytes: reject, or keep-new-version.",
@@ -187,7 +216,7 @@ class IngestSettings(BaseModel):
     )
 
 
-class OidcSettings(BaseModel):
+class OidcSettings(StrictModel):
     """OpenID Connect bearer tokens (JWT) from the hospital's identity provider."""
 
     issuer: str | None = Field(None, description="The issuer (`iss`) accepted; None turns OpenID Connect off.")
@@ -215,7 +244,7 @@ class OidcSettings(BaseModel):
     provider_name: str = Field("the hospital's sign-in", description="How the sign-in page names the provider.")
 
 
-class SyslogSettings(BaseModel):
+class SyslogSettings(StrictModel):
     """The audit repository that receives DICOM PS3.15 audit messages (RFC 5424 syslog)."""
 
     host: str | None = Field(None, description="Collector host; None: audit messages stay in Mosaic only.")
@@ -231,7 +260,7 @@ class SyslogSettings(BaseModel):
     app_name: str = Field("mosaic", description="APP-NAME of each syslog message.")
 
 
-class SecuritySettings(BaseModel):
+class SecuritySettings(StrictModel):
     development_mode: bool = Field(
         False, description="Serve every HTTP route without credentials (as an administrator). Only for a "
         "developer's own machine: never with patient data.",
@@ -273,7 +302,7 @@ class SecuritySettings(BaseModel):
     audit_syslog: SyslogSettings = Field(default_factory=SyslogSettings)  # type: ignore[arg-type]
 
 
-class RetentionRule(BaseModel):
+class RetentionRule(StrictModel):
     """One retention policy: which studies it covers and how long they are kept. The first rule that matches a
     study decides; a study that no rule matches is kept forever."""
 
@@ -293,8 +322,16 @@ class RetentionRule(BaseModel):
     action: str = Field("delete", pattern="^(delete|tier)$", description="delete, or tier (move to a cheaper "
                         "storage tier, once tiers exist).")
 
+    @model_validator(mode="after")
+    def _check_keep_period(self) -> RetentionRule:
+        # without one the rule would let every study it matches go at once
+        if self.keep_years_after_study is None and self.keep_until_patient_age is None:
+            raise ValueError(f"retention rule {self.name!r} has no keep period: set keep_years_after_study "
+                             "and/or keep_until_patient_age")
+        return self
 
-class RetentionSettings(BaseModel):
+
+class RetentionSettings(StrictModel):
     rules: list[RetentionRule] = Field(default_factory=list, description="Retention policies, first match wins "
                                        "(empty: keep everything).")
     grace_days: float = Field(30.0, ge=0, description="Days between marking a study for deletion and purging it "
@@ -303,7 +340,7 @@ class RetentionSettings(BaseModel):
                                   "(0: only when run by hand, `mosaic retention run`).")
 
 
-class ExportSettings(BaseModel):
+class ExportSettings(StrictModel):
     """Where de-identified exports may go."""
 
     folder: Path | None = Field(None, description="Folder that HTTP-requested folder and zip exports are written "
@@ -314,7 +351,7 @@ class ExportSettings(BaseModel):
     )
 
 
-class JobSettings(BaseModel):
+class JobSettings(StrictModel):
     """Durable jobs: de-identified exports and retention runs are rows in the index that any node shows."""
 
     workers: int = Field(1, ge=0, le=16, description="Jobs one `mosaic serve` runs at a time (0: this node runs "
@@ -328,7 +365,7 @@ class JobSettings(BaseModel):
                               "interruptions) before it is failed.")
 
 
-class LogSettings(BaseModel):
+class LogSettings(StrictModel):
     level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     json_format: bool = Field(False, description="Write logs as one JSON object per line.")
 
@@ -401,18 +438,136 @@ class Settings(BaseSettings):
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the effective settings: explicit overrides, then ``MOSAIC_*`` env, then the TOML file."""
-    if config_file is None:
-        return Settings(**overrides)
+    """Build the effective settings: explicit overrides, then ``MOSAIC_*`` env, then the TOML file.
+
+    Raises :class:`ConfigurationError` with one line per problem (unknown keys included, at any depth)."""
+    path = config_file or (Path(os.environ["MOSAIC_CONFIG"]) if os.environ.get("MOSAIC_CONFIG") else None)
+    document = _read_toml(path)
+    unknown = _unknown_environment()
+    if unknown:
+        raise ConfigurationError(unknown)
     previous = os.environ.get("MOSAIC_CONFIG")
-    os.environ["MOSAIC_CONFIG"] = str(config_file)
+    if config_file is not None:
+        os.environ["MOSAIC_CONFIG"] = str(config_file)
     try:
         return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError([_describe(error, path, document, overrides) for error in exc.errors()]) from exc
+    except SettingsError as exc:
+        raise ConfigurationError([f"configuration error in the environment: {exc}"]) from exc
     finally:  # the file applies to these settings only, not to every later Settings() of the process
-        if previous is None:
-            del os.environ["MOSAIC_CONFIG"]
+        if config_file is not None:
+            if previous is None:
+                del os.environ["MOSAIC_CONFIG"]
+            else:
+                os.environ["MOSAIC_CONFIG"] = previous
+
+
+def _read_toml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as toml_file:
+            return tomllib.load(toml_file)
+    except OSError as exc:
+        raise ConfigurationError([f"cannot read the configuration file {path}: {_reason(exc)}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError([f"configuration error in {path}: not valid TOML: {exc}"]) from exc
+
+
+def _reason(exc: OSError) -> str:
+    """``[Errno 98] Address already in use`` as ``address already in use``."""
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def _environment() -> dict[str, tuple[str, ...]]:
+    """Every ``MOSAIC_*`` variable (except MOSAIC_CONFIG) with the option path it sets, e.g. ('dicom', 'port')."""
+    return {name: tuple(name[len(ENV_PREFIX):].lower().split("__")) for name in os.environ
+            if name.upper().startswith(ENV_PREFIX) and name.upper() != "MOSAIC_CONFIG"}
+
+
+def _env_name(path: Sequence[str | int]) -> str:
+    return ENV_PREFIX + "__".join(str(part) for part in path).upper()
+
+
+def _unknown_environment() -> list[str]:
+    """MOSAIC_* variables naming no option: pydantic-settings skips them, so a typo would pass unnoticed."""
+    known = [_env_name(name.split(".")) for name, _type, _default, _doc in iter_options()]
+    problems = []
+    for name, path in sorted(_environment().items()):
+        if path[0] not in Settings.model_fields:
+            guess = difflib.get_close_matches(name.upper(), known, n=1)
+            problems.append(f"configuration error in the environment: {name}: unknown option"
+                            + (f" (did you mean {guess[0]}?)" if guess else ""))
+    return problems
+
+
+def _key(loc: Sequence[str | int]) -> str:
+    """('dicom', 'peers', 2, 'may_stor') as ``dicom.peers[2].may_stor``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next((model for arg in typing.get_args(annotation) if (model := _model_in(arg))), None)
+    return None
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The configuration table at ``loc`` (list items and dict values looked through)."""
+    current: Any = Settings
+    for part in loc:
+        model = _model_in(current)
+        if model is not None and isinstance(part, str) and part in model.model_fields:
+            current = model.model_fields[part].annotation
         else:
-            os.environ["MOSAIC_CONFIG"] = previous
+            args = typing.get_args(current)
+            current = args[-1] if args else None
+    return _model_in(current)
+
+
+def _holds(document: Mapping[str, Any], loc: Sequence[str | int]) -> bool:
+    value: Any = document
+    for part in loc:
+        found = part in value if isinstance(value, Mapping) else (
+            isinstance(value, list) and isinstance(part, int) and part < len(value))
+        if not found:
+            return False
+        value = value[part]
+    return True
+
+
+def _describe(error: Any, path: Path | None, document: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    """One pydantic error as ``configuration error in <where>: <key>: <reason>``."""
+    loc = tuple(part for part in error["loc"] if isinstance(part, (str, int)))
+    given = loc[:-1] if error["type"] == "missing" else loc
+    variable = next((name for name, env_path in _environment().items() if given[:len(env_path)] == env_path), None)
+    if _holds(overrides, given):
+        where = "the command line"
+    elif variable is not None:
+        where = f"the environment ({variable})"
+    elif path is not None:
+        where = str(path.resolve())
+    else:
+        where = "the settings"
+    if error["type"] == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), list(model.model_fields) if model else [], n=1)
+        reason = "unknown key" + (f" (did you mean {guess[0]}?)" if guess else "")
+    elif error["type"] == "missing":
+        reason = "required key missing"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        reason = message[:1].lower() + message[1:] if message[1:2].islower() else message  # not "aE title"
+        if not isinstance(error.get("input"), (dict, list)):
+            reason += f" (got {error.get('input')!r})"
+    return f"configuration error in {where}: {_key(loc) or '(top level)'}: {reason}"
 
 
 def iter_options(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, str, str, str]]:

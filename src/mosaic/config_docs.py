@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mosaic.config import iter_options
+from mosaic.config import RetentionRule, iter_options
 
 HEAD = """\
 # Configuration
@@ -11,6 +11,22 @@ Mosaic reads one TOML file (`mosaic serve --config FILE`, or the path in `MOSAIC
 `MOSAIC_*` environment variables, which win over the file; nested options use a double underscore:
 `MOSAIC_DICOM__PORT=11113`, `MOSAIC_STORAGE__BACKEND=s3`. `mosaic config show` prints the effective values.
 `mosaic serve` also takes `--data-dir`, `--http-host`, `--http-port`, `--dicom-port` and `--ae-title`.
+
+Unknown keys are refused, at every depth (tables, `[[dicom.peers]]` and `[[retention.rules]]` items), and so
+are `MOSAIC_*` variables that name no option: a typo never leaves a default in force. Every command then
+says, one line per problem on stderr, where the value came from, the key and the reason, and exits with code 2:
+
+```
+mosaic: configuration error in /etc/mosaic/mosaic.toml: dicom.peers[2].may_stor: unknown key (did you mean may_store?)
+mosaic: configuration error in the environment (MOSAIC_DICOM__PROT): dicom.prot: unknown key (did you mean port?)
+mosaic: cannot listen on 0.0.0.0:11112 (DICOM): address already in use
+```
+
+Every command that opens the archive first says which one, on stderr (stdout stays for its answer):
+`mosaic: data directory /srv/mosaic, index postgresql+psycopg://mosaic:***@db/mosaic` (passwords masked).
+Only `mosaic serve` and `mosaic init` (first-time set-up: the data directory, the index and the `admin`
+account, whose password it prints once) create an archive; every other command refuses a data directory
+without an index, so one run from the wrong folder does not work on a new, empty archive.
 
 ```toml
 data_dir = "/srv/mosaic"
@@ -39,6 +55,41 @@ s3_bucket = "mosaic-archive"
 
 TAIL = """\
 
+## Retention rules
+
+`retention.rules` is a list of tables, tried in order: the first rule that matches a study decides, and a
+study no rule matches is kept forever. A rule matches when the study's facility, department and one of its
+modalities match (`*` and `?` wildcards, case-insensitive) and, when set, the patient's age on the study date
+is within `min_age_at_study` (inclusive) and `max_age_at_study` (exclusive); an age the rule needs but
+cannot know keeps the study. Every rule needs a keep period, `keep_years_after_study` and/or
+`keep_until_patient_age` (both: the later date wins); a rule without one, or with a key not listed here, is
+refused at start-up. `mosaic retention dry-run` shows each study's verdict and why before anything is deleted.
+
+{rule_table}
+
+```toml
+[retention]
+grace_days = 30            # marked studies are purged this long after a run marked them
+
+[[retention.rules]]        # minors: 10 years, and at least until they turn 25
+name = "minors"
+max_age_at_study = 18
+keep_years_after_study = 10
+keep_until_patient_age = 25
+
+[[retention.rules]]        # mammography at one site: 10 years, then a cheaper tier
+name = "mammo-site-a"
+facilities = ["SITE-A"]
+modalities = ["MG"]
+keep_years_after_study = 10
+action = "tier"
+
+[[retention.rules]]        # every other CT or MR study: 7 years after the study
+name = "ct-mr-7y"
+modalities = ["CT", "MR"]
+keep_years_after_study = 7
+```
+
 Each entry of `dicom.peers` has `ae_title`, `host`, `port` and the permissions `may_store`, `may_find`,
 `may_move`, `may_get` (all true by default). An AE title not listed is served only when
 `dicom.allow_unknown_calling_aes` is true; C-MOVE only sends to listed peers (others get status 0xA801).
@@ -54,7 +105,15 @@ as current and keeps the previous version (bytes and metadata) in the instance h
 """
 
 
+def _table(rows: list[tuple[str, str, str, str]]) -> str:
+    lines = ["| option | type | default | description |", "|---|---|---|---|"]
+    for name, type_, default, doc in rows:
+        escaped = type_.replace("|", "\\|")  # `str | None` would split the table's cell
+        lines.append(f"| `{name}` | {escaped} | `{default}` | {doc} |")
+    return "\n".join(lines)
+
+
 def render() -> str:
-    rows = ["| option | type | default | description |", "|---|---|---|---|"]
-    rows += [f"| `{name}` | {type_} | `{default}` | {doc} |" for name, type_, default, doc in iter_options()]
-    return HEAD + "\n".join(rows) + "\n" + TAIL
+    rule_rows = [(name, type_, "(required)" if name == "name" else default, doc)
+                 for name, type_, default, doc in iter_options(RetentionRule)]
+    return HEAD + _table(iter_options()) + "\n" + TAIL.replace("{rule_table}", _table(rule_rows))
