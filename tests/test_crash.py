@@ -53,6 +53,7 @@ def test_kill_during_ingest_loses_no_acknowledged_object_and_leaves_none_half_st
 
     def send() -> None:
         ae = AE(ae_title="CRASHTEST")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120  # deadlines for hangs on a loaded machine
         ae.dimse_timeout = ae.network_timeout = 5  # the killed server never answers the C-STORE in flight
         ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
         association = ae.associate("127.0.0.1", port, ae_title="MOSAIC", evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
@@ -92,6 +93,7 @@ def test_kill_during_ingest_loses_no_acknowledged_object_and_leaves_none_half_st
     server = start_server(data_dir, port, tmp_path / "serve2.log")
     try:
         ae = AE(ae_title="CRASHTEST")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120  # deadlines for hangs on a loaded machine
         ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
         association = ae.associate("127.0.0.1", port, ae_title="MOSAIC", evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
         statuses = {association.send_c_store(dataset).Status for dataset in datasets}
@@ -114,6 +116,7 @@ def test_kill_before_the_audit_writer_runs_loses_no_audit_record(tmp_path: Path)
                 for number in range(1, 4)]
     try:
         ae = AE(ae_title="CRASHTEST")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120  # deadlines for hangs on a loaded machine
         ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
         association = ae.associate("127.0.0.1", port, ae_title="MOSAIC", evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
         statuses = [association.send_c_store(dataset).Status for dataset in datasets]

@@ -7,6 +7,7 @@ transaction → commit blob (phase two), or revoke the blob when anything after 
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
 import time
@@ -51,7 +52,8 @@ _FIND_SERIES = (
     .where(_series.c.SeriesInstanceUID == bindparam("uid"))
 )
 _EXISTING = (
-    select(_instance.c.sha256, _study.c.StudyInstanceUID)
+    select(_instance.c.sha256, _study.c.StudyInstanceUID, _instance.c.blob_key, _instance.c.dataset_offset,
+           _instance.c.TransferSyntaxUID)
     .join(_series, _instance.c.series_pk == _series.c.pk).join(_study, _series.c.study_pk == _study.c.pk)
     .where(_instance.c.SOPInstanceUID == bindparam("uid"))
 )
@@ -93,6 +95,17 @@ class StoreGuard(Protocol):
     def __call__(self, study_instance_uid: str) -> bool: ...
 
     def labels(self, facility: str, department: str) -> tuple[str, str] | None: ...
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """The instance already stored under a SOP Instance UID, as the duplicate check needs it."""
+
+    sha256: str
+    StudyInstanceUID: str
+    blob_key: str
+    dataset_offset: int
+    TransferSyntaxUID: str
 
 
 class IngestOutcome(enum.StrEnum):
@@ -175,11 +188,13 @@ class IngestService:
             sha256, size = known_sha256, source.stat().st_size
         else:
             sha256, size = sha256_of(source)
-        existing, existing_study = self._existing(parsed.sop_instance_uid)
-        if existing is not None:  # even "already stored" or "duplicate" tells whether it exists
-            _check_may_add_to(may_add_to, parsed, existing_study)
-        if existing is not None and existing == sha256:
-            return self._result(IngestOutcome.ALREADY_STORED, parsed, sha256, size)
+        stored = self._existing(parsed.sop_instance_uid)
+        existing = None if stored is None else stored.sha256
+        if stored is not None:  # even "already stored" or "duplicate" tells whether it exists
+            _check_may_add_to(may_add_to, parsed, stored.StudyInstanceUID)
+        if stored is not None and (stored.sha256 == sha256 or self._same_data_set(stored, source, parsed)):
+            # identical content, whatever its File Meta Information says (another AE, STOW-RS, a CD's copy)
+            return self._result(IngestOutcome.ALREADY_STORED, parsed, stored.sha256, size)
         if existing is not None and self.settings.duplicate_policy == DuplicatePolicy.REJECT:
             raise DuplicateInstance(parsed.sop_instance_uid)
         blob = self.blobs.write(source, sha256=sha256)
@@ -204,11 +219,35 @@ class IngestService:
                             parsed.study_instance_uid, parsed.series_instance_uid, sha256, size,
                             _text(parsed.dataset, "PatientID"), _text(parsed.dataset, "IssuerOfPatientID"))
 
-    def _existing(self, sop_instance_uid: str) -> tuple[str | None, str]:
-        """(SHA-256, Study Instance UID) of the stored instance, (None, "") when there is none."""
+    def _existing(self, sop_instance_uid: str) -> _Stored | None:
+        """What is stored under this SOP Instance UID (None when nothing is)."""
         with self.database.engine.connect() as connection:
             row = connection.execute(_EXISTING, {"uid": sop_instance_uid}).first()
-        return (None, "") if row is None else (row[0], row[1])
+        return None if row is None else _Stored(*row)
+
+    def _same_data_set(self, stored: _Stored, source: Path | bytes, parsed: ParsedInstance) -> bool:
+        """Do the stored object and this one carry the same data set, byte for byte, in the same transfer syntax?
+        Only the File Meta Information (group 0002: who sent it, which implementation wrote it) may differ; that
+        is the same object sent again by another route, not a conflicting duplicate."""
+        if stored.TransferSyntaxUID != parsed.transfer_syntax_uid:
+            return False
+        incoming = hashlib.sha256()
+        if isinstance(source, bytes):
+            incoming.update(memoryview(source)[parsed.dataset_offset:])
+        else:
+            with open(source, "rb") as stream:
+                stream.seek(parsed.dataset_offset)
+                while chunk := stream.read(1 << 20):
+                    incoming.update(chunk)
+        kept = hashlib.sha256()
+        with self.blobs.open(stored.blob_key) as stream:
+            if stream.seekable():
+                stream.seek(stored.dataset_offset)
+            else:
+                stream.read(stored.dataset_offset)  # the File Meta Information: small
+            while chunk := stream.read(1 << 20):
+                kept.update(chunk)
+        return incoming.digest() == kept.digest()
 
     def _index_with_retry(
         self, parsed: ParsedInstance, blob: StoredBlob, metadata: str, door: str, source_ae_title: str,
