@@ -32,7 +32,7 @@ from mosaic.dimse.door import (
     ConnectionLimit,
     raise_descriptor_limit,
 )
-from mosaic.dimse.egress import StoredFileDataset, move_contexts
+from mosaic.dimse.egress import EgressTally, StoredFileDataset, move_contexts
 from mosaic.dimse.fast_store import StoreContext, StoreRequestHandler
 from mosaic.dimse.pynetdicom_bounds import spool_failure
 from mosaic.dimse.tls import (
@@ -451,6 +451,7 @@ class DicomServer:
                 return
         offered: set[str] = set()
         unreadable: set[str] = set()
+        tally = EgressTally()
         try:
             yield len(instances)
             for instance in instances:
@@ -469,9 +470,25 @@ class DicomServer:
                     offered.add(instance.SOPInstanceUID)
                     # sent from the stored file, bytes as received (see mosaic.dimse.egress)
                     yield PENDING, StoredFileDataset(path, instance.SOPClassUID, instance.SOPInstanceUID,
-                                                     instance.TransferSyntaxUID)
+                                                     instance.TransferSyntaxUID, tally)
         finally:  # also when pynetdicom stops early (no association to the destination, aborted)
             self._audit_retrieve(event, service, principal, instances, offered, unreadable)
+            self._log_retrieve(event, service, instances, unreadable, tally)
+
+    @staticmethod
+    def _log_retrieve(event: Event, service: str, instances: list[StoredInstance], unreadable: set[str],
+                      tally: EgressTally) -> None:
+        """One INFO line per C-MOVE/C-GET: who asked, what for whom, how many went out how, and the outcome."""
+        destination = f" to {event.move_destination.strip()!r}" if service == "C-MOVE" and event.move_destination \
+            else ""
+        studies = len({instance.StudyInstanceUID for instance in instances})
+        sent = tally.statuses.get("success", 0) + tally.statuses.get("warning", 0)
+        outcome = "success" if sent == len(instances) else "partial" if sent else "failure"
+        log.info("%s from %r at %s%s: %d instances of %d studies; %d sent as stored, %d converted, %d refused or "
+                 "unanswered, %d unreadable, %d not sent; %s", service, event.assoc.requestor.ae_title.strip(),
+                 _address(event), destination, len(instances), studies, tally.as_stored, tally.converted,
+                 tally.failed, len(unreadable), len(instances) - tally.as_stored - tally.converted - len(unreadable),
+                 outcome if instances else "nothing matched")
 
     def _audit_retrieve(self, event: Event, service: str, principal: Principal, instances: list[StoredInstance],
                         offered: set[str], unreadable: set[str]) -> None:
