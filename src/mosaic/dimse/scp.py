@@ -331,7 +331,8 @@ class DicomServer:
             log.warning("C-STORE of %s (%s) from %r refused with 0x%04X: %s", sop_instance_uid, sop_class_uid,
                         calling, exc.status, exc.reason)
             if isinstance(exc, InstanceMismatch):  # the response names the request's UID, the comment the other
-                return exc.status, f"data set is {exc.found}"
+                comment = f"data set is {exc.found}"
+                return exc.status, comment if len(comment) <= 64 else exc.found  # ErrorComment is LO: 64 chars
             return exc.status, str(exc)
         except StorageFailure as exc:
             log.error("C-STORE of %s from %r failed: %s", sop_instance_uid, calling, exc)
