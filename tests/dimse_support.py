@@ -40,9 +40,9 @@ TOOL_TIMEOUT = 60
 
 def start_node(data_dir: Path, *, peers: Sequence[DicomPeer] = (), allow_unknown_calling_aes: bool = True,
                index_url: str | None = None, storage: StorageSettings | None = None,
-               tls: DicomTlsSettings | None = None) -> Mosaic:
+               tls: DicomTlsSettings | None = None, **dicom: Any) -> Mosaic:
     """A started Mosaic node on free ports (the caller stops it): SQLite and a blob folder unless
-    ``index_url`` / ``storage`` say otherwise."""
+    ``index_url`` / ``storage`` say otherwise; ``dicom`` sets more DicomSettings (max_associations=2, …)."""
     settings = Settings(  # type: ignore[call-arg]
         data_dir=data_dir,
         index=IndexSettings(url=index_url),  # type: ignore[call-arg]
@@ -50,7 +50,7 @@ def start_node(data_dir: Path, *, peers: Sequence[DicomPeer] = (), allow_unknown
         http=HttpSettings(port=0),  # type: ignore[call-arg]
         dicom=DicomSettings(  # type: ignore[call-arg]
             ae_title=MOSAIC_AE, port=0, peers=list(peers), allow_unknown_calling_aes=allow_unknown_calling_aes,
-            **({"tls": tls} if tls else {}),
+            **({"tls": tls} if tls else {}), **dicom,
         ),
     )
     node = Mosaic(settings)

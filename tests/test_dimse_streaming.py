@@ -125,9 +125,9 @@ def test_a_peer_that_vanishes_mid_data_set_leaves_nothing_behind(node: Mosaic) -
     # the association ends (its slot is released) only after the half-received data set is discarded
     assert node.dicom is not None
     deadline = time.monotonic() + 10
-    while node.dicom._slots._active and time.monotonic() < deadline:
+    while node.dicom.slots.busy and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not node.dicom._slots._active
+    assert not node.dicom.slots.busy
     assert spool_files(node) == []
     assert stored_count(node) == 0
     assert node.retrieve.instances_by_uid([uid]) == {}

@@ -169,7 +169,14 @@ class DicomSettings(StrictModel):
         1, ge=1, le=64, description="Processes serving the DICOM port together (SO_REUSEPORT): more than one "
         "uses more cores for C-STORE; the HTTP server stays in the main process.",
     )
-    max_pdu_size: int = Field(0, ge=0, description="Largest PDU Mosaic receives, in bytes (0: unlimited).")
+    max_connections: int = Field(
+        0, ge=0, description="Most TCP connections each DICOM door (plain, TLS) admits at once, associated or "
+        "not; more are refused at once (0: four times max_associations).",
+    )
+    max_pdu_size: int = Field(
+        0, ge=0, description="Largest P-DATA-TF Mosaic receives, in bytes (0: unlimited on the streaming C-STORE "
+        "path, which never holds a PDU in memory; pynetdicom's associations then advertise 1 MiB).",
+    )
     network_timeout: float = Field(60.0, gt=0, description="Seconds without network traffic before aborting.")
     streaming_store: bool = Field(
         True, description="Serve storage-only associations with Mosaic's streaming C-STORE receiver "

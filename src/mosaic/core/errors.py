@@ -33,6 +33,19 @@ class DuplicateInstance(InvalidObject):
         )
 
 
+class InstanceMismatch(InvalidObject):
+    """The data set is another SOP Instance than the C-STORE request names (its Affected SOP Instance UID)."""
+
+    def __init__(self, requested: str, found: str) -> None:
+        super().__init__(
+            f"the data set's SOP Instance UID {found} differs from the request's Affected SOP Instance UID "
+            f"{requested}",
+            sop_instance_uid=requested,
+            status=0xC000,
+        )
+        self.found = found
+
+
 class StorageFailure(MosaicError):
     """The blob store could not write or read an object."""
 

@@ -14,11 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import select
 import socket
 import struct
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -27,10 +24,11 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode
-from pynetdicom.transport import RequestHandler
 
+from mosaic.dimse import door
 from mosaic.dimse import upper_layer as ul
 from mosaic.dimse.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from mosaic.dimse.door import AssociationRequestHandler, AssociationSlots
 from mosaic.storage.spool import Spool
 
 log = logging.getLogger("mosaic.dimse.store")
@@ -44,7 +42,7 @@ _SIMPLE_SYNTAX_CLASSES = _FIND_CLASSES | {ul.VERIFICATION}
 _PENDING = 0xFF00
 _CANCELLED = 0xFE00
 _BUFFER = 256 * 1024
-PEEK_LIMIT = 1024 * 1024
+OUT_OF_RESOURCES = 0xA700
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class StoreContext:
     """(spool file, calling AE, affected SOP class, affected SOP instance, SHA-256 of the file, peer address)
     → (status, error comment)."""
     slots: AssociationSlots
-    """Association slots shared with pynetdicom's count against dicom.max_associations."""
+    """The process's association slots, shared with pynetdicom's associations (dicom.max_associations)."""
 
 
 def served_here(request: ul.AssociateRequest) -> bool:
@@ -81,48 +79,37 @@ def served_here(request: ul.AssociateRequest) -> bool:
                for context in request.contexts)
 
 
-def peek_associate_rq(sock: socket.socket, timeout: float) -> bytes | None:
-    """The A-ASSOCIATE-RQ waiting on ``sock``, read without consuming it (None if it is not one)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        readable, _, _ = select.select([sock], [], [], remaining)
-        if not readable:
-            return None
-        data = sock.recv(PEEK_LIMIT, socket.MSG_PEEK)
-        if not data:
-            return None
-        if data[0] != ul.A_ASSOCIATE_RQ:
-            return None
-        if len(data) >= 6:
-            (length,) = struct.unpack(">I", data[2:6])
-            if length + 6 > PEEK_LIMIT:
-                return None
-            if len(data) >= length + 6:
-                return data[: length + 6]
-        time.sleep(0.001)  # the rest of the request is still in flight
-
-
-class StoreRequestHandler(RequestHandler):
-    """pynetdicom's per-connection handler, with storage-only associations served by :class:`StoreAssociation`."""
+class StoreRequestHandler(AssociationRequestHandler):
+    """The plain door's per-connection handler: waits for the whole A-ASSOCIATE-RQ (bounded in time and size,
+    :func:`door.peek_associate_rq`), then serves storage-only associations with :class:`StoreAssociation` and
+    hands every other to pynetdicom."""
 
     def handle(self) -> None:
         context: StoreContext | None = getattr(self.server, "store_context", None)
         sock = self.request
-        if context is None or not isinstance(sock, socket.socket):
-            super().handle()
+        timeout = self.ae.network_timeout
+        if not isinstance(sock, socket.socket):
+            self.serve(timeout)
             return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pdu = peek_associate_rq(sock, context.network_timeout)
-            request = ul.parse_associate_rq(pdu) if pdu is not None else None
-        except (OSError, ul.ProtocolError):
-            request = None
-        if request is None or pdu is None or not served_here(request):
-            super().handle()
+            pdu = door.peek_associate_rq(sock, timeout if timeout is not None else 60.0)
+        except door.RequestRefused as exc:
+            log.warning("connection from %s closed: %s", self.client_address[0], exc)
+            if exc.abort_reason is not None:
+                with contextlib.suppress(OSError):
+                    sock.sendall(ul.encode_abort(2, exc.abort_reason))
+            door.close_quietly(sock)
+            return
+        except OSError:
+            door.close_quietly(sock)
+            return
+        try:
+            request = ul.parse_associate_rq(pdu)
+        except ul.ProtocolError:
+            request = None  # pynetdicom answers a malformed request
+        if context is None or request is None or not served_here(request):
+            self.serve(timeout)
             return
         sock.recv(len(pdu), socket.MSG_WAITALL)  # consume the request we peeked at
         StoreAssociation(context, sock, self.client_address, request).run()
@@ -155,6 +142,9 @@ class StoreAssociation:
             if not self._accept():
                 return
             self._serve()
+        except _Oversized as exc:
+            log.warning("association from %r at %s aborted: %s", self.calling, self.address, exc)
+            self._send_quietly(ul.encode_abort(2, door.INVALID_PDU_PARAMETER))
         except (OSError, ul.ProtocolError, TimeoutError) as exc:
             log.warning("association from %r at %s ended abnormally: %s", self.calling, self.address, exc)
             self._send_quietly(ul.encode_abort(2, 0))
@@ -212,6 +202,7 @@ class StoreAssociation:
                 raise ul.ProtocolError("the peer closed the connection without releasing")
             pdu_type = header[0]
             (length,) = struct.unpack(">I", header[2:6])
+            self._check_length(pdu_type, length)
             if pdu_type == ul.P_DATA_TF:
                 self._p_data(length)
             elif pdu_type == ul.A_RELEASE_RQ:
@@ -224,6 +215,12 @@ class StoreAssociation:
                 return
             else:
                 raise ul.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X} during data transfer")
+
+    def _check_length(self, pdu_type: int, length: int) -> None:
+        """Refuse a PDU longer than the standard or the Maximum Length Mosaic advertised, before reading it."""
+        if not door.pdu_length_allowed(pdu_type, length, self.context.maximum_length):
+            raise _Oversized(f"PDU type 0x{pdu_type:02X} of {length} bytes, more than allowed (Maximum Length "
+                             f"{self.context.maximum_length or 'none'})")
 
     def _p_data(self, length: int) -> None:
         remaining = length
@@ -239,6 +236,8 @@ class StoreAssociation:
             value_length = item_length - 2
             last = bool(control & 0x02)
             if control & 0x01:
+                if len(self.command) + value_length > door.MAX_COMMAND_SET:
+                    raise _Oversized(f"a command set of more than {door.MAX_COMMAND_SET} bytes")
                 data = self._read_exact(value_length)
                 if data is None:
                     raise ul.ProtocolError("connection closed inside a command")
@@ -246,6 +245,8 @@ class StoreAssociation:
                 if last:
                     self._on_command(context_id)
             elif self.query is not None and self.query[0] == context_id:
+                if len(self.identifier) + value_length > door.MAX_IDENTIFIER:
+                    raise _Oversized(f"a C-FIND identifier of more than {door.MAX_IDENTIFIER} bytes")
                 data = self._read_exact(value_length)
                 if data is None:
                     raise ul.ProtocolError("connection closed inside an identifier")
@@ -290,11 +291,20 @@ class StoreAssociation:
         assert store is not None
         self.store = None
         path = store.finish()
-        try:
-            status, comment = self.context.store(path, self.calling, store.sop_class_uid, store.sop_instance_uid,
-                                                 store.sha256.hexdigest(), self._peer_address)
-        finally:
-            self.context.spool.discard(path)  # a no-op for a file ingest adopted as its blob
+        comment: str | None
+        if store.failure is not None:
+            # nothing half-written stays: the spool file goes, the association goes on
+            store.discard()
+            log.error("C-STORE of %s from %r refused with 0xA700: cannot write the received data set: %s",
+                      store.sop_instance_uid, self.calling, store.failure)
+            status, comment = OUT_OF_RESOURCES, f"cannot write the data set: {store.failure.strerror or store.failure}"
+        else:
+            try:
+                status, comment = self.context.store(path, self.calling, store.sop_class_uid,
+                                                     store.sop_instance_uid, store.sha256.hexdigest(),
+                                                     self._peer_address)
+            finally:
+                self.context.spool.discard(path)  # a no-op for a file ingest adopted as its blob
         self.sock.sendall(ul.encode_command_pdata(store.context_id, ul.encode_response(
             ul.C_STORE_RSP, store.message_id, store.sop_class_uid, status, store.sop_instance_uid, comment)))
 
@@ -328,13 +338,15 @@ class StoreAssociation:
 
     def _cancel_requested(self) -> bool:
         """Whether the peer sent C-CANCEL-RQ while responses were going out (PS3.7 9.3.2.3)."""
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        if not readable:
+        if not door.readable(self.sock, 0):
             return False
         header = self._read_exact(6)
         if header is None:
             raise ul.ProtocolError("the peer closed the connection during a C-FIND")
         (length,) = struct.unpack(">I", header[2:6])
+        self._check_length(header[0], length)
+        if length > door.MAX_COMMAND_SET + 12:
+            raise _Oversized(f"a PDU of {length} bytes while C-FIND responses were being sent (C-CANCEL expected)")
         body = self._read_exact(length)
         if header[0] != ul.P_DATA_TF or body is None or len(body) < 6 or not body[5] & 0x01:
             raise ul.ProtocolError("unexpected PDU while C-FIND responses were being sent")
@@ -402,7 +414,10 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
 
 
 class _IncomingStore:
-    """One data set being received: a Part 10 spool file (File Meta Information, then the bytes as sent)."""
+    """One data set being received: a Part 10 spool file (File Meta Information, then the bytes as sent).
+
+    A write that fails (a full disk) is remembered in ``failure``; the rest of the data set is still read from
+    the socket, without writing, so the request can be answered (0xA700) and the association go on."""
 
     def __init__(self, context_id: int, message_id: int, sop_class_uid: str, sop_instance_uid: str,
                  transfer_syntax_uid: str, context: StoreContext, calling: str) -> None:
@@ -411,52 +426,50 @@ class _IncomingStore:
         self.sop_class_uid = sop_class_uid
         self.sop_instance_uid = sop_instance_uid
         self.spool = context.spool
-        self.path = context.spool.new()
-        self.stream = open(self.path, "wb")  # noqa: SIM115
+        self.failure: OSError | None = None
+        self.path: Path | None = None
+        self.stream: Any = None
         self.sha256 = hashlib.sha256()
+        try:
+            self.path = context.spool.new()
+            self.stream = open(self.path, "wb")  # noqa: SIM115
+        except OSError as exc:
+            self.failure = exc
         self.write(encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid,
                                     context.implementation_class_uid, context.implementation_version_name, calling))
 
     def write(self, data: bytes | memoryview) -> None:
         """Append received bytes, hashing them on the way (the file is never re-read to hash it)."""
+        if self.failure is not None:
+            return
         self.sha256.update(data)
-        self.stream.write(data)
+        try:
+            self.stream.write(data)
+        except OSError as exc:
+            self.failure = exc
 
     def finish(self) -> Path:
-        self.stream.close()
-        return self.path
+        self._close_stream()
+        assert self.path is not None or self.failure is not None
+        return self.path or Path()
+
+    def _close_stream(self) -> None:
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            try:
+                stream.close()
+            except OSError as exc:
+                self.failure = self.failure or exc
 
     def discard(self) -> None:
         try:
-            self.stream.close()
+            self._close_stream()
         finally:
-            self.spool.discard(self.path)
+            if self.path is not None:
+                with contextlib.suppress(OSError):
+                    self.spool.discard(self.path)
+                self.path = None
 
 
-class AssociationSlots:
-    """Counts associations served by the streaming path against dicom.max_associations."""
-
-    def __init__(self, maximum: int, busy: Callable[[], int]) -> None:
-        self.maximum = maximum
-        self.busy = busy
-        self._active: set[socket.socket] = set()
-        self._lock = threading.Lock()
-
-    def reserve(self, sock: socket.socket) -> bool:
-        with self._lock:
-            if len(self._active) + self.busy() >= self.maximum:
-                return False
-            self._active.add(sock)
-            return True
-
-    def release(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._active.discard(sock)
-
-    def close_all(self) -> None:
-        """Shut the sockets of running associations (server stop)."""
-        with self._lock:
-            active = list(self._active)
-        for sock in active:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+class _Oversized(Exception):
+    """The peer declared more bytes than the standard or the negotiation allows (answered with A-ABORT)."""

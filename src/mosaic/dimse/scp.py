@@ -22,11 +22,19 @@ from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from mosaic.config import DicomPeer, DicomSettings
-from mosaic.core.errors import InvalidObject, QueryError, StorageFailure
+from mosaic.core.errors import InstanceMismatch, InvalidObject, QueryError, StorageFailure
 from mosaic.dimse.commitment import StorageCommitmentSCP
 from mosaic.dimse.contexts import PATIENT_ROOT_FIND, add_scp_contexts
-from mosaic.dimse.egress import StoredFileDataset, move_contexts
-from mosaic.dimse.fast_store import AssociationSlots, StoreContext, StoreRequestHandler
+from mosaic.dimse.door import (
+    LOCAL_LIMIT_EXCEEDED,
+    PYNETDICOM_MAX_PDU,
+    AssociationSlots,
+    ConnectionLimit,
+    raise_descriptor_limit,
+)
+from mosaic.dimse.egress import EgressTally, StoredFileDataset, move_contexts
+from mosaic.dimse.fast_store import StoreContext, StoreRequestHandler
+from mosaic.dimse.pynetdicom_bounds import spool_failure
 from mosaic.dimse.tls import (
     SharedPort,
     SharedPortTlsServer,
@@ -84,8 +92,12 @@ class DicomServer:
         self.commitment = StorageCommitmentSCP(retrieve, settings, scope_of=self._commitment_scope,
                                                client_tls=self.client_tls)
         self.ae = AE(ae_title=settings.ae_title)
-        self.ae.maximum_associations = settings.max_associations
-        self.ae.maximum_pdu_size = settings.max_pdu_size
+        self.slots = AssociationSlots(settings.max_associations)
+        """The one count of associations of both receive paths and both doors (dicom.max_associations)."""
+        # pynetdicom's own count (its association threads, even those still waiting for a request) never decides
+        self.ae.maximum_associations = 1 << 30
+        # pynetdicom holds a whole PDU in memory: it advertises a bounded Maximum Length even when Mosaic has none
+        self.ae.maximum_pdu_size = settings.max_pdu_size or PYNETDICOM_MAX_PDU
         self.ae.network_timeout = settings.network_timeout
         self.ae.acse_timeout = 30
         self.ae.dimse_timeout = settings.network_timeout
@@ -113,20 +125,19 @@ class DicomServer:
         ]
         if self.identity is not None:
             handlers.append((evt.EVT_USER_ID, self.on_user_identity))
-        server_class = _SharedPortServer if self.settings.workers > 1 else ThreadedAssociationServer
-        server = self.ae.make_server((self.settings.host, self.settings.port), evt_handlers=handlers,
-                                     server_class=server_class, request_handler=StoreRequestHandler)
+        raise_descriptor_limit()
+        server_class = _SharedPortServer if self.settings.workers > 1 else _Listener
+        server = cast(_Listener, self.ae.make_server((self.settings.host, self.settings.port), evt_handlers=handlers,
+                                                     server_class=server_class, request_handler=StoreRequestHandler))
+        server.max_connections = self.max_connections
         if self.settings.streaming_store:
-            slots = AssociationSlots(self.settings.max_associations,
-                                     lambda: sum(1 for assoc in self.ae.active_associations if assoc.is_acceptor))
             server.store_context = StoreContext(  # type: ignore[attr-defined]
                 ae_title=self.settings.ae_title, maximum_length=self.settings.max_pdu_size,
                 network_timeout=self.settings.network_timeout,
                 implementation_class_uid=str(self.ae.implementation_class_uid),
                 implementation_version_name=str(self.ae.implementation_version_name or "MOSAIC"),
                 spool=self.spool, calling_allowed=self._may_associate,
-                store=self.store_received, find=self.find_encoded, slots=slots)
-            self._slots = slots
+                store=self.store_received, find=self.find_encoded, slots=self.slots)
         self.ae._servers.append(server)
         # a short poll interval: stop() (server.shutdown) returns within 50 ms instead of 500 ms
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="dicom-listener",
@@ -144,12 +155,18 @@ class DicomServer:
             server_class=SharedPortTlsServer if self.settings.workers > 1 else TlsAssociationServer,
             ssl_context=server_context(tls), request_handler=TlsRequestHandler))
         server.handshake_timeout = self.settings.network_timeout
+        server.max_connections = self.max_connections
         server.on_refused = self._audit_tls_refused
         self.ae._servers.append(server)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="dicom-tls-listener",
                          daemon=True).start()
         self._tls_server = server
         log.info("DICOM TLS listener %s on %s:%d", self.settings.ae_title, self.settings.host, self.tls_port)
+
+    @property
+    def max_connections(self) -> int:
+        """Connections each door admits at once (dicom.max_connections; 0: four per association slot)."""
+        return self.settings.max_connections or 4 * self.settings.max_associations
 
     @property
     def tls_port(self) -> int:
@@ -163,12 +180,11 @@ class DicomServer:
                                      address=address, interface="dimse", detail={"reason": reason}))
 
     def stop(self) -> None:
-        if getattr(self, "_slots", None) is not None:
-            self._slots.close_all()
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.shutdown()
                 server.server_close()
+                cast(ConnectionLimit, server).close_connections()
         self._server = self._tls_server = None
         self.commitment.stop()
 
@@ -254,6 +270,11 @@ class DicomServer:
     def on_c_store(self, event: Event) -> int | Dataset:
         request: Any = event.request
         calling = event.assoc.requestor.ae_title.strip()
+        failure = spool_failure(request)
+        if failure is not None:  # the data set could not be written (full disk): nothing is stored
+            log.error("C-STORE of %s from %r refused with 0xA700: cannot write the received data set: %s",
+                      request.AffectedSOPInstanceUID, calling, failure)
+            return _status(OUT_OF_RESOURCES, f"cannot write the data set: {failure.strerror or failure}")
         status, comment = self.store_received(Path(event.dataset_path), calling, str(request.AffectedSOPClassUID),
                                               str(request.AffectedSOPInstanceUID), None, _address(event))
         return _status(status, comment) if comment else status
@@ -273,6 +294,11 @@ class DicomServer:
         calling = str(getattr(request, "calling_ae_title", "") or "").strip()
         if not self._may_associate(calling, _address(event)):
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # sets is_rejected: pynetdicom negotiates nothing more
+            event.assoc.kill()
+            return
+        if not self.slots.reserve(event.assoc):  # held until the association's thread ends
+            log.warning("association from %r rejected: dicom.max_associations reached", calling)
+            event.assoc.acse.send_reject(*LOCAL_LIMIT_EXCEEDED)
             event.assoc.kill()
 
     def _audit_rejected(self, principal: Principal) -> None:
@@ -294,7 +320,8 @@ class DicomServer:
         peer = self._peer(calling)
         try:
             result = self.ingest.store(path, door="dimse", source_ae_title=calling,
-                                       expected_sop_class_uid=sop_class_uid, sha256=sha256,
+                                       expected_sop_class_uid=sop_class_uid,
+                                       expected_sop_instance_uid=sop_instance_uid, sha256=sha256,
                                        facility=peer.facility if peer else "",
                                        department=peer.department if peer else "",
                                        may_add_to=self.policy.store_check(principal))
@@ -304,6 +331,9 @@ class DicomServer:
             # the data set may not even name itself: the request's Affected SOP Instance UID does
             log.warning("C-STORE of %s (%s) from %r refused with 0x%04X: %s", sop_instance_uid, sop_class_uid,
                         calling, exc.status, exc.reason)
+            if isinstance(exc, InstanceMismatch):  # the response names the request's UID, the comment the other
+                comment = f"data set is {exc.found}"
+                return exc.status, comment if len(comment) <= 64 else exc.found  # ErrorComment is LO: 64 chars
             return exc.status, str(exc)
         except StorageFailure as exc:
             log.error("C-STORE of %s from %r failed: %s", sop_instance_uid, calling, exc)
@@ -317,9 +347,6 @@ class DicomServer:
             IssuerOfPatientID=result.issuer_of_patient_id, StudyInstanceUID=result.study_instance_uid,
             SeriesInstanceUID=result.series_instance_uid, SOPInstanceUID=result.sop_instance_uid,
             detail={"outcome": result.outcome.value}))
-        if result.sop_instance_uid != sop_instance_uid:
-            log.warning("C-STORE from %r: Affected SOP Instance UID %s differs from the data set's %s",
-                        calling, sop_instance_uid, result.sop_instance_uid)
         return 0x0000, None
 
     def on_c_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
@@ -426,6 +453,7 @@ class DicomServer:
                 return
         offered: set[str] = set()
         unreadable: set[str] = set()
+        tally = EgressTally()
         try:
             yield len(instances)
             for instance in instances:
@@ -444,9 +472,25 @@ class DicomServer:
                     offered.add(instance.SOPInstanceUID)
                     # sent from the stored file, bytes as received (see mosaic.dimse.egress)
                     yield PENDING, StoredFileDataset(path, instance.SOPClassUID, instance.SOPInstanceUID,
-                                                     instance.TransferSyntaxUID)
+                                                     instance.TransferSyntaxUID, tally)
         finally:  # also when pynetdicom stops early (no association to the destination, aborted)
             self._audit_retrieve(event, service, principal, instances, offered, unreadable)
+            self._log_retrieve(event, service, instances, unreadable, tally)
+
+    @staticmethod
+    def _log_retrieve(event: Event, service: str, instances: list[StoredInstance], unreadable: set[str],
+                      tally: EgressTally) -> None:
+        """One INFO line per C-MOVE/C-GET: who asked, what for whom, how many went out how, and the outcome."""
+        destination = f" to {event.move_destination.strip()!r}" if service == "C-MOVE" and event.move_destination \
+            else ""
+        studies = len({instance.StudyInstanceUID for instance in instances})
+        sent = tally.statuses.get("success", 0) + tally.statuses.get("warning", 0)
+        outcome = "success" if sent == len(instances) else "partial" if sent else "failure"
+        log.info("%s from %r at %s%s: %d instances of %d studies; %d sent as stored, %d converted, %d refused or "
+                 "unanswered, %d unreadable, %d not sent; %s", service, event.assoc.requestor.ae_title.strip(),
+                 _address(event), destination, len(instances), studies, tally.as_stored, tally.converted,
+                 tally.failed, len(unreadable), len(instances) - tally.as_stored - tally.converted - len(unreadable),
+                 outcome if instances else "nothing matched")
 
     def _audit_retrieve(self, event: Event, service: str, principal: Principal, instances: list[StoredInstance],
                         offered: set[str], unreadable: set[str]) -> None:
@@ -498,7 +542,11 @@ def _address(event: Event) -> str:
     return str(event.assoc.requestor.address or "")
 
 
-class _SharedPortServer(SharedPort, ThreadedAssociationServer):
+class _Listener(ConnectionLimit, ThreadedAssociationServer):
+    """The plain listener: pynetdicom's threaded server admitting at most ``max_connections`` at once."""
+
+
+class _SharedPortServer(SharedPort, _Listener):
     """The plain listener shared with the other DICOM worker processes."""
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from mosaic.dimse import pynetdicom_bounds  # noqa: F401  (bounded PDUs and poll(2) for the SCUs too)
+
 _PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
 

@@ -17,9 +17,10 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 
 from mosaic.config import DicomTlsSettings
+from mosaic.dimse.door import AssociationRequestHandler, ConnectionLimit
 
 log = logging.getLogger("mosaic.dimse.tls")
 
@@ -72,7 +73,7 @@ def peer_names(sock: Any) -> frozenset[str] | None:
         return frozenset()
 
 
-class TlsRequestHandler(RequestHandler):
+class TlsRequestHandler(AssociationRequestHandler):
     """Completes the TLS handshake in this connection's thread, then hands the association to pynetdicom."""
 
     def handle(self) -> None:
@@ -80,10 +81,8 @@ class TlsRequestHandler(RequestHandler):
         assert isinstance(sock, ssl.SSLSocket)
         server: TlsAssociationServer = self.server  # type: ignore[assignment]
         try:
-            previous = sock.gettimeout()
             sock.settimeout(server.handshake_timeout)
             sock.do_handshake()
-            sock.settimeout(previous)
         except (ssl.SSLError, OSError) as exc:
             address = str(self.client_address[0]) if isinstance(self.client_address, tuple) else ""
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
@@ -91,11 +90,12 @@ class TlsRequestHandler(RequestHandler):
             server.on_refused(address, f"TLS handshake failed: {reason}")
             _close(sock)
             return
-        super().handle()
+        self.serve(self.ae.network_timeout)
 
 
-class TlsAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with the handshake moved out of the accept loop (see the module)."""
+class TlsAssociationServer(ConnectionLimit, ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the handshake moved out of the accept loop (see the module), admitting
+    at most ``max_connections`` connections at once."""
 
     handshake_timeout: float = 60.0
     on_refused: Callable[[str, str], None] = staticmethod(lambda _address, _reason: None)  # type: ignore[assignment]

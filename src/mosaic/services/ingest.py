@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from mosaic.config import DuplicatePolicy, IngestSettings
 from mosaic.core.dicom import ParsedInstance, metadata_json, parse_instance
-from mosaic.core.errors import DuplicateInstance, InvalidObject
+from mosaic.core.errors import DuplicateInstance, InstanceMismatch, InvalidObject
 from mosaic.core.events import EventType
 from mosaic.index.attributes import (
     DEMOGRAPHIC_KEYS,
@@ -146,6 +146,7 @@ class IngestService:
         expected_sop_class_uid: str | None = None,
         sha256: str | None = None,
         parsed: ParsedInstance | None = None,
+        expected_sop_instance_uid: str | None = None,
         facility: str = "",
         department: str = "",
         may_add_to: StoreGuard | None = None,
@@ -156,12 +157,14 @@ class IngestService:
         that already parsed them (both must describe exactly ``source``). ``facility`` and ``department``
         label a new study for the access policy (default: its InstitutionName and
         InstitutionalDepartmentName). ``may_add_to`` (the sender's access policy) refuses an object whose existing
-        study the sender may not see, before anything is written (status 0x0124).
+        study the sender may not see, before anything is written (status 0x0124). ``expected_sop_class_uid`` and
+        ``expected_sop_instance_uid`` (a C-STORE request's Affected SOP Class / Instance UID) refuse a data set
+        that is another object (0xA900, 0xC000).
         """
         started = time.perf_counter()
         try:
             result = self._store(source, door, source_ae_title, expected_sop_class_uid, sha256, parsed,
-                                 (facility, department), may_add_to)
+                                 (facility, department), may_add_to, expected_sop_instance_uid)
         except InvalidObject as exc:
             INGEST_TOTAL.labels(door, "rejected").inc()
             log.warning("ingest rejected via %s from %r: %s", door, source_ae_title or "-", exc)
@@ -174,8 +177,11 @@ class IngestService:
 
     def _store(self, source: Path | bytes, door: str, source_ae_title: str, expected_sop_class_uid: str | None,
                known_sha256: str | None, known_parse: ParsedInstance | None,
-               labels: tuple[str, str] = ("", ""), may_add_to: StoreGuard | None = None) -> IngestResult:
+               labels: tuple[str, str] = ("", ""), may_add_to: StoreGuard | None = None,
+               expected_sop_instance_uid: str | None = None) -> IngestResult:
         parsed = known_parse if known_parse is not None else parse_instance(source)
+        if expected_sop_instance_uid and parsed.sop_instance_uid != expected_sop_instance_uid:
+            raise InstanceMismatch(expected_sop_instance_uid, parsed.sop_instance_uid)
         _check_may_add_to(may_add_to, parsed, parsed.study_instance_uid)
         if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
             raise InvalidObject(
