@@ -127,8 +127,13 @@ class Mosaic:
             web = self.settings.http
             if web.https and web.tls_key_file is None:
                 raise ValueError("http.tls_cert_file needs http.tls_key_file")
+            from mosaic.web.protocol import GuardedH11Protocol
+
+            protocol = GuardedH11Protocol.configured(header_timeout=web.header_timeout_seconds,
+                                                     body_timeout=web.body_timeout_seconds,
+                                                     max_connections=web.max_connections)
             config = uvicorn.Config(self.http_app(), host=web.host, port=web.port, log_level="warning",
-                                    access_log=False, lifespan="off",
+                                    access_log=False, lifespan="off", http=protocol,
                                     ssl_certfile=str(web.tls_cert_file) if web.https else None,
                                     ssl_keyfile=str(web.tls_key_file) if web.https else None)
             self._http = uvicorn.Server(config)

@@ -50,6 +50,18 @@ class HttpSettings(BaseModel):
     tls_cert_file: Path | None = Field(None, description="Serve HTTPS with this certificate (PEM, with any "
                                        "intermediates); None: plain HTTP (e.g. behind a TLS-terminating proxy).")
     tls_key_file: Path | None = Field(None, description="The private key of tls_cert_file (PEM).")
+    header_timeout_seconds: float = Field(
+        20.0, gt=0, description="A request's line and headers must arrive within this time of the connection "
+        "(or of the previous answer); else 408 and the connection is closed (slowloris).",
+    )
+    body_timeout_seconds: float = Field(
+        60.0, gt=0, description="While a request body is read, a connection that sends nothing for this long is "
+        "closed (the upload is abandoned and nothing of it is kept).",
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open HTTP connections at most; one more is answered 503 with Retry-After and "
+        "closed, so a flood of connections cannot take every file descriptor.",
+    )
 
     @property
     def https(self) -> bool:
