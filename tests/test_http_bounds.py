@@ -13,6 +13,7 @@ import pytest
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, Settings
 from tests.auth_support import auth_headers
+from tests.factory import make_instance, to_bytes
 
 SLOW = 40
 """Connections that send part of their headers and then nothing."""
@@ -99,3 +100,34 @@ def test_connections_beyond_the_cap_are_answered_503(node: Mosaic) -> None:
         time.sleep(0.1)
     else:
         raise AssertionError("the server did not accept connections again after the flood ended")
+
+
+def test_integer_parameters_are_bounded_and_frame_lists_deduplicated(node: Mosaic) -> None:
+    dataset = make_instance(NumberOfFrames=2)
+    dataset.PixelData = bytes(16 * 16 * 2 * 2)
+    node.ingest.store(to_bytes(dataset), door="test")
+    root = f"http://127.0.0.1:{node.http_port}"
+    instance = (f"{root}/dicom-web/studies/{dataset.StudyInstanceUID}/series/{dataset.SeriesInstanceUID}"
+                f"/instances/{dataset.SOPInstanceUID}")
+    uri = {"requestType": "WADO", "studyUID": dataset.StudyInstanceUID, "seriesUID": dataset.SeriesInstanceUID,
+           "objectUID": dataset.SOPInstanceUID}
+    with httpx.Client(headers=auth_headers(node), timeout=60) as client:
+        assert client.get(f"{root}/wado", params={**uri, "rows": "64"}).status_code == 200
+        for rows in ("25000", "100000000", "1e8", "99999999999999999999"):
+            answer = client.get(f"{root}/wado", params={**uri, "rows": rows, "columns": "64"})
+            assert answer.status_code == 400, (rows, answer.text)
+        answer = client.get(f"{root}/wado", params={**uri, "frameNumber": "99999999999999999999"})
+        assert answer.status_code == 400
+        for offset in ("99999999999999999999", "-1", "2147483648"):
+            for name in ("offset", "limit"):
+                answer = client.get(f"{root}/dicom-web/studies", params={name: offset})
+                assert answer.status_code == 400, (name, offset, answer.text)
+        assert client.get(f"{root}/api/changes", params={"since": "99999999999999999999"}).status_code == 422
+        answer = client.get(f"{instance}/rendered", params={"viewport": "10,10,0,0,1e309,1e309"})
+        assert answer.status_code == 400
+        once = client.get(f"{instance}/frames/2,1", headers={"Accept": "multipart/related; "
+                                                                     "type=application/octet-stream"})
+        repeated = client.get(f"{instance}/frames/" + ",".join(["2", "1"] * 3000),
+                              headers={"Accept": "multipart/related; type=application/octet-stream"})
+        assert repeated.status_code == 200 and repeated.content.count(b"Content-Location") == 2
+        assert repeated.content == once.content

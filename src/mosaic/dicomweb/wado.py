@@ -58,6 +58,7 @@ from mosaic.dicomweb.frames import (
 )
 from mosaic.dicomweb.multipart import OutgoingPart, write_parts
 from mosaic.dicomweb.rendered import (
+    MAX_VIEWPORT,
     RENDERED_TYPES,
     THUMBNAIL_SIZE,
     RenderError,
@@ -80,6 +81,8 @@ log = logging.getLogger("mosaic.dicomweb.wado")
 CHUNK = 256 * 1024
 _WILDCARDS = ("*/*", "*")
 _FRAME_LIST = re.compile(r"^\s*\d{1,9}(\s*,\s*\d{1,9})*\s*$")
+MAX_FRAME_LIST = 10_000
+"""Frame numbers one request may list (repeats included): a frame list is a URL path segment, not a loop."""
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 _DICOM = "application/dicom"
 _OCTETS = "application/octet-stream"
@@ -238,9 +241,11 @@ def _file_chunks(path: Path, *, delete: bool = False) -> Iterator[bytes]:
 
 def parse_frame_list(text: str) -> list[int]:
     """``1,3,5`` → [1, 3, 5]; :class:`WadoError` 400 when it is not a comma-separated list of numbers."""
+    if text.count(",") >= MAX_FRAME_LIST:
+        raise WadoError(400, f"a frame list names at most {MAX_FRAME_LIST} frames")
     if not _FRAME_LIST.match(text):
-        raise WadoError(400, f"frame list {text!r} is not comma-separated frame numbers (1, 2, …)")
-    return [int(number) for number in text.split(",")]
+        raise WadoError(400, f"frame list {text[:80]!r} is not comma-separated frame numbers (1, 2, …)")
+    return list(dict.fromkeys(int(number) for number in text.split(",")))  # each frame once, in order
 
 
 @dataclass
@@ -686,8 +691,8 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         if (center is None) != (width is None):
             raise WadoError(400, "windowCenter and windowWidth go together")
         window = parse_window(f"{center},{width}") if center is not None else None
-        rows = _int_param(params.get("rows"), "rows")
-        columns = _int_param(params.get("columns"), "columns")
+        rows = _int_param(params.get("rows"), "rows", maximum=MAX_VIEWPORT)
+        columns = _int_param(params.get("columns"), "columns", maximum=MAX_VIEWPORT)
         viewport = _uri_viewport(params.get("region"), rows, columns)
         quality = parse_quality(params.get("imageQuality"))
         etag = _etag(instance.sha256, "wado-uri", number, media_type, window, viewport, quality)
@@ -724,15 +729,18 @@ def _range_chunks(path: Path, offset: int, length: int) -> Iterator[bytes]:
             yield chunk
 
 
-def _int_param(text: str | None, name: str, default: int | None = None) -> int | None:
+def _int_param(text: str | None, name: str, default: int | None = None, *,
+               maximum: int = 2**31 - 1) -> int | None:
     if text is None or not text.strip():
         return default
+    if len(text.strip()) > 12:
+        raise WadoError(400, f"{name}={text[:20]!r}… is not a number from 1 to {maximum}")
     try:
         value = int(text)
     except ValueError as exc:
         raise WadoError(400, f"{name}={text!r} is not a whole number") from exc
-    if value < 1:
-        raise WadoError(400, f"{name}={text!r} must be at least 1")
+    if not 1 <= value <= maximum:
+        raise WadoError(400, f"{name}={text!r} must be 1 to {maximum}")
     return value
 
 

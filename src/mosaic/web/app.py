@@ -71,7 +71,7 @@ def create_app(mosaic: Mosaic) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/changes")
-    def changes(request: Request, since: int = Query(0, ge=0),
+    def changes(request: Request, since: int = Query(0, ge=0, le=2**63 - 1),
                 limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         """Index changes in order: pass the returned ``last`` as ``since`` to get the next page."""
         principal = require(request, Permission.QUERY, action=AuditAction.QUERY)
