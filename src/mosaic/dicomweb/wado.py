@@ -17,6 +17,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -45,6 +46,7 @@ from mosaic.dicomweb.cache import ByteCache
 from mosaic.dicomweb.frames import (
     PIXEL_DATA,
     SWAP_SIZES,
+    UNDECODABLE,
     FrameError,
     PixelLayout,
     can_decode,
@@ -291,6 +293,25 @@ def find_value(dataset: Dataset, tag: int) -> _Value | None:
     return None
 
 
+@contextmanager
+def decoding(instance: StoredInstance, what: str) -> Iterator[None]:
+    """Whatever the decoders raise on a stored object they cannot read becomes a 422 that names the object and the
+    reason (the object stays stored and retrievable as sent); storage failures and answers already decided pass."""
+    try:
+        yield
+    except (WadoError, RenderError, OSError):
+        raise
+    except (FrameError, TranscodeError) as exc:
+        status = getattr(exc, "status", UNDECODABLE)
+        if status != UNDECODABLE:
+            raise
+        raise WadoError(status, f"instance {instance.SOPInstanceUID} is stored but cannot be {what}: {exc}") from exc
+    except Exception as exc:  # pydicom and the pixel decoders raise many kinds on malformed data
+        log.warning("instance %s cannot be %s: %s: %s", instance.SOPInstanceUID, what, type(exc).__name__, exc)
+        raise WadoError(UNDECODABLE, f"instance {instance.SOPInstanceUID} is stored but cannot be {what}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+
+
 # --- the router ------------------------------------------------------------------------------------------
 
 
@@ -324,7 +345,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         return found
 
     def layout_of(instance: StoredInstance) -> PixelLayout:
-        with open_instance(blobs, instance) as stream:
+        with decoding(instance, "read"), open_instance(blobs, instance) as stream:
             return read_layout(stream, instance.TransferSyntaxUID)
 
     def instance_url(request: Request, study: str, series: str, sop: str) -> str:
@@ -333,7 +354,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
     # --- WADO-RS retrieve (application/dicom) ------------------------------------------------------------
 
     def transcode(instance: StoredInstance) -> Path:
-        with open_instance(blobs, instance) as source:
+        with decoding(instance, "transcoded to Explicit VR Little Endian"), open_instance(blobs, instance) as source:
             return transcoded_copy(source)
 
     def dicom_parts(plans: list[DicomPlan]) -> Iterator[OutgoingPart]:
@@ -432,8 +453,8 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         etag = _etag(instance.sha256, "frames", *numbers, part_type, plan.multipart)
         if not_modified(request, etag):
             return Response(status_code=304, headers={"ETag": etag})
-        with open_instance(blobs, instance) as stream:  # the first frame now: a failure gets a status
-            first = frame_bytes(stream, layout, numbers[0], plan)
+        with decoding(instance, "served frame by frame"), open_instance(blobs, instance) as stream:
+            first = frame_bytes(stream, layout, numbers[0], plan)  # the first frame now: a failure gets a status
         if not plan.multipart:
             return Response(first, media_type=part_type, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
@@ -566,7 +587,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
     def rendered_frames(instance: StoredInstance, layout: PixelLayout, numbers: list[int], media_type: str,
                         window: Window | None, viewport: Viewport | None, quality: int) -> list[bytes]:
         images = []
-        with open_instance(blobs, instance) as stream:
+        with decoding(instance, "rendered"), open_instance(blobs, instance) as stream:
             for number in numbers:
                 data = stored_frame(stream, layout, number - 1)
                 images.append(render(layout, data, number - 1, media_type=media_type, window=window,
