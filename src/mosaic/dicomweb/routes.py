@@ -208,6 +208,8 @@ def create_router(mosaic: Mosaic) -> APIRouter:
         outcome = await run_in_threadpool(stow.store_parts, parts, study_uid=study, base_url=root, source=source,
                                           may_add_to=mosaic.policy.store_check(principal),
                                           json_request=part_type == "application/dicom+json")
+        if not outcome.stored and not outcome.failed:
+            return problem(400, f"the multipart body has no {part_type} part: nothing to store")
         audit = getattr(request.state, "audit", None)
         if audit is not None:
             audit.detail["stored"] = len(outcome.stored)
