@@ -131,3 +131,24 @@ def test_integer_parameters_are_bounded_and_frame_lists_deduplicated(node: Mosai
                               headers={"Accept": "multipart/related; type=application/octet-stream"})
         assert repeated.status_code == 200 and repeated.content.count(b"Content-Location") == 2
         assert repeated.content == once.content
+
+
+def test_every_answer_forbids_framing_by_other_sites(node: Mosaic) -> None:
+    root = f"http://127.0.0.1:{node.http_port}"
+    for answer in (httpx.get(f"{root}/", headers=auth_headers(node)), httpx.get(f"{root}/login"),
+                   httpx.get(f"{root}/healthz"), httpx.get(f"{root}/dicom-web/studies")):
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'self'", answer.url
+        assert answer.headers["x-frame-options"] == "SAMEORIGIN"
+
+
+def test_a_forged_host_header_never_reaches_the_urls_in_answers(node: Mosaic) -> None:
+    dataset = make_instance()
+    node.ingest.store(to_bytes(dataset), door="test")
+    root = f"http://127.0.0.1:{node.http_port}/dicom-web"
+    for host, expected in ((f"evil.example:{node.http_port}", f"http://127.0.0.1:{node.http_port}/dicom-web/"),
+                           (f"localhost:{node.http_port}", f"http://localhost:{node.http_port}/dicom-web/")):
+        headers = {**auth_headers(node), "Host": host}
+        found = httpx.get(f"{root}/studies", headers=headers).json()
+        metadata = httpx.get(f"{root}/studies/{dataset.StudyInstanceUID}/metadata", headers=headers).text
+        assert found[0]["00081190"]["Value"][0].startswith(expected), found
+        assert "evil.example" not in metadata and expected in metadata

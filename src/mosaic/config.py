@@ -39,6 +39,11 @@ class HttpSettings(BaseModel):
         None, description="URL clients reach Mosaic at, e.g. https://pacs.example.org (behind a proxy); "
         "by default taken from each request's Host header.",
     )
+    trusted_hosts: list[str] = Field(
+        default_factory=list, description="Host names (as in the Host header) that absolute URLs in answers "
+        "(BulkDataURIs, RetrieveURLs) may be built from, besides http.host, public_url's host and localhost; a "
+        "request with any other Host gets URLs of the address it connected to. [\"*\"] trusts any Host.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call Mosaic from a browser (CORS), e.g. "
         "[\"https://viewer.example.org\"]; [\"*\"] allows any. Empty: same origin only.",
