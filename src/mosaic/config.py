@@ -167,6 +167,10 @@ class StorageSettings(BaseModel):
     s3_access_key_id: str | None = Field(None, description="S3 access key (None: the boto3 default chain).")
     s3_secret_access_key: str | None = Field(None, description="S3 secret key (None: the boto3 default chain).")
     s3_create_bucket: bool = Field(False, description="Create the bucket at start-up if it is missing.")
+    min_free_bytes: int = Field(
+        512 * 1024 * 1024, ge=0, description="Filesystem backend: /healthz reports storage not ok (503) when the "
+        "blob folder's file system has less free space than this.",
+    )
 
 
 class IndexSettings(BaseModel):

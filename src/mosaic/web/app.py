@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -60,6 +61,18 @@ def trusted_hosts(host: str, public_url: str | None, configured: list[str]) -> f
     return frozenset(name.strip("[]").lower() for name in names if name)
 
 
+def _free_space_problem(mosaic: Mosaic) -> str | None:
+    """Why the filesystem blob store cannot take much more (below ``storage.min_free_bytes``), or None."""
+    folder = getattr(mosaic.blobs, "incoming", None)
+    if folder is None:
+        return None
+    free = shutil.disk_usage(folder).free
+    floor = mosaic.settings.storage.min_free_bytes
+    if free < floor:
+        return f"error: only {free} bytes free on the blob file system (storage.min_free_bytes is {floor})"
+    return None
+
+
 def create_app(mosaic: Mosaic) -> FastAPI:
     app = FastAPI(title="Mosaic", version=__version__)
     app.state.public_url = mosaic.settings.http.public_url
@@ -92,7 +105,7 @@ def create_app(mosaic: Mosaic) -> FastAPI:
             checks["index"] = f"error: {exc}"
         try:
             mosaic.blobs.exists("healthz-probe")
-            checks["storage"] = "ok"
+            checks["storage"] = _free_space_problem(mosaic) or "ok"
         except Exception as exc:
             checks["storage"] = f"error: {exc}"
         healthy = all(value == "ok" for value in checks.values())
