@@ -104,3 +104,17 @@ def test_no_cors_headers_without_configuration(node: Mosaic) -> None:
     answer = httpx.get(url(node, "/dicom-web/studies"),
                        headers={"Origin": "https://viewer.example.org", **auth_headers(node)})
     assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+
+
+def test_healthz_reports_storage_not_ok_below_the_free_space_floor(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0))
+    settings.storage.min_free_bytes = 2**62
+    mosaic = Mosaic(settings)
+    mosaic.start()
+    try:
+        response = httpx.get(url(mosaic, "/healthz"))
+        assert response.status_code == 503
+        assert response.json()["checks"]["storage"].startswith("error: only ")
+        assert response.json()["checks"]["index"] == "ok"
+    finally:
+        mosaic.stop()

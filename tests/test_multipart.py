@@ -62,3 +62,19 @@ def test_media_type_parameters() -> None:
     main, parameters = media_type_parameters('Multipart/Related; type="application/dicom"; boundary=abc;x=1')
     assert main == "multipart/related"
     assert parameters == {"type": "application/dicom", "boundary": "abc", "x": "1"}
+
+
+@pytest.mark.parametrize("chunk", [13, 4096, 65536])
+def test_near_boundary_patterns_at_every_chunk_edge_stay_in_the_part(tmp_path: Path, chunk: int) -> None:
+    """Prefixes of the delimiter (``\\r\\n--boundar``…) straddling chunk edges are part data, not delimiters."""
+    boundary = "mosaic-edge"
+    delimiter = f"\r\n--{boundary}".encode()
+    pieces = [delimiter[:length] + b"x" for length in range(1, len(delimiter))]
+    payload = b"".join(pad + piece for pad in (b"", b"y" * 5, b"z" * 11) for piece in pieces) * 9
+    payload += delimiter[:-1]  # ends one byte short of a delimiter, right before the real one
+    body = b"".join(write_parts([OutgoingPart("application/dicom", body=payload),
+                                 OutgoingPart("application/dicom", body=b"second")], boundary))
+    for shift in range(0, 40, 3):  # move the chunk edges across the patterns
+        parts = read(body, boundary, tmp_path, chunk + shift)
+        assert [data for _, data in parts] == [payload, b"second"]
+        assert parts[0][0].size == len(payload)

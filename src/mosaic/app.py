@@ -33,6 +33,7 @@ from mosaic.services.query import QueryService
 from mosaic.services.retrieve import RetrieveService
 from mosaic.storage import BlobStore, open_blob_store
 from mosaic.storage.spool import Spool
+from mosaic.web.protocol import GuardedH11Protocol
 
 log = logging.getLogger("mosaic")
 
@@ -135,6 +136,9 @@ class Mosaic:
             listening = _listen(web.host, web.port, "HTTP")
             config = uvicorn.Config(self.http_app(), host=web.host, port=web.port, log_level="warning",
                                     access_log=False, lifespan="off",
+                                    http=GuardedH11Protocol.configured(
+                                        header_timeout=web.header_timeout_seconds,
+                                        body_timeout=web.body_timeout_seconds, max_connections=web.max_connections),
                                     proxy_headers=False,  # uvicorn believes 127.0.0.1; http.trusted_proxies decides
                                     ssl_certfile=str(web.tls_cert_file) if web.https else None,
                                     ssl_keyfile=str(web.tls_key_file) if web.https else None)

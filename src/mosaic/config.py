@@ -69,6 +69,11 @@ class HttpSettings(StrictModel):
         None, description="URL clients reach Mosaic at, e.g. https://pacs.example.org (behind a proxy); "
         "by default taken from each request's Host header.",
     )
+    trusted_hosts: list[str] = Field(
+        default_factory=list, description="Host names (as in the Host header) that absolute URLs in answers "
+        "(BulkDataURIs, RetrieveURLs) may be built from, besides http.host, public_url's host and localhost; a "
+        "request with any other Host gets URLs of the address it connected to. [\"*\"] trusts any Host.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call Mosaic from a browser (CORS), e.g. "
         "[\"https://viewer.example.org\"]; [\"*\"] allows any. Empty: same origin only.",
@@ -95,6 +100,18 @@ class HttpSettings(StrictModel):
             except ValueError:
                 raise ValueError(f"http.trusted_proxies entry {entry!r} is not an address or network (CIDR)") from None
         return entries
+    header_timeout_seconds: float = Field(
+        20.0, gt=0, description="A request's line and headers must arrive within this time of the connection "
+        "(or of the previous answer); else 408 and the connection is closed (slowloris).",
+    )
+    body_timeout_seconds: float = Field(
+        60.0, gt=0, description="While a request body is read, a connection that sends nothing for this long is "
+        "closed (the upload is abandoned and nothing of it is kept).",
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open HTTP connections at most; one more is answered 503 with Retry-After and "
+        "closed, so a flood of connections cannot take every file descriptor.",
+    )
 
     @property
     def https(self) -> bool:
@@ -202,6 +219,10 @@ class StorageSettings(StrictModel):
     s3_access_key_id: str | None = Field(None, description="S3 access key (None: the boto3 default chain).")
     s3_secret_access_key: str | None = Field(None, description="S3 secret key (None: the boto3 default chain).")
     s3_create_bucket: bool = Field(False, description="Create the bucket at start-up if it is missing.")
+    min_free_bytes: int = Field(
+        512 * 1024 * 1024, ge=0, description="Filesystem backend: /healthz reports storage not ok (503) when the "
+        "blob folder's file system has less free space than this.",
+    )
 
 
 class IndexSettings(StrictModel):

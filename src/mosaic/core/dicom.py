@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
 from mosaic.core.errors import InvalidObject
@@ -73,16 +73,40 @@ def parse_instance(source: Path | bytes) -> ParsedInstance:
         stream.close()
 
 
+def _at_command_element(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    """Group 0000 (command elements) never follows data set elements: what a zeroed tail reads as, eight
+    bytes an element. Reading stops there (the bytes are kept as sent) instead of costing seconds per MB."""
+    return tag >> 16 == 0
+
+
+def _refuse_command_group(stream: BinaryIO) -> None:
+    """A data set that starts with group 0000 (zeros, or a DIMSE command) is not DICOM: refused before pydicom
+    reads every eight bytes of it as one more command element."""
+    stream.seek(0)
+    head = stream.read(144)
+    start = 0
+    if head[128:132] == b"DICM":
+        if head[132:138] != b"\x02\x00\x00\x00UL":  # no File Meta Information Group Length: not checked
+            return
+        start = 144 + int.from_bytes(head[140:144], "little")
+    stream.seek(start)
+    group = stream.read(2)
+    stream.seek(0)
+    if group == b"\x00\x00":
+        raise InvalidObject("not a DICOM file: its data set starts with group 0000 (command elements or zeros)")
+
+
 def _read(stream: BinaryIO) -> FileDataset:
+    _refuse_command_group(stream)
     try:
-        return pydicom.dcmread(stream, defer_size=DEFER_SIZE)
+        return read_partial(stream, _at_command_element, defer_size=DEFER_SIZE)
     except InvalidDicomError:
         pass
     except Exception as exc:  # pydicom raises many kinds on damaged input
         raise InvalidObject(f"not readable as DICOM ({type(exc).__name__}: {exc})") from exc
     stream.seek(0)
     try:
-        dataset = pydicom.dcmread(stream, defer_size=DEFER_SIZE, force=True)
+        dataset = read_partial(stream, _at_command_element, defer_size=DEFER_SIZE, force=True)
     except Exception as exc:
         raise InvalidObject(f"not a DICOM file ({type(exc).__name__}: {exc})") from exc
     if not any(dataset.get_item(Tag(keyword)) is not None for keyword in _REQUIRED_UIDS):

@@ -41,6 +41,10 @@ SWAP_SIZES = {"OW": 2, "US": 2, "SS": 2, "AT": 2, "OL": 4, "OF": 4, "UL": 4, "SL
 """Bytes per value of the binary VRs whose byte order differs between little and big endian."""
 
 
+UNDECODABLE = 422
+"""The status of a rendition the stored object cannot give (malformed or undecodable pixel data): stored, not served."""
+
+
 class FrameError(Exception):
     """The pixel data cannot be served as asked: ``status`` is the HTTP status to answer with."""
 
@@ -228,7 +232,7 @@ def read_layout(stream: BinaryIO, transfer_syntax: str) -> PixelLayout:
     else:
         layout.value_length = length
         if not layout._int("Rows") or not layout._int("Columns"):
-            raise FrameError("the pixel data has no Rows/Columns to cut frames from", 500)
+            raise FrameError("the pixel data has no Rows/Columns to cut frames from", UNDECODABLE)
     return layout
 
 
@@ -260,18 +264,18 @@ def _map_fragments(stream: BinaryIO, layout: PixelLayout) -> None:
         if tag == _SEQUENCE_DELIMITER:
             break
         if tag != _ITEM or length == 0xFFFFFFFF:
-            raise FrameError(f"the encapsulated pixel data is malformed at byte {position}", 500)
+            raise FrameError(f"the encapsulated pixel data is malformed at byte {position}", UNDECODABLE)
         items.append((position, position + 8, length))
         position += 8 + length
         stream.seek(position)
     if not items:
-        raise FrameError("the encapsulated pixel data has no Basic Offset Table item", 500)
+        raise FrameError("the encapsulated pixel data has no Basic Offset Table item", UNDECODABLE)
     bot_offset, bot_length = items[0][1], items[0][2]
     fragments = items[1:]
     layout.fragments = [(offset, length) for _, offset, length in fragments]
     frames, count = layout.number_of_frames, len(fragments)
     if count == 0:
-        raise FrameError("the encapsulated pixel data has no fragments", 500)
+        raise FrameError("the encapsulated pixel data has no fragments", UNDECODABLE)
     if frames == 1:
         layout.frame_fragments = [list(range(count))]
         return
@@ -297,7 +301,7 @@ def _map_fragments(stream: BinaryIO, layout: PixelLayout) -> None:
         layout.frame_fragments = _frames_by_markers(stream, layout)
     if len(layout.frame_fragments) != frames or not all(layout.frame_fragments):
         raise FrameError(f"cannot tell the {frames} frames apart in {count} fragments "
-                         "(no usable offset table)", 500)
+                         "(no usable offset table)", UNDECODABLE)
 
 
 def _frames_by_markers(stream: BinaryIO, layout: PixelLayout) -> list[list[int]]:
@@ -326,7 +330,7 @@ def _read(stream: BinaryIO, layout: PixelLayout, offset: int, length: int) -> by
     stream.seek(offset)
     data = stream.read(length)
     if len(data) < length:
-        raise FrameError("the stored pixel data ends before the frame does", 500)
+        raise FrameError("the stored pixel data ends before the frame does", UNDECODABLE)
     return data
 
 
@@ -352,7 +356,7 @@ def stored_frame(stream: BinaryIO, layout: PixelLayout, index: int) -> bytes:
         size = bits // 8
         begin = index * size
         if begin + size > layout.value_length:
-            raise FrameError(f"the stored pixel data is shorter than its {layout.number_of_frames} frames", 500)
+            raise FrameError(f"the stored pixel data is shorter than its {layout.number_of_frames} frames", UNDECODABLE)
         unit = _swap_unit(layout)
         if unit == 1:
             return _read(stream, layout, layout.value_offset + begin, size)
@@ -417,7 +421,7 @@ def frame_array(layout: PixelLayout, data: bytes) -> tuple[np.ndarray, dict[str,
     try:
         array, properties = decoder.as_array(source, **options)
     except Exception as exc:  # decoders raise many kinds on data they cannot handle
-        raise FrameError(f"the pixel data cannot be decoded ({type(exc).__name__}: {exc})", 500) from exc
+        raise FrameError(f"the pixel data cannot be decoded ({type(exc).__name__}: {exc})", UNDECODABLE) from exc
     return array, dict(properties)
 
 

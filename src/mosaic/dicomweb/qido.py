@@ -16,6 +16,7 @@ from mosaic.core.errors import QueryError
 from mosaic.index.query import MatchKey, Query
 
 MAX_LIMIT = 10_000
+MAX_OFFSET = 2**31 - 1
 DEFAULT_LIMIT = 1_000
 
 STUDY_DEFAULTS = (
@@ -84,11 +85,11 @@ def parse_qido(level: str, parameters: Iterable[tuple[str, str]], fixed: dict[st
             continue
         if name in ("limit", "offset"):
             try:
-                number = int(value)
+                number = int(value) if len(value.strip()) <= 12 else -1
             except ValueError as exc:
-                raise QueryError(f"{name} must be a whole number, not {value!r}") from exc
-            if number < 0:
-                raise QueryError(f"{name} must not be negative")
+                raise QueryError(f"{name} must be a whole number, not {value[:40]!r}") from exc
+            if not 0 <= number <= MAX_OFFSET:
+                raise QueryError(f"{name} must be a whole number from 0 to {MAX_OFFSET}, not {value[:40]!r}")
             if name == "limit":
                 limit = min(number, MAX_LIMIT)
             else:

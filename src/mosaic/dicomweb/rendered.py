@@ -24,6 +24,8 @@ from mosaic.dicomweb.frames import PixelLayout, frame_array
 RENDERED_TYPES = ("image/jpeg", "image/png")
 DEFAULT_QUALITY = 90
 THUMBNAIL_SIZE = 128
+MAX_VIEWPORT = 8192
+"""The largest rendered width or height (WADO-RS viewport, WADO-URI rows/columns), in pixels."""
 _FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "linear_exact": "LINEAR_EXACT",
               "sigmoid": "SIGMOID"}
 
@@ -85,8 +87,10 @@ def parse_viewport(text: str | None) -> Viewport | None:
         region += [None] * (6 - len(fields))
     except ValueError as exc:
         raise RenderError(f"viewport={text!r}: the values must be numbers") from exc
-    if not 0 < width <= 8192 or not 0 < height <= 8192:
-        raise RenderError(f"viewport={text!r}: width and height must be 1 to 8192 pixels")
+    if not 0 < width <= MAX_VIEWPORT or not 0 < height <= MAX_VIEWPORT:
+        raise RenderError(f"viewport={text!r}: width and height must be 1 to {MAX_VIEWPORT} pixels")
+    if not all(value is None or math.isfinite(value) for value in region):
+        raise RenderError(f"viewport={text!r}: the source region must be finite numbers")
     if (region[0] is not None and region[0] < 0) or (region[1] is not None and region[1] < 0):
         raise RenderError(f"viewport={text!r}: sx and sy cannot be negative")
     return Viewport(width, height, region[0], region[1], region[2], region[3])

@@ -41,15 +41,19 @@ def problem(status: int, message: str) -> JSONResponse:
 def base_url(request: Request) -> str:
     """The DICOMweb root as the client sees it (so BulkDataURIs point at the origin the viewer used).
 
-    ``http.public_url`` when configured (behind a proxy); else the request's Host header. A client that
-    connected straight to a non-default port but left the port out of Host (dicomweb-client does) gets
-    the port it connected to.
+    ``http.public_url`` when configured (behind a proxy); else the request's Host header when it names a
+    trusted host (``http.trusted_hosts``), else the address the client connected to: a forged Host never
+    ends up in the URLs a viewer follows. A client that connected straight to a non-default port but left
+    the port out of Host (dicomweb-client does) gets the port it connected to.
     """
     public_url = getattr(request.app.state, "public_url", None)
     if public_url:
         return public_url.rstrip("/") + PREFIX
     url = request.base_url
     server = request.scope.get("server")
+    trusted = getattr(request.app.state, "trusted_hosts", None)
+    if trusted is not None and (url.hostname or "").lower() not in trusted and server:
+        url = url.replace(hostname=server[0], port=server[1])
     if url.port is None and server and url.hostname == server[0] and server[1] not in (80, 443):
         url = url.replace(port=server[1])
     return str(url).rstrip("/") + PREFIX
@@ -208,6 +212,8 @@ def create_router(mosaic: Mosaic) -> APIRouter:
         outcome = await run_in_threadpool(stow.store_parts, parts, study_uid=study, base_url=root, source=source,
                                           may_add_to=mosaic.policy.store_check(principal),
                                           json_request=part_type == "application/dicom+json")
+        if not outcome.stored and not outcome.failed:
+            return problem(400, f"the multipart body has no {part_type} part: nothing to store")
         audit = getattr(request.state, "audit", None)
         if audit is not None:
             audit.detail["stored"] = len(outcome.stored)

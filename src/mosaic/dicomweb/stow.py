@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
@@ -58,6 +59,13 @@ def _reference(sop_class_uid: str, sop_instance_uid: str) -> dict[str, Any]:
     return item
 
 
+def _failure(sop_class_uid: str, sop_instance_uid: str, reason: int, comment: str) -> dict[str, Any]:
+    """A Failed SOP Sequence item: the references when known, Failure Reason, and what was wrong as Error Comment
+    (0000,0902), the text C-STORE gives in its response (dcm4chee-arc puts it in the STOW-RS response too)."""
+    return {**_reference(sop_class_uid, sop_instance_uid), "00081197": {"vr": "US", "Value": [reason]},
+            "00000902": {"vr": "LO", "Value": [comment]}}
+
+
 class StowService:
     """Stores the parts of one STOW-RS request."""
 
@@ -77,8 +85,8 @@ class StowService:
             for part in parts:
                 media_type = part.content_type.split(";")[0].strip().lower()
                 if media_type not in ("application/dicom", ""):
-                    outcome.failed.append({**_reference("", ""), "00081197": {"vr": "US",
-                                                                               "Value": [CANNOT_UNDERSTAND]}})
+                    outcome.failed.append(_failure("", "", CANNOT_UNDERSTAND, f"a part of type {media_type!r} in a "
+                                                   "request of application/dicom parts"))
                     log.warning("STOW-RS from %s: part of type %r is not application/dicom", source, media_type)
                     self.spool.discard(part.path)
                     continue
@@ -101,13 +109,13 @@ class StowService:
         except InvalidObject as exc:
             log.warning("STOW-RS from %s: %s", source, exc)
             reason = exc.status if exc.status in (STUDY_MISMATCH, 0x0111, NOT_AUTHORISED) else CANNOT_UNDERSTAND
-            outcome.failed.append({**_reference(sop_class, sop_instance or (exc.sop_instance_uid or "")),
-                                   "00081197": {"vr": "US", "Value": [reason]}})
+            if exc.sop_instance_uid and not sop_class:  # parsed far enough to name it: name its class too
+                sop_class = _sop_class_of(path)
+            outcome.failed.append(_failure(sop_class, sop_instance or exc.sop_instance_uid or "", reason, str(exc)))
             return
         except StorageFailure as exc:
             log.error("STOW-RS from %s: %s", source, exc)
-            outcome.failed.append({**_reference(sop_class, sop_instance),
-                                   "00081197": {"vr": "US", "Value": [OUT_OF_RESOURCES]}})
+            outcome.failed.append(_failure(sop_class, sop_instance, OUT_OF_RESOURCES, str(exc)))
             return
         finally:
             self.spool.discard(path)  # a no-op when ingest adopted the file as its blob
@@ -126,20 +134,21 @@ class StowService:
                 continue
             try:
                 documents = json.loads(part.path.read_bytes())
-            except (ValueError, UnicodeDecodeError):
-                outcome.failed.append({"00081197": {"vr": "US", "Value": [CANNOT_UNDERSTAND]}})
+            except (ValueError, UnicodeDecodeError) as exc:
+                outcome.failed.append(_failure("", "", CANNOT_UNDERSTAND, f"a part is not JSON: {exc}"))
                 continue
             for document in documents if isinstance(documents, list) else [documents]:
-                path = self._part10_from_json(document, by_location)
+                path, problem = self._part10_from_json(document, by_location)
                 if path is None:
-                    outcome.failed.append({"00081197": {"vr": "US", "Value": [CANNOT_UNDERSTAND]}})
+                    sop_class, sop_instance = _uids_in_json(document)
+                    outcome.failed.append(_failure(sop_class, sop_instance, CANNOT_UNDERSTAND, problem))
                 else:
                     files.append((path, None))
         for part in parts:
             self.spool.discard(part.path)
         return files
 
-    def _part10_from_json(self, document: Any, by_location: dict[str, Part]) -> Path | None:
+    def _part10_from_json(self, document: Any, by_location: dict[str, Part]) -> tuple[Path | None, str]:
         def bulk(tag: str, vr: str, uri: str) -> bytes:
             part = by_location.get(uri) or by_location.get(uri.rsplit("/", 1)[-1])
             if part is None:
@@ -155,12 +164,31 @@ class StowService:
             dataset.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         except Exception as exc:  # a malformed JSON data set: reported as a failed part
             log.warning("STOW-RS: a DICOM JSON data set could not be converted: %s", exc)
-            return None
+            return None, f"the DICOM JSON data set cannot be read ({type(exc).__name__}: {exc})"
         path = self.spool.new()  # like every part: written once, where ingest adopts it (or discards it)
         try:
             dataset.save_as(path, enforce_file_format=True)
         except Exception as exc:
             self.spool.discard(path)
             log.warning("STOW-RS: a DICOM JSON data set could not be written as Part 10: %s", exc)
-            return None
-        return path
+            return None, f"the DICOM JSON data set cannot be written as Part 10 ({type(exc).__name__}: {exc})"
+        return path, ""
+
+
+def _uids_in_json(document: Any) -> tuple[str, str]:
+    """SOP Class and Instance UIDs of a DICOM JSON data set, as far as they can be read."""
+    def value(tag: str) -> str:
+        element = document.get(tag) if isinstance(document, dict) else None
+        values = element.get("Value") if isinstance(element, dict) else None
+        return str(values[0]) if isinstance(values, list) and values else ""
+
+    return value("00080016"), value("00080018")
+
+
+def _sop_class_of(path: Path) -> str:
+    """The SOP Class UID of a refused object whose header could be read (best effort, for the failure report)."""
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["SOPClassUID"])
+        return str(dataset.get("SOPClassUID", "") or "")
+    except Exception:  # the object was refused for its structure already; the report goes without the class
+        return ""

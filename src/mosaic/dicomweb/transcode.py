@@ -21,7 +21,9 @@ from mosaic.dicomweb.frames import SWAP_SIZES, can_decode, swap_bytes
 
 
 class TranscodeError(Exception):
-    """The stored object cannot be turned into the requested transfer syntax."""
+    """The stored object cannot be turned into the requested transfer syntax (422: it is stored, not decodable)."""
+
+    status = 422
 
 
 def can_transcode(transfer_syntax: str, target: str = EXPLICIT_LE) -> bool:

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -45,6 +46,7 @@ from mosaic.dicomweb.cache import ByteCache
 from mosaic.dicomweb.frames import (
     PIXEL_DATA,
     SWAP_SIZES,
+    UNDECODABLE,
     FrameError,
     PixelLayout,
     can_decode,
@@ -58,6 +60,7 @@ from mosaic.dicomweb.frames import (
 )
 from mosaic.dicomweb.multipart import OutgoingPart, write_parts
 from mosaic.dicomweb.rendered import (
+    MAX_VIEWPORT,
     RENDERED_TYPES,
     THUMBNAIL_SIZE,
     RenderError,
@@ -80,6 +83,8 @@ log = logging.getLogger("mosaic.dicomweb.wado")
 CHUNK = 256 * 1024
 _WILDCARDS = ("*/*", "*")
 _FRAME_LIST = re.compile(r"^\s*\d{1,9}(\s*,\s*\d{1,9})*\s*$")
+MAX_FRAME_LIST = 10_000
+"""Frame numbers one request may list (repeats included): a frame list is a URL path segment, not a loop."""
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 _DICOM = "application/dicom"
 _OCTETS = "application/octet-stream"
@@ -238,9 +243,11 @@ def _file_chunks(path: Path, *, delete: bool = False) -> Iterator[bytes]:
 
 def parse_frame_list(text: str) -> list[int]:
     """``1,3,5`` → [1, 3, 5]; :class:`WadoError` 400 when it is not a comma-separated list of numbers."""
+    if text.count(",") >= MAX_FRAME_LIST:
+        raise WadoError(400, f"a frame list names at most {MAX_FRAME_LIST} frames")
     if not _FRAME_LIST.match(text):
-        raise WadoError(400, f"frame list {text!r} is not comma-separated frame numbers (1, 2, …)")
-    return [int(number) for number in text.split(",")]
+        raise WadoError(400, f"frame list {text[:80]!r} is not comma-separated frame numbers (1, 2, …)")
+    return list(dict.fromkeys(int(number) for number in text.split(",")))  # each frame once, in order
 
 
 @dataclass
@@ -286,6 +293,25 @@ def find_value(dataset: Dataset, tag: int) -> _Value | None:
     return None
 
 
+@contextmanager
+def decoding(instance: StoredInstance, what: str) -> Iterator[None]:
+    """Whatever the decoders raise on a stored object they cannot read becomes a 422 that names the object and the
+    reason (the object stays stored and retrievable as sent); storage failures and answers already decided pass."""
+    try:
+        yield
+    except (WadoError, RenderError, OSError):
+        raise
+    except (FrameError, TranscodeError) as exc:
+        status = getattr(exc, "status", UNDECODABLE)
+        if status != UNDECODABLE:
+            raise
+        raise WadoError(status, f"instance {instance.SOPInstanceUID} is stored but cannot be {what}: {exc}") from exc
+    except Exception as exc:  # pydicom and the pixel decoders raise many kinds on malformed data
+        log.warning("instance %s cannot be %s: %s: %s", instance.SOPInstanceUID, what, type(exc).__name__, exc)
+        raise WadoError(UNDECODABLE, f"instance {instance.SOPInstanceUID} is stored but cannot be {what}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+
+
 # --- the router ------------------------------------------------------------------------------------------
 
 
@@ -319,7 +345,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         return found
 
     def layout_of(instance: StoredInstance) -> PixelLayout:
-        with open_instance(blobs, instance) as stream:
+        with decoding(instance, "read"), open_instance(blobs, instance) as stream:
             return read_layout(stream, instance.TransferSyntaxUID)
 
     def instance_url(request: Request, study: str, series: str, sop: str) -> str:
@@ -328,7 +354,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
     # --- WADO-RS retrieve (application/dicom) ------------------------------------------------------------
 
     def transcode(instance: StoredInstance) -> Path:
-        with open_instance(blobs, instance) as source:
+        with decoding(instance, "transcoded to Explicit VR Little Endian"), open_instance(blobs, instance) as source:
             return transcoded_copy(source)
 
     def dicom_parts(plans: list[DicomPlan]) -> Iterator[OutgoingPart]:
@@ -427,8 +453,8 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         etag = _etag(instance.sha256, "frames", *numbers, part_type, plan.multipart)
         if not_modified(request, etag):
             return Response(status_code=304, headers={"ETag": etag})
-        with open_instance(blobs, instance) as stream:  # the first frame now: a failure gets a status
-            first = frame_bytes(stream, layout, numbers[0], plan)
+        with decoding(instance, "served frame by frame"), open_instance(blobs, instance) as stream:
+            first = frame_bytes(stream, layout, numbers[0], plan)  # the first frame now: a failure gets a status
         if not plan.multipart:
             return Response(first, media_type=part_type, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
@@ -561,7 +587,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
     def rendered_frames(instance: StoredInstance, layout: PixelLayout, numbers: list[int], media_type: str,
                         window: Window | None, viewport: Viewport | None, quality: int) -> list[bytes]:
         images = []
-        with open_instance(blobs, instance) as stream:
+        with decoding(instance, "rendered"), open_instance(blobs, instance) as stream:
             for number in numbers:
                 data = stored_frame(stream, layout, number - 1)
                 images.append(render(layout, data, number - 1, media_type=media_type, window=window,
@@ -686,8 +712,8 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         if (center is None) != (width is None):
             raise WadoError(400, "windowCenter and windowWidth go together")
         window = parse_window(f"{center},{width}") if center is not None else None
-        rows = _int_param(params.get("rows"), "rows")
-        columns = _int_param(params.get("columns"), "columns")
+        rows = _int_param(params.get("rows"), "rows", maximum=MAX_VIEWPORT)
+        columns = _int_param(params.get("columns"), "columns", maximum=MAX_VIEWPORT)
         viewport = _uri_viewport(params.get("region"), rows, columns)
         quality = parse_quality(params.get("imageQuality"))
         etag = _etag(instance.sha256, "wado-uri", number, media_type, window, viewport, quality)
@@ -724,15 +750,18 @@ def _range_chunks(path: Path, offset: int, length: int) -> Iterator[bytes]:
             yield chunk
 
 
-def _int_param(text: str | None, name: str, default: int | None = None) -> int | None:
+def _int_param(text: str | None, name: str, default: int | None = None, *,
+               maximum: int = 2**31 - 1) -> int | None:
     if text is None or not text.strip():
         return default
+    if len(text.strip()) > 12:
+        raise WadoError(400, f"{name}={text[:20]!r}… is not a number from 1 to {maximum}")
     try:
         value = int(text)
     except ValueError as exc:
         raise WadoError(400, f"{name}={text!r} is not a whole number") from exc
-    if value < 1:
-        raise WadoError(400, f"{name}={text!r} must be at least 1")
+    if not 1 <= value <= maximum:
+        raise WadoError(400, f"{name}={text!r} must be 1 to {maximum}")
     return value
 
 

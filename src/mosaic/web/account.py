@@ -195,7 +195,7 @@ title="At least {minimum} characters besides spaces"></label>
     def audit_search(request: Request, patient: str | None = None, user: str | None = None,
                      study: str | None = None, action: str | None = None, since: datetime | None = None,
                      until: datetime | None = None, limit: int = Query(100, ge=1, le=1000),
-                     offset: int = Query(0, ge=0), format: str = Query("json", pattern="^(json|fhir)$"),
+                     offset: int = Query(0, ge=0, le=2**31 - 1), format: str = Query("json", pattern="^(json|fhir)$"),
                      ) -> Response:
         """Search the audit trail (newest first); ``format=fhir`` answers a FHIR R4 Bundle of AuditEvent."""
         rows, total = _search(request, patient, user, study, action, since, until, limit, offset)
@@ -218,7 +218,7 @@ title="At least {minimum} characters besides spaces"></label>
     @router.get("/audit", response_class=HTMLResponse)
     def audit_page(request: Request, patient: str | None = None, user: str | None = None,
                    study: str | None = None, action: str | None = None, since: datetime | None = None,
-                   until: datetime | None = None, offset: int = Query(0, ge=0)) -> HTMLResponse:
+                   until: datetime | None = None, offset: int = Query(0, ge=0, le=2**31 - 1)) -> HTMLResponse:
         """The auditors' page: search by patient, user, study, action and time range."""
         rows, total = _search(request, patient or None, user or None, study or None, action or None, since, until,
                               100, offset)

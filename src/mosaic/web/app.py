@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -19,13 +21,65 @@ from mosaic.web.auth import AuthMiddleware, require
 from mosaic.web.landing import render_landing
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
     from mosaic.app import Mosaic
+
+ANTI_FRAMING = ((b"content-security-policy", b"frame-ancestors 'self'"), (b"x-frame-options", b"SAMEORIGIN"))
+"""On every answer: no other site may frame Mosaic's pages (clickjacking); the viewer's scripts, workers and wasm
+are not restricted by these."""
+
+
+class AntiFramingHeaders:
+    """Adds :data:`ANTI_FRAMING` to every HTTP answer (plain ASGI: streamed answers stay streamed)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []),
+                                      *(header for header in ANTI_FRAMING if header[0] not in present)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def trusted_hosts(host: str, public_url: str | None, configured: list[str]) -> frozenset[str] | None:
+    """The Host header names answers may build URLs from (None: any, ``http.trusted_hosts = ["*"]``)."""
+    if "*" in configured:
+        return None
+    names = {host, "localhost", "127.0.0.1", "::1", *configured}
+    if public_url:
+        names.add(urlsplit(public_url).hostname or "")
+    return frozenset(name.strip("[]").lower() for name in names if name)
+
+
+def _free_space_problem(mosaic: Mosaic) -> str | None:
+    """Why the filesystem blob store cannot take much more (below ``storage.min_free_bytes``), or None."""
+    folder = getattr(mosaic.blobs, "incoming", None)
+    if folder is None:
+        return None
+    free = shutil.disk_usage(folder).free
+    floor = mosaic.settings.storage.min_free_bytes
+    if free < floor:
+        return f"error: only {free} bytes free on the blob file system (storage.min_free_bytes is {floor})"
+    return None
 
 
 def create_app(mosaic: Mosaic) -> FastAPI:
     app = FastAPI(title="Mosaic", version=__version__)
     app.state.public_url = mosaic.settings.http.public_url
+    app.state.trusted_hosts = trusted_hosts(mosaic.settings.http.host, mosaic.settings.http.public_url,
+                                            mosaic.settings.http.trusted_hosts)
     app.add_middleware(AuthMiddleware, mosaic=mosaic)  # type: ignore[arg-type]
+    app.add_middleware(AntiFramingHeaders)  # outermost: refusals by the middleware get the headers too
 
     @app.exception_handler(HTTPException)
     async def explain(_request: Request, exc: HTTPException) -> JSONResponse:
@@ -51,7 +105,7 @@ def create_app(mosaic: Mosaic) -> FastAPI:
             checks["index"] = f"error: {exc}"
         try:
             mosaic.blobs.exists("healthz-probe")
-            checks["storage"] = "ok"
+            checks["storage"] = _free_space_problem(mosaic) or "ok"
         except Exception as exc:
             checks["storage"] = f"error: {exc}"
         healthy = all(value == "ok" for value in checks.values())
@@ -71,7 +125,7 @@ def create_app(mosaic: Mosaic) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/changes")
-    def changes(request: Request, since: int = Query(0, ge=0),
+    def changes(request: Request, since: int = Query(0, ge=0, le=2**63 - 1),
                 limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         """Index changes in order: pass the returned ``last`` as ``since`` to get the next page."""
         principal = require(request, Permission.QUERY, action=AuditAction.QUERY)
