@@ -8,6 +8,7 @@ dropped — and clinical requests never wait for it.
 
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import ssl
@@ -166,6 +167,13 @@ def syslog_frame(row: AuditRecord, settings: SyslogSettings, source_id: str, hos
     return header.encode() + b"\xef\xbb\xbf" + dicom_audit_message(row, source_id).encode("utf-8")
 
 
+def checkpoint_frame(line: bytes, settings: SyslogSettings, hostname: str) -> bytes:
+    """RFC 5424 message (authpriv, notice; MSGID ``MOSAIC-CHECKPOINT``) carrying one signed checkpoint line."""
+    timestamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    header = f"<{10 * 8 + 5}>1 {timestamp} {hostname or '-'} {settings.app_name} - MOSAIC-CHECKPOINT - "
+    return header.encode() + b"\xef\xbb\xbf" + line.rstrip(b"\n")
+
+
 class SyslogForwarder:
     """Sends every audit record, in order, to the configured collector; resumes where it stopped."""
 
@@ -178,6 +186,14 @@ class SyslogForwarder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
+        self._checkpoints: collections.deque[bytes] = collections.deque(maxlen=10000)
+        """Signed checkpoints of the audit chain (``audit_anchor``) waiting to go out: the collector keeps a
+        copy the index's writers cannot rewrite."""
+
+    def send_checkpoint(self, line: bytes) -> None:
+        """Queue a checkpoint line for the collector (in memory: the anchor file is the durable copy)."""
+        self._checkpoints.append(line)
+        self._wake.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="audit-syslog", daemon=True)
@@ -196,6 +212,7 @@ class SyslogForwarder:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                self.forward_checkpoints()
                 more = self.forward_batch()
             except OSError as exc:
                 log.warning("audit collector %s:%d unreachable (%s); retrying in %.1f s", self.settings.host,
@@ -226,6 +243,13 @@ class SyslogForwarder:
             if sent is not None:
                 self._advance(seq, sent)
         return len(rows) == size
+
+    def forward_checkpoints(self) -> None:
+        """Send the queued checkpoints, oldest first (one that fails to go out stays queued)."""
+        while self._checkpoints:
+            line = self._checkpoints[0]
+            self._send(checkpoint_frame(line, self.settings, self.hostname))
+            self._checkpoints.popleft()
 
     def _cursor(self) -> int:
         with self.database.session() as session:
