@@ -216,7 +216,7 @@ def test_records_wait_for_a_collector_that_is_down_and_arrive_in_order(tmp_path:
         wait_until(lambda: len(collector.audit) >= total, timeout=30, what="syslog delivery")
         messages = [audit_xml(message) for message in collector.audit]
         reads = [message for message in messages
-                 if message.find("EventIdentification/EventID").get("csd-code") == "110103"]
+                 if message.find("EventIdentification/EventID").get("csd-code") == "110104"]  # Instances Transferred
         assert reads, [ElementTree.tostring(message) for message in messages]
         objects = {element.get("ParticipantObjectID") for element in reads[0].iter("ParticipantObjectIdentification")}
         assert {"SYSLOG-1", "1.2.826.0.1.3680043.10.1234.77"} <= objects

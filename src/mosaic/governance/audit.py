@@ -13,6 +13,7 @@ rewriting a record and recomputing the later hashes is found too.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -33,6 +34,8 @@ from mosaic.index.database import Database
 from mosaic.index.schema import AuditCursor, AuditRecord
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from mosaic.governance.audit_anchor import AuditAnchor
     from mosaic.governance.audit_journal import AuditJournal
     from mosaic.governance.policy import Principal
@@ -126,6 +129,26 @@ def coalesce(entries: list[AuditEntry]) -> list[AuditEntry]:
         else:
             group.detail["count"] = len(instances)
     return merged
+
+
+QUERY_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1"
+"""Explicit VR Little Endian: how a C-FIND identifier is kept in its audit record."""
+
+
+def query_detail(identifier: Dataset, sop_class_uid: str) -> dict[str, str]:
+    """What PS3.15's Query message names: the SOP Class queried and the query data set itself (base64 of its
+    Explicit VR Little Endian encoding), kept in the record's detail."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    try:
+        write_dataset(buffer, identifier)
+    except Exception as exc:  # an identifier pydicom cannot write again: say so, keep the rest of the record
+        return {"SOPClassUID": sop_class_uid, "identifier_error": f"{type(exc).__name__}: {exc}"[:200]}
+    return {"SOPClassUID": sop_class_uid, "identifier": base64.b64encode(buffer.getvalue()).decode(),
+            "TransferSyntaxUID": QUERY_TRANSFER_SYNTAX}
 
 
 def _naive_utc(value: datetime) -> datetime:
