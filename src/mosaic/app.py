@@ -21,6 +21,7 @@ from mosaic.config import Settings, StartupError
 from mosaic.dimse.receive import spool_into
 from mosaic.dimse.scp import DicomServer
 from mosaic.governance.audit import AuditTrail
+from mosaic.governance.audit_anchor import anchor_for
 from mosaic.governance.audit_export import SyslogForwarder
 from mosaic.governance.identity import IdentityService
 from mosaic.governance.policy import AccessPolicy
@@ -54,7 +55,7 @@ class Mosaic:
         self.policy = AccessPolicy(self.database, settings.security)
         self.identity = IdentityService(self.database, settings.security, self.policy)
         self.audit = AuditTrail(self.database, linger=settings.security.audit_batch_seconds,
-                                journal=settings.data_dir / "audit-journal")
+                                journal=settings.data_dir / "audit-journal", anchor=anchor_for(settings))
         self.jobs = JobStore(self.database, settings.jobs)
         self.job_runner = JobRunner(self.jobs, settings.jobs)
         """Runs queued jobs (exports, retention runs) on this node once started; the services register."""
@@ -110,6 +111,8 @@ class Mosaic:
             self._syslog = SyslogForwarder(self.database, self.settings.security.audit_syslog,
                                            self.settings.dicom.ae_title)
             self.audit.listeners.append(self._syslog.wake)
+            if self.audit.anchor is not None:
+                self.audit.anchor.listeners.append(self._syslog.send_checkpoint)
             self._syslog.start()
         if http and self.settings.retention.schedule_hours > 0:
             from mosaic.governance.retention import RetentionScheduler

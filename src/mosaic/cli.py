@@ -378,19 +378,33 @@ def user_list(config: ConfigOption = None, data_dir: DataDirOption = None) -> No
 
 
 @audit_app.command("verify")
-def audit_verify(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
-    """Walk the audit trail's hash chain; names the first record edited, removed or reordered (exit 1)."""
+def audit_verify(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    anchors: Annotated[list[Path] | None, typer.Option(
+        "--anchors", help="More anchor files to check the chain against (other nodes' checkpoints).")] = None,
+) -> None:
+    """Walk the audit trail's hash chain and check it against every signed checkpoint; names the first record
+    edited, removed or reordered, or the checkpoint that is not validly signed (exit 1)."""
     node = node_of(config, data_dir)
     with Progress(TextColumn("[bold]Verifying the audit trail"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("audit", total=node.audit.total())
-        report = node.audit.verify(lambda count: progress.advance(task, count))
+        report = node.audit.verify(lambda count: progress.advance(task, count), anchor_files=anchors)
     node.stop()
     if report.intact:
-        console.print(f"audit trail intact: {report.checked} records, every hash matches")
+        console.print(f"audit trail intact: {report.checked} records, every hash matches; "
+                      f"{report.checkpoints} signed checkpoints match")
+        if report.checked > report.anchored_seq:
+            console.print(f"[yellow]records {report.anchored_seq + 1}…{report.checked} are not anchored by a signed "
+                          "checkpoint yet: cutting them off would not be detected[/]")
         return
-    errors.print(f"[red]audit trail broken at record {report.first_bad_seq}: {report.reason}[/] "
-                 f"({report.checked} records before it are intact)")
+    if report.bad_checkpoint_line is not None:
+        errors.print(f"[red]audit trail anchors broken at checkpoint line {report.bad_checkpoint_line}: "
+                     f"{report.reason}[/]")
+    else:
+        errors.print(f"[red]audit trail broken at record {report.first_bad_seq}: {report.reason}[/] "
+                     f"({report.checked} records before it are intact)")
     raise typer.Exit(1)
 
 

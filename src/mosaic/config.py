@@ -328,6 +328,24 @@ class SecuritySettings(StrictModel):
     )
     oidc: OidcSettings = Field(default_factory=OidcSettings)  # type: ignore[arg-type]
     audit_syslog: SyslogSettings = Field(default_factory=SyslogSettings)  # type: ignore[arg-type]
+    audit_signing_key_file: Path | None = Field(
+        None, description="Ed25519 private key (PEM) that signs the audit trail's checkpoints (default: "
+        "<data_dir>/audit-signing-key.pem, made at the first start; keep it where the index's writers cannot "
+        "read it, see docs/audit.md).",
+    )
+    audit_verify_key_file: Path | None = Field(
+        None, description="Public keys (PEM, one or more: one per node) that checkpoints must be signed with; "
+        "enough for `mosaic audit verify` (default: the public half of audit_signing_key_file).",
+    )
+    audit_anchor_file: Path | None = Field(
+        None, description="Append-only file of signed checkpoints of the audit chain (default: "
+        "<data_dir>/audit-anchors.jsonl; put it on a volume the index's database cannot rewrite).",
+    )
+    audit_checkpoint_seconds: float = Field(
+        1.0, ge=0, le=3600, description="At most this long between the audit writer's commit and the signed "
+        "checkpoint that anchors it (0: after every batch); records newer than the last checkpoint can be cut "
+        "off undetected.",
+    )
 
 
 class RetentionRule(StrictModel):

@@ -44,7 +44,7 @@ from mosaic.dimse.tls import (
     peer_names,
     server_context,
 )
-from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
+from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail, query_detail
 from mosaic.governance.identity import AuthenticationFailed, IdentityService
 from mosaic.governance.policy import ALL, AccessPolicy, Permission, Principal
 from mosaic.index.query import Scope
@@ -380,7 +380,8 @@ class DicomServer:
         root = "PATIENT" if sop_class_uid == PATIENT_ROOT_FIND else "STUDY"
         audit = AuditEntry.of(principal, AuditAction.QUERY, "success", PatientID=str(identifier.get("PatientID", "")
                                                                                      or "")[:64],
-                              detail={"service": "C-FIND", "level": str(identifier.get("QueryRetrieveLevel", ""))})
+                              detail={"service": "C-FIND", "level": str(identifier.get("QueryRetrieveLevel", "")),
+                                      **query_detail(identifier, sop_class_uid)})
         try:
             responses: list[Any]
             if encoded_implicit is None:

@@ -5,11 +5,15 @@ batches, each record's ``hash`` covering its fields and the previous record's ha
 ``audit_cursor('chain')``. So auditing never makes a clinical request wait for the index, and a failed write is
 retried, never dropped (entries queued at a crash are the only ones at risk; ``stop()`` writes the queue out).
 Several processes and nodes append to one chain: the head row is locked for each batch. ``verify()`` walks
-the chain and names the first record that was edited, removed or reordered.
+the chain and names the first record that was edited, removed or reordered. The chain is anchored outside the
+index by signed checkpoints (``audit_anchor``): each writer signs the last record it committed, and ``verify()``
+checks that every checkpointed record is still there with that hash, so cutting records off the end or
+rewriting a record and recomputing the later hashes is found too.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -25,10 +29,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mosaic.governance.audit_anchor import Checkpoint
 from mosaic.index.database import Database
 from mosaic.index.schema import AuditCursor, AuditRecord
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from mosaic.governance.audit_anchor import AuditAnchor
     from mosaic.governance.audit_journal import AuditJournal
     from mosaic.governance.policy import Principal
 
@@ -123,6 +131,26 @@ def coalesce(entries: list[AuditEntry]) -> list[AuditEntry]:
     return merged
 
 
+QUERY_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1"
+"""Explicit VR Little Endian: how a C-FIND identifier is kept in its audit record."""
+
+
+def query_detail(identifier: Dataset, sop_class_uid: str) -> dict[str, str]:
+    """What PS3.15's Query message names: the SOP Class queried and the query data set itself (base64 of its
+    Explicit VR Little Endian encoding), kept in the record's detail."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    try:
+        write_dataset(buffer, identifier)
+    except Exception as exc:  # an identifier pydicom cannot write again: say so, keep the rest of the record
+        return {"SOPClassUID": sop_class_uid, "identifier_error": f"{type(exc).__name__}: {exc}"[:200]}
+    return {"SOPClassUID": sop_class_uid, "identifier": base64.b64encode(buffer.getvalue()).decode(),
+            "TransferSyntaxUID": QUERY_TRANSFER_SYNTAX}
+
+
 def _naive_utc(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
 
@@ -165,18 +193,26 @@ class ChainReport:
     checked: int
     first_bad_seq: int | None = None
     reason: str = ""
+    checkpoints: int = 0
+    """Signed checkpoints that match the chain."""
+    anchored_seq: int = 0
+    """The newest record a matching checkpoint names: records after it could still be cut off undetected."""
+    bad_checkpoint_line: int | None = None
+    """The anchor-file line that is not a validly signed checkpoint (forged, altered, unknown key)."""
 
     @property
     def intact(self) -> bool:
-        return self.first_bad_seq is None
+        return self.first_bad_seq is None and self.bad_checkpoint_line is None
 
 
 class AuditTrail:
     """Queues entries and appends them to the hash chain from a writer thread."""
 
     def __init__(self, database: Database, *, batch_size: int = 2000, linger: float = 0.25,
-                 journal: Path | None = None) -> None:
+                 journal: Path | None = None, anchor: AuditAnchor | None = None) -> None:
         self.database = database
+        self.anchor = anchor
+        """Signs checkpoints of what this trail's writer committed (None: the chain is not anchored)."""
         self.batch_size = batch_size
         self.linger = linger
         self.journal_folder = journal
@@ -198,6 +234,8 @@ class AuditTrail:
         """Queue ``entry``; never blocks on the index. Without a running writer, it is written at once."""
         if self._thread is None:
             self._write([entry])
+            if self.anchor is not None:
+                self.anchor.checkpoint()
             return
         journal = self._journal
         line = journal.encode(entry) if journal is not None else b""
@@ -210,6 +248,8 @@ class AuditTrail:
     def start(self) -> None:
         if self._thread is not None:
             return
+        if self.anchor is not None:
+            self.anchor.open()
         if self.journal_folder is not None:
             from mosaic.governance.audit_journal import AuditJournal
 
@@ -226,9 +266,14 @@ class AuditTrail:
         self._stopping.set()
         self._thread.join(timeout=10)
         self._thread = None
+        self.checkpoint()
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+
+    def checkpoint(self) -> bool:
+        """Anchor now what this process committed and has not anchored yet (at stop, and for tests)."""
+        return self.anchor is not None and self.anchor.checkpoint()
 
     def _recover(self, journal: AuditJournal) -> None:
         """Write what stopped processes of this host had queued but not written (see ``audit_journal``)."""
@@ -253,6 +298,8 @@ class AuditTrail:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            if self.anchor is not None:
+                self.anchor.checkpoint_if_due()
             try:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
@@ -281,9 +328,14 @@ class AuditTrail:
                 self._pending_lock.notify_all()
             for listener in self.listeners:
                 listener()
+            if self.anchor is not None:
+                self.anchor.checkpoint_if_due()
 
     def _write(self, entries: list[AuditEntry]) -> None:
+        appended: list[tuple[int, str]] = []
+
         def append(session: Session) -> None:
+            appended.clear()
             head = session.scalar(select(AuditCursor).where(AuditCursor.name == CHAIN).with_for_update())
             if head is None:  # the first writer creates the head (a racing second one retries and finds it)
                 head = AuditCursor(name=CHAIN, seq=0, hash=GENESIS, updated_at=datetime.now(UTC))
@@ -297,8 +349,11 @@ class AuditTrail:
                                         previous_hash=previous, hash=digest))
                 previous = digest
             head.seq, head.hash, head.updated_at = seq, previous, datetime.now(UTC)
+            appended.append((seq, previous))
 
         self.database.write(append)
+        if self.anchor is not None and appended and entries:
+            self.anchor.committed(*appended[-1])
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -339,8 +394,18 @@ class AuditTrail:
                 return
             last = rows[-1].seq
 
-    def verify(self, progress: Callable[[int], None] | None = None) -> ChainReport:
-        """Walk the chain from its first record; the report names the first record edited, removed or moved."""
+    def verify(self, progress: Callable[[int], None] | None = None,
+               anchor_files: list[Path] | None = None) -> ChainReport:
+        """Walk the chain from its first record and check it against every signed checkpoint (of this node's
+        anchor file and ``anchor_files``); the report names the first record edited, removed or moved, or the
+        checkpoint line that is not validly signed."""
+        reading = self.anchor.read(anchor_files) if self.anchor is not None else None
+        if reading is not None and reading.bad_line is not None:
+            return ChainReport(0, reason=reading.reason, bad_checkpoint_line=reading.bad_line)
+        anchors: dict[int, list[Checkpoint]] = {}
+        for checkpoint in reading.checkpoints if reading is not None else []:
+            anchors.setdefault(checkpoint.seq, []).append(checkpoint)
+        matched, anchored = 0, 0
         expected_seq, previous, checked = 1, GENESIS, 0
         for row in self._walk():
             if row.seq != expected_seq:
@@ -353,6 +418,13 @@ class AuditTrail:
             if record_hash(row.seq, row.recorded_at, row_values(row), row.previous_hash) != row.hash:
                 return ChainReport(checked, row.seq, f"record {row.seq} was changed after it was written "
                                                      "(its hash does not match its content)")
+            for checkpoint in anchors.get(row.seq, ()):
+                if checkpoint.hash != row.hash:
+                    return ChainReport(checked, anchored + 1, f"records {anchored + 1}…{row.seq} were rewritten "
+                                       f"(record {row.seq}'s hash differs from the one signed in the checkpoint "
+                                       f"on line {checkpoint.line} by {checkpoint.node} at {checkpoint.at})",
+                                       matched, anchored)
+                matched, anchored = matched + 1, row.seq
             previous = row.hash
             expected_seq += 1
             checked += 1
@@ -362,5 +434,12 @@ class AuditTrail:
             head = session.scalar(select(AuditCursor).where(AuditCursor.name == CHAIN))
         if head is not None and (head.seq != expected_seq - 1 or head.hash != previous):
             return ChainReport(checked, expected_seq, f"records {expected_seq}…{head.seq} were removed from the end "
-                                                      f"(the chain head names record {head.seq})")
-        return ChainReport(checked)
+                                                      f"(the chain head names record {head.seq})", matched, anchored)
+        beyond = [checkpoint for seq, found in anchors.items() if seq >= expected_seq for checkpoint in found]
+        if beyond:
+            last = max(beyond, key=lambda checkpoint: checkpoint.seq)
+            return ChainReport(checked, expected_seq, f"records {expected_seq}…{last.seq} were removed from the end "
+                               f"(the checkpoint on line {last.line}, signed by {last.node} at {last.at}, names "
+                               f"record {last.seq}; the chain and its head stop at {expected_seq - 1})",
+                               matched, anchored)
+        return ChainReport(checked, checkpoints=matched, anchored_seq=anchored)

@@ -213,7 +213,8 @@ title="At least {minimum} characters besides spaces"></label>
         report = mosaic.audit.verify()
         request.state.audit = AuditEntry.of(principal, AuditAction.AUDIT_READ, "", detail={"verify": report.intact})
         return {"intact": report.intact, "checked": report.checked, "first_bad_seq": report.first_bad_seq,
-                "reason": report.reason}
+                "reason": report.reason, "checkpoints": report.checkpoints, "anchored_seq": report.anchored_seq,
+                "bad_checkpoint_line": report.bad_checkpoint_line}
 
     @router.get("/audit", response_class=HTMLResponse)
     def audit_page(request: Request, patient: str | None = None, user: str | None = None,
