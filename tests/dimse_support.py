@@ -5,7 +5,10 @@ run as subprocesses over loopback, a dcmtk ``storescp`` as C-MOVE destination, a
 from __future__ import annotations
 
 import subprocess
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,8 @@ from tests.helpers import free_port, is_listening
 
 LOCALHOST = "127.0.0.1"
 MOSAIC_AE = "MOSAIC"
-TOOL_TIMEOUT = 60
+TOOL_TIMEOUT = 180
+"""A deadline for a hang, not a speed limit: the suite runs on loaded 2-core machines."""
 
 
 def start_node(data_dir: Path, *, peers: Sequence[DicomPeer] = (), allow_unknown_calling_aes: bool = True,
@@ -71,7 +75,15 @@ def run_tool(tool: str, *args: str | Path, env: dict[str, str], timeout: float =
         tails = "".join(f"\n--- {log} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:])
                         for log in logs if log.exists())
         raise AssertionError(f"{' '.join(command)} still running after {timeout:.0f} s; it printed:\n"
-                             f"{printed or '(nothing)'}{tails}") from None
+                             f"{printed or '(nothing)'}{tails}\n--- this process's threads ---\n"
+                             f"{thread_stacks()}") from None
+
+
+def thread_stacks() -> str:
+    """Where every thread of this process is (an in-process Mosaic node's among them): what a hang waits on."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return "\n".join(f"# {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame)[-12:])
+                     for ident, frame in sys._current_frames().items() if ident != threading.get_ident())
 
 
 def peer_args(node: Mosaic, calling_ae: str | None = None) -> list[str]:
