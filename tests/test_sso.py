@@ -172,3 +172,12 @@ def test_a_local_account_in_another_case_is_not_taken_over(node: Mosaic, idp: Id
     assert "'Night.Admin' is a local Mosaic account" in denied(node)[0]
     accounts = [account for account in node.identity.users() if account.username.lower() == "night.admin"]
     assert [(account.username, account.source) for account in accounts] == [("Night.Admin", "local")]
+
+
+def test_a_forged_host_header_never_becomes_the_redirect_uri(node: Mosaic) -> None:
+    """A phishing link through Mosaic with ``Host: evil.example`` must not send the provider's code there."""
+    answer = httpx.get(f"http://{LOCALHOST}:{node.http_port}/login/oidc", params={"next": "/api/me"},
+                       headers={"Host": "evil.example"}, follow_redirects=False)
+    assert answer.status_code in (302, 303, 307), answer.text
+    asked = urllib.parse.parse_qs(urllib.parse.urlsplit(answer.headers["location"]).query)
+    assert asked["redirect_uri"] == [f"http://{LOCALHOST}:{node.http_port}/login/oidc/callback"]

@@ -71,8 +71,9 @@ class HttpSettings(StrictModel):
     )
     trusted_hosts: list[str] = Field(
         default_factory=list, description="Host names (as in the Host header) that absolute URLs in answers "
-        "(BulkDataURIs, RetrieveURLs) may be built from, besides http.host, public_url's host and localhost; a "
-        "request with any other Host gets URLs of the address it connected to. [\"*\"] trusts any Host.",
+        "(BulkDataURIs, RetrieveURLs, the OpenID Connect redirect_uri) may be built from, besides http.host, "
+        "public_url's host and localhost; a request with any other Host gets URLs of the address it connected to. "
+        "[\"*\"] trusts any Host.",
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call Mosaic from a browser (CORS), e.g. "

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from mosaic.core.errors import QueryError
+from mosaic.core.origin import client_origin
 from mosaic.dicomweb.cache import ByteCache
 from mosaic.dicomweb.dicomjson import MEDIA_TYPE, dumps, instance_metadata, json_array, plain_json
 from mosaic.dicomweb.guard import dicomweb_guard
@@ -39,24 +40,9 @@ def problem(status: int, message: str) -> JSONResponse:
 
 
 def base_url(request: Request) -> str:
-    """The DICOMweb root as the client sees it (so BulkDataURIs point at the origin the viewer used).
-
-    ``http.public_url`` when configured (behind a proxy); else the request's Host header when it names a
-    trusted host (``http.trusted_hosts``), else the address the client connected to: a forged Host never
-    ends up in the URLs a viewer follows. A client that connected straight to a non-default port but left
-    the port out of Host (dicomweb-client does) gets the port it connected to.
-    """
-    public_url = getattr(request.app.state, "public_url", None)
-    if public_url:
-        return public_url.rstrip("/") + PREFIX
-    url = request.base_url
-    server = request.scope.get("server")
-    trusted = getattr(request.app.state, "trusted_hosts", None)
-    if trusted is not None and (url.hostname or "").lower() not in trusted and server:
-        url = url.replace(hostname=server[0], port=server[1])
-    if url.port is None and server and url.hostname == server[0] and server[1] not in (80, 443):
-        url = url.replace(port=server[1])
-    return str(url).rstrip("/") + PREFIX
+    """The DICOMweb root as the client sees it (so BulkDataURIs point at the origin the viewer used); see
+    :func:`mosaic.core.origin.client_origin` for which Host is believed."""
+    return client_origin(request) + PREFIX
 
 
 def dicom_json(request: Request, body: bytes, *, status: int = 200, headers: dict[str, str] | None = None,

@@ -25,6 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from mosaic.core.origin import client_origin
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.identity import AuthenticationFailed
 from mosaic.web.auth import SESSION_COOKIE, principal_of
@@ -70,9 +71,9 @@ def _challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def _callback_url(mosaic: Mosaic, request: Request) -> str:
-    base = mosaic.settings.http.public_url or str(request.base_url)
-    return base.rstrip("/") + CALLBACK
+def _callback_url(request: Request) -> str:
+    """Where the identity provider sends the browser back: never built from a forged Host header."""
+    return client_origin(request) + CALLBACK
 
 
 def create_oidc_router(mosaic: Mosaic, safe_next: Any, page: Any) -> APIRouter:
@@ -102,7 +103,7 @@ def create_oidc_router(mosaic: Mosaic, safe_next: Any, page: Any) -> APIRouter:
         flow = {"state": secrets.token_urlsafe(24), "nonce": secrets.token_urlsafe(24),
                 "verifier": secrets.token_urlsafe(48), "next": safe_next(next)}
         query = urllib.parse.urlencode({
-            "response_type": "code", "client_id": oidc.client_id, "redirect_uri": _callback_url(mosaic, request),
+            "response_type": "code", "client_id": oidc.client_id, "redirect_uri": _callback_url(request),
             "scope": " ".join(oidc.scopes), "state": flow["state"], "nonce": flow["nonce"],
             "code_challenge": _challenge(flow["verifier"]), "code_challenge_method": "S256"})
         response = RedirectResponse(f"{authorization}{'&' if '?' in authorization else '?'}{query}", status_code=303)
@@ -143,7 +144,7 @@ def create_oidc_router(mosaic: Mosaic, safe_next: Any, page: Any) -> APIRouter:
     def exchange(request: Request, code: str, verifier: str) -> str:
         """The authorization code for the ID token, at the token endpoint."""
         _authorization, token_endpoint = provider.endpoints()
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": _callback_url(mosaic, request),
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": _callback_url(request),
                 "client_id": oidc.client_id or "", "code_verifier": verifier}
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         if oidc.client_secret:
