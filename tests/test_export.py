@@ -217,3 +217,35 @@ def test_two_exports_to_one_name_never_mix(node: Mosaic) -> None:
     with zipfile.ZipFile(node.settings.export_path / "twice.zip") as archive:
         assert len(archive.namelist()) == 2
     assert not list(node.settings.export_path.glob(".twice.zip*"))
+
+
+def test_the_institution_and_full_dates_options_keep_what_they_name(node: Mosaic, tmp_path: Path) -> None:
+    """PS3.15 E.3.10 and E.3.6 (Retain Institution Identity, Retain Longitudinal Temporal Information with Full
+    Dates) from the API and the command line; without them the institution is removed and the dates shifted."""
+    kept = run_export(node, "admin", studies=[STUDY_A], project="options",
+                      destination={"kind": "folder", "target": "options-kept"},
+                      options={"retain_institution_identity": True, "retain_longitudinal_full_dates": True})
+    assert kept["state"] == "done" and kept["exported"] == 2, kept
+    dataset = pydicom.dcmread(next((node.settings.export_path / "options-kept").rglob("*.dcm")))
+    assert (dataset.InstitutionName, dataset.StudyDate) == ("General Hospital", "20240101")
+    assert dataset.PatientName != "Secret^Alice"
+    codes = {item.CodeValue for item in dataset.DeidentificationMethodCodeSequence}
+    assert {"113112", "113106"} <= codes and "113107" not in codes
+    with api(node, "admin") as client:
+        both = client.post("/api/exports", json={"studies": [STUDY_A], "project": "options", "destination": {
+            "kind": "folder", "target": "options-both"}, "options": {"retain_longitudinal_full_dates": True,
+                                                                     "retain_longitudinal_modified_dates": True}})
+    assert both.status_code == 400 and "one of the two" in both.json()["error"]
+    target = tmp_path / "cli-options"
+    result = CliRunner().invoke(cli, ["export", "--study", STUDY_A, "--project", "options", "--to", str(target),
+                                      "--retain-institution-identity", "--keep-dates", "--data-dir",
+                                      str(node.settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    dataset = pydicom.dcmread(next(target.rglob("*.dcm")))
+    assert (dataset.InstitutionName, dataset.StudyDate) == ("General Hospital", "20240101")
+    default = CliRunner().invoke(cli, ["export", "--study", STUDY_A, "--project", "options", "--to",
+                                       str(tmp_path / "cli-default"), "--data-dir", str(node.settings.data_dir)])
+    assert default.exit_code == 0, default.output
+    dataset = pydicom.dcmread(next((tmp_path / "cli-default").rglob("*.dcm")))
+    assert dataset.get("InstitutionName") in (None, "", "ANONYMIZED")  # PS3.15: X or dummy value
+    assert dataset.StudyDate != "20240101"  # shifted by the project's per-patient offset

@@ -447,9 +447,13 @@ def export(
                                                  "destination instead.")] = None,
     retain_patient_characteristics: Annotated[bool, typer.Option(help="Keep sex, age, size, weight.")] = False,
     retain_device_identity: Annotated[bool, typer.Option(help="Keep station and device identifiers.")] = False,
+    retain_institution_identity: Annotated[bool, typer.Option(help="Keep institution names, addresses and "
+                                                          "departments.")] = False,
     retain_uids: Annotated[bool, typer.Option(help="Keep the original UIDs.")] = False,
     shift_dates: Annotated[bool, typer.Option("--shift-dates/--remove-dates", help="Shift dates per patient "
                                               "(default) or remove them.")] = True,
+    keep_dates: Annotated[bool, typer.Option("--keep-dates", help="Keep dates and times as they are (Retain "
+                                             "Longitudinal Temporal Information with Full Dates).")] = False,
     include_burned_in: Annotated[bool, typer.Option(help="Also export instances that may show burned-in text.")
                                  ] = False,
     config: ConfigOption = None,
@@ -468,8 +472,9 @@ def export(
     exporter = operator(node)
     node.audit.start()
     options = {"retain_patient_characteristics": retain_patient_characteristics, "retain_uids": retain_uids,
-               "retain_device_identity": retain_device_identity, "retain_longitudinal_modified_dates": shift_dates,
-               "include_burned_in": include_burned_in}
+               "retain_device_identity": retain_device_identity, "retain_institution_identity":
+               retain_institution_identity, "retain_longitudinal_modified_dates": shift_dates and not keep_dates,
+               "retain_longitudinal_full_dates": keep_dates, "include_burned_in": include_burned_in}
     try:
         job = node.exports.prepare(exporter, study, Destination(*targets[0]), project, options, here=True)
     except ExportError as exc:

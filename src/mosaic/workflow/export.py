@@ -57,8 +57,10 @@ class Destination:
 
 
 KIND = "export"
-OPTIONS = ("retain_longitudinal_modified_dates", "retain_patient_characteristics", "retain_device_identity",
-           "clean_descriptors", "retain_uids", "include_burned_in")
+OPTIONS = ("retain_longitudinal_modified_dates", "retain_longitudinal_full_dates", "retain_patient_characteristics",
+           "retain_device_identity", "retain_institution_identity", "clean_descriptors", "retain_uids",
+           "include_burned_in")
+"""The PS3.15 E.3 options an export may ask for (:class:`~mosaic.governance.deid.DeidentificationOptions`)."""
 LISTED = 1000
 """Excluded and failed instances named in a job's result (the counts are always complete)."""
 
@@ -135,6 +137,12 @@ class ExportService:
         unknown = sorted(set(options or {}) - set(OPTIONS))
         if unknown:
             raise ExportError(f"unknown de-identification option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+        options = dict(options or {})
+        if options.get("retain_longitudinal_full_dates"):
+            if options.get("retain_longitudinal_modified_dates"):
+                raise ExportError("retain_longitudinal_full_dates keeps the dates, retain_longitudinal_modified_dates "
+                                  "shifts them: ask for one of the two")
+            options["retain_longitudinal_modified_dates"] = False  # the shift is the default otherwise
         if destination.kind not in ("folder", "zip", "peer", "dicomweb"):
             raise ExportError(f"destination kind {destination.kind!r} is not folder, zip, peer or dicomweb")
         if destination.kind in ("folder", "zip"):
