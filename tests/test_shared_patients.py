@@ -16,10 +16,21 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+from sqlalchemy import select
 
 from mosaic.app import Mosaic
 from mosaic.config import DicomPeer
-from mosaic.index.schema import Study
+from mosaic.index.attributes import COMPUTED_KEYS, KEYS_OF_LEVEL
+from mosaic.index.schema import Instance, Series, Study
 from tests.dimse_support import LOCALHOST, MOSAIC_AE, run_tool, start_node
 from tests.factory import make_instance, to_bytes
 
@@ -175,3 +186,90 @@ def test_the_landing_page_shows_a_scoped_clinician_the_own_sites_name(archive: A
     assert page.status_code == 200, page.text
     assert "SITEA NAME" in page.text
     assert "SITEB" not in page.text
+
+
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+
+
+def sweep_identifier(level: str, **matching: str) -> Dataset:
+    """Every return key Mosaic knows, of this level and the ones above it (PS3.4 C.4.1.1.3.2 relational-like
+    answers are not supported, but a peer may ask), with the given matching keys."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    for upper in LEVELS[: LEVELS.index(level) + 1]:
+        for keyword in (*KEYS_OF_LEVEL[upper], *COMPUTED_KEYS[upper]):
+            setattr(identifier, keyword, None)
+    for keyword, value in matching.items():
+        setattr(identifier, keyword, value)
+    return identifier
+
+
+def test_a_sweep_of_every_level_model_and_key_reveals_nothing_of_the_other_site(archive: Archive) -> None:
+    """Both query models, every level, every return key, universal matching and matching on the shared patient
+    (and on SITE-B's own study): each answer comes from SITE-A's study only, and its counts count only it."""
+    ae = AE(ae_title="WS_A")
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    association = ae.associate(LOCALHOST, archive.node.dicom_port, ae_title=MOSAIC_AE)
+    assert association.is_established
+    answers: list[Dataset] = []
+    try:
+        for model in (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind):
+            for level in LEVELS[model is StudyRootQueryRetrieveInformationModelFind:]:
+                for matching in ({}, {"PatientID": SHARED}, {"PatientID": SHARED, "StudyInstanceUID": STUDY_B}):
+                    for status, identifier in association.send_c_find(sweep_identifier(level, **matching), model):
+                        assert status.Status in (0x0000, 0xFF00, 0xFF01), (level, matching, status)
+                        if identifier is not None:
+                            answers.append(identifier)
+    finally:
+        association.release()
+    assert answers  # SITE-A's study is found
+    assert_nothing_of_site_b(answers)
+    visible = {answer.StudyInstanceUID for answer in answers
+               if answer.QueryRetrieveLevel == "STUDY" and answer.PatientID == SHARED}
+    assert STUDY_A in visible
+    for answer in answers:
+        if answer.QueryRetrieveLevel == "PATIENT" and answer.PatientID == SHARED:
+            assert int(answer.NumberOfPatientRelatedStudies) == len(visible)  # SITE-B's study is not counted
+
+
+def test_a_scoped_peer_cannot_get_the_other_sites_study_at_any_level(archive: Archive) -> None:
+    with archive.node.database.session() as session:
+        series_b, sop_b = session.execute(
+            select(Series.SeriesInstanceUID, Instance.SOPInstanceUID).join_from(Series, Instance)
+            .join_from(Series, Study).where(Study.StudyInstanceUID == STUDY_B)).one()
+    received: list[str] = []
+
+    def on_store(event: object) -> int:
+        received.append(str(event.dataset.SOPInstanceUID))  # type: ignore[attr-defined]
+        return 0x0000
+
+    ae = AE(ae_title="WS_A")
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    association = ae.associate(LOCALHOST, archive.node.dicom_port, ae_title=MOSAIC_AE,
+                               ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                               evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert association.is_established
+    try:
+        for model in (PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet):
+            for level, keys in (("STUDY", {"StudyInstanceUID": STUDY_B}),
+                                ("SERIES", {"StudyInstanceUID": STUDY_B, "SeriesInstanceUID": series_b}),
+                                ("IMAGE", {"StudyInstanceUID": STUDY_B, "SeriesInstanceUID": series_b,
+                                           "SOPInstanceUID": sop_b}),
+                                ("PATIENT", {"PatientID": SHARED})):
+                if level == "PATIENT" and model is StudyRootQueryRetrieveInformationModelGet:
+                    continue
+                identifier = Dataset()
+                identifier.QueryRetrieveLevel = level
+                if model is PatientRootQueryRetrieveInformationModelGet:
+                    identifier.PatientID = SHARED
+                for keyword, value in keys.items():
+                    setattr(identifier, keyword, value)
+                list(association.send_c_get(identifier, model))
+    finally:
+        association.release()
+    sop_a = received and received[0]
+    assert sop_b not in received, "SITE-B's instance went to a SITE-A peer"
+    assert all(uid == sop_a for uid in received)  # at most SITE-A's own instance (the PATIENT-level C-GET)
