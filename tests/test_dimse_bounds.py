@@ -177,7 +177,7 @@ def test_half_open_requests_hold_no_slot_and_are_closed_after_the_artim_time(tmp
                                                                              dcmtk: dict[str, str]) -> None:
     """More half-sent A-ASSOCIATE-RQs than association slots: callers are still served meanwhile, and each
     half-open connection is closed once dicom.network_timeout (the ARTIM time) has passed."""
-    node = start_node(tmp_path / "mosaic", max_associations=2, network_timeout=3)
+    node = start_node(tmp_path / "mosaic", max_associations=2, network_timeout=3, max_connections_per_address=8)
     sockets = []
     try:
         for _ in range(6):
@@ -206,7 +206,7 @@ def _associate(node: Mosaic, abstract_syntaxes: list[str]) -> Association:
                                              ("streaming", "streaming"), ("pynetdicom", "pynetdicom")])
 def test_max_associations_counts_both_receive_paths_together(tmp_path: Path, held: str,
                                                              asked: str) -> None:
-    node = start_node(tmp_path / "mosaic", max_associations=2)
+    node = start_node(tmp_path / "mosaic", max_associations=2, max_connections_per_address=8)
     holding: list[Association] = []
     try:
         holding = [_associate(node, RECEIVE_PATHS[held]) for _ in range(2)]
@@ -249,7 +249,8 @@ def test_a_flood_of_connections_is_refused_beyond_the_door_limit(tmp_path: Path,
     A-ASSOCIATE-RJ, local limit exceeded); the admitted ones are closed after the ARTIM time; the listener
     then serves echoscu."""
     # an ARTIM time longer than the flood takes to open, so exactly 16 connections are admitted
-    node = start_node(tmp_path / "mosaic", max_associations=2, max_connections=16, network_timeout=30)
+    node = start_node(tmp_path / "mosaic", max_associations=2, max_connections=16, max_connections_per_address=16,
+                      network_timeout=30)
     flood: list[socket.socket] = []
     try:
         for _ in range(1100):
@@ -261,6 +262,31 @@ def test_a_flood_of_connections_is_refused_beyond_the_door_limit(tmp_path: Path,
         echo_works(node, dcmtk)
     finally:
         for sock in flood:
+            sock.close()
+        node.stop()
+
+
+def test_one_address_cannot_fill_the_door_for_every_other_peer(tmp_path: Path) -> None:
+    """A stranger at 127.0.0.1 opens far more connections than dicom.max_connections_per_address and sends
+    nothing: beyond that number it is refused at once (A-ASSOCIATE-RJ), and a peer calling from another address
+    (127.0.0.2, also loopback) still associates while the stranger holds every connection it got."""
+    node = start_node(tmp_path / "mosaic", max_connections=16, max_connections_per_address=4, network_timeout=60)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(12):
+            held.append(connect(node))
+        refused = [sock for sock in held[4:] if closed_by_server(sock) == [A_ASSOCIATE_RJ]]
+        assert len(refused) == 8
+        ae = AE(ae_title="OTHERPEER")
+        ae.add_requested_context(VERIFICATION)
+        association = ae.associate(LOCALHOST, node.dicom_port, ae_title=MOSAIC_AE, bind_address=("127.0.0.2", 0))
+        try:
+            assert association.is_established
+            assert association.send_c_echo().Status == 0x0000
+        finally:
+            association.release()
+    finally:
+        for sock in held:
             sock.close()
         node.stop()
 

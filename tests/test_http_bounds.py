@@ -21,7 +21,8 @@ SLOW = 40
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Mosaic]:
-    http = HttpSettings(port=0, header_timeout_seconds=1.0, body_timeout_seconds=1.0, max_connections=SLOW + 10)
+    http = HttpSettings(port=0, header_timeout_seconds=1.0, body_timeout_seconds=1.0, max_connections=SLOW + 10,
+                        max_connections_per_address=SLOW + 10)
     mosaic = Mosaic(Settings(data_dir=tmp_path, http=http, dicom=DicomSettings(port=0)))
     mosaic.start()
     yield mosaic
@@ -100,6 +101,35 @@ def test_connections_beyond_the_cap_are_answered_503(node: Mosaic) -> None:
         time.sleep(0.1)
     else:
         raise AssertionError("the server did not accept connections again after the flood ended")
+
+
+@pytest.mark.parametrize("proxy", [False, True])
+def test_one_address_cannot_fill_the_door_unless_it_is_the_trusted_proxy(tmp_path: Path, proxy: bool) -> None:
+    """A stranger at 127.0.0.1 holding http.max_connections_per_address connections gets 503 for one more, while
+    a client at 127.0.0.2 (also loopback) is still served; the trusted reverse proxy is not held to it."""
+    http = HttpSettings(port=0, max_connections=50, max_connections_per_address=5,  # type: ignore[call-arg]
+                        trusted_proxies=["127.0.0.1"] if proxy else [])
+    node = Mosaic(Settings(data_dir=tmp_path, http=http, dicom=DicomSettings(port=0)))  # type: ignore[call-arg]
+    node.start(dicom=False)
+    held = []
+    try:
+        for _ in range(5):
+            held.append(socket.create_connection(("127.0.0.1", node.http_port), timeout=60))
+        with socket.create_connection(("127.0.0.1", node.http_port), timeout=60) as extra:
+            if proxy:
+                extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = _closed_by_server(extra, time.monotonic() + 60)
+        if proxy:
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        else:
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"http.max_connections_per_address" in answer, answer
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=60)
+        with other:
+            assert other.get(f"http://127.0.0.1:{node.http_port}/healthz").status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+        node.stop()
 
 
 def test_integer_parameters_are_bounded_and_frame_lists_deduplicated(node: Mosaic) -> None:

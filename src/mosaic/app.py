@@ -141,7 +141,9 @@ class Mosaic:
                                     access_log=False, lifespan="off",
                                     http=GuardedH11Protocol.configured(
                                         header_timeout=web.header_timeout_seconds,
-                                        body_timeout=web.body_timeout_seconds, max_connections=web.max_connections),
+                                        body_timeout=web.body_timeout_seconds, max_connections=web.max_connections,
+                                        max_connections_per_address=web.max_connections_per_address,
+                                        trusted_proxies=web.trusted_proxies),
                                     proxy_headers=False,  # uvicorn believes 127.0.0.1; http.trusted_proxies decides
                                     ssl_certfile=str(web.tls_cert_file) if web.https else None,
                                     ssl_keyfile=str(web.tls_key_file) if web.https else None)

@@ -113,6 +113,10 @@ class HttpSettings(StrictModel):
         1000, ge=1, description="Open HTTP connections at most; one more is answered 503 with Retry-After and "
         "closed, so a flood of connections cannot take every file descriptor.",
     )
+    max_connections_per_address: int = Field(
+        0, ge=0, description="Of those, most from one IP address (the trusted_proxies excepted), so that one "
+        "stranger holding unfinished requests cannot fill the door for everyone (0: a tenth of max_connections).",
+    )
 
     @property
     def https(self) -> bool:
@@ -190,6 +194,11 @@ class DicomSettings(StrictModel):
     max_connections: int = Field(
         0, ge=0, description="Most TCP connections each DICOM door (plain, TLS) admits at once, associated or "
         "not; more are refused at once (0: four times max_associations).",
+    )
+    max_connections_per_address: int = Field(
+        0, ge=0, description="Of those, most from one IP address, so that one stranger holding unfinished "
+        "requests (or one misbehaving device) cannot fill a door for every other peer; a router or gateway that "
+        "opens many associations at once may need more (0: a quarter of max_connections, at least max_associations).",
     )
     max_pdu_size: int = Field(
         0, ge=0, description="Largest P-DATA-TF Mosaic receives, in bytes (0: unlimited on the streaming C-STORE "

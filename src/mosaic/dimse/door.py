@@ -3,11 +3,11 @@
 A TCP connection is only a candidate until its A-ASSOCIATE-RQ is complete and accepted. Until then it holds
 no association slot; it must deliver the request within the ARTIM time (PS3.8 9.1.5: dicom.network_timeout)
 and within :data:`MAX_ASSOCIATE_PDU` bytes, or it is aborted and closed. Each door (the plain and the TLS
-listener) admits at most ``max_connections`` connections at once, refusing more in its accept loop without
-starting a thread, so a flood on one door cannot starve the other. One :class:`AssociationSlots` per process
-counts the associations of both receive paths (Mosaic's streaming receiver and pynetdicom) against
-dicom.max_associations. Waiting on sockets uses poll(2), which has no 1024-descriptor ceiling as select(2)
-has.
+listener) admits at most ``max_connections`` connections at once, and ``max_connections_per_address`` of them
+from one IP address, refusing more in its accept loop without starting a thread, so a flood on one door cannot
+starve the other and one stranger cannot fill a door. One :class:`AssociationSlots` per process counts the
+associations of both receive paths (Mosaic's streaming receiver and pynetdicom) against dicom.max_associations.
+Waiting on sockets uses poll(2), which has no 1024-descriptor ceiling as select(2) has.
 """
 
 from __future__ import annotations
@@ -142,11 +142,14 @@ class ConnectionLimit:
     loop answers A-ASSOCIATE-RJ (transient, local limit exceeded) and closes, without starting a thread."""
 
     max_connections = 128
+    max_connections_per_address = 32
+    """Of those, at most this many from one IP address: one stranger (or one misbehaving device) holding
+    half-open requests cannot fill the door for every other peer."""
     request_queue_size = 128
     """The listen backlog (socketserver's default, 5, makes a burst of callers wait for SYN retransmissions)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._open_connections: set[tuple[threading.Thread, Any]] = set()
+        self._open_connections: set[tuple[threading.Thread, Any, str]] = set()
         self._connection_lock = threading.Lock()
         self._refused = 0
         self._refused_logged = -10.0
@@ -154,22 +157,29 @@ class ConnectionLimit:
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connection_lock:
-            self._open_connections = {(thread, sock) for thread, sock in self._open_connections if thread.is_alive()}
+            self._open_connections = {(thread, sock, address) for thread, sock, address in self._open_connections
+                                      if thread.is_alive()}
+            address = client_address[0] if client_address else ""
             if len(self._open_connections) >= self.max_connections:
-                self._refuse(request, client_address)
+                self._refuse(request, client_address, "dicom.max_connections", self.max_connections)
+                return
+            if sum(1 for _thread, _sock, other in self._open_connections
+                   if other == address) >= self.max_connections_per_address:
+                self._refuse(request, client_address, "dicom.max_connections_per_address",
+                             self.max_connections_per_address)
                 return
             thread = threading.Thread(target=self.process_request_thread,  # type: ignore[attr-defined]
                                       args=(request, client_address), daemon=True, name="dicom-connection")
-            self._open_connections.add((thread, request))
+            self._open_connections.add((thread, request, address))
         thread.start()
 
-    def _refuse(self, request: Any, client_address: Any) -> None:
+    def _refuse(self, request: Any, client_address: Any, limit: str, count: int) -> None:
         self._refused += 1
         now = time.monotonic()
         if now - self._refused_logged >= 10:
-            log.warning("connection from %s refused: %d connections open on port %s (dicom.max_connections); "
-                        "%d refused since the last report", client_address[0] if client_address else "?",
-                        self.max_connections, self.server_address[1], self._refused)  # type: ignore[attr-defined]
+            log.warning("connection from %s refused: %d connections open on port %s (%s); %d refused since the "
+                        "last report", client_address[0] if client_address else "?", count,
+                        self.server_address[1], limit, self._refused)  # type: ignore[attr-defined]
             self._refused, self._refused_logged = 0, now
         if not isinstance(request, ssl.SSLSocket):  # no TLS session yet to answer in
             with contextlib.suppress(OSError, ValueError):
@@ -180,7 +190,7 @@ class ConnectionLimit:
     def close_connections(self) -> None:
         """Shut every open connection of this door (server stop): their threads end on the closed socket."""
         with self._connection_lock:
-            sockets = [sock for _thread, sock in self._open_connections]
+            sockets = [sock for _thread, sock, _address in self._open_connections]
         for sock in sockets:
             with contextlib.suppress(OSError, ValueError):
                 sock.shutdown(socket.SHUT_RDWR)

@@ -130,6 +130,7 @@ class DicomServer:
         server = cast(_Listener, self.ae.make_server((self.settings.host, self.settings.port), evt_handlers=handlers,
                                                      server_class=server_class, request_handler=StoreRequestHandler))
         server.max_connections = self.max_connections
+        server.max_connections_per_address = self.max_connections_per_address
         if self.settings.streaming_store:
             server.store_context = StoreContext(  # type: ignore[attr-defined]
                 ae_title=self.settings.ae_title, maximum_length=self.settings.max_pdu_size,
@@ -156,6 +157,7 @@ class DicomServer:
             ssl_context=server_context(tls), request_handler=TlsRequestHandler))
         server.handshake_timeout = self.settings.network_timeout
         server.max_connections = self.max_connections
+        server.max_connections_per_address = self.max_connections_per_address
         server.on_refused = self._audit_tls_refused
         self.ae._servers.append(server)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="dicom-tls-listener",
@@ -167,6 +169,13 @@ class DicomServer:
     def max_connections(self) -> int:
         """Connections each door admits at once (dicom.max_connections; 0: four per association slot)."""
         return self.settings.max_connections or 4 * self.settings.max_associations
+
+    @property
+    def max_connections_per_address(self) -> int:
+        """Of those, from one IP address (dicom.max_connections_per_address; 0: a quarter of the door's, and at
+        least as many as there are association slots)."""
+        return self.settings.max_connections_per_address or max(self.max_connections // 4,
+                                                                self.settings.max_associations)
 
     @property
     def tls_port(self) -> int:

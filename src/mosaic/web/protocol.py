@@ -7,12 +7,15 @@ or whose body stops arriving is kept for ever, and any number of them is accepte
   answer on a kept-alive connection), however slowly the bytes trickle in; else 408 and the connection closes;
 * while the body is read, each read must come within ``body_timeout`` of the last (not while Mosaic itself
   has paused reading because the application is behind);
-* beyond ``max_connections`` open connections a new one is answered 503 with Retry-After and closed.
+* beyond ``max_connections`` open connections a new one is answered 503 with Retry-After and closed, and so
+  is one beyond ``max_connections_per_address`` from one IP address (not counting the trusted reverse proxies,
+  through which every browser comes): one stranger cannot fill the door for everyone else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from typing import Any
 
@@ -38,28 +41,54 @@ class GuardedH11Protocol(H11Protocol):
     header_timeout: float = 20.0
     body_timeout: float = 60.0
     max_connections: int = 1000
+    max_connections_per_address: int = 100
+    unlimited_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """The trusted reverse proxies (http.trusted_proxies): not held to the per-address cap."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
 
     @classmethod
-    def configured(cls, *, header_timeout: float, body_timeout: float,
-                   max_connections: int) -> type[GuardedH11Protocol]:
+    def configured(cls, *, header_timeout: float, body_timeout: float, max_connections: int,
+                   max_connections_per_address: int = 0, trusted_proxies: list[str] | None = None
+                   ) -> type[GuardedH11Protocol]:
         """A protocol class with these limits (uvicorn builds one instance per connection from the class)."""
-        return type("GuardedH11Protocol", (cls,), {"header_timeout": header_timeout, "body_timeout": body_timeout,
-                                                   "max_connections": max_connections})
+        return type("GuardedH11Protocol", (cls,), {
+            "header_timeout": header_timeout, "body_timeout": body_timeout, "max_connections": max_connections,
+            "max_connections_per_address": max_connections_per_address or max(1, max_connections // 10),
+            "unlimited_addresses": tuple(ipaddress.ip_network(entry.strip(), strict=False)
+                                         for entry in trusted_proxies or ())})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        address = self.client[0] if self.client else ""
         if len(self.connections) > self.max_connections:
-            log.warning("HTTP connection from %s refused: %d connections are open (http.max_connections)",
-                        self.client[0] if self.client else "?", len(self.connections) - 1)
-            transport.write(_answer(_BUSY, f"Mosaic already serves {self.max_connections} HTTP connections "
-                                           "(http.max_connections); try again shortly.\n"))
-            transport.close()
+            self._refuse(transport, f"Mosaic already serves {self.max_connections} HTTP connections "
+                                    "(http.max_connections)", "http.max_connections", len(self.connections) - 1)
             return
+        if address and not self._unlimited(address):
+            from_address = sum(1 for other in self.connections
+                               if isinstance(other, H11Protocol) and other.client and other.client[0] == address)
+            if from_address > self.max_connections_per_address:
+                self._refuse(transport, f"{address} already holds {self.max_connections_per_address} HTTP "
+                                        "connections (http.max_connections_per_address)",
+                             "http.max_connections_per_address", from_address - 1)
+                return
         self._arm(self.header_timeout, self._headers_late)
+
+    def _unlimited(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.unlimited_addresses)
+
+    def _refuse(self, transport: asyncio.Transport, message: str, limit: str, count: int) -> None:
+        log.warning("HTTP connection from %s refused: %d connections are open (%s)",
+                    self.client[0] if self.client else "?", count, limit)
+        transport.write(_answer(_BUSY, f"{message}; try again shortly.\n"))
+        transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
