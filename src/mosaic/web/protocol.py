@@ -44,6 +44,8 @@ class GuardedH11Protocol(H11Protocol):
     max_connections_per_address: int = 100
     unlimited_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """The trusted reverse proxies (http.trusted_proxies): not held to the per-address cap."""
+    _refusals: list[float] = [0, -10.0]
+    """Refusals since the last report, and when it was (the loop's clock), shared by a server's connections."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -57,6 +59,7 @@ class GuardedH11Protocol(H11Protocol):
         return type("GuardedH11Protocol", (cls,), {
             "header_timeout": header_timeout, "body_timeout": body_timeout, "max_connections": max_connections,
             "max_connections_per_address": max_connections_per_address or max(1, max_connections // 10),
+            "_refusals": [0, -10.0],
             "unlimited_addresses": tuple(ipaddress.ip_network(entry.strip(), strict=False)
                                          for entry in trusted_proxies or ())})
 
@@ -85,8 +88,14 @@ class GuardedH11Protocol(H11Protocol):
         return any(ip in network for network in self.unlimited_addresses)
 
     def _refuse(self, transport: asyncio.Transport, message: str, limit: str, count: int) -> None:
-        log.warning("HTTP connection from %s refused: %d connections are open (%s)",
-                    self.client[0] if self.client else "?", count, limit)
+        """503 and close; one log line per 10 s at most (a flood must not fill the disk with its refusals)."""
+        refusals = type(self)._refusals
+        refusals[0] += 1
+        now = self.loop.time()
+        if now - refusals[1] >= 10:
+            log.warning("HTTP connection from %s refused: %d connections are open (%s); %d refused since the "
+                        "last report", self.client[0] if self.client else "?", count, limit, int(refusals[0]))
+            refusals[:] = [0, now]
         transport.write(_answer(_BUSY, f"{message}; try again shortly.\n"))
         transport.close()
 
