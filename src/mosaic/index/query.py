@@ -29,6 +29,7 @@ from mosaic.index.attributes import (
     MODEL_OF_LEVEL,
     PERSON_NAME_KEYS,
 )
+from mosaic.index.matching import check_matching_key
 from mosaic.index.schema import Instance, Patient, Series, Study
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -161,6 +162,7 @@ def query_from_identifier(identifier: Dataset, *, root: str) -> Query:
             text = value.decode("latin-1")
         else:
             text = str(value)
+        check_matching_key(keyword, str(element.VR), text.strip())
         keys.append(MatchKey(keyword, text.strip(), str(element.VR)))
     return Query(level=level, keys=keys, return_keywords=[key.keyword for key in keys])
 
