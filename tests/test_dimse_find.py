@@ -29,6 +29,8 @@ from pydicom.uid import (
     UltrasoundImageStorage,
     generate_uid,
 )
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from mosaic.app import Mosaic
 from tests.dimse_support import findscu, identifier, peer_args, pynetdicom_find, run_tool, start_node
@@ -338,3 +340,50 @@ def test_same_patient_id_with_two_issuers_is_two_patients(archive: Archive) -> N
 def test_wildcard_matching_of_other_attributes_is_case_sensitive(archive: Archive) -> None:
     assert archive.find({"QueryRetrieveLevel": "STUDY", "AccessionNumber": "acc-*"}) == []
     assert archive.find({"QueryRetrieveLevel": "STUDY", "StudyDescription": "ct*"}) == []
+
+
+# --- invalid matching values (PS3.4 C.2.2.2.5, C.4.1.1.4) -------------------------------------------------------
+
+
+def _find_statuses(node: Mosaic, query: Dataset) -> list[tuple[int, str]]:
+    """(Status, ErrorComment) of each C-FIND response, with a pynetdicom SCU."""
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    association = ae.associate("127.0.0.1", node.dicom_port, ae_title="MOSAIC")
+    assert association.is_established
+    answers: list[tuple[int, str]] = []
+    try:
+        for status, _identifier in association.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            assert status, "no C-FIND response (aborted or timed out)"
+            answers.append((int(status.Status), str(status.get("ErrorComment", ""))))
+    finally:
+        association.release()
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        ({"QueryRetrieveLevel": "STUDY", "StudyDate": "notadate"}, "notadate"),
+        ({"QueryRetrieveLevel": "STUDY", "StudyDate": "20231301-"}, "20231301-"),
+        ({"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": "", "StudyTime": "2599"}, "2599"),
+        ({"QueryRetrieveLevel": "SERIES", "SeriesDate": "20230105-20230101", "SeriesInstanceUID": ""},
+         "20230105-20230101"),
+        ({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.3\\not-a-uid"}, "not-a-uid"),
+    ],
+)
+def test_invalid_matching_values_fail_with_a_comment(archive: Archive, keys: dict[str, str], named: str) -> None:
+    """Not "success, nothing matched": 0xA900 (Identifier does not match SOP Class) naming attribute and value."""
+    query = identifier(**keys)
+    query.PatientID = ""
+    [(status, comment)] = _find_statuses(archive.node, query)  # no pending response before the failure
+    assert status == 0xA900
+    keyword = next(keyword for keyword in keys if keyword not in ("QueryRetrieveLevel", "PatientID") and keys[keyword])
+    assert keyword in comment and named in comment, comment
+
+
+def test_valid_date_ranges_still_match(archive: Archive) -> None:
+    query = identifier(QueryRetrieveLevel="STUDY", StudyDate="20230101-20231231", AccessionNumber="")
+    statuses, responses = pynetdicom_find(archive.node, query)
+    assert statuses[-1] == 0x0000
+    assert sorted(str(response.AccessionNumber) for response in responses) == ["ACC-1", "ACC-2"]

@@ -2,7 +2,9 @@
 
 A route dependency: it decides what the request does (query, read or store), asks the access policy, and
 leaves the audit entry for the HTTP middleware to record with the answer's outcome. A study outside the
-caller's scope is answered exactly like an unknown one (404), unless the caller broke the glass for it.
+caller's scope is answered exactly like an unknown one (404), unless the caller broke the glass for it: both
+answers are raised here, after the same index lookup (``AccessPolicy.study_access``), byte for byte the same, on
+every WADO-RS, WADO-URI and metadata route; QIDO-RS under such a study finds nothing, like under an unknown one.
 """
 
 from __future__ import annotations
@@ -68,9 +70,11 @@ def dicomweb_guard(mosaic: Mosaic) -> Callable[[Request], None]:
             entry.break_glass = access.break_glass
             if not access.allowed and action == AuditAction.QUERY:
                 entry.PatientID = entry.IssuerOfPatientID = ""  # the scoped query finds nothing, as for no study
-            elif not access.allowed:
-                entry.outcome = "denied"
-                entry.detail["reason"] = "outside the caller's scope"
+            elif action != AuditAction.QUERY and (not access.allowed or not access.exists):
+                # one answer, raised here for both: an unknown study does not go on to the route, whose extra
+                # lookups would take longer than a refusal and so tell an attacker which studies exist
+                entry.outcome = "denied" if access.exists else "failure"
+                entry.detail["reason"] = "outside the caller's scope" if access.exists else "not in the archive"
                 request.state.audit = entry
                 raise HTTPException(404, f"study {study} is not in the archive")
         request.state.scope = mosaic.policy.scope(principal)

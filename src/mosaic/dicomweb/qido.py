@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from mosaic.core.errors import QueryError
+from mosaic.index.matching import check_matching_key
 from mosaic.index.query import MatchKey, Query
 
 MAX_LIMIT = 10_000
@@ -102,6 +103,7 @@ def parse_qido(level: str, parameters: Iterable[tuple[str, str]], fixed: dict[st
         vr = str(dictionary_VR(tag)) if tag is not None else "LO"
         if vr == "SQ":
             raise QueryError(f"{keyword} is a sequence: sequence matching is not supported")
+        check_matching_key(keyword, vr, value.strip())  # checked at every level, a key of a lower one too
         keys[keyword] = MatchKey(keyword, value.strip(), vr)
     for keyword, value in fixed.items():
         keys[keyword] = MatchKey(keyword, value, "UI")

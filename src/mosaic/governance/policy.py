@@ -56,6 +56,8 @@ class StudyAccess:
     break_glass: bool
     PatientID: str = ""
     IssuerOfPatientID: str = ""
+    exists: bool = True
+    """False for a study the index does not hold (``allowed`` is then True: there is nothing to protect)."""
 
 
 class AccessDenied(Exception):
@@ -174,24 +176,38 @@ class AccessPolicy:
 
     def study_access(self, principal: Principal, study_instance_uid: str) -> StudyAccess:
         """May ``principal`` open this study, and is it through break-glass? An unknown study is allowed (the
-        route answers 404), and a refused one must be answered the same way, so its existence stays hidden."""
-        facts = self._study_facts(study_instance_uid)
-        if facts is None:
-            return StudyAccess(True, False)
-        facility, department, patient_id, issuer = facts
+        route answers 404), and a refused one must be answered the same way, so its existence stays hidden.
+
+        The same work either way, so the time taken does not tell them apart: the caller's scope (grants
+        included) is asked first, and only a study it may open is answered from the cache of study labels;
+        a refusal, like an unknown study, always runs the one index lookup."""
         scope = self.scope(principal)
+        facts = self._cached_facts(study_instance_uid)
+        if facts is None or not self._opens(scope, facts, study_instance_uid):
+            facts = self._study_facts(study_instance_uid)
+        if facts is None:
+            return StudyAccess(True, False, exists=False)
+        facility, department, patient_id, issuer = facts
         if Scope(scope.facilities, scope.departments).permits(facility, department, study_instance_uid):
             return StudyAccess(True, False, patient_id, issuer)
         opened = study_instance_uid in scope.studies
         return StudyAccess(opened, opened, patient_id, issuer)
 
-    def _study_facts(self, study_instance_uid: str) -> tuple[str, str, str, str] | None:
-        """(facility, department, PatientID, IssuerOfPatientID) of a study, None when it is not stored."""
-        now = time.monotonic()
+    @staticmethod
+    def _opens(scope: Scope, facts: tuple[str, str, str, str], study_instance_uid: str) -> bool:
+        return scope.permits(facts[0], facts[1], study_instance_uid)
+
+    def _cached_facts(self, study_instance_uid: str) -> tuple[str, str, str, str] | None:
         with self._lock:
             cached = self._facts.get(study_instance_uid)
-        if cached is not None and cached[0] > now and cached[1] is not None:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        return None
+
+    def _study_facts(self, study_instance_uid: str) -> tuple[str, str, str, str] | None:
+        """(facility, department, PatientID, IssuerOfPatientID) of a study, None when it is not stored; read
+        from the index (and kept for ``ttl`` seconds when found)."""
+        now = time.monotonic()
         with self.database.session() as session:
             row = session.execute(select(Study.facility, Study.department, Patient.PatientID,
                                          Patient.IssuerOfPatientID).join(Patient, Study.patient_pk == Patient.pk)

@@ -7,6 +7,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
+from mosaic.core.names import fold_name
 from mosaic.index.schema import Instance, Patient, Series, Study
 
 PATIENT_KEYS = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientBirthTime",
@@ -88,6 +89,7 @@ def column_values(dataset: Dataset, keys: tuple[str, ...], max_lengths: dict[str
         values[keyword] = text
         if keyword in PERSON_NAME_KEYS and keyword != "NameOfPhysiciansReadingStudy":
             values[f"{keyword}Upper"] = text.upper()
+            values[f"{keyword}Fuzzy"] = fold_name(text)[: max_lengths.get(f"{keyword}Fuzzy", 320)]
     return values
 
 

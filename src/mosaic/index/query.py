@@ -4,12 +4,17 @@ Supported matching: single value, wildcard (``*``, ``?``), range (DA, TM, DT), l
 backslash-separated lists for other VRs), universal (empty value) and, for keys that have no
 indexed column, the same rules applied to the stored metadata of each candidate.
 Person names match case-insensitively, against any component group (alphabetic, ideographic,
-phonetic).
+phonetic). Fuzzy matching (QIDO-RS ``fuzzymatching=true``) also ignores accents (``muller`` finds
+``Müller``: :func:`mosaic.core.names.fold_name`, kept in the ``…Fuzzy`` columns), and a value without
+wildcards matches any name component it begins (``joh`` finds ``Smith^John``). C-FIND is never fuzzy:
+Mosaic does not accept the fuzzy semantic matching byte of SOP Class Extended Negotiation (PS3.4
+C.2.2.2.1.1, C.5.1.1), so its matching stays as PS3.4 says.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +26,7 @@ from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, tr
 from sqlalchemy.orm import Session
 
 from mosaic.core.errors import QueryError
+from mosaic.core.names import fold_name
 from mosaic.index.attributes import (
     COMPUTED_KEYS,
     DEMOGRAPHIC_KEYS,
@@ -29,6 +35,7 @@ from mosaic.index.attributes import (
     MODEL_OF_LEVEL,
     PERSON_NAME_KEYS,
 )
+from mosaic.index.matching import check_matching_key
 from mosaic.index.schema import Instance, Patient, Series, Study
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -161,6 +168,7 @@ def query_from_identifier(identifier: Dataset, *, root: str) -> Query:
             text = value.decode("latin-1")
         else:
             text = str(value)
+        check_matching_key(keyword, str(element.VR), text.strip())
         keys.append(MatchKey(keyword, text.strip(), str(element.VR)))
     return Query(level=level, keys=keys, return_keywords=[key.keyword for key in keys])
 
@@ -195,7 +203,8 @@ class QueryEngine:
         if needs_metadata:
             self._attach_metadata(query.level, matches)
         if post_filters:
-            matches = [match for match in matches if all(_matches_metadata(match, key) for key in post_filters)]
+            matches = [match for match in matches if all(_matches_metadata(match, key, query.fuzzy)
+                                                         for key in post_filters)]
             end = None if query.limit is None else query.offset + query.limit
             matches = matches[query.offset:end]
         if query.level == "PATIENT" and query.scope is not None and not query.scope.unrestricted:
@@ -305,11 +314,13 @@ class QueryEngine:
             options = [item for item in value.split("\\") if item]
             # values are stored wrapped in backslashes ("\\CT\\MR\\")
             return or_(*[_wildcard(column, f"*\\{item}\\*", glob) for item in options])
+        if keyword in PERSON_NAME_KEYS and fuzzy and hasattr(model, f"{keyword}Fuzzy"):
+            column, folded = getattr(model, f"{keyword}Fuzzy"), fold_name(value)
+            if not _has_wildcard(folded) and folded.strip():
+                return _fuzzy_person_name_condition(column, folded)
+            return _person_name_condition(column, folded)
         if keyword in PERSON_NAME_KEYS and hasattr(model, f"{keyword}Upper"):
-            column = getattr(model, f"{keyword}Upper")
-            if fuzzy and not _has_wildcard(value) and value.strip():
-                return _fuzzy_person_name_condition(column, value)
-            return _person_name_condition(column, value)
+            return _person_name_condition(getattr(model, f"{keyword}Upper"), value)
         column = getattr(model, keyword)
         if keyword in INTEGER_KEYS:
             try:
@@ -404,10 +415,11 @@ def _text_condition(column: Any, value: str, vr: str, *, glob: bool = False) -> 
     return or_(*clauses) if len(clauses) > 1 else clauses[0]
 
 
-def _fuzzy_person_name_condition(column: Any, value: str) -> ColumnElement[bool]:
+def _fuzzy_person_name_condition(column: Any, folded: str) -> ColumnElement[bool]:
     """QIDO ``fuzzymatching=true``: any name component (family, given, … of any group) starting with the
-    value, case-insensitively: "joh" finds "Smith^John" and "JOHNSON^Ann"."""
-    pattern = _like_pattern(value.upper().strip())
+    value, without regard to case or accents: "joh" finds "Smith^John" and "JOHNSON^Ann", "muller" finds
+    "Müller^Hans". ``column`` and ``folded`` are both folded (:func:`mosaic.core.names.fold_name`)."""
+    pattern = _like_pattern(folded.strip())
     return or_(*[column.like(prefix + pattern + "%", escape="\\") for prefix in ("", "%^", "% ", "%=")])
 
 
@@ -427,7 +439,7 @@ def _person_name_condition(column: Any, value: str) -> ColumnElement[bool] | Non
     )
 
 
-def _matches_metadata(match: Match, key: MatchKey) -> bool:
+def _matches_metadata(match: Match, key: MatchKey, fuzzy: bool = False) -> bool:
     """Apply the matching rules to a key without an indexed column, on the stored metadata."""
     metadata = match.metadata or {}
     tag = tag_for_keyword(key.keyword)
@@ -446,18 +458,23 @@ def _matches_metadata(match: Match, key: MatchKey) -> bool:
     options = key.value.split("\\")
     for option in options:
         for text in texts:
-            if _text_matches(text, option, key.vr):
+            if _text_matches(text, option, key.vr, fuzzy):
                 return True
     return False
 
 
-def _text_matches(text: str, option: str, vr: str) -> bool:
+def _text_matches(text: str, option: str, vr: str, fuzzy: bool = False) -> bool:
     import fnmatch
 
     if vr in ("DA", "TM", "DT") and "-" in option:
         low, _, high = option.partition("-")
         return (not low or text >= low) and (not high or text <= high + "~")
-    if vr == "PN":
+    if vr == "PN" and fuzzy:
+        text, option = fold_name(text), fold_name(option).strip()
+        if not _has_wildcard(option):  # as in SQL: from the start or from any component on
+            starts = [0, *(match.end() for match in re.finditer(r"[\^= ]", text))]
+            return any(text.startswith(option, start) for start in starts)
+    elif vr == "PN":
         text, option = text.upper(), option.upper()
     if _has_wildcard(option):
         return fnmatch.fnmatchcase(text, option.replace("[", "[[]"))

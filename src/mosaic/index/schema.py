@@ -60,6 +60,8 @@ class Patient(Base):
     IssuerOfPatientID: Mapped[str] = _key()
     PatientName: Mapped[str] = mapped_column(String(320), nullable=False, default="")
     PatientNameUpper: Mapped[str] = _key(320)
+    PatientNameFuzzy: Mapped[str] = _key(320)
+    """The name folded for fuzzy matching: no case, no accents (mosaic.core.names.fold_name)."""
     PatientBirthDate: Mapped[str] = _ordered_key(8)
     PatientBirthTime: Mapped[str] = _ordered_key(16)
     PatientSex: Mapped[str] = _key(16)
@@ -83,6 +85,7 @@ class Study(Base):
     StudyID: Mapped[str] = _key(16)
     ReferringPhysicianName: Mapped[str] = mapped_column(String(320), nullable=False, default="")
     ReferringPhysicianNameUpper: Mapped[str] = _key(320)
+    ReferringPhysicianNameFuzzy: Mapped[str] = _key(320)
     StudyDescription: Mapped[str] = _key()
     PatientAge: Mapped[str] = _key(4)
     PatientSize: Mapped[str] = _key(16)
@@ -93,6 +96,7 @@ class Study(Base):
     # caller only as the studies it may see describe it: see docs/architecture.md, "shared patients").
     PatientName: Mapped[str] = mapped_column(String(320), nullable=False, default="")
     PatientNameUpper: Mapped[str] = _key(320)
+    PatientNameFuzzy: Mapped[str] = _key(320)
     PatientBirthDate: Mapped[str] = _ordered_key(8)
     PatientBirthTime: Mapped[str] = _ordered_key(16)
     PatientSex: Mapped[str] = _key(16)
