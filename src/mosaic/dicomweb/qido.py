@@ -2,7 +2,8 @@
 
 Matching is the same engine as C-FIND (mosaic.index.query); only the parameter syntax differs:
 keys by keyword or tag (``PatientName=DOE*``, ``00100020=123``), ``includefield`` (names, tags,
-comma lists, ``all``), ``fuzzymatching``, ``limit`` and ``offset``.
+comma lists, ``all``), ``fuzzymatching``, ``limit`` and ``offset``; UID and code string values may be lists
+separated by backslashes or commas, or the key repeated.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ INSTANCE_DEFAULTS = (
     "Columns", "BitsAllocated", "NumberOfFrames",
 )
 _CONTROL = frozenset({"includefield", "fuzzymatching", "limit", "offset", "orderby"})
+_LISTABLE = frozenset({"UI", "CS"})
+"""VRs whose QIDO values may be lists separated by commas (no UID or code string contains one)."""
 _IGNORED = frozenset({"SpecificCharacterSet", "TimezoneOffsetFromUTC", "InstanceAvailability"})
 
 
@@ -103,8 +106,18 @@ def parse_qido(level: str, parameters: Iterable[tuple[str, str]], fixed: dict[st
         vr = str(dictionary_VR(tag)) if tag is not None else "LO"
         if vr == "SQ":
             raise QueryError(f"{keyword} is a sequence: sequence matching is not supported")
-        check_matching_key(keyword, vr, value.strip())  # checked at every level, a key of a lower one too
-        keys[keyword] = MatchKey(keyword, value.strip(), vr)
+        value = value.strip()
+        if vr in _LISTABLE:
+            # PS3.18 8.3.4.1: a list of UIDs (or codes) may be comma-separated, and a client may repeat the key
+            # (dicomweb-client does for a Python list): both are the backslash list of PS3.4 C.2.2.2.2
+            value = "\\".join(item.strip() for item in value.replace(",", "\\").split("\\"))
+            if keyword in keys and keys[keyword].value != value:
+                value = "\\".join(dict.fromkeys([*keys[keyword].value.split("\\"), *value.split("\\")]))
+        elif keyword in keys and keys[keyword].value != value:
+            raise QueryError(f"{keyword} is given twice with different values; one value per attribute "
+                             "(a list only for UIDs and code strings)")
+        check_matching_key(keyword, vr, value)  # checked at every level, a key of a lower one too
+        keys[keyword] = MatchKey(keyword, value, vr)
     for keyword, value in fixed.items():
         keys[keyword] = MatchKey(keyword, value, "UI")
     returned = list(dict.fromkeys([*_defaults(level, fixed), *include, *keys]))

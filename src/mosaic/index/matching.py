@@ -17,7 +17,6 @@ from mosaic.core.uids import uid_problem
 _DA = re.compile(r"\d{8}")
 _TM = re.compile(r"(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?")
 _DT = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?")
-_CS = re.compile(r"[A-Z0-9 _*?]{1,16}")
 _IS = re.compile(r"[+-]?\d{1,12}")
 _DS = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
@@ -55,8 +54,6 @@ def _problem(vr: str, option: str) -> str | None:
             return "is not a UID: UIDs match as single values or lists, never with wildcards"
         if uid_problem(option):
             return "is not a UID (digits and dots, at most 64 characters; lists are separated by backslashes)"
-    elif vr == "CS" and option and not _CS.fullmatch(option):
-        return "is not a code string (upper-case letters, digits, space and underscore, at most 16)"
     elif vr == "IS" and not _IS.fullmatch(option):
         return "is not an integer"
     elif vr == "DS" and (not _DS.fullmatch(option) or len(option) > 16):
