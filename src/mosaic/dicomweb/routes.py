@@ -78,8 +78,7 @@ def create_router(mosaic: Mosaic) -> APIRouter:
     router = APIRouter(prefix=PREFIX, dependencies=[Depends(dicomweb_guard(mosaic))])
     metadata_service = MetadataService(mosaic.database)
     metadata_cache = ByteCache(max_bytes=128 * 1024 * 1024)
-    spool_folder: Path | None = getattr(mosaic.blobs, "incoming", None)
-    spool = Spool(spool_folder, mosaic.blobs)
+    spool = Spool(mosaic.spool_folder, mosaic.blobs)
     stow = StowService(mosaic.ingest, spool)
 
     # --- QIDO-RS ---------------------------------------------------------------------------------
