@@ -260,3 +260,20 @@ def test_with_the_index_down_stow_answers_503_with_retry_after_and_leaves_no_blo
         if node is not None:
             node.stop()
         server.stop()
+
+
+def test_a_full_disk_under_a_dicom_json_request_answers_503_and_leaves_nothing(
+        node: Mosaic, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DICOM JSON with a bulk data part on a full disk (mocked as above): neither the parts nor the Part 10 file
+    built from them can be written; 503 with Retry-After, 0xA700 naming the instance, nothing left."""
+    dataset = make_instance(patient_id="JSONFULL")
+    document = dataset.to_json_dict(bulk_data_threshold=64, bulk_data_element_handler=lambda _element: "pixels")
+    body = multipart([({"Content-Type": "application/dicom+json"}, json.dumps([document]).encode()),
+                      ({"Content-Type": "application/octet-stream", "Content-Location": "pixels"}, dataset.PixelData)])
+    monkeypatch.setattr(builtins, "open", _FullDisk(node.settings.blob_path, len(json.dumps([document])) + 10).open)
+    answer = post(node, body, "application/dicom+json")
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "30", answer.text
+    [(reason, comment)] = failures(answer)
+    assert reason == 0xA700 and "No space left on device" in comment
+    assert answer.json()["00081198"]["Value"][0]["00081155"]["Value"] == [str(dataset.SOPInstanceUID)]
+    assert leftovers(node) == ([], [])
