@@ -173,6 +173,7 @@ class PostgresServer:
                 "-c full_page_writes=off",
             ]
         )
+        self._options = options
         last_error: ServerError | None = None
         for _attempt in range(3):  # the port may be taken between free_port() and bind()
             self.port = free_port(self.host)
@@ -188,6 +189,20 @@ class PostgresServer:
             return
         assert last_error is not None
         raise last_error
+
+    def halt(self) -> None:
+        """Stop the server under its clients (an outage: their connections are cut), keeping its data for
+        :meth:`resume`. A fast shutdown, not an immediate one: this cluster runs without fsync and synchronous
+        commit, so an immediate stop would also lose commits already acknowledged, which is not the outage under
+        test."""
+        self._run(self.pg_ctl, "stop", "-D", self.data, "-m", "fast", "-w", "-t", "60")
+        self.started = False
+
+    def resume(self) -> None:
+        """Start a halted server again, on the same port."""
+        self._run(self.pg_ctl, "start", "-D", self.data, "-l", self.log, "-w", "-t", "60",
+                  "-o", f"{self._options} -p {self.port}")
+        self.started = True
 
     def stop(self) -> None:
         try:

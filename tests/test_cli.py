@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,23 +135,32 @@ def test_echo_rejects_a_malformed_peer() -> None:
     assert result.exit_code == 2
 
 
-def test_verify_repair_indexes_an_orphan_blob(tmp_path: Path) -> None:
-    # an orphan: bytes made durable, then the index commit was lost (a crash between the two phases)
+def test_verify_repair_indexes_an_orphan_blob_and_removes_partial_ones(tmp_path: Path) -> None:
+    """An orphan (bytes made durable, then the index commit lost: a crash between the two phases) is indexed; a
+    partial file a killed receiver left (truncated, or not DICOM at all) is removed once older than
+    storage.sweep_age_seconds, and kept while it may still be being written."""
     data_dir = tmp_path / "data"
     node = Mosaic(Settings(data_dir=data_dir))
     orphan = node.blobs.write(make_bytes(patient_id="ORPHAN"))
     garbage = node.blobs.write(b"not dicom")
+    truncated = node.blobs.write(make_bytes(patient_id="CUT")[:-300])
+    recent = node.blobs.write(make_bytes(patient_id="RECENT")[:-300])
+    two_hours_ago = time.time() - 7200
+    for blob in (garbage, truncated):
+        os.utime(node.settings.blob_path / blob.key, (two_hours_ago, two_hours_ago))
     node.stop()
     report = runner.invoke(app, ["verify", "--data-dir", str(data_dir)], env={"COLUMNS": "250"})
-    assert report.exit_code == 0 and "2 orphan blobs" in report.output
+    assert report.exit_code == 0 and "4 orphan blobs" in report.output
     repaired = runner.invoke(app, ["verify", "--repair", "--data-dir", str(data_dir)], env={"COLUMNS": "250"})
-    assert "stored:" in repaired.output and "kept:" in repaired.output
+    assert repaired.exit_code == 0
+    assert "stored:" in repaired.output and repaired.output.count("removed, not a complete object") == 2
+    assert f"{recent.key}: kept:" in repaired.output
     node = Mosaic(Settings(data_dir=data_dir))
     try:
         from mosaic.services.verify import VerifyService
 
         after = VerifyService(node.database, node.blobs).run()
-        assert after.checked == 1 and after.orphans == [garbage.key]
-        assert not node.blobs.exists(orphan.key)
+        assert after.checked == 1 and after.orphans == [recent.key]
+        assert not any(node.blobs.exists(blob.key) for blob in (orphan, garbage, truncated))
     finally:
         node.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,16 +11,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from mosaic.app import Mosaic
 from mosaic.config import Settings
 from mosaic.services.verify import VerifyService
-from tests.factory import make_instance
+from tests.factory import make_instance, to_bytes
 from tests.helpers import free_port, is_listening, wait_until
 
 
@@ -28,10 +31,11 @@ def nodelay(event: Any) -> None:
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def start_server(data_dir: Path, dicom_port: int, log: Path, **settings: str) -> subprocess.Popen[bytes]:
+def start_server(data_dir: Path, dicom_port: int, log: Path, http_port: int | None = None,
+                 **settings: str) -> subprocess.Popen[bytes]:
     """``mosaic serve`` in its own process (``settings``: more MOSAIC_* variables)."""
     command = [str(Path(sys.executable).parent / "mosaic"), "serve", "--data-dir", str(data_dir),
-               "--dicom-port", str(dicom_port), "--http-port", str(free_port())]
+               "--dicom-port", str(dicom_port), "--http-port", str(http_port or free_port())]
     # CRASHTEST is not a configured peer: this test is about crash safety, not about who may store
     env = {**os.environ, "MOSAIC_DICOM__ALLOW_UNKNOWN_CALLING_AES": "true", **settings}
     with open(log, "ab") as output:
@@ -143,3 +147,66 @@ def test_kill_before_the_audit_writer_runs_loses_no_audit_record(tmp_path: Path)
         str(dataset.SOPInstanceUID) for dataset in datasets)
     assert "stopped before writing" in detail["recovered"]
     assert not list((data_dir / "audit-journal").glob("*.jsonl"))
+
+
+def test_kill_during_stow_leaves_partial_blobs_that_the_next_start_removes(tmp_path: Path) -> None:
+    """A STOW-RS request whose body is still arriving when the server is killed -9 leaves its parts, written into
+    the blob paths they were lent, with no index row. The next `mosaic serve` (storage.sweep_age_seconds = 0: this
+    server is the only writer) removes them; the blobs stored before are untouched and `mosaic verify` passes."""
+    data_dir, port, http_port = tmp_path / "data", free_port(), free_port()
+    mode = {"MOSAIC_SECURITY__DEVELOPMENT_MODE": "true", "MOSAIC_STORAGE__SWEEP_AGE_SECONDS": "0"}
+    server = start_server(data_dir, port, tmp_path / "serve.log", http_port, **mode)
+    url = f"http://127.0.0.1:{http_port}/dicom-web/studies"
+    headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=crash'}
+
+    def part(patient_id: str) -> bytes:
+        data = to_bytes(make_instance(patient_id=patient_id, rows=256, columns=256))
+        return b"--crash\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
+
+    blob_root = data_dir / "blobs"
+
+    def blob_files() -> set[Path]:
+        return {path for path in blob_root.rglob("*.dcm") if ".incoming" not in path.parts}
+
+    stop_sending = threading.Event()
+    try:
+        stored = httpx.post(url, content=part("KEPT1") + part("KEPT2") + b"--crash--\r\n", headers=headers,
+                            timeout=120)
+        assert stored.status_code == 200, stored.text
+        kept = {path: path.read_bytes() for path in blob_files()}
+        assert len(kept) == 2
+
+        def body() -> Iterator[bytes]:
+            for number in range(5):
+                yield part(f"CUT{number}")
+            stop_sending.wait(120)  # the request never ends: the server is killed while it waits for the rest
+
+        def send() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(url, content=body(), headers=headers, timeout=120)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        wait_until(lambda: len(blob_files()) >= len(kept) + 5, timeout=120, what="five parts spooled")
+    finally:
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(30)
+        stop_sending.set()
+    node = Mosaic(Settings(data_dir=data_dir))  # type: ignore[call-arg]
+    try:
+        assert len(VerifyService(node.database, node.blobs).run().orphans) == 5  # what the kill left
+    finally:
+        node.stop()
+
+    server = start_server(data_dir, port, tmp_path / "serve2.log", http_port, **mode)
+    try:
+        wait_until(lambda: blob_files() == set(kept), timeout=120, what="the start-up sweep", process=server,
+                   log=tmp_path / "serve2.log")
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert {path: path.read_bytes() for path in blob_files()} == kept
+    assert "start-up sweep: removed 0 spool files and 5 blob files" in (tmp_path / "serve2.log").read_text()
+    verified = subprocess.run([str(Path(sys.executable).parent / "mosaic"), "verify", "--data-dir", str(data_dir)],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
+    assert verified.returncode == 0 and "2 ok, 0 missing, 0 corrupt, 0 orphan blobs" in verified.stdout, verified

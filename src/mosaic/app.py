@@ -32,6 +32,7 @@ from mosaic.services.changes import ChangeFeed
 from mosaic.services.ingest import IngestService
 from mosaic.services.query import QueryService
 from mosaic.services.retrieve import RetrieveService
+from mosaic.services.sweep import LeftoverSweep
 from mosaic.storage import BlobStore, open_blob_store
 from mosaic.storage.spool import Spool
 from mosaic.web.protocol import GuardedH11Protocol
@@ -48,6 +49,10 @@ class Mosaic:
         self.settings = settings
         self.database = _open_index(settings, create=create)
         self.blobs: BlobStore = open_blob_store(settings)
+        incoming: Path | None = getattr(self.blobs, "incoming", None)
+        self.spool_folder = incoming if incoming is not None else settings.data_dir / "spool"
+        """Where received data sets are spooled: on the blob file system (linked into place), else the data
+        directory (S3), so the start-up sweep finds what a killed process left there."""
         self.ingest = IngestService(self.database, self.blobs, settings.ingest)
         self.query = QueryService(self.database, settings.dicom.ae_title)
         self.retrieve = RetrieveService(self.database, self.blobs)
@@ -80,6 +85,32 @@ class Mosaic:
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self._workers: list[Any] = []
+        self._sweep: threading.Thread | None = None
+        self._sweeper: LeftoverSweep | None = None
+        self.swept = threading.Event()
+        """Set once the start-up sweep is over (tests wait for it)."""
+
+    def sweep_leftovers(self) -> None:
+        """Remove what stopped processes left half-written (:mod:`mosaic.services.sweep`), in the background:
+        only files last written ``storage.sweep_age_seconds`` before now, so never this process's own."""
+        age = self.settings.storage.sweep_age_seconds
+        written_before = time.time() - age
+        self._sweeper = sweeper = LeftoverSweep(self.database, self.blobs, [self.spool_folder])
+
+        def sweep() -> None:
+            try:
+                report = sweeper.run(written_before)
+                log.info("start-up sweep: removed %d spool files and %d blob files no index row names, last "
+                         "written before %s (storage.sweep_age_seconds = %d); %d younger ones left",
+                         report.spool_files, report.blob_files,
+                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(written_before)), age, report.kept_young)
+            except Exception:
+                log.exception("start-up sweep failed; leftovers stay until the next start")
+            finally:
+                self.swept.set()
+
+        self._sweep = threading.Thread(target=sweep, name="sweep", daemon=True)
+        self._sweep.start()
 
     def http_app(self) -> Any:
         from mosaic.web.app import create_app
@@ -102,10 +133,14 @@ class Mosaic:
                 raise RuntimeError(f"DICOM worker {process.name} did not start (exit code {process.exitcode})")
         log.info("DICOM port %d served by %d processes", port, self.settings.dicom.workers)
 
-    def start(self, *, dicom: bool = True, http: bool = True, workers: bool = True) -> None:
+    def start(self, *, dicom: bool = True, http: bool = True, workers: bool = True, sweep: bool = True) -> None:
         """Start the listeners; :class:`StartupError` (one line) when one cannot listen. The first ``admin``
-        is created only once everything has started, so a failed first start leaves no unknown password."""
+        is created only once everything has started, so a failed first start leaves no unknown password.
+        ``sweep``: remove what stopped processes left half-written (not in DICOM workers: their parent did)."""
         self.audit.start()
+        self.spool_folder.mkdir(parents=True, exist_ok=True)
+        if sweep:
+            self.sweep_leftovers()
         if http and self.settings.security.audit_syslog.host:
             # one forwarder per node, all on one cursor: nodes racing may each send a record (at least once)
             self._syslog = SyslogForwarder(self.database, self.settings.security.audit_syslog,
@@ -123,12 +158,10 @@ class Mosaic:
         if http:
             self.job_runner.start()
         if dicom:
-            incoming = getattr(self.blobs, "incoming", None)
-            if incoming is not None:
-                spool_into(incoming)
+            spool_into(self.spool_folder)
             self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve,
-                                     spool=Spool(incoming, self.blobs), policy=self.policy, audit=self.audit,
-                                     identity=self.identity)
+                                     spool=Spool(self.spool_folder, self.blobs), policy=self.policy,
+                                     audit=self.audit, identity=self.identity)
             self._start_dicom(self.dicom)
             if self.settings.dicom.workers > 1 and workers:
                 self._start_workers(self.dicom.port)
@@ -188,6 +221,10 @@ class Mosaic:
         return self.dicom.port
 
     def stop(self) -> None:
+        if self._sweeper is not None and self._sweep is not None:
+            self._sweeper.stopping.set()
+            self._sweep.join(timeout=30)
+            self._sweep = self._sweeper = None
         for process in self._workers:
             process.terminate()
         for process in self._workers:
@@ -284,7 +321,7 @@ def _dicom_worker(settings_json: str, parent_pid: int, ready: Any) -> None:
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log)
     node = Mosaic(settings)
-    node.start(http=False, workers=False)
+    node.start(http=False, workers=False, sweep=False)
     ready.set()
     try:
         while os.getppid() == parent_pid:

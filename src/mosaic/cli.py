@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -167,7 +168,8 @@ def import_(
 def verify(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Index orphan blobs that hold valid DICOM.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Index orphan blobs that hold valid DICOM; remove "
+                                         "partial ones (older than storage.sweep_age_seconds).")] = False,
 ) -> None:
     """Re-read every stored object and report missing or corrupt ones (exit code 1 if any)."""
     from mosaic.services.verify import VerifyService
@@ -178,7 +180,9 @@ def verify(
                   console=console) as progress:
         task = progress.add_task("verify", total=service.total())
         report = service.run(lambda count: progress.advance(task, count))
-    repaired = service.repair_orphans(node.ingest, report.orphans) if repair and report.orphans else {}
+    # partial files (a killed receiver's) are removed once no write can be in flight on them (storage.sweep_age_seconds)
+    partial_before = time.time() - node.settings.storage.sweep_age_seconds
+    repaired = service.repair_orphans(node.ingest, report.orphans, partial_before) if repair and report.orphans else {}
     node.stop()
     console.print(f"checked {report.checked}: {report.ok} ok, {len(report.missing)} missing, "
                   f"{len(report.corrupt)} corrupt, {len(report.orphans)} orphan blobs")
@@ -187,7 +191,8 @@ def verify(
     for line in report.corrupt:
         console.print(f"[red]corrupt[/] {line}", highlight=False)
     for key in report.orphans[:50]:
-        what = repaired.get(key, "not referenced by the index; `mosaic verify --repair` indexes it")
+        what = repaired.get(key, "not referenced by the index; `mosaic verify --repair` indexes it (or removes "
+                                 "it when partial)")
         console.print(f"[yellow]orphan[/] blob {key}: {what}", highlight=False)
     if not report.healthy:
         raise typer.Exit(1)

@@ -233,6 +233,14 @@ class StorageSettings(StrictModel):
         512 * 1024 * 1024, ge=0, description="Filesystem backend: /healthz reports storage not ok (503) when the "
         "blob folder's file system has less free space than this.",
     )
+    sweep_age_seconds: int = Field(
+        3600, ge=0, description="At start-up, spool files and filesystem blob files that no index row names are "
+        "removed when they were last written this long before the process started (one log line gives the count; "
+        "`mosaic verify --repair` removes partial orphans no younger than this). It must exceed the longest write "
+        "another process or node may still have in flight on the same storage: a STOW-RS request whose first "
+        "parts wait for its last, a `mosaic import`. 1 hour suits nodes sharing a blob store; a single node whose "
+        "server is the only writer may use 0 (everything older than the start). S3 buckets are not swept.",
+    )
 
 
 class IndexSettings(StrictModel):

@@ -1,11 +1,15 @@
 """multipart/related (RFC 2387) as DICOMweb uses it: one reader for STOW-RS, one writer for WADO-RS.
 
 The reader streams: each part's body goes straight to a file as the request arrives, so a multi-GB
-STOW request never sits in memory. The writer yields parts from bytes or from files in chunks.
+STOW request never sits in memory. A part whose file cannot be written (a full disk) is still read to its end,
+without writing, and returned with its ``failure``, as C-STORE reads a data set it cannot write: the request
+can then be answered (0xA700 for that part) instead of the connection being reset mid-body.
+The writer yields parts from bytes or from files in chunks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import uuid
@@ -25,10 +29,13 @@ class MultipartError(ValueError):
 @dataclass
 class Part:
     headers: dict[str, str]
-    path: Path
+    path: Path | None
+    """The spool file holding the body (None when none could be created)."""
     size: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
     """SHA-256 of the body, computed as it was written (the spool file is never re-read to hash it)."""
+    failure: OSError | None = None
+    """Why the body could not be written (its file, if any, holds only a beginning)."""
 
     @property
     def content_type(self) -> str:
@@ -56,7 +63,10 @@ class _State:
 
 async def read_parts(chunks: AsyncIterator[bytes], boundary: str,
                      open_sink: Callable[[], tuple[Path, BinaryIO]]) -> list[Part]:
-    """Read every part of a multipart body; ``open_sink`` gives a fresh (path, writable file) per part."""
+    """Read every part of a multipart body; ``open_sink`` gives a fresh (path, writable file) per part.
+
+    An ``OSError`` opening, writing or closing a part's file is kept in :attr:`Part.failure`; the rest of that
+    part is read and dropped, and the next part gets a file of its own again."""
     if not boundary or len(boundary) > 200:
         raise MultipartError("the multipart boundary is missing or too long")
     first = b"--" + boundary.encode("latin-1")
@@ -101,26 +111,25 @@ async def read_parts(chunks: AsyncIterator[bytes], boundary: str,
                         break
                     headers = _parse_headers(bytes(buffer[: max(end, 0)]))
                     del buffer[: end + 4]
-                    path, sink = open_sink()
-                    parts.append(Part(headers, path))
+                    try:
+                        path, sink = open_sink()
+                    except OSError as exc:
+                        parts.append(Part(headers, None, failure=exc))
+                    else:
+                        parts.append(Part(headers, path))
                     state = "body"
                 if state == "body":
-                    assert sink is not None
                     at = buffer.find(delimiter)
                     if at < 0:
                         keep = len(delimiter) - 1
                         if len(buffer) > keep:
-                            piece = buffer[: len(buffer) - keep]
-                            sink.write(piece)
-                            parts[-1].digest.update(piece)
-                            parts[-1].size += len(buffer) - keep
+                            sink = _write(parts[-1], sink, buffer[: len(buffer) - keep])
                             del buffer[: len(buffer) - keep]
                         break
-                    sink.write(buffer[:at])
-                    parts[-1].digest.update(buffer[:at])
-                    parts[-1].size += at
-                    sink.close()
-                    sink = None
+                    sink = _write(parts[-1], sink, buffer[:at])
+                    if sink is not None:
+                        _close(parts[-1], sink)
+                        sink = None
                     del buffer[: at + len(delimiter)]
                     state = "after-delimiter"
                     continue
@@ -129,10 +138,35 @@ async def read_parts(chunks: AsyncIterator[bytes], boundary: str,
                     break
     finally:
         if sink is not None:
-            sink.close()
+            with contextlib.suppress(OSError):  # the body ended early: the caller discards the part anyway
+                sink.close()
     if not finished:
         raise MultipartError("the multipart body ends before its closing boundary")
     return parts
+
+
+def _write(part: Part, sink: BinaryIO | None, piece: bytearray) -> BinaryIO | None:
+    """Append ``piece`` to the part's file, hashing it; the file (None once it could not take more) after."""
+    part.size += len(piece)
+    if sink is None:
+        return None
+    try:
+        sink.write(piece)
+    except OSError as exc:
+        part.failure = exc
+        with contextlib.suppress(OSError):  # flushing what is buffered fails the same way
+            sink.close()
+        return None
+    part.digest.update(piece)
+    return sink
+
+
+def _close(part: Part, sink: BinaryIO) -> None:
+    """Close a part's file: the last buffered bytes are written here, and may not fit either."""
+    try:
+        sink.close()
+    except OSError as exc:
+        part.failure = exc
 
 
 def _parse_headers(raw: bytes) -> dict[str, str]:

@@ -64,8 +64,7 @@ def create_router(mosaic: Mosaic) -> APIRouter:
     router = APIRouter(prefix=PREFIX, dependencies=[Depends(dicomweb_guard(mosaic))])
     metadata_service = MetadataService(mosaic.database)
     metadata_cache = ByteCache(max_bytes=128 * 1024 * 1024)
-    spool_folder: Path | None = getattr(mosaic.blobs, "incoming", None)
-    spool = Spool(spool_folder, mosaic.blobs)
+    spool = Spool(mosaic.spool_folder, mosaic.blobs)
     stow = StowService(mosaic.ingest, spool)
 
     # --- QIDO-RS ---------------------------------------------------------------------------------
@@ -175,9 +174,9 @@ def create_router(mosaic: Mosaic) -> APIRouter:
 
         def sink() -> tuple[Path, BinaryIO]:
             # each part is written once, where it will stay: a new blob path that ingest adopts
-            path = spool.new()
+            path, stream = spool.create()
             spooled.append(path)
-            return path, open(path, "wb")
+            return path, stream
 
         spooled: list[Path] = []
         try:
@@ -195,9 +194,14 @@ def create_router(mosaic: Mosaic) -> APIRouter:
         source = request.client.host if request.client else "http"
         root = base_url(request)
         principal = principal_of(request)
+        try:
+            may_add_to = mosaic.policy.store_check(principal)
+        except BaseException:
+            for path in spooled:
+                spool.discard(path)
+            raise
         outcome = await run_in_threadpool(stow.store_parts, parts, study_uid=study, base_url=root, source=source,
-                                          may_add_to=mosaic.policy.store_check(principal),
-                                          json_request=part_type == "application/dicom+json")
+                                          may_add_to=may_add_to, json_request=part_type == "application/dicom+json")
         if not outcome.stored and not outcome.failed:
             return problem(400, f"the multipart body has no {part_type} part: nothing to store")
         audit = getattr(request.state, "audit", None)
@@ -206,7 +210,8 @@ def create_router(mosaic: Mosaic) -> APIRouter:
             audit.detail["failed"] = len(outcome.failed)
             audit.detail["instances"] = [_sop_of(item) for item in outcome.stored][:100]
         study_url = f"{root}/studies/{study}" if study else None
-        return Response(dumps(outcome.body(study_url)), status_code=outcome.status_code, media_type=MEDIA_TYPE)
+        return Response(dumps(outcome.body(study_url)), status_code=outcome.status_code, media_type=MEDIA_TYPE,
+                        headers=outcome.headers)
 
     @router.post("/studies")
     async def store_instances(request: Request) -> Response:

@@ -1,4 +1,11 @@
-"""STOW-RS (PS3.18 10.5): multipart bodies streamed to spool files, each part through the ingest service."""
+"""STOW-RS (PS3.18 10.5): multipart bodies streamed to spool files, each part through the ingest service.
+
+A part that cannot be stored for want of resources (a full disk, the index unreachable:
+:func:`mosaic.services.ingest.out_of_resources`, the classification C-STORE answers 0xA700 by) fails with Failure
+Reason 0xA700 and its reason as Error Comment, while the other parts are stored; when nothing was stored for that
+reason the answer is 503 with Retry-After (the Failed SOP Sequence still says why, per part). Whatever happens, no
+spool file of the request stays behind.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +20,21 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from mosaic.core.dicom import parse_instance
-from mosaic.core.errors import InvalidObject, StorageFailure
+from mosaic.core.errors import InvalidObject
 from mosaic.dicomweb.multipart import Part
-from mosaic.services.ingest import IngestService, StoreGuard
+from mosaic.services.ingest import (
+    OUT_OF_RESOURCES,
+    RETRY_AFTER_SECONDS,
+    IngestService,
+    StoreGuard,
+    out_of_resources,
+)
 from mosaic.storage.spool import Spool
 
 log = logging.getLogger("mosaic.dicomweb.stow")
 
 PROCESSING_FAILURE = 0x0110
 CANNOT_UNDERSTAND = 0xC000
-OUT_OF_RESOURCES = 0xA700
 STUDY_MISMATCH = 0xA900
 NOT_AUTHORISED = 0x0124
 WARNING_COERCION = 0xB000
@@ -32,12 +44,24 @@ WARNING_COERCION = 0xB000
 class StowOutcome:
     stored: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+    """Why parts failed for want of resources (0xA700): worth sending again later."""
 
     @property
     def status_code(self) -> int:
         if not self.failed:
             return 200
-        return 202 if self.stored else 409
+        if self.stored:
+            return 202
+        return 503 if self.unavailable else 409
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status_code == 503 else {}
+
+    def out_of_resources(self, sop_class_uid: str, sop_instance_uid: str, reason: str) -> None:
+        self.unavailable.append(reason)
+        self.failed.append(_failure(sop_class_uid, sop_instance_uid, OUT_OF_RESOURCES, reason))
 
     def body(self, study_url: str | None) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -76,23 +100,31 @@ class StowService:
     def store_parts(self, parts: list[Part], *, study_uid: str | None, base_url: str, source: str,
                     json_request: bool, may_add_to: StoreGuard | None = None) -> StowOutcome:
         """Store every part; ``may_add_to`` (the caller's access policy) refuses parts of an existing study the
-        caller may not see."""
+        caller may not see. Every spool file is gone when this returns (adopted as a blob, or discarded), even
+        when it raises."""
         outcome = StowOutcome()
         dicom_files: list[tuple[Path, str | None]] = []
-        if json_request:
-            dicom_files = self._files_from_json(parts, outcome)
-        else:
-            for part in parts:
-                media_type = part.content_type.split(";")[0].strip().lower()
-                if media_type not in ("application/dicom", ""):
-                    outcome.failed.append(_failure("", "", CANNOT_UNDERSTAND, f"a part of type {media_type!r} in a "
-                                                   "request of application/dicom parts"))
-                    log.warning("STOW-RS from %s: part of type %r is not application/dicom", source, media_type)
-                    self.spool.discard(part.path)
-                    continue
-                dicom_files.append((part.path, part.digest.hexdigest()))
-        for path, sha256 in dicom_files:
-            self._store(path, sha256, study_uid, base_url, source, outcome, may_add_to)
+        try:
+            if json_request:
+                self._files_from_json(parts, outcome, dicom_files)
+            else:
+                for part in parts:
+                    media_type = part.content_type.split(";")[0].strip().lower()
+                    if media_type not in ("application/dicom", ""):
+                        outcome.failed.append(_failure("", "", CANNOT_UNDERSTAND, f"a part of type {media_type!r} "
+                                                       "in a request of application/dicom parts"))
+                        log.warning("STOW-RS from %s: part of type %r is not application/dicom", source, media_type)
+                    elif part.failure is not None or part.path is None:
+                        reason = out_of_resources(part.failure or OSError("no spool file"))
+                        log.error("STOW-RS from %s: a part could not be written: %s", source, reason)
+                        outcome.out_of_resources("", "", reason or "")
+                    else:
+                        dicom_files.append((part.path, part.digest.hexdigest()))
+            for path, sha256 in dicom_files:
+                self._store(path, sha256, study_uid, base_url, source, outcome, may_add_to)
+        finally:
+            for path in [part.path for part in parts if part.path is not None] + [path for path, _ in dicom_files]:
+                self.spool.discard(path)  # a no-op for a file ingest adopted as its blob
         return outcome
 
     def _store(self, path: Path, sha256: str | None, study_uid: str | None, base_url: str, source: str,
@@ -113,9 +145,16 @@ class StowService:
                 sop_class = _sop_class_of(path)
             outcome.failed.append(_failure(sop_class, sop_instance or exc.sop_instance_uid or "", reason, str(exc)))
             return
-        except StorageFailure as exc:
-            log.error("STOW-RS from %s: %s", source, exc)
-            outcome.failed.append(_failure(sop_class, sop_instance, OUT_OF_RESOURCES, str(exc)))
+        except Exception as exc:  # one part's failure is that part's answer, never the whole request's 500
+            lacking = out_of_resources(exc)
+            if lacking is None:
+                log.exception("STOW-RS from %s: storing %s failed", source, sop_instance or "a part")
+                outcome.failed.append(_failure(sop_class, sop_instance, PROCESSING_FAILURE,
+                                               f"{type(exc).__name__}: {exc}"))
+            else:
+                log.error("STOW-RS from %s: %s not stored, out of resources: %s", source, sop_instance or "a part",
+                          lacking)
+                outcome.out_of_resources(sop_class, sop_instance, lacking)
             return
         finally:
             self.spool.discard(path)  # a no-op when ingest adopted the file as its blob
@@ -125,12 +164,16 @@ class StowService:
             f"/instances/{result.sop_instance_uid}"]}
         outcome.stored.append(item)
 
-    def _files_from_json(self, parts: list[Part], outcome: StowOutcome) -> list[tuple[Path, str | None]]:
-        """``application/dicom+json`` metadata parts, with bulk data in the other parts (by Content-Location)."""
+    def _files_from_json(self, parts: list[Part], outcome: StowOutcome,
+                         files: list[tuple[Path, str | None]]) -> None:
+        """``application/dicom+json`` metadata parts, with bulk data in the other parts (by Content-Location),
+        written as Part 10 files appended to ``files``."""
         by_location = {part.headers.get("content-location", ""): part for part in parts}
-        files: list[tuple[Path, str | None]] = []
         for part in parts:
             if not part.content_type.lower().startswith("application/dicom+json"):
+                continue
+            if part.failure is not None or part.path is None:
+                outcome.out_of_resources("", "", out_of_resources(part.failure or OSError("no spool file")) or "")
                 continue
             try:
                 documents = json.loads(part.path.read_bytes())
@@ -138,21 +181,24 @@ class StowService:
                 outcome.failed.append(_failure("", "", CANNOT_UNDERSTAND, f"a part is not JSON: {exc}"))
                 continue
             for document in documents if isinstance(documents, list) else [documents]:
-                path, problem = self._part10_from_json(document, by_location)
-                if path is None:
-                    sop_class, sop_instance = _uids_in_json(document)
-                    outcome.failed.append(_failure(sop_class, sop_instance, CANNOT_UNDERSTAND, problem))
-                else:
+                path, problem, reason = self._part10_from_json(document, by_location)
+                if path is not None:
                     files.append((path, None))
-        for part in parts:
-            self.spool.discard(part.path)
-        return files
+                    continue
+                sop_class, sop_instance = _uids_in_json(document)
+                if reason == OUT_OF_RESOURCES:
+                    outcome.out_of_resources(sop_class, sop_instance, problem)
+                else:
+                    outcome.failed.append(_failure(sop_class, sop_instance, reason, problem))
 
-    def _part10_from_json(self, document: Any, by_location: dict[str, Part]) -> tuple[Path | None, str]:
+    def _part10_from_json(self, document: Any, by_location: dict[str, Part]) -> tuple[Path | None, str, int]:
+        """A Part 10 spool file of one DICOM JSON data set, or None, why not and the Failure Reason."""
         def bulk(tag: str, vr: str, uri: str) -> bytes:
             part = by_location.get(uri) or by_location.get(uri.rsplit("/", 1)[-1])
             if part is None:
                 raise KeyError(f"no part with Content-Location {uri}")
+            if part.failure is not None or part.path is None:
+                raise part.failure or OSError("no spool file")
             return part.path.read_bytes()
 
         try:
@@ -163,16 +209,25 @@ class StowService:
             dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             dataset.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         except Exception as exc:  # a malformed JSON data set: reported as a failed part
+            if (reason := out_of_resources(exc)) is not None:  # its bulk data part could not be spooled
+                return None, reason, OUT_OF_RESOURCES
             log.warning("STOW-RS: a DICOM JSON data set could not be converted: %s", exc)
-            return None, f"the DICOM JSON data set cannot be read ({type(exc).__name__}: {exc})"
-        path = self.spool.new()  # like every part: written once, where ingest adopts it (or discards it)
+            return None, f"the DICOM JSON data set cannot be read ({type(exc).__name__}: {exc})", CANNOT_UNDERSTAND
+        try:
+            path = self.spool.new()  # like every part: written once, where ingest adopts it (or discards it)
+        except OSError as exc:
+            return None, out_of_resources(exc) or "", OUT_OF_RESOURCES
         try:
             dataset.save_as(path, enforce_file_format=True)
         except Exception as exc:
             self.spool.discard(path)
+            if (reason := out_of_resources(exc)) is not None:
+                log.error("STOW-RS: a DICOM JSON data set could not be written as Part 10: %s", reason)
+                return None, reason, OUT_OF_RESOURCES
             log.warning("STOW-RS: a DICOM JSON data set could not be written as Part 10: %s", exc)
-            return None, f"the DICOM JSON data set cannot be written as Part 10 ({type(exc).__name__}: {exc})"
-        return path, ""
+            return (None, f"the DICOM JSON data set cannot be written as Part 10 ({type(exc).__name__}: {exc})",
+                    CANNOT_UNDERSTAND)
+        return path, "", 0
 
 
 def _uids_in_json(document: Any) -> tuple[str, str]:

@@ -29,6 +29,7 @@ from mosaic.dimse import door
 from mosaic.dimse import upper_layer as ul
 from mosaic.dimse.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from mosaic.dimse.door import AssociationRequestHandler, AssociationSlots
+from mosaic.services.ingest import OUT_OF_RESOURCES, out_of_resources
 from mosaic.storage.spool import Spool
 
 log = logging.getLogger("mosaic.dimse.store")
@@ -42,7 +43,6 @@ _SIMPLE_SYNTAX_CLASSES = _FIND_CLASSES | {ul.VERIFICATION}
 _PENDING = 0xFF00
 _CANCELLED = 0xFE00
 _BUFFER = 256 * 1024
-OUT_OF_RESOURCES = 0xA700
 
 
 @dataclass(frozen=True)
@@ -297,7 +297,7 @@ class StoreAssociation:
             store.discard()
             log.error("C-STORE of %s from %r refused with 0xA700: cannot write the received data set: %s",
                       store.sop_instance_uid, self.calling, store.failure)
-            status, comment = OUT_OF_RESOURCES, f"cannot write the data set: {store.failure.strerror or store.failure}"
+            status, comment = OUT_OF_RESOURCES, out_of_resources(store.failure) or str(store.failure)
         else:
             try:
                 status, comment = self.context.store(path, self.calling, store.sop_class_uid,

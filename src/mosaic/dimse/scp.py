@@ -22,7 +22,7 @@ from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from mosaic.config import DicomPeer, DicomSettings
-from mosaic.core.errors import InstanceMismatch, InvalidObject, QueryError, StorageFailure
+from mosaic.core.errors import InstanceMismatch, InvalidObject, QueryError
 from mosaic.dimse.commitment import StorageCommitmentSCP
 from mosaic.dimse.contexts import PATIENT_ROOT_FIND, add_scp_contexts
 from mosaic.dimse.door import (
@@ -48,7 +48,7 @@ from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail, query_d
 from mosaic.governance.identity import AuthenticationFailed, IdentityService
 from mosaic.governance.policy import ALL, AccessPolicy, Permission, Principal
 from mosaic.index.query import Scope
-from mosaic.services.ingest import IngestService
+from mosaic.services.ingest import OUT_OF_RESOURCES, IngestService, out_of_resources
 from mosaic.services.metrics import RETRIEVE_TOTAL
 from mosaic.services.query import QueryService
 from mosaic.services.retrieve import RetrieveService, StoredInstance
@@ -62,7 +62,6 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 _config.LOG_HANDLER_LEVEL = "none"
 
 NOT_AUTHORISED = 0x0124
-OUT_OF_RESOURCES = 0xA700
 UNABLE_TO_PROCESS = 0xC001
 MOVE_DESTINATION_UNKNOWN = 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
@@ -283,7 +282,7 @@ class DicomServer:
         if failure is not None:  # the data set could not be written (full disk): nothing is stored
             log.error("C-STORE of %s from %r refused with 0xA700: cannot write the received data set: %s",
                       request.AffectedSOPInstanceUID, calling, failure)
-            return _status(OUT_OF_RESOURCES, f"cannot write the data set: {failure.strerror or failure}")
+            return _status(OUT_OF_RESOURCES, out_of_resources(failure) or str(failure))
         status, comment = self.store_received(Path(event.dataset_path), calling, str(request.AffectedSOPClassUID),
                                               str(request.AffectedSOPInstanceUID), None, _address(event))
         return _status(status, comment) if comment else status
@@ -344,11 +343,12 @@ class DicomServer:
                 comment = f"data set is {exc.found}"
                 return exc.status, comment if len(comment) <= 64 else exc.found  # ErrorComment is LO: 64 chars
             return exc.status, str(exc)
-        except StorageFailure as exc:
-            log.error("C-STORE of %s from %r failed: %s", sop_instance_uid, calling, exc)
-            return OUT_OF_RESOURCES, str(exc)
         except Exception as exc:
             # a failure status for this object (the SCU may retry it), not an aborted association
+            reason = out_of_resources(exc)  # a full disk, the index down: as STOW-RS classifies them
+            if reason is not None:
+                log.error("C-STORE of %s from %r refused with 0xA700: %s", sop_instance_uid, calling, reason)
+                return OUT_OF_RESOURCES, reason
             log.exception("C-STORE of %s from %r failed", sop_instance_uid, calling)
             return OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}"
         self.audit.record(AuditEntry.of(

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, bindparam, case, select, update
+from sqlalchemy import exc as sql_errors
 from sqlalchemy.orm import Session
 
 from mosaic.config import DuplicatePolicy, IngestSettings
 from mosaic.core.dicom import ParsedInstance, metadata_json, parse_instance
-from mosaic.core.errors import DuplicateInstance, InstanceMismatch, InvalidObject
+from mosaic.core.errors import DuplicateInstance, InstanceMismatch, InvalidObject, StorageFailure
 from mosaic.core.events import EventType
 from mosaic.index.attributes import (
     DEMOGRAPHIC_KEYS,
@@ -86,6 +87,32 @@ def _list_parameters(value: str) -> dict[str, str]:
 
 _BUMP_PATIENT = _patient.update().where(_patient.c.pk == bindparam("b_pk")).values(
     NumberOfPatientRelatedInstances=_patient.c.NumberOfPatientRelatedInstances + 1)
+
+
+OUT_OF_RESOURCES = 0xA700
+"""PS3.4 B.2.3 "Refused: Out of Resources": the archive cannot take the object now; the sender may try again."""
+RETRY_AFTER_SECONDS = 30
+"""What an HTTP 503 for want of resources tells the client to wait (a full disk or an index restart takes a while)."""
+
+
+def out_of_resources(exc: BaseException) -> str | None:
+    """Why a store failed for want of resources rather than because of the object, or None.
+
+    A full disk or quota, a file system gone read-only (any ``OSError`` writing a spool or blob file), a blob
+    store that cannot write (:class:`StorageFailure`), an index that cannot be reached or has no free connection
+    (SQLAlchemy's ``OperationalError``, ``InterfaceError``, pool ``TimeoutError``, or a connection found broken):
+    the same object may be stored later. Every door answers these alike: C-STORE 0xA700 (both receive paths),
+    STOW-RS 0xA700 in the Failed SOP Sequence, and 503 with Retry-After when nothing of the request was stored.
+    """
+    if isinstance(exc, StorageFailure):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"cannot write the data set: {exc.strerror or exc}"
+    if isinstance(exc, sql_errors.OperationalError | sql_errors.InterfaceError | sql_errors.TimeoutError) or (
+            isinstance(exc, sql_errors.DBAPIError) and exc.connection_invalidated):
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return f"the index is unavailable: {first[0] if first else type(exc).__name__}"
+    return None
 
 
 class StoreGuard(Protocol):

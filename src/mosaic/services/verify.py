@@ -14,6 +14,8 @@ from mosaic.index.schema import Instance, InstanceVersion
 from mosaic.services.ingest import IngestService
 from mosaic.storage.base import CHUNK_SIZE, BlobStore
 
+CANNOT_UNDERSTAND = 0xC000
+
 
 @dataclass
 class VerifyReport:
@@ -68,27 +70,48 @@ class VerifyService:
             report.orphans = sorted(key for key in self.blobs.iter_keys() if key not in known)
         return report
 
-    def repair_orphans(self, ingest: IngestService, keys: list[str]) -> dict[str, str]:
+    def repair_orphans(self, ingest: IngestService, keys: list[str],
+                       partial_before: float = float("inf")) -> dict[str, str]:
         """Index orphan blobs (bytes written, index commit lost): {key: what happened}.
 
         Each orphan goes through the ingest path again (a new blob), and the orphan is removed only
-        once its content is indexed: stored now, or already stored with identical bytes.
+        once its content is indexed: stored now, or already stored with identical bytes. An orphan that is no
+        object at all (a partial file a killed receiver left, truncated or not DICOM: status 0xC000) is removed
+        when last written before ``partial_before`` (a POSIX time; younger ones may still be being written), and
+        one refused for another reason (a conflicting duplicate) is kept for the operator.
         """
         outcomes: dict[str, str] = {}
+        local = getattr(self.blobs, "local_path", None)
         for key in keys:
             try:
-                local = getattr(self.blobs, "local_path", None)
                 if local is not None:
                     result = ingest.store(local(key), door="repair")  # streamed from the file, never held whole
                 else:
                     with self.blobs.open(key) as stream:
                         result = ingest.store(stream.read(), door="repair")
-            except (InvalidObject, StorageFailure, OSError) as exc:
+            except InvalidObject as exc:
+                if exc.status == CANNOT_UNDERSTAND and self._written_before(key, partial_before):
+                    self.blobs.delete(key)
+                    outcomes[key] = f"removed, not a complete object: {exc.reason}"
+                else:
+                    outcomes[key] = f"kept: {exc}"
+                continue
+            except (StorageFailure, OSError) as exc:
                 outcomes[key] = f"kept: {exc}"
                 continue
             self.blobs.delete(key)
             outcomes[key] = f"{result.outcome.value}: {result.sop_instance_uid}"
         return outcomes
+
+    def _written_before(self, key: str, moment: float) -> bool:
+        """Was the blob last written before ``moment``? (An S3 object is written whole: never in flight.)"""
+        local = getattr(self.blobs, "local_path", None)
+        if local is None:
+            return True
+        try:
+            return bool(local(key).stat().st_mtime < moment)
+        except OSError:
+            return False
 
     def _check(self, key: str, sha256: str) -> str | None:
         digest = hashlib.sha256()

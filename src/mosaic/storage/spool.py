@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 class Spool:
@@ -26,6 +26,15 @@ class Spool:
         descriptor, name = tempfile.mkstemp(suffix=".dcm", dir=self.folder)
         os.close(descriptor)
         return Path(name)
+
+    def create(self) -> tuple[Path, BinaryIO]:
+        """A new spool file, open for writing; an ``OSError`` (a full disk) leaves nothing reserved behind."""
+        path = self.new()
+        try:
+            return path, open(path, "wb")  # the receiver closes it when the data set ends
+        except OSError:
+            self.discard(path)
+            raise
 
     def discard(self, path: Path) -> None:
         if self.blobs is not None:

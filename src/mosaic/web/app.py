@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from typing import TYPE_CHECKING, Any
@@ -11,11 +12,14 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from mosaic import __version__
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.policy import Permission
 from mosaic.services.browse import BrowseService
+from mosaic.services.ingest import RETRY_AFTER_SECONDS, out_of_resources
 from mosaic.viewer import mount_viewer
 from mosaic.web.auth import AuthMiddleware, require
 from mosaic.web.landing import render_landing
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from mosaic.app import Mosaic
+
+log = logging.getLogger("mosaic.http")
 
 ANTI_FRAMING = ((b"content-security-policy", b"frame-ancestors 'self'"), (b"x-frame-options", b"SAMEORIGIN"))
 """On every answer: no other site may frame Mosaic's pages (clickjacking); the viewer's scripts, workers and wasm
@@ -85,6 +91,17 @@ def create_app(mosaic: Mosaic) -> FastAPI:
     async def explain(_request: Request, exc: HTTPException) -> JSONResponse:
         """Refusals look like every other error answer: ``{"error": "<what and why>"}``."""
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    async def index_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        """The index is down or out of connections: 503 with Retry-After, saying so, not a 500 (a bug)."""
+        reason = out_of_resources(exc)
+        if reason is None:
+            raise exc
+        log.error("HTTP %s %s: %s", request.method, request.url.path, reason)
+        return JSONResponse({"error": f"Mosaic cannot answer now: {reason}"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if mosaic.settings.http.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

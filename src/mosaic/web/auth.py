@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.identity import TOKEN_PREFIX, AuthenticationFailed, SignInRefused
 from mosaic.governance.policy import ANONYMOUS, AccessDenied, AccessPolicy, Permission, Principal
+from mosaic.services.ingest import RETRY_AFTER_SECONDS, out_of_resources
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
@@ -106,6 +107,16 @@ class AuthMiddleware:
             else:
                 await _send_error(send, 401, str(exc), {"www-authenticate": 'Bearer error="invalid_token"'})
                 return
+        except Exception as exc:
+            reason = out_of_resources(exc)
+            if reason is None:
+                raise
+            # the index is down: who asks cannot be checked now; say so (after the body: no reset mid-upload)
+            log.error("HTTP %s %s from %s: cannot authenticate: %s", scope.get("method"), path, address, reason)
+            await drain(receive)
+            await _send_error(send, 503, f"Mosaic cannot check credentials now: {reason}",
+                              {"retry-after": str(RETRY_AFTER_SECONDS)})
+            return
         principal = principal.at(address=address, interface=interface_of(path))
         state["principal"] = principal
         if not principal.authenticated and path not in PUBLIC_PATHS:
@@ -271,6 +282,15 @@ def _claimed_name(headers: dict[str, str]) -> str:
         except (binascii.Error, UnicodeDecodeError):
             return "?"
     return "bearer" if scheme else "session"
+
+
+async def drain(receive: Receive) -> None:
+    """Read the rest of a request's body and drop it, so an answer given before it (an error) reaches a client
+    still sending instead of a connection reset (closing a socket with unread data resets it)."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 async def _send_error(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
