@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, SecuritySettings, Settings
-from mosaic.web.auth import PUBLIC_PATHS
+from mosaic.http.auth import PUBLIC_PATHS
 from tests.factory import make_instance, to_bytes
 from tests.helpers import LOCALHOST
 

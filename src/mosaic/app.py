@@ -25,6 +25,7 @@ from mosaic.governance.audit_anchor import anchor_for
 from mosaic.governance.audit_export import SyslogForwarder
 from mosaic.governance.identity import IdentityService
 from mosaic.governance.policy import AccessPolicy
+from mosaic.http.protocol import GuardedH11Protocol
 from mosaic.index.database import Database
 from mosaic.jobs.runner import JobRunner
 from mosaic.jobs.store import JobStore
@@ -35,7 +36,6 @@ from mosaic.services.retrieve import RetrieveService
 from mosaic.services.sweep import LeftoverSweep
 from mosaic.storage import BlobStore, open_blob_store
 from mosaic.storage.spool import Spool
-from mosaic.web.protocol import GuardedH11Protocol
 
 log = logging.getLogger("mosaic")
 
@@ -113,9 +113,7 @@ class Mosaic:
         self._sweep.start()
 
     def http_app(self) -> Any:
-        from mosaic.web.app import create_app
-
-        return create_app(self)
+        return create_http_app(self)
 
     def _start_workers(self, port: int) -> None:
         """More processes on the same DICOM port (SO_REUSEPORT), each with its own services."""
@@ -247,6 +245,63 @@ class Mosaic:
             self._syslog.stop()
             self._syslog = None
         self.database.dispose()
+
+
+def create_http_app(node: Mosaic) -> Any:
+    """The ASGI application: each router handed only the services it uses; the middleware outermost first
+    (anti-framing on every answer, then authentication and the audit of every answer)."""
+    from fastapi import Depends, FastAPI
+
+    from mosaic import __version__
+    from mosaic.dicomweb.guard import dicomweb_guard
+    from mosaic.dicomweb.routes import create_router
+    from mosaic.dicomweb.wado import create_wado_router
+    from mosaic.http.auth import AuthMiddleware
+    from mosaic.http.errors import install_error_handlers
+    from mosaic.http.headers import AntiFramingHeaders
+    from mosaic.http.origin import trusted_hosts
+    from mosaic.services.browse import BrowseService
+    from mosaic.viewer import mount_viewer
+    from mosaic.web.account import create_account_router
+    from mosaic.web.changes_routes import create_changes_router
+    from mosaic.web.export_routes import create_export_router
+    from mosaic.web.jobs_routes import create_jobs_router
+    from mosaic.web.landing import create_landing_router
+    from mosaic.web.retention_routes import create_retention_router
+    from mosaic.web.status_routes import create_status_router
+    from mosaic.web.users_routes import create_users_router
+
+    settings = node.settings
+    web = settings.http
+    app = FastAPI(title="Mosaic", version=__version__)
+    app.state.public_url = web.public_url
+    app.state.trusted_hosts = trusted_hosts(web.host, web.public_url, web.trusted_hosts)
+    app.add_middleware(AuthMiddleware, identity=node.identity, audit=node.audit,  # type: ignore[arg-type]
+                       trusted_proxies=web.trusted_proxies, development_mode=settings.security.development_mode)
+    app.add_middleware(AntiFramingHeaders)  # outermost: refusals by the middleware get the headers too
+    install_error_handlers(app)
+    if web.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=web.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"], expose_headers=["X-Total-Count", "ETag", "Content-Location"], max_age=600,
+        )
+    app.include_router(create_status_router(node.database, node.blobs,
+                                            min_free_bytes=settings.storage.min_free_bytes))
+    app.include_router(create_changes_router(node.changes, node.policy))
+    app.include_router(create_landing_router(BrowseService(node.database), node.policy))
+    app.include_router(create_router(node))
+    # WADO-URI also at the site root: /wado?…
+    app.include_router(create_wado_router(node, rs=False), dependencies=[Depends(dicomweb_guard(node))])
+    app.include_router(create_account_router(node.identity, node.policy, node.audit, settings.security,
+                                             https=web.https, ae_title=settings.dicom.ae_title))
+    app.include_router(create_export_router(node))
+    app.include_router(create_users_router(node.identity, node.policy))
+    app.include_router(create_retention_router(node))
+    app.include_router(create_jobs_router(node.jobs))
+    mount_viewer(app, settings.viewer_path, dicomweb_root="/dicom-web")
+    return app
 
 
 def _reason(exc: OSError) -> str:

@@ -18,7 +18,7 @@ from fastapi import HTTPException, Request
 
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.policy import Permission
-from mosaic.web.auth import principal_of, require
+from mosaic.http.auth import principal_of, require
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic

@@ -12,52 +12,40 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from mosaic.core.errors import QueryError
-from mosaic.core.origin import client_origin
 from mosaic.dicomweb.cache import ByteCache
 from mosaic.dicomweb.dicomjson import MEDIA_TYPE, dumps, instance_metadata, json_array, plain_json
 from mosaic.dicomweb.guard import dicomweb_guard
 from mosaic.dicomweb.multipart import MultipartError, media_type_parameters, read_parts
 from mosaic.dicomweb.qido import parse_qido
 from mosaic.dicomweb.stow import StowService
+from mosaic.http.auth import principal_of
+from mosaic.http.origin import client_origin
+from mosaic.http.responses import GZIP_MIN, compressed, not_modified, problem
 from mosaic.services.metadata import MetadataService
 from mosaic.storage.spool import Spool
-from mosaic.web.auth import principal_of
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic
 
 PREFIX = "/dicom-web"
-_GZIP_MIN = 1024
-
-
-def problem(status: int, message: str) -> JSONResponse:
-    """An error answer that says what was wrong (PS3.18 lets the body explain)."""
-    return JSONResponse({"error": message}, status_code=status)
 
 
 def base_url(request: Request) -> str:
     """The DICOMweb root as the client sees it (so BulkDataURIs point at the origin the viewer used); see
-    :func:`mosaic.core.origin.client_origin` for which Host is believed."""
+    :func:`mosaic.http.origin.client_origin` for which Host is believed."""
     return client_origin(request) + PREFIX
 
 
 def dicom_json(request: Request, body: bytes, *, status: int = 200, headers: dict[str, str] | None = None,
                etag: str | None = None) -> Response:
     headers = dict(headers or {})
-    if etag is not None:
-        headers["ETag"] = etag
-        headers["Cache-Control"] = "no-cache"
-        if etag in {value.strip() for value in request.headers.get("if-none-match", "").split(",")}:
-            return Response(status_code=304, headers=headers)
-    if len(body) >= _GZIP_MIN and "gzip" in request.headers.get("accept-encoding", ""):
-        body = gzip.compress(body, compresslevel=5)
-        headers["Content-Encoding"] = "gzip"
-        headers["Vary"] = "Accept-Encoding"
-    return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    if etag is not None and (unchanged := not_modified(request, etag, headers)) is not None:
+        return unchanged
+    return Response(compressed(request, body, headers), status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
 def create_router(mosaic: Mosaic) -> APIRouter:
@@ -142,7 +130,7 @@ def create_router(mosaic: Mosaic) -> APIRouter:
                        f"/instances/{row.SOPInstanceUID}")
                 objects.append(instance_metadata(row.metadata_json, url))
             body = json_array(objects)
-            cached = gzip.compress(body, compresslevel=5) if gzipped and len(body) >= _GZIP_MIN else body
+            cached = gzip.compress(body, compresslevel=5) if gzipped and len(body) >= GZIP_MIN else body
             metadata_cache.put((etag, gzipped), cached)
         headers = {"ETag": etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
         if cached[:2] == b"\x1f\x8b":

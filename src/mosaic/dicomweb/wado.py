@@ -71,8 +71,9 @@ from mosaic.dicomweb.rendered import (
     parse_window,
     render,
 )
-from mosaic.dicomweb.routes import base_url, problem
+from mosaic.dicomweb.routes import base_url
 from mosaic.dicomweb.transcode import TranscodeError, can_transcode, transcoded_copy
+from mosaic.http.responses import problem
 from mosaic.services.retrieve import StoredInstance
 
 if TYPE_CHECKING:

@@ -17,12 +17,15 @@ from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.audit_export import fhir_bundle, record_json
 from mosaic.governance.identity import AuthenticationFailed, SignInRefused
 from mosaic.governance.policy import AccessDenied, AccessPolicy, Permission
-from mosaic.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, check_csrf_form, principal_of, require
-from mosaic.web.bodies import json_object
+from mosaic.http.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, check_csrf_form, principal_of, require
+from mosaic.http.bodies import json_object
 from mosaic.web.landing import STYLE
 
 if TYPE_CHECKING:
-    from mosaic.app import Mosaic
+    from mosaic.config import SecuritySettings
+    from mosaic.governance.audit import AuditTrail
+    from mosaic.governance.identity import IdentityService
+    from mosaic.governance.policy import AccessPolicy
 
 
 def _page(title: str, body: str) -> str:
@@ -52,20 +55,21 @@ def _login_form(next_path: str, csrf: str, message: str = "", sso: str = "") -> 
 value="{escape(next_path)}"><button type="submit">Sign in</button></form>""")
 
 
-def create_account_router(mosaic: Mosaic) -> APIRouter:
+def create_account_router(identity: IdentityService, policy: AccessPolicy, audit: AuditTrail,
+                          security: SecuritySettings, *, https: bool, ae_title: str) -> APIRouter:
+    """Sign-in and sign-out, break-glass, and the audit trail's search and verification."""
     router = APIRouter()
-    security = mosaic.settings.security
 
     sso = security.oidc.provider_name if security.oidc.client_id and security.oidc.issuer else ""
 
     def cookie_options() -> dict[str, Any]:
-        secure = security.secure_cookies or mosaic.settings.http.https
+        secure = security.secure_cookies or https
         return {"httponly": True, "samesite": "lax", "secure": secure, "path": "/"}
 
     if sso:
         from mosaic.web.oidc_login import create_oidc_router
 
-        router.include_router(create_oidc_router(mosaic, _safe_next, _page))
+        router.include_router(create_oidc_router(identity, security, https, _safe_next, _page))
 
     @router.get("/login", response_class=HTMLResponse)
     def login_page(next: str = "/") -> Response:
@@ -84,7 +88,7 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
             return HTMLResponse(_login_form(next_path, "", "The sign-in form expired; reload the page."), 403)
         principal = principal_of(request)
         try:
-            user = await run_in_threadpool(partial(mosaic.identity.check_password, username, password,
+            user = await run_in_threadpool(partial(identity.check_password, username, password,
                                                    address=principal.address))
         except AuthenticationFailed as exc:
             request.state.audit = AuditEntry(action=AuditAction.LOGIN, outcome="denied", actor=username[:128],
@@ -99,7 +103,7 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
                 response = HTMLResponse(_login_form(next_path, csrf, "Wrong user name or password.", sso), 401)
             response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, **cookie_options())
             return response
-        session_id, _csrf = await run_in_threadpool(mosaic.identity.open_session, user.name)
+        session_id, _csrf = await run_in_threadpool(identity.open_session, user.name)
         request.state.audit = AuditEntry.of(user.at(address=principal.address, interface="http"),
                                             AuditAction.LOGIN, "success")
         redirect = RedirectResponse(next_path, status_code=303)
@@ -114,7 +118,7 @@ def create_account_router(mosaic: Mosaic) -> APIRouter:
         check_csrf_form(request, form)
         session_id = request.cookies.get(SESSION_COOKIE)
         if session_id:
-            await run_in_threadpool(mosaic.identity.close_session, session_id)
+            await run_in_threadpool(identity.close_session, session_id)
         request.state.audit = AuditEntry.of(principal_of(request), AuditAction.LOGOUT, "success")
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
@@ -170,10 +174,10 @@ title="At least {minimum} characters besides spaces"></label>
                               break_glass=True, detail={"reason": reason})
         request.state.audit = entry
         try:
-            expires = await run_in_threadpool(mosaic.policy.break_glass, principal, study.strip(), reason)
+            expires = await run_in_threadpool(policy.break_glass, principal, study.strip(), reason)
         except AccessDenied as exc:
             raise HTTPException(403, str(exc)) from None
-        access = await run_in_threadpool(mosaic.policy.study_access, principal, study.strip())
+        access = await run_in_threadpool(policy.study_access, principal, study.strip())
         entry.PatientID, entry.IssuerOfPatientID = access.PatientID, access.IssuerOfPatientID
         if is_form:
             return RedirectResponse(f"/viewer/viewer?StudyInstanceUIDs={quote(study.strip())}", status_code=303)
@@ -184,7 +188,7 @@ title="At least {minimum} characters besides spaces"></label>
     def _search(request: Request, patient: str | None, user: str | None, study: str | None, action: str | None,
                 since: datetime | None, until: datetime | None, limit: int, offset: int) -> tuple[list[Any], int]:
         principal = require(request, Permission.READ_AUDIT, action=AuditAction.AUDIT_READ)
-        rows, total = mosaic.audit.search(patient_id=patient, user=user, study=study, action=action, since=since,
+        rows, total = audit.search(patient_id=patient, user=user, study=study, action=action, since=since,
                                           until=until, limit=limit, offset=offset)
         request.state.audit = AuditEntry.of(principal, AuditAction.AUDIT_READ, "", PatientID=patient or "",
                                             StudyInstanceUID=study or "",
@@ -200,7 +204,7 @@ title="At least {minimum} characters besides spaces"></label>
         """Search the audit trail (newest first); ``format=fhir`` answers a FHIR R4 Bundle of AuditEvent."""
         rows, total = _search(request, patient, user, study, action, since, until, limit, offset)
         if format == "fhir":
-            return JSONResponse(fhir_bundle(rows, total, mosaic.settings.dicom.ae_title),
+            return JSONResponse(fhir_bundle(rows, total, ae_title),
                                 media_type="application/fhir+json")
         return JSONResponse({"total": total, "records": [record_json(row) for row in rows]},
                             headers={"X-Total-Count": str(total)})
@@ -209,8 +213,8 @@ title="At least {minimum} characters besides spaces"></label>
     def audit_verify(request: Request) -> dict[str, Any]:
         """Walk the hash chain: is every record as written, in order, none removed?"""
         principal = require(request, Permission.READ_AUDIT, action=AuditAction.AUDIT_READ)
-        mosaic.audit.flush()
-        report = mosaic.audit.verify()
+        audit.flush()
+        report = audit.verify()
         request.state.audit = AuditEntry.of(principal, AuditAction.AUDIT_READ, "", detail={"verify": report.intact})
         return {"intact": report.intact, "checked": report.checked, "first_bad_seq": report.first_bad_seq,
                 "reason": report.reason, "checkpoints": report.checkpoints, "anchored_seq": report.anchored_seq,

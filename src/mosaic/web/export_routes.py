@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.policy import AccessDenied, Permission
-from mosaic.web.auth import principal_of, require
-from mosaic.web.bodies import json_object
+from mosaic.http.auth import principal_of, require
+from mosaic.http.bodies import json_object
 from mosaic.web.jobs_routes import visible
 from mosaic.workflow.export import KIND, Destination, ExportError, summary
 

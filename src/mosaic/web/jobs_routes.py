@@ -11,11 +11,11 @@ from fastapi import APIRouter, HTTPException, Query, Request
 
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.policy import AccessPolicy, Permission, Principal
+from mosaic.http.auth import principal_of
 from mosaic.jobs.store import JobView
-from mosaic.web.auth import principal_of
 
 if TYPE_CHECKING:
-    from mosaic.app import Mosaic
+    from jobs.store import JobStore
 
 
 def visible(principal: Principal, job: JobView | None, job_id: str, what: str = "job") -> JobView:
@@ -26,7 +26,7 @@ def visible(principal: Principal, job: JobView | None, job_id: str, what: str = 
     return job
 
 
-def create_jobs_router(mosaic: Mosaic) -> APIRouter:
+def create_jobs_router(jobs: JobStore) -> APIRouter:
     router = APIRouter(prefix="/api/jobs")
 
     @router.get("")
@@ -35,21 +35,21 @@ def create_jobs_router(mosaic: Mosaic) -> APIRouter:
         """The newest jobs first (a user's own; an administrator's: everyone's)."""
         principal = principal_of(request)
         mine = None if AccessPolicy.permits(principal, Permission.ADMINISTER) else principal.name
-        jobs = mosaic.jobs.recent(kind=kind, state=state, requested_by=mine, limit=limit)
-        return {"jobs": [job.as_json() for job in jobs]}
+        found = jobs.recent(kind=kind, state=state, requested_by=mine, limit=limit)
+        return {"jobs": [job.as_json() for job in found]}
 
     @router.get("/{job_id}")
     def show_job(request: Request, job_id: str) -> dict[str, Any]:
-        return visible(principal_of(request), mosaic.jobs.get(job_id), job_id).as_json()
+        return visible(principal_of(request), jobs.get(job_id), job_id).as_json()
 
     @router.post("/{job_id}/cancel")
     def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
         """A queued job is cancelled at once; a running one stops at its next step (its output is removed)."""
         principal = principal_of(request)
-        job = visible(principal, mosaic.jobs.get(job_id), job_id)
+        job = visible(principal, jobs.get(job_id), job_id)
         if job.finished:
             raise HTTPException(409, f"job {job_id} has already ended ({job.state.value})")
-        cancelled = mosaic.jobs.cancel(job_id)
+        cancelled = jobs.cancel(job_id)
         assert cancelled is not None
         action = AuditAction.EXPORT if job.kind == "export" else AuditAction.MODIFY
         request.state.audit = AuditEntry.of(principal, action, "", detail={

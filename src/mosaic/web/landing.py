@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 from html import escape
+from typing import TYPE_CHECKING
 
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
+
+from mosaic.governance.audit import AuditAction, AuditEntry
+from mosaic.governance.policy import Permission
+from mosaic.http.auth import require
 from mosaic.services.browse import StudySummary
+
+if TYPE_CHECKING:
+    from mosaic.governance.policy import AccessPolicy
+    from mosaic.services.browse import BrowseService
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;background:#0b1a2a;color:#e6edf3}
@@ -61,3 +72,18 @@ def render_landing(studies: list[StudySummary], *, viewer_prefix: str = "/viewer
 {body}
 </tbody></table></body></html>
 """
+
+
+def create_landing_router(browse: BrowseService, policy: AccessPolicy) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", response_class=HTMLResponse)
+    def landing(request: Request, limit: int = Query(50, ge=1, le=500)) -> HTMLResponse:
+        """Recent studies the user may see, each linked to the viewer."""
+        principal = require(request, Permission.QUERY, action=AuditAction.QUERY)
+        studies = browse.recent_studies(limit, policy.scope(principal))
+        request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "", detail={
+            "path": "/", "studies": [study.StudyInstanceUID for study in studies][:100]})
+        return HTMLResponse(render_landing(studies, user=principal.name, csrf_token=principal.csrf_token))
+
+    return router

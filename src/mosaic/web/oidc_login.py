@@ -25,13 +25,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from mosaic.core.origin import client_origin
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.identity import AuthenticationFailed
-from mosaic.web.auth import SESSION_COOKIE, principal_of
+from mosaic.http.auth import SESSION_COOKIE, principal_of
+from mosaic.http.origin import client_origin
 
 if TYPE_CHECKING:
-    from mosaic.app import Mosaic
+    from mosaic.config import OidcSettings, SecuritySettings
+    from mosaic.governance.identity import IdentityService
 
 FLOW_COOKIE = "mosaic_oidc"
 FLOW_SECONDS = 600
@@ -41,8 +42,8 @@ CALLBACK = "/login/oidc/callback"
 class _Provider:
     """The provider's endpoints: configured, or read once from its discovery document."""
 
-    def __init__(self, mosaic: Mosaic) -> None:
-        self.oidc = mosaic.settings.security.oidc
+    def __init__(self, oidc: OidcSettings) -> None:
+        self.oidc = oidc
         self._endpoints: tuple[str, str] | None = None
         self._lock = threading.Lock()
 
@@ -76,11 +77,12 @@ def _callback_url(request: Request) -> str:
     return client_origin(request) + CALLBACK
 
 
-def create_oidc_router(mosaic: Mosaic, safe_next: Any, page: Any) -> APIRouter:
+def create_oidc_router(identity: IdentityService, security: SecuritySettings, https: bool, safe_next: Any,
+                       page: Any) -> APIRouter:
     router = APIRouter()
-    oidc = mosaic.settings.security.oidc
-    provider = _Provider(mosaic)
-    secure = mosaic.settings.security.secure_cookies or mosaic.settings.http.https
+    oidc = security.oidc
+    provider = _Provider(oidc)
+    secure = security.secure_cookies or https
 
     def refused(request: Request, reason: str, claimed: str = "") -> Response:
         principal = principal_of(request)
@@ -126,17 +128,17 @@ def create_oidc_router(mosaic: Mosaic, safe_next: Any, page: Any) -> APIRouter:
             return refused(request, "the identity provider sent no authorization code")
         try:
             id_token = await run_in_threadpool(exchange, request, code, str(flow["verifier"]))
-            claimed, display_name = await run_in_threadpool(mosaic.identity.check_id_token, id_token,
+            claimed, display_name = await run_in_threadpool(identity.check_id_token, id_token,
                                                             str(flow["nonce"]))
-            user = await run_in_threadpool(mosaic.identity.single_sign_on, claimed, display_name)
+            user = await run_in_threadpool(identity.single_sign_on, claimed, display_name)
         except AuthenticationFailed as exc:
             return refused(request, str(exc))
-        session_id, _csrf = await run_in_threadpool(mosaic.identity.open_session, user.name)
+        session_id, _csrf = await run_in_threadpool(identity.open_session, user.name)
         address = principal_of(request).address
         request.state.audit = AuditEntry.of(user.at(address=address, interface="http"), AuditAction.LOGIN,
                                             "success", detail={"via": "oidc"})
         response = RedirectResponse(safe_next(str(flow.get("next", "/"))), status_code=303)
-        response.set_cookie(SESSION_COOKIE, session_id, max_age=int(mosaic.settings.security.session_hours * 3600),
+        response.set_cookie(SESSION_COOKIE, session_id, max_age=int(security.session_hours * 3600),
                             httponly=True, samesite="lax", secure=secure, path="/")
         response.delete_cookie(FLOW_COOKIE, path="/login/oidc")
         return response

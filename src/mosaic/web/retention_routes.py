@@ -20,8 +20,8 @@ from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.holds import HoldError, UnderLegalHold, hold_audit_entry
 from mosaic.governance.policy import Permission
 from mosaic.governance.retention import RetentionBusy
-from mosaic.web.auth import require
-from mosaic.web.bodies import json_object
+from mosaic.http.auth import require
+from mosaic.http.bodies import json_object
 
 if TYPE_CHECKING:
     from mosaic.app import Mosaic

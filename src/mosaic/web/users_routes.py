@@ -13,11 +13,12 @@ from starlette.concurrency import run_in_threadpool
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.identity import AccountError
 from mosaic.governance.policy import Permission
-from mosaic.web.auth import require
-from mosaic.web.bodies import json_object
+from mosaic.http.auth import require
+from mosaic.http.bodies import json_object
 
 if TYPE_CHECKING:
-    from mosaic.app import Mosaic
+    from mosaic.governance.identity import IdentityService
+    from mosaic.governance.policy import AccessPolicy
 
 
 def _strings(body: dict[str, Any], key: str) -> list[str] | None:
@@ -29,9 +30,8 @@ def _strings(body: dict[str, Any], key: str) -> list[str] | None:
     return value
 
 
-def create_users_router(mosaic: Mosaic) -> APIRouter:
+def create_users_router(identity: IdentityService, policy: AccessPolicy) -> APIRouter:
     router = APIRouter(prefix="/api/users")
-    identity = mosaic.identity
 
     def change(request: Request, detail: dict[str, Any]) -> None:
         principal = require(request, Permission.ADMINISTER, action=AuditAction.POLICY_CHANGE)
@@ -41,7 +41,7 @@ def create_users_router(mosaic: Mosaic) -> APIRouter:
     def users(request: Request) -> dict[str, Any]:
         require(request, Permission.ADMINISTER)
         return {"users": [asdict(account) for account in identity.users()],
-                "roles": {name: sorted(permissions) for name, permissions in sorted(mosaic.policy.roles.items())}}
+                "roles": {name: sorted(permissions) for name, permissions in sorted(policy.roles.items())}}
 
     @router.post("", status_code=201)
     async def add_user(request: Request) -> JSONResponse:

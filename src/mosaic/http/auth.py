@@ -30,7 +30,8 @@ from mosaic.governance.policy import ANONYMOUS, AccessDenied, AccessPolicy, Perm
 from mosaic.services.ingest import RETRY_AFTER_SECONDS, out_of_resources
 
 if TYPE_CHECKING:
-    from mosaic.app import Mosaic
+    from mosaic.governance.audit import AuditTrail
+    from mosaic.governance.identity import IdentityService
 
 log = logging.getLogger("mosaic.http.auth")
 
@@ -73,10 +74,16 @@ def interface_of(path: str) -> str:
 
 
 class AuthMiddleware:
-    def __init__(self, app: Callable[..., Awaitable[None]], mosaic: Mosaic) -> None:
+    """Handed the identity service (who is asking), the audit trail (what they were answered) and the HTTP
+    door's settings; nothing else."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], *, identity: IdentityService, audit: AuditTrail,
+                 trusted_proxies: list[str], development_mode: bool = False) -> None:
         self.app = app
-        self.mosaic = mosaic
-        self.proxies = TrustedProxies(mosaic.settings.http.trusted_proxies)
+        self.identity = identity
+        self.audit = audit
+        self.development_mode = development_mode
+        self.proxies = TrustedProxies(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,7 +99,7 @@ class AuthMiddleware:
                 found = await run_in_threadpool(self._authenticate, headers, address)
             principal, via_cookie = found
         except AuthenticationFailed as exc:
-            self.mosaic.audit.record(AuditEntry(
+            self.audit.record(AuditEntry(
                 action=AuditAction.LOGIN, outcome="denied", actor=_claimed_name(headers), address=address,
                 interface=interface_of(path), detail={"reason": str(exc), "path": path}))
             if isinstance(exc, SignInRefused):  # too many wrong passwords from this client, or no slot to check
@@ -148,15 +155,15 @@ class AuthMiddleware:
                 entry.outcome = entry.outcome or ("success" if status < 400 else "denied" if status in (401, 403)
                                                   else "failure")
                 entry.detail.setdefault("status", status)
-                self.mosaic.audit.record(entry)
+                self.audit.record(entry)
 
     def _remembered(self, headers: dict[str, str], address: str) -> tuple[Principal, bool] | None:
         """Who asks, when that needs no thread and no index: the developer in development mode, or a credential
         checked moments ago (a viewer's hundreds of frame requests). None: :meth:`_authenticate` must check.
         Basic credentials from a client that must wait after wrong passwords are refused here, before a thread
         is spent on them."""
-        identity = self.mosaic.identity
-        if self.mosaic.settings.security.development_mode:
+        identity = self.identity
+        if self.development_mode:
             return identity.development_principal(), False
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
         credentials = credentials.strip()
@@ -178,7 +185,7 @@ class AuthMiddleware:
         return None
 
     def _authenticate(self, headers: dict[str, str], address: str) -> tuple[Principal, bool]:
-        identity = self.mosaic.identity
+        identity = self.identity
         authorization = headers.get("authorization", "")
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():

@@ -10,7 +10,19 @@ connected to.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from starlette.requests import Request
+
+
+def trusted_hosts(host: str, public_url: str | None, configured: list[str]) -> frozenset[str] | None:
+    """The Host header names answers may build URLs from (None: any, ``http.trusted_hosts = ["*"]``)."""
+    if "*" in configured:
+        return None
+    names = {host, "localhost", "127.0.0.1", "::1", *configured}
+    if public_url:
+        names.add(urlsplit(public_url).hostname or "")
+    return frozenset(name.strip("[]").lower() for name in names if name)
 
 
 def client_origin(request: Request) -> str:
