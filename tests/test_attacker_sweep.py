@@ -125,3 +125,29 @@ def test_another_sites_clinician_learns_nothing_and_changes_nothing(node: Mosaic
         assert [user["username"] for user in admin.get("/api/users").json()["users"]
                 if "administrator" in user["roles"]] == ["admin"]  # no one promoted, no one added
         assert admin.get("/api/holds").json()["holds"] == []
+
+
+OPEN_TO_ANY_USER = frozenset({
+    ("GET", "/api/me"), ("GET", "/break-glass"), ("POST", "/api/break-glass"), ("POST", "/logout"),
+    ("GET", "/api/jobs"), ("GET", "/api/jobs/{job_id}"), ("POST", "/api/jobs/{job_id}/cancel"),
+    ("GET", "/api/exports/{export_id}"),  # one's own jobs and exports only: 404 for anyone else's
+    ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"), ("GET", "/openapi.json"),
+})
+"""Routes a signed-in user with no role may use: about themselves, their own jobs, the API's description.
+Every other route must refuse such a user, so a route added without a permission check fails here."""
+
+
+def test_every_other_route_refuses_a_user_without_a_role(node: Mosaic) -> None:
+    node.identity.add_user("nobody", roles=[], password="nobody-password-1")
+    wrong = []
+    for method, template, answer in sweep(node, auth=("nobody", "nobody-password-1"),
+                                          headers={"Accept": "application/json"}):
+        where = f"{method} {template}: {answer.status_code} {answer.text[:200]}"
+        public = template in PUBLIC_PATHS or template.startswith("/viewer")
+        leaked = any(secret in answer.text for secret in SECRETS) or answer.status_code >= 500
+        unguarded = not public and (method, template) not in OPEN_TO_ANY_USER and answer.status_code != 403
+        # the list is kept true: a route on it that now refuses everyone leaves it
+        stale = (method, template) in OPEN_TO_ANY_USER and answer.status_code not in (200, 303, 400, 404)
+        if leaked or unguarded or stale:
+            wrong.append(where)
+    assert wrong == []

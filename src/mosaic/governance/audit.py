@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mosaic.governance.audit_anchor import Checkpoint
+from mosaic.governance.audit_entry import AuditAction as AuditAction
+from mosaic.governance.audit_entry import AuditEntry as AuditEntry
+from mosaic.governance.audit_journal import AuditJournal
 from mosaic.index.database import Database
 from mosaic.index.schema import AuditCursor, AuditRecord
 
@@ -37,59 +40,11 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from mosaic.governance.audit_anchor import AuditAnchor
-    from mosaic.governance.audit_journal import AuditJournal
-    from mosaic.governance.policy import Principal
 
 log = logging.getLogger("mosaic.audit")
 
 GENESIS = "0" * 64
 CHAIN = "chain"
-
-
-class AuditAction:
-    """The actions recorded (PS3.15 A.5 event types are derived from them on export)."""
-
-    QUERY = "query"
-    READ = "read"
-    """Retrieve: DICOM instances, metadata, frames, rendered images, viewer loads."""
-    STORE = "store"
-    MODIFY = "modify"
-    DELETE = "delete"
-    EXPORT = "export"
-    LOGIN = "login"
-    LOGOUT = "logout"
-    BREAK_GLASS = "break-glass"
-    POLICY_CHANGE = "policy-change"
-    LEGAL_HOLD = "legal-hold"
-    AUDIT_READ = "audit-read"
-
-
-@dataclass
-class AuditEntry:
-    """One thing that happened: who, what, when, from where, through which door, and how it ended."""
-
-    action: str
-    outcome: str
-    """success, denied, failure."""
-    actor: str
-    actor_kind: str = ""
-    roles: str = ""
-    address: str = ""
-    interface: str = ""
-    PatientID: str = ""
-    IssuerOfPatientID: str = ""
-    StudyInstanceUID: str = ""
-    SeriesInstanceUID: str = ""
-    SOPInstanceUID: str = ""
-    break_glass: bool = False
-    detail: dict[str, Any] = field(default_factory=dict)
-    recorded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    @classmethod
-    def of(cls, principal: Principal, action: str, outcome: str, **values: Any) -> AuditEntry:
-        return cls(action=action, outcome=outcome, actor=principal.name, actor_kind=principal.kind,
-                   roles=",".join(sorted(principal.roles)), address=principal.address,
-                   interface=principal.interface, **values)
 
 
 _COALESCED = (("store", "dimse"), ("store", "cli"))
@@ -251,8 +206,6 @@ class AuditTrail:
         if self.anchor is not None:
             self.anchor.open()
         if self.journal_folder is not None:
-            from mosaic.governance.audit_journal import AuditJournal
-
             self._journal = AuditJournal(self.journal_folder)
             self._recover(self._journal)
         self._stopping.clear()

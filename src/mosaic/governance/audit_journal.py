@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mosaic.core.processes import running
-from mosaic.governance.audit import AuditEntry
+from mosaic.governance.audit_entry import AuditEntry
 
 log = logging.getLogger("mosaic.audit")
 
