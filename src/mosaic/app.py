@@ -67,14 +67,15 @@ class Mosaic:
         from mosaic.workflow.export import ExportService
 
         self.exports = ExportService(self)
-        from mosaic.governance.holds import HoldService
-        from mosaic.governance.retention import RetentionScheduler, RetentionService
+        from mosaic.retention.holds import HoldService
+        from mosaic.retention.scheduler import RetentionScheduler
+        from mosaic.retention.service import RetentionService
         from mosaic.services.delete import DeleteService
 
         self.deleter = DeleteService(self.database, self.blobs)
         self.holds = HoldService(self.database)
         self.retention = RetentionService(self.database, settings.retention, self.holds, self.deleter, self.audit)
-        from mosaic.workflow.retention_runs import RetentionRuns
+        from mosaic.retention.runs import RetentionRuns
 
         self.retention_runs = RetentionRuns(self.retention, self.jobs, self.job_runner)
         self._retention_schedule: RetentionScheduler | None = None
@@ -148,7 +149,7 @@ class Mosaic:
                 self.audit.anchor.listeners.append(self._syslog.send_checkpoint)
             self._syslog.start()
         if http and self.settings.retention.schedule_hours > 0:
-            from mosaic.governance.retention import RetentionScheduler
+            from mosaic.retention.scheduler import RetentionScheduler
 
             self._retention_schedule = RetentionScheduler(self.retention_runs.submit,
                                                           self.settings.retention.schedule_hours)
@@ -260,6 +261,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.http.errors import install_error_handlers
     from mosaic.http.headers import AntiFramingHeaders
     from mosaic.http.origin import trusted_hosts
+    from mosaic.retention.routes import create_retention_router
     from mosaic.services.browse import BrowseService
     from mosaic.viewer import mount_viewer
     from mosaic.web.account import create_account_router
@@ -267,7 +269,6 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.web.export_routes import create_export_router
     from mosaic.web.jobs_routes import create_jobs_router
     from mosaic.web.landing import create_landing_router
-    from mosaic.web.retention_routes import create_retention_router
     from mosaic.web.status_routes import create_status_router
     from mosaic.web.users_routes import create_users_router
 
@@ -298,7 +299,8 @@ def create_http_app(node: Mosaic) -> Any:
                                              https=web.https, ae_title=settings.dicom.ae_title))
     app.include_router(create_export_router(node))
     app.include_router(create_users_router(node.identity, node.policy))
-    app.include_router(create_retention_router(node))
+    app.include_router(create_retention_router(node.retention, node.retention_runs, node.holds, node.deleter,
+                                               node.policy))
     app.include_router(create_jobs_router(node.jobs))
     mount_viewer(app, settings.viewer_path, dicomweb_root="/dicom-web")
     return app

@@ -61,7 +61,7 @@ def retention_dry_run(
 @retention_app.command("run")
 def retention_run(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Mark due studies, purge those marked longer ago than the grace period (a legal hold saves a study)."""
-    from mosaic.governance.retention import RetentionBusy
+    from mosaic.retention.service import RetentionBusy
 
     node = node_of(config, data_dir)
     operator = operator_of(node)
