@@ -64,9 +64,10 @@ class Mosaic:
         self.jobs = JobStore(self.database, settings.jobs)
         self.job_runner = JobRunner(self.jobs, settings.jobs)
         """Runs queued jobs (exports, retention runs) on this node once started; the services register."""
-        from mosaic.workflow.export import ExportService
+        from mosaic.export.service import ExportService
 
-        self.exports = ExportService(self)
+        self.exports = ExportService(self.database, self.policy, self.retrieve, self.audit, self.jobs, self.job_runner,
+                                     export=settings.export, dicom=settings.dicom)
         from mosaic.retention.holds import HoldService
         from mosaic.retention.scheduler import RetentionScheduler
         from mosaic.retention.service import RetentionService
@@ -257,6 +258,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.dicomweb.guard import dicomweb_guard
     from mosaic.dicomweb.routes import create_router
     from mosaic.dicomweb.wado import create_wado_router
+    from mosaic.export.routes import create_export_router
     from mosaic.http.auth import AuthMiddleware
     from mosaic.http.errors import install_error_handlers
     from mosaic.http.headers import AntiFramingHeaders
@@ -266,7 +268,6 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.viewer import mount_viewer
     from mosaic.web.account import create_account_router
     from mosaic.web.changes_routes import create_changes_router
-    from mosaic.web.export_routes import create_export_router
     from mosaic.web.jobs_routes import create_jobs_router
     from mosaic.web.landing import create_landing_router
     from mosaic.web.status_routes import create_status_router
@@ -297,7 +298,7 @@ def create_http_app(node: Mosaic) -> Any:
     app.include_router(create_wado_router(node, rs=False), dependencies=[Depends(dicomweb_guard(node))])
     app.include_router(create_account_router(node.identity, node.policy, node.audit, settings.security,
                                              https=web.https, ae_title=settings.dicom.ae_title))
-    app.include_router(create_export_router(node))
+    app.include_router(create_export_router(node.exports, node.jobs, settings.export_path))
     app.include_router(create_users_router(node.identity, node.policy))
     app.include_router(create_retention_router(node.retention, node.retention_runs, node.holds, node.deleter,
                                                node.policy))

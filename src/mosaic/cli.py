@@ -466,7 +466,7 @@ def export(
 ) -> None:
     """De-identify studies (PS3.15 Annex E) into a folder, a zip, a DICOM peer or a DICOMweb destination.
     The manifest linking pseudonyms to patients stays inside Mosaic."""
-    from mosaic.workflow.export import Destination, ExportError, summary
+    from mosaic.export.service import Destination, ExportError, summary
 
     targets = [(kind, value) for kind, value in (("zip" if as_zip else "folder", str(to) if to else None),
                                                  ("peer", peer), ("dicomweb", dicomweb)) if value]
