@@ -14,8 +14,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mosaic.cli_support import ConfigOption, DataDirOption, console, errors, node_of
-from mosaic.cli_support import operator as operator_of
+from mosaic.cli.support import ConfigOption, DataDirOption, console, errors, node_of
+from mosaic.cli.support import operator as operator_of
 
 retention_app = typer.Typer(help="Retention rules: what they let go (dry run), and running them.",
                             no_args_is_help=True)
