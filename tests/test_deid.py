@@ -24,19 +24,17 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, MediaStorageDirectoryStorage, UltrasoundImageStorage, generate_uid
 
+from mosaic.export.writers import ExportReport, encode, export_deidentified
 from mosaic.governance.deid import (
     BASIC_ACTION_CODES,
     OPTION_ACTION_CODES,
     Action,
     DeidentificationOptions,
-    ExportReport,
     PatientKey,
     Pseudonym,
     UidMap,
     basic_action,
     deidentify,
-    encode,
-    export_deidentified,
     resolve_action,
     rule_for,
     shift_date,

@@ -22,11 +22,11 @@ import pytest
 
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, JobSettings, Settings
+from mosaic.export.service import Destination
 from mosaic.index.database import Database
 from mosaic.index.schema import DeidManifestEntry, Job
 from mosaic.jobs.runner import JobCancelled, JobContext, JobInterrupted, JobRunner
 from mosaic.jobs.store import JobState, JobStore
-from mosaic.workflow.export import Destination
 from tests.factory import make_instance, to_bytes
 from tests.helpers import LOCALHOST, wait_until
 

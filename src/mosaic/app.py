@@ -64,17 +64,19 @@ class Mosaic:
         self.jobs = JobStore(self.database, settings.jobs)
         self.job_runner = JobRunner(self.jobs, settings.jobs)
         """Runs queued jobs (exports, retention runs) on this node once started; the services register."""
-        from mosaic.workflow.export import ExportService
+        from mosaic.export.service import ExportService
 
-        self.exports = ExportService(self)
-        from mosaic.governance.holds import HoldService
-        from mosaic.governance.retention import RetentionScheduler, RetentionService
+        self.exports = ExportService(self.database, self.policy, self.retrieve, self.audit, self.jobs, self.job_runner,
+                                     export=settings.export, dicom=settings.dicom)
+        from mosaic.retention.holds import HoldService
+        from mosaic.retention.scheduler import RetentionScheduler
+        from mosaic.retention.service import RetentionService
         from mosaic.services.delete import DeleteService
 
         self.deleter = DeleteService(self.database, self.blobs)
         self.holds = HoldService(self.database)
         self.retention = RetentionService(self.database, settings.retention, self.holds, self.deleter, self.audit)
-        from mosaic.workflow.retention_runs import RetentionRuns
+        from mosaic.retention.runs import RetentionRuns
 
         self.retention_runs = RetentionRuns(self.retention, self.jobs, self.job_runner)
         self._retention_schedule: RetentionScheduler | None = None
@@ -148,7 +150,7 @@ class Mosaic:
                 self.audit.anchor.listeners.append(self._syslog.send_checkpoint)
             self._syslog.start()
         if http and self.settings.retention.schedule_hours > 0:
-            from mosaic.governance.retention import RetentionScheduler
+            from mosaic.retention.scheduler import RetentionScheduler
 
             self._retention_schedule = RetentionScheduler(self.retention_runs.submit,
                                                           self.settings.retention.schedule_hours)
@@ -256,18 +258,18 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.dicomweb.guard import dicomweb_guard
     from mosaic.dicomweb.routes import create_router
     from mosaic.dicomweb.wado import create_wado_router
+    from mosaic.export.routes import create_export_router
     from mosaic.http.auth import AuthMiddleware
     from mosaic.http.errors import install_error_handlers
     from mosaic.http.headers import AntiFramingHeaders
     from mosaic.http.origin import trusted_hosts
+    from mosaic.retention.routes import create_retention_router
     from mosaic.services.browse import BrowseService
     from mosaic.viewer import mount_viewer
     from mosaic.web.account import create_account_router
     from mosaic.web.changes_routes import create_changes_router
-    from mosaic.web.export_routes import create_export_router
     from mosaic.web.jobs_routes import create_jobs_router
     from mosaic.web.landing import create_landing_router
-    from mosaic.web.retention_routes import create_retention_router
     from mosaic.web.status_routes import create_status_router
     from mosaic.web.users_routes import create_users_router
 
@@ -296,9 +298,10 @@ def create_http_app(node: Mosaic) -> Any:
     app.include_router(create_wado_router(node, rs=False), dependencies=[Depends(dicomweb_guard(node))])
     app.include_router(create_account_router(node.identity, node.policy, node.audit, settings.security,
                                              https=web.https, ae_title=settings.dicom.ae_title))
-    app.include_router(create_export_router(node))
+    app.include_router(create_export_router(node.exports, node.jobs, settings.export_path))
     app.include_router(create_users_router(node.identity, node.policy))
-    app.include_router(create_retention_router(node))
+    app.include_router(create_retention_router(node.retention, node.retention_runs, node.holds, node.deleter,
+                                               node.policy))
     app.include_router(create_jobs_router(node.jobs))
     mount_viewer(app, settings.viewer_path, dicomweb_root="/dicom-web")
     return app

@@ -1,7 +1,8 @@
 """The audit trail as others read it: JSON, FHIR R4 ``AuditEvent``, and DICOM PS3.15 A.5 audit messages sent
 to an audit repository over RFC 5424 syslog (TCP, TLS as RFC 5425 and IHE ATNA ask, or UDP).
 
-The forwarder reads the audit table after its own cursor (``audit_cursor('syslog')``): the table is the queue,
+The forwarder reads the audit table after its own cursor (``audit_cursor('syslog')``, through the generic
+:class:`~mosaic.jobs.outbox.OutboxConsumer`): the table is the queue,
 so a collector that is down or slow delays only the forwarder — records wait, are retried, and are never
 dropped — and clinical requests never wait for it.
 """
@@ -15,19 +16,16 @@ import json
 import logging
 import socket
 import ssl
-import threading
 from datetime import UTC, datetime
 from typing import Any
 from xml.etree.ElementTree import Element, SubElement, tostring
-
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from mosaic.config import SyslogSettings
 from mosaic.core.times import as_utc
 from mosaic.governance.audit import QUERY_TRANSFER_SYNTAX, records_after
 from mosaic.index.database import Database
-from mosaic.index.schema import AuditCursor, AuditRecord
+from mosaic.index.schema import AuditRecord
+from mosaic.jobs.outbox import OutboxConsumer
 
 log = logging.getLogger("mosaic.audit.export")
 
@@ -317,74 +315,52 @@ def checkpoint_frame(line: bytes, settings: SyslogSettings, hostname: str) -> by
 
 
 class SyslogForwarder:
-    """Sends every audit record, in order, to the configured collector; resumes where it stopped."""
+    """Sends every audit record, in order, to the configured collector; resumes where it stopped (an
+    :class:`~mosaic.jobs.outbox.OutboxConsumer` of the audit table under the cursor ``syslog``)."""
 
     def __init__(self, database: Database, settings: SyslogSettings, source_id: str) -> None:
         self.database = database
         self.settings = settings
         self.source_id = source_id
         self.hostname = socket.gethostname()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
         self._checkpoints: collections.deque[bytes] = collections.deque(maxlen=10000)
         """Signed checkpoints of the audit chain (``audit_anchor``) waiting to go out: the collector keeps a
         copy the index's writers cannot rewrite."""
+        self.outbox: OutboxConsumer[AuditRecord] = OutboxConsumer(
+            database, SYSLOG_CURSOR, read=lambda seq, limit: records_after(database, seq, limit),
+            deliver=lambda row: self._send(syslog_frame(row, self.settings, self.source_id, self.hostname)),
+            position=lambda row: (row.seq, row.hash), before=self.forward_checkpoints, on_failure=self._failed,
+            retry_seconds=settings.retry_seconds, thread_name="audit-syslog")
 
     def send_checkpoint(self, line: bytes) -> None:
         """Queue a checkpoint line for the collector (in memory: the anchor file is the durable copy)."""
         self._checkpoints.append(line)
-        self._wake.set()
+        self.outbox.wake()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="audit-syslog", daemon=True)
-        self._thread.start()
+        self.outbox.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.outbox.wake()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self.outbox.stop()
         self._close()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.forward_checkpoints()
-                more = self.forward_batch()
-            except OSError as exc:
-                log.warning("audit collector %s:%d unreachable (%s); retrying in %.1f s", self.settings.host,
-                            self.settings.port, exc, self.settings.retry_seconds)
-                self._close()
-                self._stop.wait(self.settings.retry_seconds)
-                continue
-            except Exception:
-                log.exception("audit forwarding failed; retrying")
-                self._stop.wait(self.settings.retry_seconds)
-                continue
-            if not more:
-                self._wake.wait(1.0)
-                self._wake.clear()
+    def _failed(self, exc: Exception, delay: float) -> None:
+        if isinstance(exc, OSError):
+            log.warning("audit collector %s:%d unreachable (%s); retrying in %.1f s", self.settings.host,
+                        self.settings.port, exc, delay)
+            self._close()
+        else:
+            log.exception("audit forwarding failed; retrying", exc_info=exc)
 
     def forward_batch(self, size: int = 200) -> bool:
         """Send the next records after the cursor; the cursor moves past what was sent, also when sending stops
         halfway. No transaction is open while it sends: on SQLite a write transaction would hold up every
         C-STORE for as long as a slow collector takes. True if there may be more."""
-        seq = self._cursor()
-        rows = records_after(self.database, seq, size)
-        sent: AuditRecord | None = None
-        try:
-            for row in rows:
-                self._send(syslog_frame(row, self.settings, self.source_id, self.hostname))
-                sent = row
-        finally:
-            if sent is not None:
-                self._advance(seq, sent)
-        return len(rows) == size
+        return self.outbox.deliver_batch(size)
 
     def forward_checkpoints(self) -> None:
         """Send the queued checkpoints, oldest first (one that fails to go out stays queued)."""
@@ -392,25 +368,6 @@ class SyslogForwarder:
             line = self._checkpoints[0]
             self._send(checkpoint_frame(line, self.settings, self.hostname))
             self._checkpoints.popleft()
-
-    def _cursor(self) -> int:
-        with self.database.session() as session:
-            seq = session.scalar(select(AuditCursor.seq).where(AuditCursor.name == SYSLOG_CURSOR))
-        if seq is not None:
-            return int(seq)
-
-        def create(session: Session) -> None:
-            if session.get(AuditCursor, SYSLOG_CURSOR) is None:
-                session.add(AuditCursor(name=SYSLOG_CURSOR, seq=0, hash="", updated_at=datetime.now(UTC)))
-
-        self.database.write(create)
-        return 0
-
-    def _advance(self, seq: int, sent: AuditRecord) -> None:
-        """Move the cursor from ``seq`` to ``sent`` (unless another node's forwarder moved it meanwhile)."""
-        self.database.write(lambda session: session.execute(
-            update(AuditCursor).where(AuditCursor.name == SYSLOG_CURSOR, AuditCursor.seq == seq)
-            .values(seq=sent.seq, hash=sent.hash, updated_at=datetime.now(UTC))))
 
     def _send(self, message: bytes) -> None:
         assert self.settings.host is not None

@@ -4,25 +4,26 @@ A hold on a patient (PatientID + IssuerOfPatientID, empty StudyInstanceUID) cove
 present and future — a hold without an issuer covers the PatientID under every issuer (a hold must rather cover
 too much than miss the patient); a hold on a study covers that study. Released holds stay in the table (who,
 when) as history.
-:func:`covering_hold` is the one check every deletion path makes, inside the deleting transaction. Doors audit
+These are the rules of holds; :class:`~mosaic.retention.holds.HoldService` places, releases and lists them.
+:func:`covering_hold` is the one check every deletion path makes, inside the deleting transaction
+(:class:`~mosaic.services.delete.DeleteService`). Doors audit
 placing and releasing (:func:`hold_audit_entry`), as for every other change made by a principal.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from mosaic.core.errors import MosaicError, NotFound
+from mosaic.core.errors import MosaicError
 from mosaic.core.times import as_utc
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.policy import Principal
-from mosaic.index.database import Database
-from mosaic.index.schema import LegalHold, Patient, Study
+from mosaic.index.schema import LegalHold
 
 
 @dataclass(frozen=True)
@@ -114,85 +115,23 @@ class ActiveHolds:
                 or self.patients.get((patient_id, "")))
 
 
-class HoldService:
-    """Places, releases and lists legal holds."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-
-    def place(self, principal: Principal, *, reason: str, patient_id: str = "", issuer: str = "",
-              study_instance_uid: str = "") -> Hold:
-        """Hold a patient (``patient_id`` and ``issuer``) or one study. A held study's patient is recorded too."""
-        reason, patient_id, issuer, study_instance_uid = (reason.strip(), patient_id.strip(), issuer.strip(),
-                                                          study_instance_uid.strip())
-        if not reason:
-            raise HoldError("a legal hold needs a reason")
-        if bool(patient_id) == bool(study_instance_uid):
-            raise HoldError("a legal hold covers either a patient (PatientID, optionally IssuerOfPatientID) or one "
-                            "study (StudyInstanceUID), not both and not neither")
-        if study_instance_uid and issuer:
-            raise HoldError("IssuerOfPatientID belongs to a hold on a patient, not on a study")
-        for name, value in (("PatientID", patient_id), ("IssuerOfPatientID", issuer),
-                            ("StudyInstanceUID", study_instance_uid)):
-            if len(value) > 64:
-                raise HoldError(f"{name} is longer than 64 characters")
-        now = datetime.now(UTC)
-        with self.database.session(write=True) as session:
-            if study_instance_uid:
-                known = session.execute(select(Patient.PatientID, Patient.IssuerOfPatientID)
-                                        .join(Study, Study.patient_pk == Patient.pk)
-                                        .where(Study.StudyInstanceUID == study_instance_uid)).first()
-                if known is not None:
-                    patient_id, issuer = known
-            row = LegalHold(PatientID=patient_id, IssuerOfPatientID=issuer, StudyInstanceUID=study_instance_uid,
-                            reason=reason[:4000], placed_by=principal.name[:128], placed_at=now, released_by="")
-            session.add(row)
-            session.flush()
-            return Hold.of(row)
-
-    def release(self, principal: Principal, hold_id: int) -> Hold:
-        """Release an active hold (kept as history, with who released it and when)."""
-        with self.database.session(write=True) as session:
-            row = session.scalars(select(LegalHold).where(LegalHold.pk == hold_id).with_for_update()).first()
-            if row is None:
-                raise NotFound(f"there is no legal hold #{hold_id}")
-            if row.released_at is not None:
-                raise HoldError(f"legal hold #{hold_id} was already released by {row.released_by} on "
-                                f"{as_utc(row.released_at).date().isoformat()}")
-            row.released_by = principal.name[:128]
-            row.released_at = datetime.now(UTC)
-            session.flush()
-            return Hold.of(row)
-
-    def holds(self, *, include_released: bool = False) -> list[Hold]:
-        """Holds in the order they were placed (active ones only unless ``include_released``)."""
-        statement = select(LegalHold).order_by(LegalHold.pk)
-        if not include_released:
-            statement = statement.where(LegalHold.released_at.is_(None))
-        with self.database.session() as session:
-            return [Hold.of(row) for row in session.scalars(statement)]
-
-    def active(self) -> ActiveHolds:
-        patients: dict[tuple[str, str], Hold] = {}
-        studies: dict[str, Hold] = {}
-        for hold in self.holds():
-            if hold.StudyInstanceUID:
-                studies.setdefault(hold.StudyInstanceUID, hold)
-            else:
-                patients.setdefault((hold.PatientID, hold.IssuerOfPatientID), hold)
-        return ActiveHolds(patients, studies)
-
-    def hold_on(self, study_instance_uid: str) -> Hold | None:
-        """The active hold covering a study (on the study itself or on its patient), if any."""
-        with self.database.session() as session:
-            patient = session.execute(select(Patient.PatientID, Patient.IssuerOfPatientID)
-                                      .join(Study, Study.patient_pk == Patient.pk)
-                                      .where(Study.StudyInstanceUID == study_instance_uid)).first()
-            patient_id, issuer = patient if patient is not None else ("\0", "\0")  # unknown: only study holds
-            return covering_hold(session, study_instance_uid, patient_id, issuer)
-
-    def is_held(self, study_instance_uid: str) -> bool:
-        return self.hold_on(study_instance_uid) is not None
+def hold_request(reason: str, patient_id: str, issuer: str, study_instance_uid: str) -> tuple[str, str, str, str]:
+    """What a hold may be placed on: a patient (PatientID, optionally IssuerOfPatientID) or one study, with a
+    reason; the four values trimmed, or :class:`HoldError` saying what is wrong."""
+    reason, patient_id, issuer, study_instance_uid = (reason.strip(), patient_id.strip(), issuer.strip(),
+                                                      study_instance_uid.strip())
+    if not reason:
+        raise HoldError("a legal hold needs a reason")
+    if bool(patient_id) == bool(study_instance_uid):
+        raise HoldError("a legal hold covers either a patient (PatientID, optionally IssuerOfPatientID) or one "
+                        "study (StudyInstanceUID), not both and not neither")
+    if study_instance_uid and issuer:
+        raise HoldError("IssuerOfPatientID belongs to a hold on a patient, not on a study")
+    for name, value in (("PatientID", patient_id), ("IssuerOfPatientID", issuer),
+                        ("StudyInstanceUID", study_instance_uid)):
+        if len(value) > 64:
+            raise HoldError(f"{name} is longer than 64 characters")
+    return reason, patient_id, issuer, study_instance_uid
 
 
 def hold_audit_entry(principal: Principal, hold: Hold, change: str, outcome: str = "") -> AuditEntry:

@@ -18,16 +18,21 @@ from starlette.concurrency import run_in_threadpool
 from mosaic.core.errors import NotFound
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.holds import HoldError, UnderLegalHold, hold_audit_entry
-from mosaic.governance.policy import Permission
-from mosaic.governance.retention import RetentionBusy
+from mosaic.governance.policy import AccessPolicy, Permission
 from mosaic.http.auth import require
 from mosaic.http.bodies import json_object
+from mosaic.retention.service import RetentionBusy
 
 if TYPE_CHECKING:
-    from mosaic.app import Mosaic
+    from mosaic.retention.holds import HoldService
+    from mosaic.retention.runs import RetentionRuns
+    from mosaic.retention.service import RetentionService
+    from mosaic.services.delete import DeleteService
 
 
-def create_retention_router(mosaic: Mosaic) -> APIRouter:
+def create_retention_router(retention: RetentionService, retention_runs: RetentionRuns, hold_service: HoldService,
+                            deleter: DeleteService, policy: AccessPolicy) -> APIRouter:
+    """The routes of retention runs, legal holds and deleting a study by hand, over the services they use."""
     router = APIRouter()
 
     # --- retention --------------------------------------------------------------------------
@@ -37,7 +42,7 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
                 all: bool = Query(False, description="Also list studies no rule matches.")) -> dict[str, Any]:
         """Every study a run would mark or purge, and why the others stay (nothing is changed)."""
         principal = require(request, Permission.ADMINISTER, action=AuditAction.QUERY)
-        items = mosaic.retention.dry_run(now)
+        items = retention.dry_run(now)
         counts = Counter(item.verdict.value for item in items)
         shown = [item for item in items if all or item.rule]
         request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "", detail={
@@ -50,7 +55,7 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
     def status(request: Request) -> dict[str, Any]:
         """The newest run (phase, done of total; it is a job, see also ``/api/jobs``) and the last report."""
         require(request, Permission.ADMINISTER)
-        return mosaic.retention_runs.status()
+        return retention_runs.status()
 
     @router.post("/api/retention/run", response_model=None)
     def run(request: Request, background: bool = Query(False, description="Answer 202 at once; follow the run "
@@ -62,11 +67,11 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
         request.state.audit = entry
         try:
             if background:
-                job = mosaic.retention_runs.submit(principal.name)
+                job = retention_runs.submit(principal.name)
                 entry.detail.update({"background": True, "job": job.id})
                 return JSONResponse({"started": True, "job": job.as_json()}, status_code=202,
                                     headers={"Location": "/api/retention/status"})
-            job = mosaic.retention_runs.run_now(principal.name)
+            job = retention_runs.run_now(principal.name)
         except RetentionBusy as exc:
             raise HTTPException(409, str(exc)) from None
         if job.state != "done":
@@ -82,7 +87,7 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
     def holds(request: Request, all: bool = Query(False, description="Include released holds.")) -> dict[str, Any]:
         """Legal holds in the order they were placed (active ones unless ``all``)."""
         principal = require(request, Permission.ADMINISTER, action=AuditAction.QUERY)
-        found = mosaic.holds.holds(include_released=all)
+        found = hold_service.holds(include_released=all)
         request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "", detail={"path": "/api/holds",
                                                                                       "holds": len(found)})
         return {"holds": [hold.as_json() for hold in found]}
@@ -99,7 +104,7 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
                                             StudyInstanceUID=fields["StudyInstanceUID"],
                                             detail={"change": "place", "reason": fields["reason"]})
         try:
-            hold = await run_in_threadpool(lambda: mosaic.holds.place(
+            hold = await run_in_threadpool(lambda: hold_service.place(
                 principal, reason=fields["reason"], patient_id=fields["PatientID"],
                 issuer=fields["IssuerOfPatientID"], study_instance_uid=fields["StudyInstanceUID"]))
         except HoldError as exc:
@@ -114,7 +119,7 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
         request.state.audit = AuditEntry.of(principal, AuditAction.LEGAL_HOLD, "",
                                             detail={"change": "release", "hold": hold_id})
         try:
-            hold = mosaic.holds.release(principal, hold_id)
+            hold = hold_service.release(principal, hold_id)
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
         except HoldError as exc:
@@ -135,12 +140,12 @@ def create_retention_router(mosaic: Mosaic) -> APIRouter:
         request.state.audit = entry
         if not reason.strip():
             raise HTTPException(400, "deleting a study needs a reason (?reason=… or {\"reason\": …})")
-        access = await run_in_threadpool(mosaic.policy.study_access, principal, study)
+        access = await run_in_threadpool(policy.study_access, principal, study)
         entry.PatientID, entry.IssuerOfPatientID = access.PatientID, access.IssuerOfPatientID
         if not access.allowed:
             raise HTTPException(404, f"study {study} is not in the index")
         try:
-            result = await run_in_threadpool(lambda: mosaic.deleter.delete_study(
+            result = await run_in_threadpool(lambda: deleter.delete_study(
                 study, reason=reason.strip(), actor=principal.name))
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None

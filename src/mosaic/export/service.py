@@ -29,16 +29,21 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 
 from mosaic.dicomweb.multipart import OutgoingPart, new_boundary, write_parts
+from mosaic.export.writers import ExportReport, export_deidentified
 from mosaic.governance.audit import AuditAction, AuditEntry
-from mosaic.governance.deid import DeidentificationOptions, ExportReport, export_deidentified
+from mosaic.governance.deid import DeidentificationOptions
 from mosaic.governance.policy import AccessDenied, AccessPolicy, Permission, Principal
 from mosaic.index.schema import DeidManifestEntry, DeidProject, Study
 from mosaic.jobs.runner import JobCancelled, JobContext, JobFailed, JobInterrupted
 from mosaic.jobs.store import JobView
 
 if TYPE_CHECKING:
-    from mosaic.app import Mosaic
-    from mosaic.services.retrieve import StoredInstance
+    from mosaic.config import DicomSettings, ExportSettings
+    from mosaic.governance.audit import AuditTrail
+    from mosaic.index.database import Database
+    from mosaic.jobs.runner import JobRunner
+    from mosaic.jobs.store import JobStore
+    from mosaic.services.retrieve import RetrieveService, StoredInstance
 
 log = logging.getLogger("mosaic.export")
 
@@ -95,9 +100,21 @@ def _principal_of(params: dict[str, Any], policy: AccessPolicy) -> Principal:
 
 
 class ExportService:
-    def __init__(self, mosaic: Mosaic) -> None:
-        self.mosaic = mosaic
-        mosaic.job_runner.register(KIND, self.run_job)
+    """Checks and queues exports, and runs them as ``export`` jobs (registered with ``runner``)."""
+
+    def __init__(self, database: Database, policy: AccessPolicy, retrieve: RetrieveService, audit: AuditTrail,
+                 jobs: JobStore, runner: JobRunner, *, export: ExportSettings, dicom: DicomSettings) -> None:
+        self.database = database
+        self.policy = policy
+        self.retrieve = retrieve
+        self.audit = audit
+        self.jobs = jobs
+        self.runner = runner
+        self.export = export
+        """``export.dicomweb_destinations``: where a ``dicomweb`` destination sends."""
+        self.dicom = dicom
+        """Mosaic's AE title, ``dicom.peers`` and ``dicom.tls``: a ``peer`` destination."""
+        runner.register(KIND, self.run_job)
 
     # --- projects ---------------------------------------------------------------------------
 
@@ -105,7 +122,7 @@ class ExportService:
         """The project's secret, created (32 random bytes) the first time the project is used."""
         if not project.strip() or len(project) > 64:
             raise ExportError(f"project name {project!r} must be 1-64 characters")
-        database = self.mosaic.database
+        database = self.database
         with database.session() as session:
             existing = session.get(DeidProject, project)
             if existing is not None:
@@ -119,7 +136,7 @@ class ExportService:
             return bytes.fromhex(existing.secret_hex)
 
     def manifest(self, export_id: str) -> list[dict[str, str]]:
-        with self.mosaic.database.session() as session:
+        with self.database.session() as session:
             rows = session.scalars(select(DeidManifestEntry).where(DeidManifestEntry.export_id == export_id)
                                    .order_by(DeidManifestEntry.pk)).all()
         return [{"kind": row.kind, "original": row.original, "pseudonym": row.pseudonym} for row in rows]
@@ -131,7 +148,7 @@ class ExportService:
         """Check everything before anything is written (permission, scope, destination, options), then queue
         the export as a job (``here``: for :meth:`run` in this process). Raises :class:`ExportError` or
         :class:`AccessDenied`."""
-        self.mosaic.policy.require(principal, Permission.EXPORT)
+        self.policy.require(principal, Permission.EXPORT)
         if not studies:
             raise ExportError("no study to export")
         unknown = sorted(set(options or {}) - set(OPTIONS))
@@ -151,36 +168,36 @@ class ExportService:
                 raise ExportError(f"{target} already exists: an export writes a new {destination.kind}")
         if destination.kind == "peer" and self._peer(destination.target) is None:
             raise ExportError(f"{destination.target!r} is not a configured DICOM peer (dicom.peers)")
-        dicomweb = self.mosaic.settings.export.dicomweb_destinations
+        dicomweb = self.export.dicomweb_destinations
         if destination.kind == "dicomweb" and destination.target not in dicomweb:
             raise ExportError(f"{destination.target!r} is not a configured DICOMweb destination "
                               "(export.dicomweb_destinations)")
-        with self.mosaic.database.session() as session:
+        with self.database.session() as session:
             stored = set(session.scalars(select(Study.StudyInstanceUID).where(Study.StudyInstanceUID.in_(studies))))
         for study in studies:
-            if study not in stored or not self.mosaic.policy.study_access(principal, study).allowed:
+            if study not in stored or not self.policy.study_access(principal, study).allowed:
                 raise ExportError(f"study {study} is not in the archive")
         self.project_secret(project, principal.name)  # checks the name; the secret exists before the job runs
         params = {"studies": list(dict.fromkeys(studies)), "project": project,
                   "destination": {"kind": destination.kind, "target": destination.target},
                   "options": {key: bool(value) for key, value in (options or {}).items()},
                   "principal": _principal_params(principal)}
-        return self.mosaic.jobs.submit(KIND, principal.name, params, here=here)
+        return self.jobs.submit(KIND, principal.name, params, here=here)
 
     def start(self) -> None:
         """Let this node's job workers take a queued export now (any node's would within ``jobs.poll_seconds``)."""
-        self.mosaic.job_runner.wake()
+        self.runner.wake()
 
     def run(self, job: JobView, progress: Callable[[str, int, int], None] | None = None) -> JobView:
         """Run an export prepared ``here``, here and now (the CLI); the job as it ended."""
-        return self.mosaic.job_runner.run_now(job, progress)
+        return self.runner.run_now(job, progress)
 
     # --- running (the job handler) ----------------------------------------------------------
 
     def run_job(self, context: JobContext) -> dict[str, Any]:
         """Export every instance of the job's studies; safe to run again after an interruption."""
         params = context.params
-        principal = _principal_of(params["principal"], self.mosaic.policy)
+        principal = _principal_of(params["principal"], self.policy)
         destination = Destination(params["destination"]["kind"], params["destination"]["target"])
         project, studies = str(params["project"]), list(params["studies"])
         report: ExportReport | None = None
@@ -188,14 +205,14 @@ class ExportService:
         patients: dict[str, tuple[str, str]] = {}
         outcome, error = "failure", ""
         try:
-            self.mosaic.policy.require(principal, Permission.EXPORT)
+            self.policy.require(principal, Permission.EXPORT)
             secret = self.project_secret(project, principal.name)
             options = DeidentificationOptions(project_secret=secret, **params.get("options", {}))
             instances = []
             for study in studies:
-                access = self.mosaic.policy.study_access(principal, study)
+                access = self.policy.study_access(principal, study)
                 patients[study] = (access.PatientID, access.IssuerOfPatientID)
-                found = self.mosaic.retrieve.instances_in(study) if access.allowed else []
+                found = self.retrieve.instances_in(study) if access.allowed else []
                 if not found:
                     missing.append((f"study {study}", "no longer in the archive (or in the requester's scope)"))
                 instances += found
@@ -230,7 +247,7 @@ class ExportService:
     def _local_files(self, instances: list[StoredInstance]) -> Iterator[Path]:
         """Each stored instance as a local file, one at a time (from S3: one temporary copy at a time)."""
         for instance in instances:
-            with self.mosaic.retrieve.local_file(instance) as path:
+            with self.retrieve.local_file(instance) as path:
                 yield path
 
     def _write(self, context: JobContext, destination: Destination, paths: Iterator[Path], total: int,
@@ -250,7 +267,7 @@ class ExportService:
                 self._send_to_peer(target, files, report,
                                    lambda count: context.progress("sending", count, len(files)))
             else:
-                self._send_stow(self.mosaic.settings.export.dicomweb_destinations[target], files, report)
+                self._send_stow(self.export.dicomweb_destinations[target], files, report)
                 context.progress("sending", len(files), len(files))
             return report
         finally:
@@ -279,7 +296,7 @@ class ExportService:
         return report
 
     def _peer(self, ae_title: str) -> Any:
-        return next((peer for peer in self.mosaic.settings.dicom.peers if peer.ae_title == ae_title), None)
+        return next((peer for peer in self.dicom.peers if peer.ae_title == ae_title), None)
 
     def _send_to_peer(self, ae_title: str, files: list[Path], report: ExportReport,
                       progress: Callable[[int], None]) -> None:
@@ -289,8 +306,8 @@ class ExportService:
         peer = self._peer(ae_title)
         if peer is None:
             raise ExportError(f"{ae_title!r} is no longer a configured DICOM peer (dicom.peers)")
-        tls = client_context(self.mosaic.settings.dicom.tls) if peer.tls else None
-        for path, problem in store_files(self.mosaic.settings.dicom.ae_title, peer.ae_title, peer.host, peer.port,
+        tls = client_context(self.dicom.tls) if peer.tls else None
+        for path, problem in store_files(self.dicom.ae_title, peer.ae_title, peer.host, peer.port,
                                          files, progress, tls):
             if problem is not None:
                 _drop(report, path, problem)
@@ -341,13 +358,13 @@ class ExportService:
                 session.add(DeidManifestEntry(project=project, export_id=export_id, kind="study", original=original,
                                               pseudonym=new, created_at=now))
 
-        self.mosaic.database.write(write)
+        self.database.write(write)
 
     def _audit(self, export_id: str, project: str, destination: Destination, patients: dict[str, tuple[str, str]],
                principal: Principal, outcome: str, report: ExportReport | None, error: str) -> None:
         """One record per study (``patients``: study → its PatientID and issuer, as the export found them)."""
         for study, (patient_id, issuer) in patients.items():
-            self.mosaic.audit.record(AuditEntry.of(
+            self.audit.record(AuditEntry.of(
                 principal, AuditAction.EXPORT, outcome, PatientID=patient_id, IssuerOfPatientID=issuer,
                 StudyInstanceUID=study,
                 detail={"export": export_id, "project": project, "de-identified": True,

@@ -73,3 +73,10 @@ def operator(node: Mosaic) -> Principal:
     roles = frozenset({"administrator"})
     return Principal(name=f"os:{getpass.getuser()}", kind="cli", roles=roles,
                      permissions=node.policy.permissions_of(roles), interface="cli")
+
+
+def audit_cli_change(node: Mosaic, action: str, detail: dict[str, Any], outcome: str = "success") -> None:
+    """Account and policy changes made on the command line are audited like any other (actor: the OS user)."""
+    from mosaic.governance.audit import AuditEntry
+
+    node.audit.record(AuditEntry.of(operator(node), action, outcome, detail=detail))

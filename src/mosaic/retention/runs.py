@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mosaic.governance.retention import RetentionBusy, RetentionService
 from mosaic.jobs.runner import JobContext, JobRunner
 from mosaic.jobs.store import JobState, JobStore, JobView
+from mosaic.retention.service import RetentionBusy, RetentionService
 
 KIND = "retention"
 

@@ -14,8 +14,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mosaic.cli_support import ConfigOption, DataDirOption, console, errors, node_of
-from mosaic.cli_support import operator as operator_of
+from mosaic.cli.support import ConfigOption, DataDirOption, console, errors, node_of
+from mosaic.cli.support import operator as operator_of
 
 retention_app = typer.Typer(help="Retention rules: what they let go (dry run), and running them.",
                             no_args_is_help=True)
@@ -61,7 +61,7 @@ def retention_dry_run(
 @retention_app.command("run")
 def retention_run(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Mark due studies, purge those marked longer ago than the grace period (a legal hold saves a study)."""
-    from mosaic.governance.retention import RetentionBusy
+    from mosaic.retention.service import RetentionBusy
 
     node = node_of(config, data_dir)
     operator = operator_of(node)

@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mosaic.cli_support import ConfigOption, DataDirOption, console, errors, node_of
-from mosaic.cli_support import operator as operator_of
+from mosaic.cli.support import ConfigOption, DataDirOption, console, errors, node_of
+from mosaic.cli.support import operator as operator_of
 
 jobs_app = typer.Typer(help="Durable jobs (exports, retention runs): progress, outcome, cancelling.",
                        no_args_is_help=True)

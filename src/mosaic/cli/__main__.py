@@ -1,0 +1,5 @@
+"""``python -m mosaic.cli``: the ``mosaic`` command."""
+
+from mosaic.cli import app
+
+app()

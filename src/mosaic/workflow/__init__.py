@@ -1,1 +1,0 @@
-"""Workflow over the services: de-identified export (later routing, tag morphing, AI dispatch)."""
