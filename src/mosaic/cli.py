@@ -144,7 +144,7 @@ def import_(
     with Progress(TextColumn("[bold]Importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         task = progress.add_task("import", total=total)
-        summary = import_paths(node.ingest, paths, origin, progress=lambda _file: progress.advance(task))
+        summary = import_paths(node.ingest, paths, progress=lambda _file: progress.advance(task), origin=origin)
     table = Table(title="Import summary")
     table.add_column("outcome")
     table.add_column("files", justify="right")

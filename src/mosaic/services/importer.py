@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mosaic.core.errors import InvalidObject, StorageFailure
 from mosaic.services.ingest import IngestService
-from mosaic.services.origin import IngestOrigin
+from mosaic.services.origin import Door, IngestOrigin
 
 
 @dataclass
@@ -31,10 +31,12 @@ def iter_files(paths: list[Path]) -> Iterator[Path]:
                     yield Path(dirpath) / filename
 
 
-def import_paths(ingest: IngestService, paths: list[Path], origin: IngestOrigin,
-                 progress: Callable[[Path], None] | None = None) -> ImportSummary:
-    """Store every file found, offered by ``origin`` (who runs the import: ingest audits each store); an
-    interrupted import re-run finds the stored ones already present."""
+def import_paths(ingest: IngestService, paths: list[Path], progress: Callable[[Path], None] | None = None, *,
+                 origin: IngestOrigin | None = None) -> ImportSummary:
+    """Store every file found, offered by ``origin`` (who runs the import: ingest checks and audits each store;
+    by default nobody, unchecked and unaudited); an interrupted import re-run finds the stored ones already
+    present."""
+    origin = origin or IngestOrigin(door=Door.IMPORT)
     summary = ImportSummary()
     for file in iter_files(paths):
         try:
