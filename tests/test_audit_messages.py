@@ -221,11 +221,11 @@ def test_http_query_read_and_audit_messages(node: Mosaic, schema: etree.RelaxNG)
 
 # every other event, shaped as its door writes it (see the door named with each)
 DOOR_ENTRIES: dict[str, Callable[[], AuditEntry]] = {
-    "dimse C-MOVE (dimse.scp._audit_retrieve)": lambda: AuditEntry(
+    "dimse C-MOVE (dimse.retrieve._audit_retrieve)": lambda: AuditEntry(
         action=AuditAction.READ, outcome="success", actor="VIEWER_AE", actor_kind="ae", address="10.0.0.7",
         interface="dimse", PatientID=PATIENT, StudyInstanceUID=STUDY,
         detail={"service": "C-MOVE", "instances": 3, "sent": 3, "destination": "WORKSTATION"}),
-    "dimse C-GET refused (dimse.scp._audit_refused_retrieve)": lambda: AuditEntry(
+    "dimse C-GET refused (dimse.retrieve._audit_refused_retrieve)": lambda: AuditEntry(
         action=AuditAction.READ, outcome="failure", actor="VIEWER_AE", actor_kind="ae", interface="dimse",
         PatientID=PATIENT, StudyInstanceUID=STUDY, detail={"service": "C-GET", "reason": "no such study"}),
     "http login (web.account)": lambda: AuditEntry(action=AuditAction.LOGIN, outcome="success", actor="alice",

@@ -1,6 +1,6 @@
 """The streaming C-STORE receiver against a raw-socket peer that misbehaves on purpose.
 
-Storage-only associations are served by Mosaic's own Upper Layer code (mosaic.dimse.fast_store);
+Storage-only associations are served by Mosaic's own Upper Layer code (mosaic.dimse.streaming);
 these tests speak the protocol byte by byte to check what it does with broken peers: nothing
 half-stored, no spool file left behind, the listener still serving afterwards.
 """
@@ -216,7 +216,7 @@ def test_file_meta_is_what_pydicom_writes(version: str, calling: str) -> None:
     from pydicom.dataset import FileMetaDataset
     from pydicom.filewriter import write_file_meta_info
 
-    from mosaic.dimse.fast_store import encode_file_meta
+    from mosaic.dimse.streaming import encode_file_meta
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage

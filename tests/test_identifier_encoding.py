@@ -10,6 +10,7 @@ from pynetdicom.dsutils import encode
 
 from mosaic.app import Mosaic
 from mosaic.config import Settings
+from mosaic.dimse.query import encoded_responses
 from tests.factory import make_bytes
 
 PREFIX = "1.2.826.0.1.3680043.10.1234.6."
@@ -53,6 +54,6 @@ def identifier(level: str, **keys: str) -> Dataset:
     ids=["patient", "study", "series", "image", "metadata-key"],
 )
 def test_fast_responses_equal_pydicom_encoding(node: Mosaic, root: str, query: Dataset, implicit: bool) -> None:
-    fast = list(node.query.c_find_encoded(query, root=root, implicit=implicit))
+    fast = list(encoded_responses(node.query, query, root=root, implicit=implicit))
     reference = [encode(response, implicit, True) for response in node.query.c_find(query, root=root)]
     assert fast and fast == reference

@@ -18,8 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from mosaic.config import Settings, StartupError
-from mosaic.dimse.receive import spool_into
-from mosaic.dimse.scp import DicomServer
+from mosaic.dimse.listener import DicomServer
 from mosaic.governance.audit import AuditTrail
 from mosaic.governance.audit_anchor import anchor_for
 from mosaic.governance.audit_export import SyslogForwarder
@@ -53,14 +52,14 @@ class Mosaic:
         self.spool_folder = incoming if incoming is not None else settings.data_dir / "spool"
         """Where received data sets are spooled: on the blob file system (linked into place), else the data
         directory (S3), so the start-up sweep finds what a killed process left there."""
-        self.ingest = IngestService(self.database, self.blobs, settings.ingest)
+        self.policy = AccessPolicy(self.database, settings.security)
+        self.audit = AuditTrail(self.database, linger=settings.security.audit_batch_seconds,
+                                journal=settings.data_dir / "audit-journal", anchor=anchor_for(settings))
+        self.ingest = IngestService(self.database, self.blobs, settings.ingest, policy=self.policy, audit=self.audit)
         self.query = QueryService(self.database, settings.dicom.ae_title)
         self.retrieve = RetrieveService(self.database, self.blobs)
         self.changes = ChangeFeed(self.database)
-        self.policy = AccessPolicy(self.database, settings.security)
         self.identity = IdentityService(self.database, settings.security, self.policy)
-        self.audit = AuditTrail(self.database, linger=settings.security.audit_batch_seconds,
-                                journal=settings.data_dir / "audit-journal", anchor=anchor_for(settings))
         self.jobs = JobStore(self.database, settings.jobs)
         self.job_runner = JobRunner(self.jobs, settings.jobs)
         """Runs queued jobs (exports, retention runs) on this node once started; the services register."""
@@ -158,7 +157,6 @@ class Mosaic:
         if http:
             self.job_runner.start()
         if dicom:
-            spool_into(self.spool_folder)
             self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve,
                                      spool=Spool(self.spool_folder, self.blobs), policy=self.policy,
                                      audit=self.audit, identity=self.identity)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -19,25 +19,19 @@ def import_(
     data_dir: DataDirOption = None,
 ) -> None:
     """Store DICOM files from folders; re-running after an interruption skips what is stored."""
-    from mosaic.governance.audit import AuditAction, AuditEntry
     from mosaic.services.importer import import_paths, iter_files
+    from mosaic.services.origin import Door, IngestOrigin
 
     node = node_of(config, data_dir)
     node.audit.start()
-    importer = operator(node)
-
-    def audit(result: Any) -> None:
-        node.audit.record(AuditEntry.of(
-            importer, AuditAction.STORE, "success", PatientID=result.patient_id,
-            IssuerOfPatientID=result.issuer_of_patient_id,
-            StudyInstanceUID=result.study_instance_uid, SeriesInstanceUID=result.series_instance_uid,
-            SOPInstanceUID=result.sop_instance_uid, detail={"door": "import", "outcome": result.outcome.value}))
+    # every file stored is audited by ingest; refused ones are listed to the operator below
+    origin = IngestOrigin(door=Door.IMPORT, principal=operator(node), audit_refusals=False)
 
     total = sum(1 for _ in iter_files(paths))
     with Progress(TextColumn("[bold]Importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         task = progress.add_task("import", total=total)
-        summary = import_paths(node.ingest, paths, progress=lambda _file: progress.advance(task), stored=audit)
+        summary = import_paths(node.ingest, paths, progress=lambda _file: progress.advance(task), origin=origin)
     table = Table(title="Import summary")
     table.add_column("outcome")
     table.add_column("files", justify="right")

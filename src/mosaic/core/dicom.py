@@ -21,6 +21,7 @@ from pydicom.tag import BaseTag, Tag
 
 from mosaic.core.errors import InvalidObject
 from mosaic.core.fastjson import charset_codec, raw_to_json
+from mosaic.core.status import StorageStatus
 from mosaic.core.uids import uid_problem
 
 DEFER_SIZE = 64 * 1024
@@ -147,7 +148,8 @@ def _identifying_uids(dataset: Dataset) -> tuple[str, str, str, str]:
         value = _text(dataset, keyword)
         problem = uid_problem(value)
         if problem:
-            raise InvalidObject(f"{keyword} {problem}", sop_instance_uid=sop_instance_uid or None, status=0xC000)
+            raise InvalidObject(f"{keyword} {problem}", sop_instance_uid=sop_instance_uid or None,
+                                status=StorageStatus.ERROR_CANNOT_UNDERSTAND)
         values.append(value)
     return values[0], values[1], values[2], values[3]
 

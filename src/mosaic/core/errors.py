@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mosaic.core.status import StorageStatus
+
 
 class MosaicError(Exception):
     """Base of Mosaic's own errors."""
@@ -13,7 +15,8 @@ class InvalidObject(MosaicError):
     ``status`` is the DIMSE status a C-STORE SCP answers with (PS3.4 B.2.3 / PS3.7 C).
     """
 
-    def __init__(self, reason: str, *, sop_instance_uid: str | None = None, status: int = 0xC000) -> None:
+    def __init__(self, reason: str, *, sop_instance_uid: str | None = None,
+                 status: int = StorageStatus.ERROR_CANNOT_UNDERSTAND) -> None:
         self.reason = reason
         self.sop_instance_uid = sop_instance_uid
         self.status = status
@@ -29,7 +32,7 @@ class DuplicateInstance(InvalidObject):
             "an instance with this SOP Instance UID is already stored with different content "
             "(ingest.duplicate_policy = reject)",
             sop_instance_uid=sop_instance_uid,
-            status=0x0111,
+            status=StorageStatus.DUPLICATE_SOP_INSTANCE,
         )
 
 
@@ -41,7 +44,7 @@ class InstanceMismatch(InvalidObject):
             f"the data set's SOP Instance UID {found} differs from the request's Affected SOP Instance UID "
             f"{requested}",
             sop_instance_uid=requested,
-            status=0xC000,
+            status=StorageStatus.ERROR_CANNOT_UNDERSTAND,
         )
         self.found = found
 

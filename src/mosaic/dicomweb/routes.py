@@ -181,22 +181,16 @@ def create_router(mosaic: Mosaic) -> APIRouter:
             return problem(400, "the multipart body has no parts")
         source = request.client.host if request.client else "http"
         root = base_url(request)
-        principal = principal_of(request)
-        try:
-            may_add_to = mosaic.policy.store_check(principal)
-        except BaseException:
-            for path in spooled:
-                spool.discard(path)
-            raise
         outcome = await run_in_threadpool(stow.store_parts, parts, study_uid=study, base_url=root, source=source,
-                                          may_add_to=may_add_to, json_request=part_type == "application/dicom+json")
+                                          principal=principal_of(request),
+                                          json_request=part_type == "application/dicom+json")
         if not outcome.stored and not outcome.failed:
             return problem(400, f"the multipart body has no {part_type} part: nothing to store")
         audit = getattr(request.state, "audit", None)
         if audit is not None:
             audit.detail["stored"] = len(outcome.stored)
             audit.detail["failed"] = len(outcome.failed)
-            audit.detail["instances"] = [_sop_of(item) for item in outcome.stored][:100]
+            audit.detail["instances"] = outcome.audited.stored[:100]
         study_url = f"{root}/studies/{study}" if study else None
         return Response(dumps(outcome.body(study_url)), status_code=outcome.status_code, media_type=MEDIA_TYPE,
                         headers=outcome.headers)
@@ -216,10 +210,6 @@ def create_router(mosaic: Mosaic) -> APIRouter:
     router.include_router(create_wado_router(mosaic))
     return router
 
-
-def _sop_of(reference: dict[str, Any]) -> str:
-    values = reference.get("00081155", {}).get("Value", [""])
-    return str(values[0]) if values else ""
 
 
 def _retrieve_url(root: str, match: Any, level: str) -> str:

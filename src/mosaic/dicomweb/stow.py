@@ -21,23 +21,20 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from mosaic.core.dicom import parse_instance
 from mosaic.core.errors import InvalidObject
+from mosaic.core.status import StorageStatus
 from mosaic.dicomweb.multipart import Part
-from mosaic.services.ingest import (
-    OUT_OF_RESOURCES,
-    RETRY_AFTER_SECONDS,
-    IngestService,
-    StoreGuard,
-    out_of_resources,
-)
+from mosaic.governance.policy import Principal
+from mosaic.services.ingest import OUT_OF_RESOURCES, RETRY_AFTER_SECONDS, IngestService, out_of_resources
+from mosaic.services.origin import Door, IngestOrigin, StoreBatch
 from mosaic.storage.spool import Spool
 
 log = logging.getLogger("mosaic.dicomweb.stow")
 
-PROCESSING_FAILURE = 0x0110
-CANNOT_UNDERSTAND = 0xC000
-STUDY_MISMATCH = 0xA900
-NOT_AUTHORISED = 0x0124
-WARNING_COERCION = 0xB000
+PROCESSING_FAILURE = StorageStatus.PROCESSING_FAILURE
+CANNOT_UNDERSTAND = StorageStatus.ERROR_CANNOT_UNDERSTAND
+STUDY_MISMATCH = StorageStatus.ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+"""PS3.18 10.5.3: a part of another study than the request URL names."""
+NOT_AUTHORISED = StorageStatus.NOT_AUTHORIZED
 
 
 @dataclass
@@ -46,6 +43,8 @@ class StowOutcome:
     failed: list[dict[str, Any]] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
     """Why parts failed for want of resources (0xA700): worth sending again later."""
+    audited: StoreBatch = field(default_factory=StoreBatch)
+    """The stores ingest audited for the request's one audit record (which the route completes)."""
 
     @property
     def status_code(self) -> int:
@@ -98,11 +97,12 @@ class StowService:
         self.spool = spool
 
     def store_parts(self, parts: list[Part], *, study_uid: str | None, base_url: str, source: str,
-                    json_request: bool, may_add_to: StoreGuard | None = None) -> StowOutcome:
-        """Store every part; ``may_add_to`` (the caller's access policy) refuses parts of an existing study the
-        caller may not see. Every spool file is gone when this returns (adopted as a blob, or discarded), even
-        when it raises."""
+                    json_request: bool, principal: Principal | None = None) -> StowOutcome:
+        """Store every part as ``principal`` (from the client address ``source``), whose rights ingest checks
+        (parts of an existing study it may not see are refused). Every spool file is gone when this returns
+        (adopted as a blob, or discarded), even when it raises."""
         outcome = StowOutcome()
+        origin = IngestOrigin(door=Door.DICOMWEB, principal=principal, address=source, batch=outcome.audited)
         dicom_files: list[tuple[Path, str | None]] = []
         try:
             if json_request:
@@ -121,14 +121,15 @@ class StowService:
                     else:
                         dicom_files.append((part.path, part.digest.hexdigest()))
             for path, sha256 in dicom_files:
-                self._store(path, sha256, study_uid, base_url, source, outcome, may_add_to)
+                self._store(path, sha256, study_uid, base_url, origin, outcome)
         finally:
             for path in [part.path for part in parts if part.path is not None] + [path for path, _ in dicom_files]:
                 self.spool.discard(path)  # a no-op for a file ingest adopted as its blob
         return outcome
 
-    def _store(self, path: Path, sha256: str | None, study_uid: str | None, base_url: str, source: str,
-               outcome: StowOutcome, may_add_to: StoreGuard | None = None) -> None:
+    def _store(self, path: Path, sha256: str | None, study_uid: str | None, base_url: str, origin: IngestOrigin,
+               outcome: StowOutcome) -> None:
+        source = origin.address
         sop_class, sop_instance = "", ""
         try:
             parsed = parse_instance(path)
@@ -136,11 +137,11 @@ class StowService:
             if study_uid and parsed.study_instance_uid != study_uid:
                 raise InvalidObject(f"its Study Instance UID {parsed.study_instance_uid} is not the {study_uid} "
                                     "of the request URL", sop_instance_uid=sop_instance, status=STUDY_MISMATCH)
-            result = self.ingest.store(path, door="dicomweb", source_ae_title=source[:16], sha256=sha256,
-                                       parsed=parsed, may_add_to=may_add_to)
+            result = self.ingest.store(path, origin, sha256=sha256, parsed=parsed)
         except InvalidObject as exc:
             log.warning("STOW-RS from %s: %s", source, exc)
-            reason = exc.status if exc.status in (STUDY_MISMATCH, 0x0111, NOT_AUTHORISED) else CANNOT_UNDERSTAND
+            reported = (STUDY_MISMATCH, StorageStatus.DUPLICATE_SOP_INSTANCE, NOT_AUTHORISED)
+            reason = exc.status if exc.status in reported else CANNOT_UNDERSTAND
             if exc.sop_instance_uid and not sop_class:  # parsed far enough to name it: name its class too
                 sop_class = _sop_class_of(path)
             outcome.failed.append(_failure(sop_class, sop_instance or exc.sop_instance_uid or "", reason, str(exc)))

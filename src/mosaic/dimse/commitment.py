@@ -26,6 +26,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from mosaic.config import DicomSettings
+from mosaic.core.status import CommitmentStatus
 from mosaic.index.query import Scope
 from mosaic.index.schema import StorageCommitment
 from mosaic.services.retrieve import RetrieveService
@@ -33,10 +34,6 @@ from mosaic.services.retrieve import RetrieveService
 log = logging.getLogger("mosaic.dimse.commitment")
 
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
-NO_SUCH_OBJECT_INSTANCE = 0x0112
-CLASS_INSTANCE_CONFLICT = 0x0119
-PROCESSING_FAILURE = 0x0110
-NOT_AUTHORISED = 0x0124
 
 
 class StorageCommitmentSCP:
@@ -60,17 +57,18 @@ class StorageCommitmentSCP:
     def on_n_action(self, event: Event) -> tuple[int, Dataset | None]:
         request = event.action_information
         if getattr(event.request, "ActionTypeID", None) != 1 or "TransactionUID" not in request:
-            return 0x0123, None  # No such action type / invalid argument
+            return CommitmentStatus.NO_SUCH_ACTION_TYPE, None
         calling = event.assoc.requestor.ae_title.strip()
         scope = self.scope_of(calling, str(event.assoc.requestor.address or ""))
         if scope is None:
-            return NOT_AUTHORISED, None  # commitment belongs to storage: a peer that may not store may not ask
+            # commitment belongs to storage: a peer that may not store may not ask
+            return CommitmentStatus.NOT_AUTHORIZED, None
         with self.retrieve.database.session(write=True) as session:
             session.add(StorageCommitment(
                 TransactionUID=str(request.TransactionUID), requestor_ae_title=calling[:16],
                 request_json=json.dumps(request.to_json_dict()), created_at=datetime.now(UTC)))
         self._queue.put((event.assoc, calling, request, scope))
-        return 0x0000, None
+        return CommitmentStatus.SUCCESS, None
 
     def outcome(self, request: Dataset, scope: Scope | None = None) -> tuple[int, Dataset]:
         """The event report for a request: type 1 (all committed) or 2 (some failed); an instance outside
@@ -87,10 +85,10 @@ class StorageCommitmentSCP:
             reference.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
             instance = stored.get(str(item.ReferencedSOPInstanceUID))
             if instance is None:
-                reference.FailureReason = NO_SUCH_OBJECT_INSTANCE
+                reference.FailureReason = CommitmentStatus.NO_SUCH_OBJECT_INSTANCE
                 failed.append(reference)
             elif instance.SOPClassUID != str(item.ReferencedSOPClassUID):
-                reference.FailureReason = CLASS_INSTANCE_CONFLICT
+                reference.FailureReason = CommitmentStatus.CLASS_INSTANCE_CONFLICT
                 failed.append(reference)
             else:
                 committed.append(reference)

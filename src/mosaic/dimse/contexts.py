@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pynetdicom import AE, acse
+from pynetdicom import AE
 from pynetdicom.presentation import (
     PresentationContext,
     QueryRetrievePresentationContexts,
@@ -91,7 +91,5 @@ def negotiate_with_receiver_preference(
             sorted(unique_roles.values(), key=lambda item: item.sop_class_uid))
 
 
-acse.negotiate_as_acceptor = negotiate_with_receiver_preference  # type: ignore[attr-defined]
 
-
-__all__ = ["STORAGE_SOP_CLASSES", "add_scp_contexts"]
+__all__ = ["STORAGE_SOP_CLASSES", "add_scp_contexts", "negotiate_with_receiver_preference"]

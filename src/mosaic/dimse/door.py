@@ -230,3 +230,11 @@ def close_quietly(sock: Any) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError, ValueError):
         sock.close()
+
+
+def set_nodelay(event: Any) -> None:
+    """pynetdicom's ``EVT_CONN_OPEN`` handler: no Nagle delay on the association's socket (small PDUs go at once)."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

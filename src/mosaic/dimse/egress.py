@@ -10,7 +10,8 @@ or deflated/inflated as pynetdicom converts. Mosaic never compresses.
 
 pynetdicom's C-GET/C-MOVE service classes take only ``Dataset`` yields from a handler, so the
 handler yields a :class:`StoredFileDataset` (a small stand-in naming the file) and
-``Association.send_c_store`` is wrapped to send such a stand-in from its file.
+``Association.send_c_store`` is wrapped to send such a stand-in from its file (by
+:func:`mosaic.dimse.adjustments.apply`, which also has pynetdicom send a path from its file as it is).
 """
 
 from __future__ import annotations
@@ -23,14 +24,11 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
-from pynetdicom import _config
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext, build_context
 
 log = logging.getLogger("mosaic.dimse")
-
-_config.STORE_SEND_CHUNKED_DATASET = True  # a path given to send_c_store is sent from the file as-is
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -129,8 +127,6 @@ def _send_c_store_from_file(self: Association, dataset: Any, *args: Any, **kwarg
         if stand_in.tally is not None:
             stand_in.tally.record(not isinstance(payload, Path), status)  # None: the conversion failed
 
-
-Association.send_c_store = _send_c_store_from_file  # type: ignore[method-assign]
 
 
 def move_contexts(instances: list[tuple[str, str]]) -> list[PresentationContext]:

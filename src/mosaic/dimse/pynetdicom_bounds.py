@@ -2,8 +2,8 @@
 
 pynetdicom reads a whole PDU into memory once its header names the length, and gathers a command set or an
 identifier from any number of PDUs; its sockets are polled with select(2), which fails for descriptors above
-1024. Installed on import (as :mod:`mosaic.dimse.egress` is), for every association Mosaic accepts or
-requests:
+1024. Installed by :func:`mosaic.dimse.adjustments.apply` (the listener's start, an SCU's first call), for every
+association Mosaic accepts or requests:
 
 * a PDU longer than the standard or the negotiated Maximum Length allows is answered with A-ABORT and the
   connection closed, before its body is read;
@@ -23,7 +23,6 @@ import struct
 import tempfile
 from typing import Any, cast
 
-from pynetdicom import dimse_messages
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dul import DULServiceProvider
@@ -55,7 +54,7 @@ def _abort(dul: DULServiceProvider, reason: str) -> None:
     sock.close()
 
 
-def _read_pdu_data(self: DULServiceProvider) -> None:
+def read_pdu_data(self: DULServiceProvider) -> None:
     """pynetdicom's ``DULServiceProvider._read_pdu_data`` with the PDU length checked before the body is read."""
     sock = cast(AssociationSocket, self.socket)
     try:
@@ -99,7 +98,7 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
 _receive_primitive = DIMSEServiceProvider.receive_primitive
 
 
-def _receive_bounded_primitive(self: DIMSEServiceProvider, primitive: Any) -> None:
+def receive_bounded_primitive(self: DIMSEServiceProvider, primitive: Any) -> None:
     """Gather a message's fragments only while its command set and in-memory data set stay within bounds."""
     message = self.message
     command = message.encoded_command_set.tell() if message is not None else 0
@@ -120,7 +119,7 @@ def _receive_bounded_primitive(self: DIMSEServiceProvider, primitive: Any) -> No
     _receive_primitive(self, primitive)
 
 
-def _ready(self: AssociationSocket) -> bool:
+def ready(self: AssociationSocket) -> bool:
     """pynetdicom's ``AssociationSocket.ready`` with poll(2) instead of select(2)."""
     sock = self.socket
     if sock is None or self._is_connected is False:
@@ -135,7 +134,7 @@ def _ready(self: AssociationSocket) -> bool:
     return ready
 
 
-class _SpoolFile:
+class SpoolFile:
     """pynetdicom's temporary file of an incoming C-STORE data set, which remembers a failed write instead of
     raising it on the association's reactor thread (which would abort the association)."""
 
@@ -149,7 +148,7 @@ class _SpoolFile:
             self.failure, self.name = exc, ""
 
     @property
-    def file(self) -> _SpoolFile:
+    def file(self) -> SpoolFile:
         return self  # pynetdicom calls ``.file.flush()``
 
     def write(self, data: bytes) -> int:
@@ -178,10 +177,5 @@ class _SpoolFile:
 def spool_failure(request: Any) -> OSError | None:
     """Why the data set of a C-STORE request pynetdicom received could not be written, or None."""
     spool = getattr(request, "_dataset_file", None)
-    return spool.failure if isinstance(spool, _SpoolFile) else None
+    return spool.failure if isinstance(spool, SpoolFile) else None
 
-
-dimse_messages.NamedTemporaryFile = _SpoolFile  # type: ignore[attr-defined,assignment]
-DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
-DIMSEServiceProvider.receive_primitive = _receive_bounded_primitive  # type: ignore[method-assign]
-AssociationSocket.ready = property(_ready)  # type: ignore[method-assign,assignment]

@@ -11,8 +11,12 @@ from pathlib import Path
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from mosaic.dimse import pynetdicom_bounds  # noqa: F401  (bounded PDUs and poll(2) for the SCUs too)
+from mosaic.core.status import StorageStatus
+from mosaic.dimse import adjustments
 
+_STORED = (StorageStatus.SUCCESS, StorageStatus.WARNING_COERCION_OF_DATA_ELEMENTS,
+           StorageStatus.WARNING_DATA_SET_DOES_NOT_MATCH_SOP_CLASS, StorageStatus.WARNING_ELEMENTS_DISCARDED)
+"""What a peer answers for an object it kept (success and the warnings)."""
 _PEER = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
 
@@ -26,6 +30,7 @@ def parse_peer(text: str) -> tuple[str, str, int]:
 
 def verify_peer(own_ae_title: str, ae_title: str, host: str, port: int) -> tuple[int | None, float]:
     """C-ECHO the peer: (status or None when no association, seconds taken)."""
+    adjustments.apply()  # bounded PDUs and poll(2) for the SCUs too
     ae = AE(ae_title=own_ae_title)
     ae.add_requested_context(Verification)
     ae.acse_timeout = 10
@@ -50,6 +55,7 @@ def store_files(own_ae_title: str, ae_title: str, host: str, port: int, paths: l
     ``progress`` is called with the number of files sent so far."""
     from pydicom import dcmread
 
+    adjustments.apply()
     if not paths:
         return []
     pairs: dict[Path, tuple[str, str]] = {}
@@ -76,7 +82,7 @@ def store_files(own_ae_title: str, ae_title: str, host: str, port: int, paths: l
                 results.append((path, f"not sent: {exc}"))
                 continue
             status = int(response.Status) if response and "Status" in response else None
-            results.append((path, None if status in (0x0000, 0xB000, 0xB007, 0xB006) else
+            results.append((path, None if status in _STORED else
                             f"C-STORE status {status:#06x}" if status is not None else "no C-STORE response"))
             if progress is not None:
                 progress(count)

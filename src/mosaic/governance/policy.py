@@ -168,8 +168,8 @@ class AccessPolicy:
 
     def store_check(self, principal: Principal) -> StoreCheck | None:
         """What ingest asks of each study an object would go into, and of the labels of a study it creates
-        (``IngestService.store(may_add_to=…)``); None for callers who may store anywhere (nothing to ask, no index
-        lookups on the hot path)."""
+        (``IngestService.store`` asks it of its origin's principal); None for callers who may store anywhere (nothing
+        to ask, no index lookups on the hot path)."""
         if self.scope(principal).unrestricted:
             return None
         return StoreCheck(self, principal)

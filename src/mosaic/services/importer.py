@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mosaic.core.errors import InvalidObject, StorageFailure
-from mosaic.services.ingest import IngestResult, IngestService
+from mosaic.services.ingest import IngestService
+from mosaic.services.origin import Door, IngestOrigin
 
 
 @dataclass
@@ -30,17 +31,17 @@ def iter_files(paths: list[Path]) -> Iterator[Path]:
                     yield Path(dirpath) / filename
 
 
-def import_paths(ingest: IngestService, paths: list[Path], progress: Callable[[Path], None] | None = None,
-                 stored: Callable[[IngestResult], None] | None = None) -> ImportSummary:
-    """Store every file found; an interrupted import re-run finds the stored ones already present.
-    ``stored`` hears of every instance stored (the caller audits them)."""
+def import_paths(ingest: IngestService, paths: list[Path], progress: Callable[[Path], None] | None = None, *,
+                 origin: IngestOrigin | None = None) -> ImportSummary:
+    """Store every file found, offered by ``origin`` (who runs the import: ingest checks and audits each store;
+    by default nobody, unchecked and unaudited); an interrupted import re-run finds the stored ones already
+    present."""
+    origin = origin or IngestOrigin(door=Door.IMPORT)
     summary = ImportSummary()
     for file in iter_files(paths):
         try:
-            result = ingest.store(file, door="import")
+            result = ingest.store(file, origin)
             summary.outcomes[result.outcome.value] += 1
-            if stored is not None:
-                stored(result)
         except (InvalidObject, StorageFailure) as exc:
             summary.outcomes["rejected"] += 1
             summary.rejected.append((str(file), str(exc)))

@@ -1,7 +1,12 @@
 """The one ingest path: C-STORE, STOW-RS, uploads, imports and migration all call :class:`IngestService`.
 
-parse → validate → (duplicate check) → store blob (phase one) → index rows + outbox event in one
-transaction → commit blob (phase two), or revoke the blob when anything after phase one fails.
+parse → validate → access check → coerce → (duplicate check) → store blob (phase one) → index rows + outbox event in
+one transaction → commit blob (phase two), or revoke the blob when anything after phase one fails → audit record.
+
+Every door says who is at it with an :class:`~mosaic.services.origin.IngestOrigin`; ingest asks the access policy
+of it and writes the store's audit record, once per object, whatever the door. Objects that arrive as something
+else than DICOM (a PDF, a photo or video, an HL7 report) are to be built into their IOD (Encapsulated PDF, VL
+Photographic, …) by a builder beside this module, which hands ``store`` the Part 10 bytes; none exists yet.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from mosaic.config import DuplicatePolicy, IngestSettings
 from mosaic.core.dicom import ParsedInstance, metadata_json, parse_instance
 from mosaic.core.errors import DuplicateInstance, InstanceMismatch, InvalidObject, StorageFailure
 from mosaic.core.events import EventType
+from mosaic.core.status import StorageStatus
+from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
+from mosaic.governance.policy import AccessPolicy, Permission
 from mosaic.index.attributes import (
     DEMOGRAPHIC_KEYS,
     INSTANCE_KEYS,
@@ -36,6 +44,7 @@ from mosaic.index.attributes import (
 from mosaic.index.database import Database
 from mosaic.index.schema import Event, Instance, InstanceVersion, Patient, Series, Study
 from mosaic.services.metrics import INGEST_BYTES, INGEST_SECONDS, INGEST_TOTAL
+from mosaic.services.origin import IngestOrigin
 from mosaic.storage.base import BlobStore, StoredBlob, sha256_of
 
 log = logging.getLogger("mosaic.ingest")
@@ -89,7 +98,7 @@ _BUMP_PATIENT = _patient.update().where(_patient.c.pk == bindparam("b_pk")).valu
     NumberOfPatientRelatedInstances=_patient.c.NumberOfPatientRelatedInstances + 1)
 
 
-OUT_OF_RESOURCES = 0xA700
+OUT_OF_RESOURCES = StorageStatus.REFUSED_OUT_OF_RESOURCES
 """PS3.4 B.2.3 "Refused: Out of Resources": the archive cannot take the object now; the sender may try again."""
 RETRY_AFTER_SECONDS = 30
 """What an HTTP 503 for want of resources tells the client to wait (a full disk or an index restart takes a while)."""
@@ -113,6 +122,20 @@ def out_of_resources(exc: BaseException) -> str | None:
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         return f"the index is unavailable: {first[0] if first else type(exc).__name__}"
     return None
+
+
+class Coercion(Protocol):
+    """The coerce stage: what ingest changes in a parsed header before it is checked against the sender's scope
+    and indexed (PS3.4 B.4.1.3 "coercion of data elements"). Tag morphing per sender and reconciliation with
+    HL7 ADT/ORM (current demographics) plug in here. The stored bytes stay as received (originals are immutable):
+    a coercion changes what is indexed and answered. It returns ``parsed`` itself when it changes nothing."""
+
+    def __call__(self, parsed: ParsedInstance, origin: IngestOrigin) -> ParsedInstance: ...
+
+
+def no_coercion(parsed: ParsedInstance, origin: IngestOrigin) -> ParsedInstance:
+    """The coerce stage as it is today: every header indexed as received."""
+    return parsed
 
 
 class StoreGuard(Protocol):
@@ -159,63 +182,110 @@ class IngestResult:
 class IngestService:
     """Stores DICOM objects: the only code that writes instances into the index and the blob store."""
 
-    def __init__(self, database: Database, blobs: BlobStore, settings: IngestSettings) -> None:
+    def __init__(self, database: Database, blobs: BlobStore, settings: IngestSettings, *, policy: AccessPolicy,
+                 audit: AuditTrail, coercion: Coercion = no_coercion) -> None:
         self.database = database
         self.blobs = blobs
         self.settings = settings
+        self.policy = policy
+        """Asked, for every object, whether its sender may store it where it goes."""
+        self.audit = audit
+        """Where every store is recorded (once per object, whatever the door)."""
+        self.coercion = coercion
+        """The coerce stage (:class:`Coercion`): none yet."""
 
     def store(
         self,
         source: Path | bytes,
+        origin: IngestOrigin | None = None,
         *,
-        door: str,
-        source_ae_title: str = "",
         expected_sop_class_uid: str | None = None,
         sha256: str | None = None,
         parsed: ParsedInstance | None = None,
         expected_sop_instance_uid: str | None = None,
+        door: str | None = None,
+        source_ae_title: str = "",
         facility: str = "",
         department: str = "",
-        may_add_to: StoreGuard | None = None,
     ) -> IngestResult:
-        """Store one Part 10 object (file path or bytes). Raises :class:`InvalidObject` with the reason.
+        """Store one Part 10 object (file path or bytes) that ``origin`` offers. Raises :class:`InvalidObject`
+        with the reason (and its DIMSE status).
+
+        The origin's principal must have the store permission, may create any study (labelled with the origin's
+        facility and department, else the object's InstitutionName and InstitutionalDepartmentName, within its
+        scope) but add only to studies it may see, checked before anything is written (0x0124). The store is then
+        audited (a refusal too, unless the origin says otherwise), or added to the origin's batch.
 
         ``sha256`` may be given by a door that hashed the bytes as it received them, ``parsed`` by a door
-        that already parsed them (both must describe exactly ``source``). ``facility`` and ``department``
-        label a new study for the access policy (default: its InstitutionName and
-        InstitutionalDepartmentName). ``may_add_to`` (the sender's access policy) refuses an object whose existing
-        study the sender may not see, before anything is written (status 0x0124). ``expected_sop_class_uid`` and
+        that already parsed them (both must describe exactly ``source``). ``expected_sop_class_uid`` and
         ``expected_sop_instance_uid`` (a C-STORE request's Affected SOP Class / Instance UID) refuse a data set
         that is another object (0xA900, 0xC000).
+
+        Without an origin, ``door`` (with ``source_ae_title``, ``facility``, ``department``) describes one with
+        no principal: nothing checked or audited, for the archive's own stores and tests seeding an archive.
         """
+        if origin is None:
+            if door is None:
+                raise TypeError("store() needs the object's origin (or a door for an unattended store)")
+            origin = IngestOrigin(door=door, calling_ae_title=source_ae_title, facility=facility,
+                                  department=department)
+        elif door is not None or source_ae_title or facility or department:
+            raise TypeError("store() takes an origin or door=…, not both")
         started = time.perf_counter()
         try:
-            result = self._store(source, door, source_ae_title, expected_sop_class_uid, sha256, parsed,
-                                 (facility, department), may_add_to, expected_sop_instance_uid)
+            result = self._store(source, origin, expected_sop_class_uid, sha256, parsed, expected_sop_instance_uid)
         except InvalidObject as exc:
-            INGEST_TOTAL.labels(door, "rejected").inc()
-            log.warning("ingest rejected via %s from %r: %s", door, source_ae_title or "-", exc)
+            INGEST_TOTAL.labels(origin.door, "rejected").inc()
+            log.warning("ingest rejected via %s from %r: %s", origin.door, origin.source_ae_title or "-", exc)
+            self._audit_refused(origin, exc, expected_sop_instance_uid)
             raise
-        INGEST_TOTAL.labels(door, result.outcome.value).inc()
-        INGEST_SECONDS.labels(door).observe(time.perf_counter() - started)
+        INGEST_TOTAL.labels(origin.door, result.outcome.value).inc()
+        INGEST_SECONDS.labels(origin.door).observe(time.perf_counter() - started)
         if result.outcome != IngestOutcome.ALREADY_STORED:
-            INGEST_BYTES.labels(door).inc(result.size)
+            INGEST_BYTES.labels(origin.door).inc(result.size)
+        self._audit_stored(origin, result)
         return result
 
-    def _store(self, source: Path | bytes, door: str, source_ae_title: str, expected_sop_class_uid: str | None,
+    def _audit_stored(self, origin: IngestOrigin, result: IngestResult) -> None:
+        """The one record of a store (PS3.15 'DICOM Instances Transferred'; the trail merges one sender's
+        records per series), or its place in the origin's batch."""
+        principal = origin.principal
+        if principal is None:
+            return
+        if origin.batch is not None:
+            origin.batch.stored.append(result.sop_instance_uid)
+            return
+        door = {} if principal.interface == origin.door else {"door": origin.door}
+        self.audit.record(AuditEntry.of(
+            principal, AuditAction.STORE, "success", PatientID=result.patient_id,
+            IssuerOfPatientID=result.issuer_of_patient_id, StudyInstanceUID=result.study_instance_uid,
+            SeriesInstanceUID=result.series_instance_uid, SOPInstanceUID=result.sop_instance_uid,
+            detail={**door, "outcome": result.outcome.value}))
+
+    def _audit_refused(self, origin: IngestOrigin, exc: InvalidObject, requested: str | None) -> None:
+        """A refused object, named as its door named it (a C-STORE request's Affected SOP Instance UID: the data
+        set may not even name itself)."""
+        if origin.principal is None or origin.batch is not None or not origin.audit_refusals:
+            return
+        uid = requested if requested is not None else exc.sop_instance_uid or ""
+        self.audit.record(AuditEntry.of(origin.principal, AuditAction.STORE, "failure", SOPInstanceUID=uid,
+                                        detail={"reason": exc.reason}))
+
+    def _store(self, source: Path | bytes, origin: IngestOrigin, expected_sop_class_uid: str | None,
                known_sha256: str | None, known_parse: ParsedInstance | None,
-               labels: tuple[str, str] = ("", ""), may_add_to: StoreGuard | None = None,
                expected_sop_instance_uid: str | None = None) -> IngestResult:
+        may_add_to = self._store_check(origin)
         parsed = known_parse if known_parse is not None else parse_instance(source)
         if expected_sop_instance_uid and parsed.sop_instance_uid != expected_sop_instance_uid:
             raise InstanceMismatch(expected_sop_instance_uid, parsed.sop_instance_uid)
+        parsed = self.coercion(parsed, origin)
         _check_may_add_to(may_add_to, parsed, parsed.study_instance_uid)
         if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
             raise InvalidObject(
                 f"SOP Class UID {parsed.sop_class_uid} in the data set does not match the negotiated "
                 f"SOP Class {expected_sop_class_uid}",
                 sop_instance_uid=parsed.sop_instance_uid,
-                status=0xA900,
+                status=StorageStatus.ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             )
         if known_sha256 is not None and isinstance(source, Path):
             sha256, size = known_sha256, source.stat().st_size
@@ -236,7 +306,8 @@ class IngestService:
             metadata = json.dumps(metadata_json(parsed.dataset, self.settings.bulk_data_threshold),
                                   separators=(",", ":"), ensure_ascii=False)
             self.blobs.flush(blob)  # bytes durable before the row that names them commits
-            outcome = self._index_with_retry(parsed, blob, metadata, door, source_ae_title, labels, may_add_to)
+            outcome = self._index_with_retry(parsed, blob, metadata, origin.door, origin.source_ae_title,
+                                             (origin.facility, origin.department), may_add_to)
         except BaseException:
             self.blobs.revoke(blob)
             raise
@@ -245,6 +316,15 @@ class IngestService:
         else:
             self.blobs.commit(blob)
         return self._result(outcome, parsed, blob.sha256, blob.size)
+
+    def _store_check(self, origin: IngestOrigin) -> StoreGuard | None:
+        """The sender's rights, asked of every study a row goes into (None: it may store anywhere)."""
+        principal = origin.principal
+        if principal is None:
+            return None
+        if Permission.STORE not in principal.permissions:
+            raise InvalidObject(f"{principal.name} may not store", status=StorageStatus.NOT_AUTHORIZED)
+        return self.policy.store_check(principal)
 
     @staticmethod
     def _result(outcome: IngestOutcome, parsed: ParsedInstance, sha256: str, size: int) -> IngestResult:
@@ -299,7 +379,7 @@ def _check_may_add_to(may_add_to: StoreGuard | None, parsed: ParsedInstance, stu
     and is the same whatever the reason, so it reveals nothing of another site's."""
     if may_add_to is not None and study and not may_add_to(study):
         raise InvalidObject(f"study {parsed.study_instance_uid} is outside what the sender may store into",
-                            sop_instance_uid=parsed.sop_instance_uid, status=0x0124)
+                            sop_instance_uid=parsed.sop_instance_uid, status=StorageStatus.NOT_AUTHORIZED)
 
 
 def _labels_within(guard: StoreGuard | None, parsed: ParsedInstance, facility: str,
@@ -312,7 +392,8 @@ def _labels_within(guard: StoreGuard | None, parsed: ParsedInstance, facility: s
     if labels is None:
         raise InvalidObject(
             f"study {parsed.study_instance_uid} would belong to facility {facility!r}, department {department!r}, "
-            "outside what the sender may store into", sop_instance_uid=parsed.sop_instance_uid, status=0x0124)
+            "outside what the sender may store into", sop_instance_uid=parsed.sop_instance_uid,
+            status=StorageStatus.NOT_AUTHORIZED)
     return labels
 
 

@@ -1,4 +1,5 @@
-"""Query service: C-FIND (and later QIDO-RS) over the index, responses built from indexed values."""
+"""Query service: C-FIND and QIDO-RS over the index, responses built from indexed values (their encoding for the
+wire is the door's: :mod:`mosaic.dimse.query`, :mod:`mosaic.dicomweb`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
-from pynetdicom.dsutils import encode
 
-from mosaic.core.errors import QueryError
-from mosaic.core.identifier import NotPlain, encode_identifier, tag_and_vr
+from mosaic.core.identifier import tag_and_vr
 from mosaic.index.database import Database
 from mosaic.index.query import (
     LEVELS,
@@ -43,8 +42,10 @@ class QueryService:
         with self.database.session() as session:
             return QueryEngine(session).count(query)
 
-    def _c_find_query(self, identifier: Dataset, root: str, scope: Scope | None,
-                      audit: dict[str, Any] | None) -> tuple[Query, list[Match]]:
+    def c_find_matches(self, identifier: Dataset, *, root: str, scope: Scope | None = None,
+                       audit: dict[str, Any] | None = None) -> tuple[Query, list[Match]]:
+        """The query a C-FIND identifier asks (raises QueryError when malformed) and its matches, only studies in
+        ``scope``; ``audit`` (a dict) is given what matched."""
         query = query_from_identifier(identifier, root=root)
         query.scope = scope
         matches = self.find(query, door="dimse")
@@ -59,31 +60,9 @@ class QueryService:
                audit: dict[str, Any] | None = None) -> Iterator[Dataset]:
         """Responses to a C-FIND identifier, one dataset per match (raises QueryError when malformed); only
         studies in ``scope`` match; ``audit`` (a dict) is given what matched."""
-        query, matches = self._c_find_query(identifier, root, scope, audit)
+        query, matches = self.c_find_matches(identifier, root=root, scope=scope, audit=audit)
         for match in matches:
             yield self.response(match, query, root=root)
-
-    def c_find_encoded(self, identifier: Dataset, *, root: str, implicit: bool, scope: Scope | None = None,
-                       audit: dict[str, Any] | None = None) -> Iterator[bytes]:
-        """Responses already encoded for the wire: straight from the indexed values when they are all
-        plain, through pydicom otherwise (same bytes either way)."""
-        query, matches = self._c_find_query(identifier, root, scope, audit)
-        for match in matches:
-            try:
-                yield encode_identifier(self._plain_values(match, query, root=root), implicit=implicit)
-            except NotPlain:
-                data = encode(self.response(match, query, root=root), implicit, True)
-                if data is None:
-                    raise QueryError("a response could not be encoded") from None
-                yield data
-
-    def _plain_values(self, match: Match, query: Query, *, root: str) -> list[tuple[str, Any]]:
-        values: list[tuple[str, Any]] = [("QueryRetrieveLevel", query.level), ("RetrieveAETitle", self.ae_title)]
-        for keyword, _tag, _vr, value, stored in self.indexed_values(match, query, root=root):
-            if value is None and stored is not None:
-                raise NotPlain(keyword)  # only the stored metadata has it: pydicom encodes
-            values.append((keyword, "" if value is None else value))
-        return values
 
     def indexed_values(self, match: Match, query: Query, *,
                        root: str) -> list[tuple[str, int, str, Any, dict[str, Any] | None]]:

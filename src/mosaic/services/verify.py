@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 
 from mosaic.core.errors import InvalidObject, StorageFailure
+from mosaic.core.status import StorageStatus
 from mosaic.index.database import Database
 from mosaic.index.schema import Instance, InstanceVersion
 from mosaic.services.ingest import IngestService
+from mosaic.services.origin import Door, IngestOrigin
 from mosaic.storage.base import CHUNK_SIZE, BlobStore
 
-CANNOT_UNDERSTAND = 0xC000
+REPAIR = IngestOrigin(door=Door.REPAIR)
+"""An orphan's bytes are the archive's own: no sender to check or audit."""
 
 
 @dataclass
@@ -85,12 +88,13 @@ class VerifyService:
         for key in keys:
             try:
                 if local is not None:
-                    result = ingest.store(local(key), door="repair")  # streamed from the file, never held whole
+                    result = ingest.store(local(key), REPAIR)  # streamed from the file, never held whole
                 else:
                     with self.blobs.open(key) as stream:
-                        result = ingest.store(stream.read(), door="repair")
+                        result = ingest.store(stream.read(), REPAIR)
             except InvalidObject as exc:
-                if exc.status == CANNOT_UNDERSTAND and self._written_before(key, partial_before):
+                if (exc.status == StorageStatus.ERROR_CANNOT_UNDERSTAND
+                        and self._written_before(key, partial_before)):
                     self.blobs.delete(key)
                     outcomes[key] = f"removed, not a complete object: {exc.reason}"
                 else:

@@ -1,4 +1,4 @@
-"""Mosaic's own Upper Layer path for storage and C-FIND associations.
+"""The streaming receiver: Mosaic's own Upper Layer path for storage, C-ECHO and C-FIND associations.
 
 Modalities and PACS sending images propose only storage SOP classes (and Verification); query clients
 propose the C-FIND models. For those associations Mosaic answers the Upper Layer protocol itself: each
@@ -6,7 +6,8 @@ C-STORE data set is streamed from the socket straight into its new blob file (``
 handed to the ingest service, and C-FIND responses are encoded from the index, without pynetdicom's
 per-PDU event machinery and 1 ms polling loops (docs/benchmarks.md). Every other association (C-MOVE,
 C-GET, commitment, SCP role selection, user identity) goes to pynetdicom unchanged: the request is only
-peeked at, never consumed. Both paths call the same DicomServer handlers and access check.
+peeked at, never consumed. Both paths call the same service-class handlers (:mod:`mosaic.dimse.verification`,
+:mod:`~mosaic.dimse.storage`, :mod:`~mosaic.dimse.query`) and access check (:mod:`mosaic.dimse.access`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode
 
-from mosaic.dimse import door
+from mosaic.dimse import door, verification
 from mosaic.dimse import upper_layer as ul
 from mosaic.dimse.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from mosaic.dimse.door import AssociationRequestHandler, AssociationSlots
-from mosaic.services.ingest import OUT_OF_RESOURCES, out_of_resources
+from mosaic.dimse.status import QueryStatus, StorageStatus
+from mosaic.services.ingest import out_of_resources
 from mosaic.storage.spool import Spool
 
 log = logging.getLogger("mosaic.dimse.store")
@@ -40,14 +42,12 @@ _VERIFICATION_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
 _FIND_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"})
 _SIMPLE_SYNTAX_CLASSES = _FIND_CLASSES | {ul.VERIFICATION}
 """Services whose messages this path decodes itself: Implicit or Explicit VR Little Endian only."""
-_PENDING = 0xFF00
-_CANCELLED = 0xFE00
 _BUFFER = 256 * 1024
 
 
 @dataclass(frozen=True)
-class StoreContext:
-    """What the receiver needs from the DICOM server: identity, limits and the store callback."""
+class StreamingContext:
+    """What the receiver needs from the listener: identity, limits and the service-class handlers."""
 
     ae_title: str
     maximum_length: int
@@ -79,13 +79,13 @@ def served_here(request: ul.AssociateRequest) -> bool:
                for context in request.contexts)
 
 
-class StoreRequestHandler(AssociationRequestHandler):
+class StreamingRequestHandler(AssociationRequestHandler):
     """The plain door's per-connection handler: waits for the whole A-ASSOCIATE-RQ (bounded in time and size,
-    :func:`door.peek_associate_rq`), then serves storage-only associations with :class:`StoreAssociation` and
+    :func:`door.peek_associate_rq`), then serves the associations it can with :class:`StreamingAssociation` and
     hands every other to pynetdicom."""
 
     def handle(self) -> None:
-        context: StoreContext | None = getattr(self.server, "store_context", None)
+        context: StreamingContext | None = getattr(self.server, "store_context", None)
         sock = self.request
         timeout = self.ae.network_timeout
         if not isinstance(sock, socket.socket):
@@ -112,13 +112,13 @@ class StoreRequestHandler(AssociationRequestHandler):
             self.serve(timeout)
             return
         sock.recv(len(pdu), socket.MSG_WAITALL)  # consume the request we peeked at
-        StoreAssociation(context, sock, self.client_address, request).run()
+        StreamingAssociation(context, sock, self.client_address, request).run()
 
 
-class StoreAssociation:
-    """One storage-only association, from A-ASSOCIATE-AC to release or abort."""
+class StreamingAssociation:
+    """One association served here (storage, C-ECHO, C-FIND), from A-ASSOCIATE-AC to release or abort."""
 
-    def __init__(self, context: StoreContext, sock: socket.socket, address: Any,
+    def __init__(self, context: StreamingContext, sock: socket.socket, address: Any,
                  request: ul.AssociateRequest) -> None:
         self.context = context
         self.sock = sock
@@ -269,7 +269,8 @@ class StoreAssociation:
         sop_class = ul.command_text(elements, ul.AFFECTED_SOP_CLASS_UID)
         if command_field == ul.C_ECHO_RQ:
             self.sock.sendall(ul.encode_command_pdata(
-                context_id, ul.encode_response(ul.C_ECHO_RSP, message_id, sop_class or ul.VERIFICATION, 0)))
+                context_id, ul.encode_response(ul.C_ECHO_RSP, message_id, sop_class or ul.VERIFICATION,
+                                               verification.c_echo())))
             return
         if command_field == ul.C_FIND_RQ and self.accepted[context_id][0] in _FIND_CLASSES:
             self.query = (context_id, message_id, sop_class)
@@ -297,7 +298,8 @@ class StoreAssociation:
             store.discard()
             log.error("C-STORE of %s from %r refused with 0xA700: cannot write the received data set: %s",
                       store.sop_instance_uid, self.calling, store.failure)
-            status, comment = OUT_OF_RESOURCES, out_of_resources(store.failure) or str(store.failure)
+            status = StorageStatus.REFUSED_OUT_OF_RESOURCES
+            comment = out_of_resources(store.failure) or str(store.failure)
         else:
             try:
                 status, comment = self.context.store(path, self.calling, store.sop_class_uid,
@@ -316,19 +318,20 @@ class StoreAssociation:
         try:
             identifier = decode(BytesIO(bytes(self.identifier)), implicit, True)
         except Exception as exc:
-            self._send_find_status(context_id, message_id, sop_class, 0xC000, f"identifier not decodable: {exc}")
+            self._send_find_status(context_id, message_id, sop_class, QueryStatus.UNABLE_TO_PROCESS_IDENTIFIER,
+                                  f"identifier not decodable: {exc}")
             return
         for status, data, comment in self.context.find(identifier, self.calling, sop_class, implicit,
                                                        self._peer_address):
-            if status != _PENDING:
+            if status != QueryStatus.PENDING:
                 self._send_find_status(context_id, message_id, sop_class, status, comment)
                 return
             if self._cancel_requested():
-                self._send_find_status(context_id, message_id, sop_class, _CANCELLED, None)
+                self._send_find_status(context_id, message_id, sop_class, QueryStatus.CANCEL, None)
                 return
             assert data is not None
             self.sock.sendall(ul.encode_command_pdata(context_id, ul.encode_response(
-                ul.C_FIND_RSP, message_id, sop_class, _PENDING, with_data_set=True))
+                ul.C_FIND_RSP, message_id, sop_class, QueryStatus.PENDING, with_data_set=True))
                 + ul.encode_data_set_pdata(context_id, data, self.request.maximum_length))
 
     def _send_find_status(self, context_id: int, message_id: int, sop_class: str, status: int,
@@ -420,7 +423,7 @@ class _IncomingStore:
     the socket, without writing, so the request can be answered (0xA700) and the association go on."""
 
     def __init__(self, context_id: int, message_id: int, sop_class_uid: str, sop_instance_uid: str,
-                 transfer_syntax_uid: str, context: StoreContext, calling: str) -> None:
+                 transfer_syntax_uid: str, context: StreamingContext, calling: str) -> None:
         self.context_id = context_id
         self.message_id = message_id
         self.sop_class_uid = sop_class_uid
