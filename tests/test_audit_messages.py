@@ -251,7 +251,7 @@ DOOR_ENTRIES: dict[str, Callable[[], AuditEntry]] = {
     "study deleted (web.retention_routes, cli delete)": lambda: AuditEntry(
         action=AuditAction.DELETE, outcome="success", actor="admin", interface="http", PatientID=PATIENT,
         StudyInstanceUID=STUDY, detail={"instances": 3}),
-    "export (workflow.export)": lambda: AuditEntry(
+    "export (export.service)": lambda: AuditEntry(
         action=AuditAction.EXPORT, outcome="success", actor="researcher", interface="http", PatientID=PATIENT,
         StudyInstanceUID=STUDY, detail={"export": "e-1", "project": "p", "de-identified": True,
                                         "destination": "folder:/exports/p", "exported": 3}),

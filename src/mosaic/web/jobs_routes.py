@@ -15,7 +15,7 @@ from mosaic.http.auth import principal_of
 from mosaic.jobs.store import JobView
 
 if TYPE_CHECKING:
-    from jobs.store import JobStore
+    from mosaic.jobs.store import JobStore
 
 
 def visible(principal: Principal, job: JobView | None, job_id: str, what: str = "job") -> JobView:
