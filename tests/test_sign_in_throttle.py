@@ -185,9 +185,15 @@ def test_waits_grow_per_pair_and_end() -> None:
 def test_the_audited_address_is_the_sockets_unless_a_trusted_proxy_forwards(
         node: Mosaic, peer: str, headers: dict[str, str], audited: str) -> None:
     token = node.identity.issue_token("admin", name="proxy test")
+    before = node.audit.search(action="query", user="admin", limit=1)[1]
+
+    def recorded() -> bool:  # the record is written once the answer has gone out: wait for it
+        node.audit.flush()
+        return node.audit.search(action="query", user="admin", limit=1)[1] > before
+
     with client_at(node, peer) as client:
         assert client.get("/dicom-web/studies", headers={**headers, "Authorization": f"Bearer {token}"}
                           ).status_code == 200
-    node.audit.flush()
+    wait_until(recorded, timeout=30)
     latest = node.audit.search(action="query", user="admin", limit=1)[0][0]
     assert latest.address == audited
