@@ -17,7 +17,7 @@ help:
 	@echo "make viewer       fetch OHIF (@ohif/app, npm) and prepare build/viewer for /viewer/ (needs node+npm)"
 	@echo "make run ARGS=…   install, then run '$(BIN)/mosaic serve ARGS'"
 	@echo "make test         system packages, install, ruff, mypy, pytest"
-	@echo "make lint         ruff + mypy only"
+	@echo "make lint         ruff, mypy and the import layering (.importlinter) only"
 	@echo "make clean        remove caches and build artefacts (keeps $(VENV); 'make distclean' drops it)"
 
 $(BIN)/python:
@@ -49,6 +49,7 @@ run:
 lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
