@@ -25,6 +25,7 @@ from mosaic.app import Mosaic
 from mosaic.cli import app as cli
 from mosaic.config import DicomSettings, HttpSettings, SecuritySettings, Settings, SyslogSettings
 from mosaic.governance.audit import AuditEntry
+from mosaic.index.query import Scope
 from tests.auth_support import auth_headers
 from tests.factory import make_instance, to_bytes
 from tests.helpers import LOCALHOST, free_port, wait_until
@@ -245,7 +246,8 @@ def test_a_stuck_collector_does_not_hold_up_retrieval(tmp_path: Path) -> None:
             assert httpx.get(f"{base}/dicom-web/studies", headers=headers).status_code == 200
         wait_until(lambda: collector.connected, timeout=30, what="the forwarder sending into the stuck collector")
         stored = node.ingest.store(to_bytes(make_instance(patient_id="WHILE-STUCK")), door="import")
-        assert stored.sop_instance_uid and node.retrieve.instances_by_uid([stored.sop_instance_uid])
+        assert stored.sop_instance_uid and node.retrieve.instances_by_uid([stored.sop_instance_uid],
+                                                                          scope=Scope.everything())
         assert node.audit.flush(), "audit records reach the index while the collector is stuck"
         collector.reading = True
         wait_until(lambda: len(collector.audit) >= node.audit.total(), timeout=60, what="syslog catch-up")

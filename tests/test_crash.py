@@ -21,6 +21,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from mosaic.app import Mosaic
 from mosaic.config import Settings
+from mosaic.index.query import Scope
 from mosaic.services.verify import VerifyService
 from tests.factory import make_instance, to_bytes
 from tests.helpers import free_port, is_listening, wait_until
@@ -87,7 +88,8 @@ def test_kill_during_ingest_loses_no_acknowledged_object_and_leaves_none_half_st
     try:
         report = VerifyService(node.database, node.blobs).run()
         assert report.missing == [] and report.corrupt == [], f"missing {report.missing}, corrupt {report.corrupt}"
-        stored = node.retrieve.instances_by_uid([str(dataset.SOPInstanceUID) for dataset in datasets])
+        stored = node.retrieve.instances_by_uid([str(dataset.SOPInstanceUID) for dataset in datasets],
+                                                scope=Scope.everything())
         assert set(acknowledged) <= set(stored), f"lost: {sorted(set(acknowledged) - set(stored))}"
         assert len(report.orphans) <= 1, f"orphans: {report.orphans}"  # at most the one being written at the kill
     finally:

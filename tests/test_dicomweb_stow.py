@@ -15,6 +15,7 @@ import pytest
 
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, IndexSettings, Settings
+from mosaic.index.query import Scope
 from mosaic.services.verify import VerifyService
 from tests.auth_support import auth_headers
 from tests.factory import make_bytes, make_instance, to_bytes
@@ -58,7 +59,7 @@ def test_dicom_json_with_a_bulk_data_part_is_stored_and_leaves_no_spool_file(nod
                       ({"Content-Type": "application/octet-stream", "Content-Location": "pixels"}, pixels)])
     answer = post(node, body, "application/dicom+json")
     assert answer.status_code == 200, answer.text
-    [stored] = node.retrieve.instances_by_uid([str(dataset.SOPInstanceUID)]).values()
+    [stored] = node.retrieve.instances_by_uid([str(dataset.SOPInstanceUID)], scope=Scope.everything()).values()
     with node.blobs.open(stored.blob_key) as stream:
         assert stream.read().endswith(pixels)
     assert leftovers(node) == ([], [])
@@ -84,7 +85,8 @@ def test_a_large_part_with_a_zeroed_tail_is_stored_as_sent_and_zeros_alone_are_r
     padded = original + b"\0" * (64 << 20)
     answer = post(node, multipart([({"Content-Type": "application/dicom"}, padded)]), "application/dicom")
     assert answer.status_code == 200, answer.text
-    [stored] = node.retrieve.instances_by_uid([answer.json()["00081199"]["Value"][0]["00081155"]["Value"][0]]).values()
+    [stored] = node.retrieve.instances_by_uid([answer.json()["00081199"]["Value"][0]["00081155"]["Value"][0]],
+                                              scope=Scope.everything()).values()
     assert stored.size == len(padded)
     instance_url = answer.json()["00081199"]["Value"][0]["00081190"]["Value"][0]
     metadata = httpx.get(f"{instance_url}/metadata", headers=auth_headers(node)).json()

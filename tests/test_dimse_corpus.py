@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.misc import is_dicom
 
 from mosaic.app import Mosaic
+from mosaic.index.query import Scope
 from mosaic.services.retrieve import RetrieveService
 from tests.dimse_support import (
     StoreSCP,
@@ -205,7 +206,7 @@ def test_every_corpus_instance_is_stored_with_the_bytes_sent(stored_corpus: Stor
     node, corpus = stored_corpus.node, stored_corpus.corpus
     assert counts(node)["Instance"] == len(corpus.sent)
     stored = RetrieveService(node.database, node.blobs).instances_by_uid(
-        [item.sop_instance_uid for item in corpus.sent + corpus.refused])
+        [item.sop_instance_uid for item in corpus.sent + corpus.refused], scope=Scope.everything())
     refused = {item.sop_instance_uid for item in corpus.refused}
     assert not refused & set(stored), "an object without study/series was indexed"
     for item in corpus.sent:

@@ -21,6 +21,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # t
 from mosaic.app import Mosaic
 from mosaic.config import DicomPeer, DicomSettings, HttpSettings, Settings
 from mosaic.dimse import upper_layer as ul
+from mosaic.index.query import Scope
 from tests.factory import make_instance, to_bytes
 
 
@@ -109,7 +110,7 @@ def test_a_raw_peer_can_store_byte_exact_over_the_streaming_path(node: Mosaic) -
         assert pdu_type == ul.P_DATA_TF and ul.command_us(elements, 0x00000900) == 0x0000
         sock.sendall(struct.pack(">BBI", 0x05, 0, 4) + bytes(4))
         assert read_pdu(sock)[0] == ul.A_RELEASE_RP
-    [instance] = node.retrieve.instances_by_uid([uid]).values()
+    [instance] = node.retrieve.instances_by_uid([uid], scope=Scope.everything()).values()
     with node.blobs.open(instance.blob_key) as stream:
         assert stream.read()[instance.dataset_offset:] == data
 
@@ -130,7 +131,7 @@ def test_a_peer_that_vanishes_mid_data_set_leaves_nothing_behind(node: Mosaic) -
     assert not node.dicom.slots.busy
     assert spool_files(node) == []
     assert stored_count(node) == 0
-    assert node.retrieve.instances_by_uid([uid]) == {}
+    assert node.retrieve.instances_by_uid([uid], scope=Scope.everything()) == {}
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, OidcSettings, SecuritySettings, Settings
 from mosaic.governance.policy import AccessDenied
+from mosaic.index.query import Scope
 from mosaic.index.schema import Series, Study
 from tests.factory import make_instance, to_bytes
 from tests.helpers import LOCALHOST
@@ -265,7 +266,7 @@ def test_wado_uri_with_padded_uids_is_judged_on_the_study_it_serves(node: Mosaic
     """WADO-URI strips its UIDs: a trailing space must not make the guard look up another (unknown, so allowed)
     study than the one served."""
     derm = token_of(node, "derm")
-    stored = node.retrieve.instances_in(PSY_STUDY)[0]
+    stored = node.retrieve.instances_in(PSY_STUDY, scope=Scope.everything())[0]
     series = psy_series_uid(node)
     for padded in (f"{PSY_STUDY} ", f" {PSY_STUDY}"):
         answer = httpx.get(url(node, "/wado"), headers=derm, params={
@@ -490,15 +491,15 @@ def test_a_store_cannot_add_to_another_sites_study(node: Mosaic) -> None:
     boundary = "mosaic-test-boundary"
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + to_bytes(dataset) + b"\r\n"
                     for dataset in (intruder, own)) + f"--{boundary}--\r\n".encode()
-    before = node.retrieve.instances_in(PSY_STUDY)
+    before = node.retrieve.instances_in(PSY_STUDY, scope=Scope.everything())
     response = httpx.post(url(node, "/dicom-web/studies"), content=body, headers={
         **tech, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
     assert response.status_code == 202, response.text
     failed = response.json()["00081198"]["Value"]
     assert [item["00081155"]["Value"][0] for item in failed] == [intruder.SOPInstanceUID]
     assert failed[0]["00081197"]["Value"] == [0x0124]
-    assert node.retrieve.instances_in(PSY_STUDY) == before
-    assert node.retrieve.instances_by_uid([own.SOPInstanceUID])  # its own new study is stored
+    assert node.retrieve.instances_in(PSY_STUDY, scope=Scope.everything()) == before
+    assert node.retrieve.instances_by_uid([own.SOPInstanceUID], scope=Scope.everything())  # its own new study is stored
 
 
 def test_a_store_cannot_reach_another_sites_study_through_its_series_or_instances(node: Mosaic) -> None:
@@ -507,7 +508,7 @@ def test_a_store_cannot_reach_another_sites_study_through_its_series_or_instance
     refused like any other store into that study (0x0124), and its existence is not given away."""
     node.identity.add_user("tech.b", roles=["technologist"], facilities=["SITE-A"])
     tech = token_of(node, "tech.b")
-    stored = node.retrieve.instances_in(PSY_STUDY)[0]
+    stored = node.retrieve.instances_in(PSY_STUDY, scope=Scope.everything())[0]
     into_series = make_instance(patient_id="NEW-2", study_uid="1.2.826.0.1.3680043.10.1234.77",
                                 series_uid=psy_series_uid(node))
     same_instance = make_instance(patient_id="NEW-3", study_uid="1.2.826.0.1.3680043.10.1234.78",
@@ -515,15 +516,15 @@ def test_a_store_cannot_reach_another_sites_study_through_its_series_or_instance
     boundary = "mosaic-test-boundary"
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + to_bytes(dataset)
                     + b"\r\n" for dataset in (into_series, same_instance)) + f"--{boundary}--\r\n".encode()
-    before = node.retrieve.instances_in(PSY_STUDY)
+    before = node.retrieve.instances_in(PSY_STUDY, scope=Scope.everything())
     response = httpx.post(url(node, "/dicom-web/studies"), content=body, headers={
         **tech, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
     assert response.status_code == 409, response.text
     failed = {item["00081155"]["Value"][0]: item["00081197"]["Value"][0]
               for item in response.json()["00081198"]["Value"]}
     assert failed == {into_series.SOPInstanceUID: 0x0124, same_instance.SOPInstanceUID: 0x0124}
-    assert node.retrieve.instances_in(PSY_STUDY) == before
-    assert not node.retrieve.instances_by_uid([into_series.SOPInstanceUID])
+    assert node.retrieve.instances_in(PSY_STUDY, scope=Scope.everything()) == before
+    assert not node.retrieve.instances_by_uid([into_series.SOPInstanceUID], scope=Scope.everything())
 
 
 def psy_series_uid(node: Mosaic) -> str:

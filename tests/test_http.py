@@ -10,6 +10,7 @@ import pytest
 
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, Settings
+from mosaic.index.query import Scope
 from tests.auth_support import auth_headers
 from tests.factory import make_bytes
 
@@ -39,7 +40,7 @@ def test_metrics_expose_ingest_and_query_histograms(node: Mosaic) -> None:
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
     identifier.StudyInstanceUID = ""
-    list(node.query.c_find(identifier, root="STUDY"))
+    list(node.query.c_find(identifier, root="STUDY", scope=Scope.everything()))
     text = httpx.get(url(node, "/metrics"), headers=auth_headers(node)).text
     assert 'mosaic_ingest_seconds_bucket{door="test",le="0.1"}' in text
     assert 'mosaic_ingest_total{door="test",outcome="stored"}' in text

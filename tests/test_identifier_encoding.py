@@ -11,6 +11,7 @@ from pynetdicom.dsutils import encode
 from mosaic.app import Mosaic
 from mosaic.config import Settings
 from mosaic.dimse.query import encoded_responses
+from mosaic.index.query import Scope
 from tests.factory import make_bytes
 
 PREFIX = "1.2.826.0.1.3680043.10.1234.6."
@@ -55,5 +56,6 @@ def identifier(level: str, **keys: str) -> Dataset:
 )
 def test_fast_responses_equal_pydicom_encoding(node: Mosaic, root: str, query: Dataset, implicit: bool) -> None:
     fast = list(encoded_responses(node.query, query, root=root, implicit=implicit))
-    reference = [encode(response, implicit, True) for response in node.query.c_find(query, root=root)]
+    reference = [encode(response, implicit, True)
+                 for response in node.query.c_find(query, root=root, scope=Scope.everything())]
     assert fast and fast == reference

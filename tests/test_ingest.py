@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from mosaic.app import Mosaic
 from mosaic.config import DuplicatePolicy, IndexSettings, IngestSettings, Settings, StorageSettings
 from mosaic.core.errors import DuplicateInstance, InvalidObject
+from mosaic.index.query import Scope
 from mosaic.index.schema import Event, Instance, InstanceVersion, Patient, Series, Study
 from mosaic.services.ingest import IngestOutcome
 from tests.factory import make_bytes, make_instance, to_bytes
@@ -194,7 +195,7 @@ def test_queries_read_metadata_from_the_index_not_the_blobs(archive: Mosaic) -> 
     identifier.PatientID = "META1"
     identifier.ProtocolName = ""
     identifier.SOPInstanceUID = ""
-    [response] = list(archive.query.c_find(identifier, root="PATIENT"))
+    [response] = list(archive.query.c_find(identifier, root="PATIENT", scope=Scope.everything()))
     assert response.ProtocolName == "Thorax"
 
 

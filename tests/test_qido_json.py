@@ -15,7 +15,7 @@ from mosaic.app import Mosaic
 from mosaic.config import Settings
 from mosaic.dicomweb.dicomjson import plain_json
 from mosaic.dicomweb.qido import parse_qido
-from mosaic.index.query import Match
+from mosaic.index.query import Match, Scope
 from tests.factory import make_bytes
 
 _DROP = ("00080052", "00080054")  # QueryRetrieveLevel and RetrieveAETitle are DIMSE-only
@@ -68,7 +68,7 @@ def test_plain_json_equals_pydicom_json(node: Mosaic, level: str, parameters: li
     request = parse_qido(level, parameters, {})
     query = request.query
     query.with_metadata = request.include_all
-    matches = node.query.find(query, door="test")
+    matches = node.query.find(query, door="test", scope=Scope.everything())
     assert len(matches) > 5
     for match in matches:
         reference = match_json(node.query.response(match, query, root="STUDY"), match, "u",

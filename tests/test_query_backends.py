@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, inspect
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, HttpSettings, IndexSettings, Settings
 from mosaic.index.database import MIGRATIONS
+from mosaic.index.query import Scope
 from tests.auth_support import auth_headers
 from tests.factory import make_bytes
 
@@ -49,7 +50,7 @@ def find(node: Mosaic, level: str = "STUDY", root: str = "STUDY", **keys: str) -
         identifier.StudyInstanceUID = ""
     for keyword, value in keys.items():
         setattr(identifier, keyword, value)
-    return list(node.query.c_find(identifier, root=root))
+    return list(node.query.c_find(identifier, root=root, scope=Scope.everything()))
 
 
 def patient_ids(responses: list[Dataset]) -> list[str]:

@@ -36,7 +36,7 @@ from mosaic.core.errors import NotFound
 from mosaic.governance.holds import ActiveHolds, HoldError, UnderLegalHold
 from mosaic.governance.policy import Principal
 from mosaic.governance.retention import StudyFacts, Verdict, add_years, evaluate, parse_da
-from mosaic.index.query import MatchKey, Query
+from mosaic.index.query import MatchKey, Query, Scope
 from mosaic.index.schema import Event, Instance, InstanceVersion, Patient, Series, Study
 from mosaic.services.verify import VerifyService
 from tests.auth_support import auth_headers
@@ -150,7 +150,8 @@ def blob_file(node: Mosaic, key: str) -> Path:
 def found_studies(node: Mosaic) -> set[str]:
     """Every study C-FIND / QIDO-RS can find (the query service both doors use)."""
     query = Query(level="STUDY", keys=[MatchKey("StudyInstanceUID", "", "UI")])
-    return {match.rows["STUDY"].StudyInstanceUID for match in node.query.find(query, door="test")}
+    return {match.rows["STUDY"].StudyInstanceUID
+            for match in node.query.find(query, door="test", scope=Scope.everything())}
 
 
 def study_row(node: Mosaic, study: str) -> Study | None:

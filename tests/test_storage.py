@@ -264,6 +264,21 @@ def test_iter_keys_lists_many_blobs(store: BlobStore) -> None:
 # ------------------------------------------------------------------------------------- backend specifics
 
 
+def test_local_files_when_offered_are_the_stored_bytes(store: BlobStore) -> None:
+    """A reader that asks ``local_files()`` reads the very file a key names (no copy); a store that has no
+    files on this machine says so instead of being probed for attributes."""
+    data = payload(4096, seed=3)
+    blob = store.write(data)
+    store.commit(blob)
+    local = store.local_files()
+    if store.name == "s3":
+        assert local is None
+        return
+    assert local is not None
+    assert local.local_path(blob.key).read_bytes() == data
+    assert local.incoming.is_dir()
+
+
 def test_filesystem_write_leaves_no_temporary_files(tmp_path: Path) -> None:
     store = FileSystemBlobStore(tmp_path / "blobs")
     blob = store.write(payload(10_000))

@@ -14,6 +14,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from mosaic.app import Mosaic
 from mosaic.config import Settings
+from mosaic.index.query import Scope
 from tests.auth_support import admin_token
 from tests.factory import make_instance
 from tests.helpers import free_port, is_listening, wait_until
@@ -69,7 +70,7 @@ def test_two_dicom_workers_share_the_port_and_the_archive(tmp_path: Path) -> Non
         query.StudyInstanceUID = study_uid
         query.NumberOfStudyRelatedInstances = ""
         query.NumberOfStudyRelatedSeries = ""
-        [study] = list(node.query.c_find(query, root="STUDY"))
+        [study] = list(node.query.c_find(query, root="STUDY", scope=Scope.everything()))
         assert (study.NumberOfStudyRelatedSeries, study.NumberOfStudyRelatedInstances) == (16, 80)
     finally:
         node.stop()

@@ -48,8 +48,8 @@ class Mosaic:
         self.settings = settings
         self.database = _open_index(settings, create=create)
         self.blobs: BlobStore = open_blob_store(settings)
-        incoming: Path | None = getattr(self.blobs, "incoming", None)
-        self.spool_folder = incoming if incoming is not None else settings.data_dir / "spool"
+        local = self.blobs.local_files()
+        self.spool_folder = local.incoming if local is not None else settings.data_dir / "spool"
         """Where received data sets are spooled: on the blob file system (linked into place), else the data
         directory (S3), so the start-up sweep finds what a killed process left there."""
         self.policy = AccessPolicy(self.database, settings.security)
@@ -263,6 +263,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.http.origin import trusted_hosts
     from mosaic.retention.routes import create_retention_router
     from mosaic.services.browse import BrowseService
+    from mosaic.services.metadata import MetadataService
     from mosaic.viewer import mount_viewer
     from mosaic.web.account import create_account_router
     from mosaic.web.changes_routes import create_changes_router
@@ -291,9 +292,12 @@ def create_http_app(node: Mosaic) -> Any:
                                             min_free_bytes=settings.storage.min_free_bytes))
     app.include_router(create_changes_router(node.changes, node.policy))
     app.include_router(create_landing_router(BrowseService(node.database), node.policy))
-    app.include_router(create_router(node))
+    app.include_router(create_router(policy=node.policy, query_service=node.query,
+                                     metadata_service=MetadataService(node.database), retrieve=node.retrieve,
+                                     ingest=node.ingest, spool=Spool(node.spool_folder, node.blobs)))
     # WADO-URI also at the site root: /wado?…
-    app.include_router(create_wado_router(node, rs=False), dependencies=[Depends(dicomweb_guard(node))])
+    app.include_router(create_wado_router(node.retrieve, rs=False),
+                       dependencies=[Depends(dicomweb_guard(node.policy))])
     app.include_router(create_account_router(node.identity, node.policy, node.audit, settings.security,
                                              https=web.https, ae_title=settings.dicom.ae_title))
     app.include_router(create_export_router(node.exports, node.jobs, settings.export_path))

@@ -12,16 +12,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 
 from mosaic.governance.audit import AuditAction, AuditEntry
-from mosaic.governance.policy import Permission
+from mosaic.governance.policy import AccessPolicy, Permission
 from mosaic.http.auth import principal_of, require
-
-if TYPE_CHECKING:
-    from mosaic.app import Mosaic
+from mosaic.index.query import Scope
+from mosaic.services.egress import EgressContext
 
 READ_AUDIT_WINDOW = 60.0
 """Repeated reads of one series by one principal within this many seconds are one audit record (a viewer
@@ -30,7 +28,22 @@ fetches every frame separately)."""
 _QIDO_SUFFIXES = ("/studies", "/series", "/instances")
 
 
-def dicomweb_guard(mosaic: Mosaic) -> Callable[[Request], None]:
+def scope_of(request: Request) -> Scope:
+    """The studies the caller of this request may see, as the guard found them; a route the guard did not pass
+    is refused rather than served unscoped."""
+    scope = getattr(request.state, "scope", None)
+    if not isinstance(scope, Scope):
+        raise RuntimeError(f"{request.url.path}: a DICOMweb route answered without passing the DICOMweb guard")
+    return scope
+
+
+def egress_context(request: Request) -> EgressContext:
+    """Who receives what this request sends out (for the egress coercion hook)."""
+    address = request.client.host if request.client else ""
+    return EgressContext("dicomweb", address, principal_of(request).name)
+
+
+def dicomweb_guard(policy: AccessPolicy) -> Callable[[Request], None]:
     recent: dict[tuple[str, str, str, str], float] = {}
     lock = threading.Lock()
 
@@ -65,7 +78,7 @@ def dicomweb_guard(mosaic: Mosaic) -> Callable[[Request], None]:
         if action == AuditAction.QUERY:
             entry.detail["query"] = str(query)[:1000]
         if study and action != AuditAction.STORE:
-            access = mosaic.policy.study_access(principal, study)
+            access = policy.study_access(principal, study)
             entry.PatientID, entry.IssuerOfPatientID = access.PatientID, access.IssuerOfPatientID
             entry.break_glass = access.break_glass
             if not access.allowed and action == AuditAction.QUERY:
@@ -77,7 +90,7 @@ def dicomweb_guard(mosaic: Mosaic) -> Callable[[Request], None]:
                 entry.detail["reason"] = "outside the caller's scope" if access.exists else "not in the archive"
                 request.state.audit = entry
                 raise HTTPException(404, f"study {study} is not in the archive")
-        request.state.scope = mosaic.policy.scope(principal)
+        request.state.scope = policy.scope(principal)
         if action == AuditAction.READ and not entry.break_glass and seen_recently(
                 (principal.name, study, series, principal.address)):
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -18,26 +18,20 @@ from starlette.concurrency import run_in_threadpool
 from mosaic.core.errors import QueryError
 from mosaic.dicomweb.cache import ByteCache
 from mosaic.dicomweb.dicomjson import MEDIA_TYPE, dumps, instance_metadata, json_array, plain_json
-from mosaic.dicomweb.guard import dicomweb_guard
+from mosaic.dicomweb.guard import dicomweb_guard, scope_of
 from mosaic.dicomweb.multipart import MultipartError, media_type_parameters, read_parts
+from mosaic.dicomweb.paths import PREFIX, base_url
 from mosaic.dicomweb.qido import parse_qido
 from mosaic.dicomweb.stow import StowService
+from mosaic.dicomweb.wado import create_wado_router
+from mosaic.governance.policy import AccessPolicy
 from mosaic.http.auth import principal_of
-from mosaic.http.origin import client_origin
 from mosaic.http.responses import GZIP_MIN, compressed, not_modified, problem
+from mosaic.services.ingest import IngestService
 from mosaic.services.metadata import MetadataService
+from mosaic.services.query import QueryService
+from mosaic.services.retrieve import RetrieveService
 from mosaic.storage.spool import Spool
-
-if TYPE_CHECKING:
-    from mosaic.app import Mosaic
-
-PREFIX = "/dicom-web"
-
-
-def base_url(request: Request) -> str:
-    """The DICOMweb root as the client sees it (so BulkDataURIs point at the origin the viewer used); see
-    :func:`mosaic.http.origin.client_origin` for which Host is believed."""
-    return client_origin(request) + PREFIX
 
 
 def dicom_json(request: Request, body: bytes, *, status: int = 200, headers: dict[str, str] | None = None,
@@ -48,12 +42,13 @@ def dicom_json(request: Request, body: bytes, *, status: int = 200, headers: dic
     return Response(compressed(request, body, headers), status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
-def create_router(mosaic: Mosaic) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, dependencies=[Depends(dicomweb_guard(mosaic))])
-    metadata_service = MetadataService(mosaic.database)
+def create_router(*, policy: AccessPolicy, query_service: QueryService, metadata_service: MetadataService,
+                  retrieve: RetrieveService, ingest: IngestService, spool: Spool) -> APIRouter:
+    """The DICOMweb door, handed the services it serves; every route passes :func:`dicomweb_guard` first and
+    reads only within the scope it found."""
+    router = APIRouter(prefix=PREFIX, dependencies=[Depends(dicomweb_guard(policy))])
     metadata_cache = ByteCache(max_bytes=128 * 1024 * 1024)
-    spool = Spool(mosaic.spool_folder, mosaic.blobs)
-    stow = StowService(mosaic.ingest, spool)
+    stow = StowService(ingest, spool)
 
     # --- QIDO-RS ---------------------------------------------------------------------------------
 
@@ -63,9 +58,10 @@ def create_router(mosaic: Mosaic) -> APIRouter:
             query = parsed.query
             if parsed.include_all:
                 query.with_metadata = True
-            query.scope = getattr(request.state, "scope", None)
-            matches = mosaic.query.find(query, door="dicomweb")
-            total = mosaic.query.count(query) if query.offset or len(matches) == query.limit else len(matches)
+            scope = scope_of(request)
+            matches = query_service.find(query, door="dicomweb", scope=scope)
+            total = (query_service.count(query, scope=scope) if query.offset or len(matches) == query.limit
+                     else len(matches))
         except QueryError as exc:
             return problem(400, str(exc))
         audit = getattr(request.state, "audit", None)
@@ -77,7 +73,7 @@ def create_router(mosaic: Mosaic) -> APIRouter:
         root = base_url(request)
         objects = []
         for match in matches:
-            values = mosaic.query.indexed_values(match, query, root="STUDY")
+            values = query_service.indexed_values(match, query, root="STUDY")
             objects.append(dumps(plain_json(values, match, _retrieve_url(root, match, level),
                                             include_all=parsed.include_all)).decode("utf-8"))
         return dicom_json(request, json_array(objects), headers={"X-Total-Count": str(total)})
@@ -109,7 +105,8 @@ def create_router(mosaic: Mosaic) -> APIRouter:
     # --- WADO-RS metadata ------------------------------------------------------------------------
 
     def metadata(request: Request, study: str, series: str | None = None, sop: str | None = None) -> Response:
-        versions = metadata_service.versions(study, series, sop)
+        scope = scope_of(request)
+        versions = metadata_service.versions(study, series, sop, scope=scope)
         if not versions:
             what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
             return problem(404, f"{what} is not in the archive")
@@ -125,7 +122,7 @@ def create_router(mosaic: Mosaic) -> APIRouter:
         cached = metadata_cache.get((etag, gzipped))
         if cached is None:
             objects = []
-            for row in metadata_service.metadata(study, series, sop):
+            for row in metadata_service.metadata(study, series, sop, scope=scope):
                 url = (f"{root}/studies/{row.StudyInstanceUID}/series/{row.SeriesInstanceUID}"
                        f"/instances/{row.SOPInstanceUID}")
                 objects.append(instance_metadata(row.metadata_json, url))
@@ -205,9 +202,7 @@ def create_router(mosaic: Mosaic) -> APIRouter:
 
     # --- WADO-RS retrieve, frames, bulk data, rendered, thumbnails; WADO-URI (mosaic.dicomweb.wado) -------
 
-    from mosaic.dicomweb.wado import create_wado_router
-
-    router.include_router(create_wado_router(mosaic))
+    router.include_router(create_wado_router(retrieve))
     return router
 
 

@@ -3,9 +3,11 @@ thumbnails, under the DICOMweb root.
 
 * Instances go out as stored (byte for byte, read from the blob in chunks) or transcoded to Explicit VR
   Little Endian: see :mod:`mosaic.dicomweb.accept` for the transfer syntax rule.
-* Frames and bulk data are read by offset (:mod:`mosaic.dicomweb.frames`): a frame request never reads the
+* Instances go through :meth:`mosaic.services.retrieve.RetrieveService.egress`, the one way out every door
+  shares (where a header coercion applies); the reads are scoped to the caller's studies.
+* Frames and bulk data are read by offset (:mod:`mosaic.services.rendition.frames`): a frame request never reads the
   other frames.
-* Rendered images and thumbnails: :mod:`mosaic.dicomweb.rendered`.
+* Rendered images and thumbnails: :mod:`mosaic.services.rendition.rendered`.
 
 Every representation carries an ETag (from the stored sha256, which never changes for a stored object) and
 answers ``If-None-Match`` with 304; multipart boundaries are derived from it, so the bytes are repeatable.
@@ -17,10 +19,10 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import pydicom
 from fastapi import APIRouter, Request
@@ -31,19 +33,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from starlette.background import BackgroundTask
 
-from mosaic.dicomweb.accept import (
-    DEFLATED_LE,
-    EXPLICIT_BE,
-    EXPLICIT_LE,
-    LOSSY,
-    BadAccept,
-    MediaRange,
-    describe,
-    parse_accept,
-    syntax_name,
-)
+from mosaic.dicomweb.accept import BadAccept, MediaRange, describe, parse_accept
 from mosaic.dicomweb.cache import ByteCache
-from mosaic.dicomweb.frames import (
+from mosaic.dicomweb.guard import egress_context, scope_of
+from mosaic.dicomweb.multipart import OutgoingPart, write_parts
+from mosaic.dicomweb.paths import base_url
+from mosaic.http.responses import problem
+from mosaic.services.egress import EgressContext
+from mosaic.services.rendition.frames import (
     PIXEL_DATA,
     SWAP_SIZES,
     UNDECODABLE,
@@ -51,15 +48,13 @@ from mosaic.dicomweb.frames import (
     PixelLayout,
     can_decode,
     check_frames,
-    open_instance,
     raw_frame,
     read_header,
     read_layout,
     stored_frame,
     swap_bytes,
 )
-from mosaic.dicomweb.multipart import OutgoingPart, write_parts
-from mosaic.dicomweb.rendered import (
+from mosaic.services.rendition.rendered import (
     MAX_VIEWPORT,
     RENDERED_TYPES,
     THUMBNAIL_SIZE,
@@ -71,13 +66,9 @@ from mosaic.dicomweb.rendered import (
     parse_window,
     render,
 )
-from mosaic.dicomweb.routes import base_url
-from mosaic.dicomweb.transcode import TranscodeError, can_transcode, transcoded_copy
-from mosaic.http.responses import problem
-from mosaic.services.retrieve import StoredInstance
-
-if TYPE_CHECKING:
-    from mosaic.app import Mosaic
+from mosaic.services.rendition.syntaxes import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, LOSSY, syntax_name
+from mosaic.services.rendition.transcode import TranscodeError, can_transcode, transcoded_copy
+from mosaic.services.retrieve import RetrieveService, StoredInstance
 
 log = logging.getLogger("mosaic.dicomweb.wado")
 
@@ -104,11 +95,13 @@ class WadoError(Exception):
 
 @dataclass
 class DicomPlan:
-    """How one instance goes out: as stored, or transcoded (``ready``: already transcoded, to be deleted)."""
+    """How one instance goes out: as stored, or transcoded; ``as_stored``: byte for byte (neither transcoded nor
+    coerced); ``ready``: the file made for it in advance (its egress held open until the answer is sent)."""
 
     instance: StoredInstance
     syntax: str
     transcode: bool
+    as_stored: bool = True
     ready: Path | None = None
 
 
@@ -316,16 +309,14 @@ def decoding(instance: StoredInstance, what: str) -> Iterator[None]:
 # --- the router ------------------------------------------------------------------------------------------
 
 
-def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> APIRouter:
+def create_wado_router(retrieve: RetrieveService, *, rs: bool = True, uri: bool = True) -> APIRouter:
     """WADO-RS retrieve, frames, bulk data, rendered and thumbnails (``rs``), WADO-URI at ``/wado`` (``uri``).
 
     Paths are relative: the DICOMweb router includes both under ``/dicom-web``; the web application may also
-    include ``create_wado_router(mosaic, rs=False)`` to answer WADO-URI at the site root (``/wado``).
+    include ``create_wado_router(retrieve, rs=False)`` to answer WADO-URI at the site root (``/wado``).
     """
     router = APIRouter()
     uri_router = APIRouter()
-    retrieve = mosaic.retrieve
-    blobs = mosaic.blobs
     thumbnails = ByteCache(max_bytes=32 * 1024 * 1024, max_entries=512)
 
     def handle(call: Any) -> Response:
@@ -339,14 +330,16 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         except RenderError as exc:
             return problem(400, str(exc))
 
-    def instances(study: str, series: str | None = None, sop: str | None = None) -> list[StoredInstance]:
-        found = retrieve.instances_in(study, series, sop)
+    def instances(request: Request, study: str, series: str | None = None,
+                  sop: str | None = None) -> list[StoredInstance]:
+        scope = scope_of(request)
+        found = retrieve.instances_in(study, series, sop, scope=scope)
         if not found:
-            raise WadoError(404, retrieve.missing_uid(study, series, sop))
+            raise WadoError(404, retrieve.missing_uid(study, series, sop, scope=scope))
         return found
 
     def layout_of(instance: StoredInstance) -> PixelLayout:
-        with decoding(instance, "read"), open_instance(blobs, instance) as stream:
+        with decoding(instance, "read"), retrieve.open(instance) as stream:
             return read_layout(stream, instance.TransferSyntaxUID)
 
     def instance_url(request: Request, study: str, series: str, sop: str) -> str:
@@ -355,28 +348,32 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
     # --- WADO-RS retrieve (application/dicom) ------------------------------------------------------------
 
     def transcode(instance: StoredInstance) -> Path:
-        with decoding(instance, "transcoded to Explicit VR Little Endian"), open_instance(blobs, instance) as source:
+        with decoding(instance, "transcoded to Explicit VR Little Endian"), retrieve.open(instance) as source:
             return transcoded_copy(source)
 
-    def dicom_parts(plans: list[DicomPlan]) -> Iterator[OutgoingPart]:
-        for plan in plans:
-            if plan.transcode:
-                path = plan.ready or transcode(plan.instance)
-                try:
-                    yield OutgoingPart(f"{_DICOM}; transfer-syntax={plan.syntax}", path=path)
-                finally:
-                    path.unlink(missing_ok=True)
-            else:
-                with retrieve.local_file(plan.instance) as path:
-                    yield OutgoingPart(f"{_DICOM}; transfer-syntax={plan.syntax}", path=path)
+    @contextmanager
+    def egress(plan: DicomPlan, context: EgressContext) -> Iterator[Path]:
+        with (decoding(plan.instance, "transcoded to Explicit VR Little Endian"),
+              retrieve.egress(plan.instance, context, transfer_syntax=plan.syntax if plan.transcode else None)
+              as path):
+            yield path
 
-    def stored_body(instance: StoredInstance) -> Iterator[bytes]:
-        with retrieve.local_file(instance) as path:
+    def dicom_parts(plans: list[DicomPlan], context: EgressContext) -> Iterator[OutgoingPart]:
+        for plan in plans:
+            if plan.ready is not None:
+                yield OutgoingPart(f"{_DICOM}; transfer-syntax={plan.syntax}", path=plan.ready)
+                continue
+            with egress(plan, context) as path:
+                yield OutgoingPart(f"{_DICOM}; transfer-syntax={plan.syntax}", path=path)
+
+    def stored_body(plan: DicomPlan, context: EgressContext) -> Iterator[bytes]:
+        with egress(plan, context) as path:
             yield from _file_chunks(path)
 
     def retrieve_dicom(request: Request, study: str, series: str | None = None,
                        sop: str | None = None) -> Response:
-        found = instances(study, series, sop)
+        found = instances(request, study, series, sop)
+        context = egress_context(request)
         ranges = _accept(request, _DICOM)
         plans: list[DicomPlan] = []
         multipart = True
@@ -388,39 +385,40 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
                                      f"Explicit VR Little Endian ({EXPLICIT_LE}) when it can decode it, but the "
                                      f"request accepts only: {describe(ranges)}")
             syntax, needs_transcoding, multipart = choice
-            plans.append(DicomPlan(instance, syntax, needs_transcoding))
-        if len(plans) == 1 and plans[0].transcode is False and multipart:
+            plans.append(DicomPlan(instance, syntax, needs_transcoding,
+                                   not needs_transcoding and retrieve.sends_as_stored(instance, context)))
+        if len(plans) == 1 and plans[0].as_stored and multipart:
             etag = f'"{plans[0].instance.sha256}"'
         else:
             etag = _etag(multipart, *(f"{plan.instance.sha256}:{plan.syntax}" for plan in plans))
         if not_modified(request, etag):
             return Response(status_code=304, headers={"ETag": etag})
-        if len(plans) == 1 and plans[0].transcode:
-            plans[0].ready = transcode(plans[0].instance)  # errors answer with a status, not a cut stream
-        if not multipart:
-            plan = plans[0]
-            headers = {"ETag": etag, "Cache-Control": "no-cache"}
-            media_type = f"{_DICOM}; transfer-syntax={plan.syntax}"
-            if plan.ready is not None:
-                headers["Content-Length"] = str(plan.ready.stat().st_size)
-                return StreamingResponse(_file_chunks(plan.ready, delete=True), media_type=media_type,
-                                         headers=headers)
-            headers["Content-Length"] = str(plan.instance.size)
-            return StreamingResponse(stored_body(plan.instance), media_type=media_type, headers=headers)
-        length = None
-        if not any(plan.transcode for plan in plans):
-            length = _multipart_length([(f"{_DICOM}; transfer-syntax={plan.syntax}", plan.instance.size)
-                                        for plan in plans], _boundary(etag))
-        elif plans[0].ready is not None:
-            length = _multipart_length([(f"{_DICOM}; transfer-syntax={plans[0].syntax}",
-                                         plans[0].ready.stat().st_size)], _boundary(etag))
-
-        def cleanup() -> None:
-            for plan in plans:
+        held = ExitStack()
+        try:
+            if len(plans) == 1 and not plans[0].as_stored:
+                plans[0].ready = held.enter_context(egress(plans[0], context))  # errors answer with a status
+            if not multipart:
+                plan = plans[0]
+                headers = {"ETag": etag, "Cache-Control": "no-cache"}
+                media_type = f"{_DICOM}; transfer-syntax={plan.syntax}"
                 if plan.ready is not None:
-                    plan.ready.unlink(missing_ok=True)
-
-        return _multipart(dicom_parts(plans), _DICOM, etag, length=length, background=BackgroundTask(cleanup))
+                    headers["Content-Length"] = str(plan.ready.stat().st_size)
+                    return StreamingResponse(_file_chunks(plan.ready), media_type=media_type, headers=headers,
+                                             background=BackgroundTask(held.close))
+                headers["Content-Length"] = str(plan.instance.size)
+                return StreamingResponse(stored_body(plan, context), media_type=media_type, headers=headers)
+            length = None
+            if all(plan.as_stored for plan in plans):
+                length = _multipart_length([(f"{_DICOM}; transfer-syntax={plan.syntax}", plan.instance.size)
+                                            for plan in plans], _boundary(etag))
+            elif plans[0].ready is not None:
+                length = _multipart_length([(f"{_DICOM}; transfer-syntax={plans[0].syntax}",
+                                             plans[0].ready.stat().st_size)], _boundary(etag))
+            return _multipart(dicom_parts(plans, context), _DICOM, etag, length=length,
+                              background=BackgroundTask(held.close))
+        except BaseException:
+            held.close()
+            raise
 
     @router.get("/studies/{study}")
     def retrieve_study(request: Request, study: str) -> Response:
@@ -454,7 +452,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         etag = _etag(instance.sha256, "frames", *numbers, part_type, plan.multipart)
         if not_modified(request, etag):
             return Response(status_code=304, headers={"ETag": etag})
-        with decoding(instance, "served frame by frame"), open_instance(blobs, instance) as stream:
+        with decoding(instance, "served frame by frame"), retrieve.open(instance) as stream:
             first = frame_bytes(stream, layout, numbers[0], plan)  # the first frame now: a failure gets a status
         if not plan.multipart:
             return Response(first, media_type=part_type, headers={"ETag": etag, "Cache-Control": "no-cache"})
@@ -462,7 +460,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         def parts() -> Iterator[OutgoingPart]:
             yield OutgoingPart(part_type, body=first, headers={"Content-Location": f"{url}/frames/{numbers[0]}"})
             if len(numbers) > 1:
-                with open_instance(blobs, instance) as stream:
+                with retrieve.open(instance) as stream:
                     for number in numbers[1:]:
                         yield OutgoingPart(part_type, body=frame_bytes(stream, layout, number, plan),
                                            headers={"Content-Location": f"{url}/frames/{number}"})
@@ -471,7 +469,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
 
     def frames(request: Request, study: str, series: str, sop: str, frame_list: str) -> Response:
         numbers = parse_frame_list(frame_list)
-        instance = instances(study, series, sop)[0]
+        instance = instances(request, study, series, sop)[0]
         ranges = _accept(request, _OCTETS)
         layout = layout_of(instance)
         check_frames(layout, numbers, f"instance {sop}")
@@ -487,13 +485,13 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         """The value of ``tag`` and, for deflated data sets, the transcoded copy it is in (caller deletes)."""
         copy = transcode(instance) if instance.TransferSyntaxUID == DEFLATED_LE else None
         try:
-            with (open(copy, "rb") if copy is not None else open_instance(blobs, instance)) as stream:
+            with (open(copy, "rb") if copy is not None else retrieve.open(instance)) as stream:
                 header = read_header(stream)
                 found = find_value(header, tag)
                 if found is None and tag > PIXEL_DATA:
                     stream.seek(0)
                     found = find_value(pydicom.dcmread(stream, defer_size=1024, force=True), tag)
-                if found is not None and (copy is not None or getattr(blobs, "local_path", None) is None):
+                if found is not None and (copy is not None or retrieve.stored_path(instance) is None):
                     stream.seek(found.offset)
                     found.inline = stream.read(found.length)
         except BaseException:
@@ -511,7 +509,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag_text):
             raise WadoError(400, f"bulk data tag {tag_text!r} is not 8 hexadecimal digits")
         tag = int(tag_text, 16)
-        instance = instances(study, series, sop)[0]
+        instance = instances(request, study, series, sop)[0]
         url = instance_url(request, study, series, sop)
         if tag == PIXEL_DATA:
             ranges = _accept(request, _OCTETS)
@@ -532,7 +530,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         data = value.inline
         if instance.TransferSyntaxUID == EXPLICIT_BE and value.vr in SWAP_SIZES:
             if data is None:
-                data = blobs.read_range(instance.blob_key, value.offset, value.length)
+                data = retrieve.read_range(instance, value.offset, value.length)
             data = swap_bytes(data, SWAP_SIZES[value.vr])
         etag = _etag(instance.sha256, "bulkdata", tag_text.upper(), multipart)
         if not_modified(request, etag):
@@ -552,12 +550,12 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
                     return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
                 headers["Content-Range"] = f"bytes {start}-{end}/{size}"
                 part = data[start: end + 1] if data is not None else \
-                    blobs.read_range(instance.blob_key, value.offset + start, end - start + 1)
+                    retrieve.read_range(instance, value.offset + start, end - start + 1)
                 return Response(part, status_code=206, media_type=_OCTETS, headers=headers)
         if data is None:
-            local = getattr(blobs, "local_path", None)
-            assert local is not None
-            whole = OutgoingPart(_OCTETS, path=local(instance.blob_key), offset=value.offset, length=value.length,
+            stored = retrieve.stored_path(instance)
+            assert stored is not None
+            whole = OutgoingPart(_OCTETS, path=stored, offset=value.offset, length=value.length,
                                  headers={"Content-Location": f"{url}/bulkdata/{tag_text}"})
         else:
             whole = OutgoingPart(_OCTETS, body=data, headers={"Content-Location": f"{url}/bulkdata/{tag_text}"})
@@ -588,7 +586,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
     def rendered_frames(instance: StoredInstance, layout: PixelLayout, numbers: list[int], media_type: str,
                         window: Window | None, viewport: Viewport | None, quality: int) -> list[bytes]:
         images = []
-        with decoding(instance, "rendered"), open_instance(blobs, instance) as stream:
+        with decoding(instance, "rendered"), retrieve.open(instance) as stream:
             for number in numbers:
                 data = stored_frame(stream, layout, number - 1)
                 images.append(render(layout, data, number - 1, media_type=media_type, window=window,
@@ -606,7 +604,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
             raise WadoError(406, f"rendered images are image/jpeg or image/png; the request accepts only: "
                                  f"{describe(ranges)}")
         media_type, multipart = choice
-        instance = instances(study, series, sop)[0]
+        instance = instances(request, study, series, sop)[0]
         etag = _etag(instance.sha256, "rendered", *numbers, media_type, multipart, window, viewport, quality)
         if not_modified(request, etag):
             return Response(status_code=304, headers={"ETag": etag})
@@ -638,12 +636,12 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
                                  f"{describe(ranges)}")
         media_type = choice[0]
         if sop is not None:
-            instance = instances(study, series, sop)[0]
+            instance = instances(request, study, series, sop)[0]
         else:
-            found = retrieve.representative(study, series)
+            found = retrieve.representative(study, series, scope=scope_of(request))
             if found is None:
-                message = retrieve.missing_uid(study, series)
-                if retrieve.instances_in(study, series):
+                message = retrieve.missing_uid(study, series, scope=scope_of(request))
+                if retrieve.instances_in(study, series, scope=scope_of(request)):
                     what = f"series {series}" if series else f"study {study}"
                     message = f"{what} has no image instances to show"
                 raise WadoError(404, message)
@@ -682,7 +680,7 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
         missing = [name for name, value in uids.items() if not value]
         if missing:
             raise WadoError(400, f"WADO-URI needs {', '.join(missing)}")
-        instance = instances(uids["studyUID"], uids["seriesUID"], uids["objectUID"])[0]
+        instance = instances(request, uids["studyUID"], uids["seriesUID"], uids["objectUID"])[0]
         wanted = [value.split(";")[0].strip().lower() for value in (params.get("contentType") or "image/jpeg")
                   .split(",") if value.strip()]
         media_type = next((value if value in (_DICOM, *RENDERED_TYPES) else "image/jpeg" for value in wanted
@@ -698,16 +696,21 @@ def create_wado_router(mosaic: Mosaic, *, rs: bool = True, uri: bool = True) -> 
                 raise WadoError(406, f"instance {instance.SOPInstanceUID} is stored as "
                                      f"{syntax_name(instance.TransferSyntaxUID)} and cannot be sent as {syntax}")
             sent, needs_transcoding, _ = choice
-            etag = f'"{instance.sha256}"' if not needs_transcoding else _etag(instance.sha256, sent)
+            context = egress_context(request)
+            plan = DicomPlan(instance, sent, needs_transcoding,
+                             not needs_transcoding and retrieve.sends_as_stored(instance, context))
+            etag = f'"{instance.sha256}"' if plan.as_stored else _etag(instance.sha256, sent)
             if not_modified(request, etag):
                 return Response(status_code=304, headers={"ETag": etag})
             headers = {"ETag": etag, "Cache-Control": "no-cache"}
-            if needs_transcoding:
-                path = transcode(instance)
+            if not plan.as_stored:
+                held = ExitStack()
+                path = held.enter_context(egress(plan, context))
                 headers["Content-Length"] = str(path.stat().st_size)
-                return StreamingResponse(_file_chunks(path, delete=True), media_type=_DICOM, headers=headers)
+                return StreamingResponse(_file_chunks(path), media_type=_DICOM, headers=headers,
+                                         background=BackgroundTask(held.close))
             headers["Content-Length"] = str(instance.size)
-            return StreamingResponse(stored_body(instance), media_type=_DICOM, headers=headers)
+            return StreamingResponse(stored_body(plan, context), media_type=_DICOM, headers=headers)
         number = _int_param(params.get("frameNumber"), "frameNumber", 1) or 1
         center, width = params.get("windowCenter"), params.get("windowWidth")
         if (center is None) != (width is None):

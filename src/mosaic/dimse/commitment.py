@@ -44,7 +44,7 @@ class StorageCommitmentSCP:
         self.settings = settings
         self.client_tls = client_tls
         """How results go to a peer configured with ``tls`` (the listener's context, built once)."""
-        self.scope_of = scope_of or (lambda _calling, _address: Scope())
+        self.scope_of = scope_of or (lambda _calling, _address: Scope.everything())
         """(calling AE, peer address) → what it may see, or None when it may not store (commitment belongs to
         storage): the listener's access check."""
         self._queue: Queue[tuple[Any, str, Dataset, Scope] | None] = Queue()
@@ -70,7 +70,7 @@ class StorageCommitmentSCP:
         self._queue.put((event.assoc, calling, request, scope))
         return CommitmentStatus.SUCCESS, None
 
-    def outcome(self, request: Dataset, scope: Scope | None = None) -> tuple[int, Dataset]:
+    def outcome(self, request: Dataset, scope: Scope) -> tuple[int, Dataset]:
         """The event report for a request: type 1 (all committed) or 2 (some failed); an instance outside
         ``scope`` fails as not stored."""
         references = list(request.get("ReferencedSOPSequence", []))

@@ -95,7 +95,7 @@ class QuerySCP:
 
 
 def encoded_responses(query: QueryService, identifier: Dataset, *, root: str, implicit: bool,
-                      scope: Scope | None = None, audit: dict[str, Any] | None = None) -> Iterator[bytes]:
+                      scope: Scope, audit: dict[str, Any] | None = None) -> Iterator[bytes]:
     """C-FIND responses encoded for the wire (raises QueryError when the identifier is malformed): straight from
     the indexed values when they are all plain, through pydicom otherwise (same bytes either way)."""
     matched, matches = query.c_find_matches(identifier, root=root, scope=scope, audit=audit)

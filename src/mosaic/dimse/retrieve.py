@@ -20,6 +20,7 @@ from mosaic.dimse.egress import EgressTally, StoredFileDataset, move_contexts
 from mosaic.dimse.status import RetrieveStatus, with_comment
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
 from mosaic.governance.policy import Principal
+from mosaic.services.egress import EgressContext
 from mosaic.services.metrics import RETRIEVE_TOTAL
 from mosaic.services.retrieve import RetrieveService, StoredInstance
 
@@ -91,6 +92,9 @@ class RetrieveSCP:
         offered: set[str] = set()
         unreadable: set[str] = set()
         tally = EgressTally()
+        receiver = (event.move_destination.strip() if service == "C-MOVE" and event.move_destination
+                    else event.assoc.requestor.ae_title.strip())
+        context = EgressContext("dimse", str(receiver), principal.name)
         try:
             yield len(instances)
             for instance in instances:
@@ -99,7 +103,7 @@ class RetrieveSCP:
                     return
                 with ExitStack() as stack:
                     try:
-                        path = stack.enter_context(self.retrieve.local_file(instance))
+                        path = stack.enter_context(self.retrieve.egress(instance, context))
                     except Exception as exc:
                         log.error("%s: cannot read stored instance %s: %s", service, instance.SOPInstanceUID, exc)
                         unreadable.add(instance.SOPInstanceUID)
@@ -107,7 +111,8 @@ class RetrieveSCP:
                         continue
                     RETRIEVE_TOTAL.labels("dimse").inc()
                     offered.add(instance.SOPInstanceUID)
-                    # sent from the stored file, bytes as received (see mosaic.dimse.egress)
+                    # sent from the file egress gives (the stored one, bytes as received, unless a coercion
+                    # applies), converted only if the peer accepted no context for it (see mosaic.dimse.egress)
                     yield RetrieveStatus.PENDING, StoredFileDataset(path, instance.SOPClassUID,
                                                                     instance.SOPInstanceUID,
                                                                     instance.TransferSyntaxUID, tally)

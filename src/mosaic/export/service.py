@@ -36,6 +36,7 @@ from mosaic.governance.policy import AccessDenied, AccessPolicy, Permission, Pri
 from mosaic.index.schema import DeidManifestEntry, DeidProject, Study
 from mosaic.jobs.runner import JobCancelled, JobContext, JobFailed, JobInterrupted
 from mosaic.jobs.store import JobView
+from mosaic.services.egress import EgressContext
 
 if TYPE_CHECKING:
     from mosaic.config import DicomSettings, ExportSettings
@@ -212,12 +213,15 @@ class ExportService:
             for study in studies:
                 access = self.policy.study_access(principal, study)
                 patients[study] = (access.PatientID, access.IssuerOfPatientID)
-                found = self.retrieve.instances_in(study) if access.allowed else []
+                found = self.retrieve.instances_in(study, scope=self.policy.scope(principal)) if access.allowed \
+                    else []
                 if not found:
                     missing.append((f"study {study}", "no longer in the archive (or in the requester's scope)"))
                 instances += found
             context.progress("de-identifying", 0, len(instances))
-            report = self._write(context, destination, self._local_files(instances), len(instances), options)
+            outgoing = EgressContext("export", f"{destination.kind}:{destination.target}", principal.name)
+            report = self._write(context, destination, self._local_files(instances, outgoing), len(instances),
+                                 options)
             report.failed += [(Path(source), reason) for source, reason in missing]
             self._keep_manifest(context.job.id, project, report)
             outcome = "success"
@@ -244,10 +248,10 @@ class ExportService:
                 "failed": [{"source": source, "reason": reason} for source, reason in failed[:LISTED]],
                 "failed_count": len(failed)}
 
-    def _local_files(self, instances: list[StoredInstance]) -> Iterator[Path]:
-        """Each stored instance as a local file, one at a time (from S3: one temporary copy at a time)."""
+    def _local_files(self, instances: list[StoredInstance], outgoing: EgressContext) -> Iterator[Path]:
+        """Each stored instance as egress gives it, one at a time (from S3: one temporary copy at a time)."""
         for instance in instances:
-            with self.retrieve.local_file(instance) as path:
+            with self.retrieve.egress(instance, outgoing) as path:
                 yield path
 
     def _write(self, context: JobContext, destination: Destination, paths: Iterator[Path], total: int,

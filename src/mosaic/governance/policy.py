@@ -157,7 +157,7 @@ class AccessPolicy:
         facilities = None if ALL in principal.facilities else principal.facilities
         departments = None if ALL in principal.departments else principal.departments
         if facilities is None and departments is None:
-            return Scope()
+            return Scope.everything()
         return Scope(facilities, departments, self._grants(principal) | principal.break_glass_studies)
 
     def may_add_to(self, principal: Principal, study_instance_uid: str) -> bool:

@@ -66,6 +66,12 @@ class Scope:
     departments: frozenset[str] | None = None
     studies: frozenset[str] = frozenset()
 
+    @classmethod
+    def everything(cls) -> Scope:
+        """Every study: the node's own work (verification, sweeps, retention) and callers the policy leaves
+        unrestricted. Written out, never assumed: a read without a scope is refused."""
+        return cls()
+
     @property
     def unrestricted(self) -> bool:
         return self.facilities is None and self.departments is None
@@ -182,8 +188,14 @@ def _has_wildcard(value: str) -> bool:
     return "*" in value or "?" in value
 
 
+def _require_scope(query: Query) -> None:
+    if query.scope is None:
+        raise ValueError("a query needs the caller's scope (Scope.everything() for the node's own work)")
+
+
 class QueryEngine:
-    """Runs a :class:`Query` against the index."""
+    """Runs a :class:`Query` against the index; a query without a scope is refused (never "everything" by
+    omission)."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -191,6 +203,7 @@ class QueryEngine:
         self.glob = session.get_bind().dialect.name == "sqlite"
 
     def find(self, query: Query) -> list[Match]:
+        _require_scope(query)
         statement, post_filters = self._statement(query)
         if not post_filters:
             statement = self._page(statement, query)
@@ -227,6 +240,7 @@ class QueryEngine:
                                    NumberOfPatientRelatedInstances=instances)
 
     def count(self, query: Query) -> int:
+        _require_scope(query)
         statement, post_filters = self._statement(query)
         if post_filters:
             return len(self.find(Query(query.level, query.keys, [], query.fuzzy, scope=query.scope)))

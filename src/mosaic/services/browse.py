@@ -28,8 +28,7 @@ class BrowseService:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def recent_studies(self, limit: int = 50, scope: Scope | None = None) -> list[StudySummary]:
-        scope = scope or Scope()
+    def recent_studies(self, limit: int = 50, *, scope: Scope) -> list[StudySummary]:
         # a scoped caller sees the patient as its own studies describe it (docs/architecture.md, shared patients)
         name = Patient.PatientName if scope.unrestricted else Study.PatientName
         statement = (

@@ -31,24 +31,26 @@ class QueryService:
         self.database = database
         self.ae_title = ae_title
 
-    def find(self, query: Query, *, door: str) -> list[Match]:
+    def find(self, query: Query, *, door: str, scope: Scope) -> list[Match]:
+        """The matches of ``query`` among the studies in ``scope`` (the caller's, from the access policy)."""
+        query.scope = scope
         started = time.perf_counter()
         with self.database.session() as session:
             matches = QueryEngine(session).find(query)
         QUERY_SECONDS.labels(door, query.level).observe(time.perf_counter() - started)
         return matches
 
-    def count(self, query: Query) -> int:
+    def count(self, query: Query, *, scope: Scope) -> int:
+        query.scope = scope
         with self.database.session() as session:
             return QueryEngine(session).count(query)
 
-    def c_find_matches(self, identifier: Dataset, *, root: str, scope: Scope | None = None,
+    def c_find_matches(self, identifier: Dataset, *, root: str, scope: Scope,
                        audit: dict[str, Any] | None = None) -> tuple[Query, list[Match]]:
         """The query a C-FIND identifier asks (raises QueryError when malformed) and its matches, only studies in
         ``scope``; ``audit`` (a dict) is given what matched."""
         query = query_from_identifier(identifier, root=root)
-        query.scope = scope
-        matches = self.find(query, door="dimse")
+        matches = self.find(query, door="dimse", scope=scope)
         if audit is not None:
             audit["matches"] = len(matches)
             audit["studies"] = sorted(_studies_drawn_on(matches))[:100]
@@ -56,7 +58,7 @@ class QueryService:
                 audit["patients"] = sorted({_patient_key(match) for match in matches})[:100]
         return query, matches
 
-    def c_find(self, identifier: Dataset, *, root: str, scope: Scope | None = None,
+    def c_find(self, identifier: Dataset, *, root: str, scope: Scope,
                audit: dict[str, Any] | None = None) -> Iterator[Dataset]:
         """Responses to a C-FIND identifier, one dataset per match (raises QueryError when malformed); only
         studies in ``scope`` match; ``audit`` (a dict) is given what matched."""

@@ -1,12 +1,18 @@
-"""Retrieve service: which stored instances a C-MOVE / C-GET (later WADO) asks for, and their bytes."""
+"""Retrieve service: which stored instances a C-MOVE / C-GET, WADO or an export asks for (always within the
+caller's scope), and their bytes on the way out: :meth:`RetrieveService.egress` is the one path every door sends
+an instance through (as stored, transcoded, or with its header coerced: :mod:`mosaic.services.egress`)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
@@ -14,7 +20,11 @@ from mosaic.core.errors import QueryError
 from mosaic.index.database import Database
 from mosaic.index.query import LEVELS, Scope
 from mosaic.index.schema import Instance, Patient, Series, Study
+from mosaic.services.egress import EgressContext, HeaderCoercion, no_coercion
+from mosaic.services.rendition.syntaxes import EXPLICIT_LE
+from mosaic.services.rendition.transcode import TranscodeError, as_explicit_little_endian
 from mosaic.storage.base import BlobStore
+from mosaic.storage.ranged import RangeReader
 
 
 @dataclass(frozen=True)
@@ -36,11 +46,12 @@ _UID_LISTS = (("PatientID", Patient.PatientID), ("StudyInstanceUID", Study.Study
 
 
 class RetrieveService:
-    def __init__(self, database: Database, blobs: BlobStore) -> None:
+    def __init__(self, database: Database, blobs: BlobStore, *, coercion: HeaderCoercion = no_coercion) -> None:
         self.database = database
         self.blobs = blobs
+        self.coercion = coercion
 
-    def instances_for_identifier(self, identifier: Dataset, *, scope: Scope | None = None) -> list[StoredInstance]:
+    def instances_for_identifier(self, identifier: Dataset, *, scope: Scope) -> list[StoredInstance]:
         """Instances named by a C-MOVE/C-GET identifier's unique keys (PS3.4 C.4.2.2.1), only those of studies
         in ``scope``."""
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
@@ -49,7 +60,7 @@ class RetrieveService:
         statement = (select(Instance, Study.StudyInstanceUID, Patient.PatientID, Patient.IssuerOfPatientID)
                      .join(Series, Instance.series_pk == Series.pk)
                      .join(Study, Series.study_pk == Study.pk).join(Patient, Study.patient_pk == Patient.pk)
-                     .where((scope or Scope()).study_condition()))
+                     .where(scope.study_condition()))
         constrained = False
         for keyword, column in _UID_LISTS:
             value = identifier.get(keyword)
@@ -73,11 +84,10 @@ class RetrieveService:
                                    row.size, row.sha256, row.dataset_offset, study, patient_id, issuer)
                     for row, study, patient_id, issuer in rows]
 
-    def instances_by_uid(self, sop_instance_uids: list[str], *, scope: Scope | None = None
-                         ) -> dict[str, StoredInstance]:
-        """The stored instances among ``sop_instance_uids`` (only those of studies in ``scope``, when given)."""
+    def instances_by_uid(self, sop_instance_uids: list[str], *, scope: Scope) -> dict[str, StoredInstance]:
+        """The stored instances among ``sop_instance_uids``, only those of studies in ``scope``."""
         statement = select(Instance).where(Instance.SOPInstanceUID.in_(sop_instance_uids))
-        if scope is not None and not scope.unrestricted:
+        if not scope.unrestricted:
             statement = (statement.join(Series, Instance.series_pk == Series.pk)
                          .join(Study, Series.study_pk == Study.pk).where(scope.study_condition()))
         with self.database.session() as session:
@@ -86,20 +96,73 @@ class RetrieveService:
                                                        row.blob_key, row.size, row.sha256, row.dataset_offset)
                     for row in rows}
 
-    @contextmanager
-    def local_file(self, instance: StoredInstance) -> Iterator[Path]:
-        """A local path to the stored Part 10 file (the blob itself, or a temporary copy)."""
-        local = getattr(self.blobs, "local_path", None)
-        if local is not None:
-            yield local(instance.blob_key)
-            return
-        import shutil
-        import tempfile
+    # --- the bytes on the way out ---------------------------------------------------------------------
 
+    def sends_as_stored(self, instance: StoredInstance, context: EgressContext) -> bool:
+        """Does :meth:`egress` (without a transfer syntax) send ``instance`` byte for byte as stored?"""
+        return self.coercion(instance, context) is None
+
+    @contextmanager
+    def egress(self, instance: StoredInstance, context: EgressContext, *,
+               transfer_syntax: str | None = None) -> Iterator[Path]:
+        """The Part 10 file that goes out for ``instance`` in ``context``: the stored file itself (or, from object
+        storage, a temporary copy) when nothing changes; otherwise a temporary file with the header coerced
+        (:class:`~mosaic.services.egress.HeaderCoercion`) and/or transcoded to ``transfer_syntax`` (Explicit VR
+        Little Endian only: raises :class:`~mosaic.services.rendition.transcode.TranscodeError`). Temporary files
+        are removed when the block ends; the stored file is never written."""
+        change = self.coercion(instance, context)
+        transcode = transfer_syntax not in (None, instance.TransferSyntaxUID)
+        if transcode and transfer_syntax != EXPLICIT_LE:
+            raise TranscodeError(f"Mosaic transcodes only to Explicit VR Little Endian, not {transfer_syntax}")
+        if change is None and not transcode:
+            with self._stored_file(instance) as path:
+                yield path
+            return
+        handle = tempfile.NamedTemporaryFile(prefix="mosaic-egress-", suffix=".dcm", delete=False)  # noqa: SIM115
+        path = Path(handle.name)
+        try:
+            with handle, self.open(instance) as source:
+                try:
+                    dataset = pydicom.dcmread(source, force=True)
+                    if change is not None:
+                        change(dataset)
+                    if transcode:
+                        as_explicit_little_endian(dataset)
+                    pydicom.dcmwrite(handle, dataset, enforce_file_format=True)
+                except Exception as exc:  # decoders and the writer raise many kinds on data they cannot handle
+                    raise TranscodeError(f"{type(exc).__name__}: {exc}") from exc
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    @contextmanager
+    def _stored_file(self, instance: StoredInstance) -> Iterator[Path]:
+        local = self.blobs.local_files()
+        if local is not None:
+            yield local.local_path(instance.blob_key)
+            return
         with tempfile.NamedTemporaryFile(suffix=".dcm") as temporary, self.blobs.open(instance.blob_key) as src:
             shutil.copyfileobj(src, temporary)
             temporary.flush()
             yield Path(temporary.name)
+
+    def open(self, instance: StoredInstance) -> BinaryIO:
+        """A seekable stream of the stored file, for readers of parts of it (frames, bulk data, headers): the file
+        itself on the filesystem backend, ranged reads otherwise."""
+        local = self.blobs.local_files()
+        if local is not None:
+            return open(local.local_path(instance.blob_key), "rb")
+        return RangeReader(self.blobs, instance.blob_key, instance.size)  # type: ignore[return-value]
+
+    def read_range(self, instance: StoredInstance, start: int, length: int) -> bytes:
+        """``length`` bytes of the stored file from offset ``start`` (one value, never the whole object)."""
+        return self.blobs.read_range(instance.blob_key, start, length)
+
+    def stored_path(self, instance: StoredInstance) -> Path | None:
+        """The stored file itself when the blob store keeps files on this machine (a value can be streamed from
+        it by offset), else None."""
+        local = self.blobs.local_files()
+        return local.local_path(instance.blob_key) if local is not None else None
 
     # --- WADO (DICOMweb) ----------------------------------------------------------------------------
 
@@ -108,12 +171,13 @@ class RetrieveService:
         return StoredInstance(row.SOPInstanceUID, row.SOPClassUID, row.TransferSyntaxUID, row.blob_key, row.size,
                               row.sha256, row.dataset_offset)
 
-    def instances_in(self, study_uid: str, series_uid: str | None = None,
-                     sop_instance_uid: str | None = None) -> list[StoredInstance]:
+    def instances_in(self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None, *,
+                     scope: Scope) -> list[StoredInstance]:
         """The stored instances of a study, of one series of it, or one instance of that series (WADO), in
-        series and instance order: the UIDs must name a real hierarchy."""
+        series and instance order: the UIDs must name a real hierarchy, of a study in ``scope``."""
         statement = (select(Instance).join(Series, Instance.series_pk == Series.pk)
-                     .join(Study, Series.study_pk == Study.pk).where(Study.StudyInstanceUID == study_uid))
+                     .join(Study, Series.study_pk == Study.pk)
+                     .where(Study.StudyInstanceUID == study_uid, scope.study_condition()))
         if series_uid is not None:
             statement = statement.where(Series.SeriesInstanceUID == series_uid)
         if sop_instance_uid is not None:
@@ -122,11 +186,13 @@ class RetrieveService:
             rows = session.scalars(statement.order_by(Series.pk, Instance.InstanceNumber, Instance.pk)).all()
             return [self._stored(row) for row in rows]
 
-    def missing_uid(self, study_uid: str, series_uid: str | None = None,
-                    sop_instance_uid: str | None = None) -> str:
-        """Why :meth:`instances_in` found nothing, naming the UID that is not there (for a 404)."""
+    def missing_uid(self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None, *,
+                    scope: Scope) -> str:
+        """Why :meth:`instances_in` found nothing, naming the UID that is not there (for a 404); a study outside
+        ``scope`` is named exactly like one that is not in the archive."""
         with self.database.session() as session:
-            study = session.scalar(select(Study.pk).where(Study.StudyInstanceUID == study_uid))
+            study = session.scalar(select(Study.pk).where(Study.StudyInstanceUID == study_uid,
+                                                          scope.study_condition()))
             if study is None:
                 return f"study {study_uid} is not in the archive"
             if series_uid is not None:
@@ -139,12 +205,14 @@ class RetrieveService:
                 return f"series {series_uid} has no instances"
             return f"study {study_uid} has no instances"
 
-    def representative(self, study_uid: str, series_uid: str | None = None) -> StoredInstance | None:
+    def representative(self, study_uid: str, series_uid: str | None = None, *,
+                       scope: Scope) -> StoredInstance | None:
         """The image that stands for a study or series (thumbnails): the middle image of its first series
-        with images (by Series Number), in instance order; None when it has no images."""
+        with images (by Series Number), in instance order; None when it has no images or is outside ``scope``."""
         statement = (select(Series.pk).join(Study, Series.study_pk == Study.pk)
                      .join(Instance, Instance.series_pk == Series.pk)
-                     .where(Study.StudyInstanceUID == study_uid, Instance.Rows.is_not(None)))
+                     .where(Study.StudyInstanceUID == study_uid, Instance.Rows.is_not(None),
+                            scope.study_condition()))
         if series_uid is not None:
             statement = statement.where(Series.SeriesInstanceUID == series_uid)
         statement = statement.order_by(Series.SeriesNumber.is_(None), Series.SeriesNumber, Series.pk).limit(1)

@@ -55,13 +55,13 @@ class LeftoverSweep:
         for folder in self.spool_folders:
             for path in _files(folder):
                 self._remove_if_old(path, written_before, report, "spool_files")
-        local_path = getattr(self.blobs, "local_path", None)
-        if local_path is not None:  # the filesystem backend
+        local = self.blobs.local_files()
+        if local is not None:  # the filesystem backend
             for keys in _batches(self.blobs.iter_keys()):
                 if self.stopping.is_set():
                     break
                 for key in sorted(set(keys) - self._referenced(keys)):
-                    self._remove_if_old(local_path(key), written_before, report, "blob_files")
+                    self._remove_if_old(local.local_path(key), written_before, report, "blob_files")
         return report
 
     def _referenced(self, keys: list[str]) -> set[str]:

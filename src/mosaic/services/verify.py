@@ -84,11 +84,11 @@ class VerifyService:
         one refused for another reason (a conflicting duplicate) is kept for the operator.
         """
         outcomes: dict[str, str] = {}
-        local = getattr(self.blobs, "local_path", None)
+        local = self.blobs.local_files()
         for key in keys:
             try:
                 if local is not None:
-                    result = ingest.store(local(key), REPAIR)  # streamed from the file, never held whole
+                    result = ingest.store(local.local_path(key), REPAIR)  # streamed from the file, never held whole
                 else:
                     with self.blobs.open(key) as stream:
                         result = ingest.store(stream.read(), REPAIR)
@@ -109,11 +109,11 @@ class VerifyService:
 
     def _written_before(self, key: str, moment: float) -> bool:
         """Was the blob last written before ``moment``? (An S3 object is written whole: never in flight.)"""
-        local = getattr(self.blobs, "local_path", None)
+        local = self.blobs.local_files()
         if local is None:
             return True
         try:
-            return bool(local(key).stat().st_mtime < moment)
+            return bool(local.local_path(key).stat().st_mtime < moment)
         except OSError:
             return False
 

@@ -15,10 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
-
-if TYPE_CHECKING:
-    from mosaic.config import Settings
+from typing import BinaryIO, Protocol
 
 CHUNK_SIZE = 1024 * 1024
 BlobSource = bytes | Path | BinaryIO
@@ -33,10 +30,32 @@ class StoredBlob:
     sha256: str
 
 
+class LocalFiles(Protocol):
+    """What a store whose blobs are files on this machine adds: callers read the file itself (no copy) and
+    receivers write into the store's own folder (linked or adopted, never copied)."""
+
+    @property
+    def incoming(self) -> Path:
+        """A folder on the blob store's file system for data sets being received."""
+
+    def local_path(self, key: str) -> Path:
+        """The file behind ``key``."""
+
+    def reserve(self) -> Path:
+        """A new blob path for a receiver to write into; ingest adopts it, or :meth:`discard` removes it."""
+
+    def discard(self, path: Path) -> None:
+        """Delete a reserved path that ingest did not adopt."""
+
+
 class BlobStore(Protocol):
     """What every backend provides."""
 
     name: str
+
+    def local_files(self) -> LocalFiles | None:
+        """The store's files on this machine (the filesystem backend), or None (object storage): the one way a
+        caller learns it may read a blob as a file."""
 
     def write(self, source: BlobSource, sha256: str | None = None) -> StoredBlob:
         """Phase one: stream ``source`` to a new key, hashing as it goes.
@@ -100,16 +119,3 @@ def sha256_of(source: BlobSource) -> tuple[str, int]:
         digest.update(chunk)
         size += len(chunk)
     return digest.hexdigest(), size
-
-
-def open_blob_store(settings: Settings) -> BlobStore:
-    """The backend the configuration names."""
-    from mosaic.config import StorageBackend
-
-    if settings.storage.backend == StorageBackend.S3:
-        from mosaic.storage.s3 import S3BlobStore
-
-        return S3BlobStore.from_settings(settings.storage)
-    from mosaic.storage.filesystem import FileSystemBlobStore
-
-    return FileSystemBlobStore(settings.blob_path)

@@ -37,6 +37,9 @@ class FileSystemBlobStore:
             raise StorageFailure(f"invalid blob key {key!r}")
         return self.root / key
 
+    def local_files(self) -> FileSystemBlobStore:
+        return self
+
     @property
     def incoming(self) -> Path:
         """A folder on the blob store's file system: files received here can be linked in, not copied."""

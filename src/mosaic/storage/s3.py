@@ -47,6 +47,10 @@ class S3BlobStore:
                 client.create_bucket(Bucket=settings.s3_bucket)
         return store
 
+    def local_files(self) -> None:
+        """Objects are not files here: readers stream or range-read them."""
+        return None
+
     def _object_key(self, key: str) -> str:
         return self.prefix + key
 

@@ -5,20 +5,23 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
+
+from mosaic.storage.base import BlobStore, LocalFiles
 
 
 class Spool:
     """Spool files for received data sets: a new file per data set, and its disposal after ingest.
 
-    The default writes temporary files into ``folder``. A blob store with ``reserve``/``discard`` (the
-    filesystem backend) lends its own new blob paths instead, so a received data set is written once,
+    The default writes temporary files into ``folder``. A blob store with local files (the filesystem
+    backend: :meth:`~mosaic.storage.base.BlobStore.local_files`) lends its own new blob paths instead, so a
+    received data set is written once,
     where it will stay: ingest adopts it, and ``discard`` deletes only what was not adopted.
     """
 
-    def __init__(self, folder: Path | None = None, blobs: Any = None) -> None:
+    def __init__(self, folder: Path | None = None, blobs: BlobStore | None = None) -> None:
         self.folder = folder
-        self.blobs = blobs if blobs is not None and hasattr(blobs, "reserve") else None
+        self.blobs: LocalFiles | None = blobs.local_files() if blobs is not None else None
 
     def new(self) -> Path:
         if self.blobs is not None:

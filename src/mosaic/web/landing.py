@@ -81,7 +81,7 @@ def create_landing_router(browse: BrowseService, policy: AccessPolicy) -> APIRou
     def landing(request: Request, limit: int = Query(50, ge=1, le=500)) -> HTMLResponse:
         """Recent studies the user may see, each linked to the viewer."""
         principal = require(request, Permission.QUERY, action=AuditAction.QUERY)
-        studies = browse.recent_studies(limit, policy.scope(principal))
+        studies = browse.recent_studies(limit, scope=policy.scope(principal))
         request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "", detail={
             "path": "/", "studies": [study.StudyInstanceUID for study in studies][:100]})
         return HTMLResponse(render_landing(studies, user=principal.name, csrf_token=principal.csrf_token))

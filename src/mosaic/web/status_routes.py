@@ -46,7 +46,8 @@ def create_status_router(database: Database, blobs: BlobStore, *, min_free_bytes
             checks["index"] = f"error: {exc}"
         try:
             blobs.exists("healthz-probe")
-            checks["storage"] = free_space_problem(getattr(blobs, "incoming", None), min_free_bytes) or "ok"
+            checks["storage"] = free_space_problem(local.incoming if (local := blobs.local_files()) else None,
+                                                   min_free_bytes) or "ok"
         except Exception as exc:
             checks["storage"] = f"error: {exc}"
         healthy = all(value == "ok" for value in checks.values())

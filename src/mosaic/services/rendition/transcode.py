@@ -16,8 +16,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from mosaic.dicomweb.accept import EXPLICIT_BE, EXPLICIT_LE, NATIVE
-from mosaic.dicomweb.frames import SWAP_SIZES, can_decode, swap_bytes
+from mosaic.services.rendition.frames import SWAP_SIZES, can_decode, swap_bytes
+from mosaic.services.rendition.syntaxes import EXPLICIT_BE, EXPLICIT_LE, NATIVE
 
 
 class TranscodeError(Exception):
@@ -31,16 +31,21 @@ def can_transcode(transfer_syntax: str, target: str = EXPLICIT_LE) -> bool:
     return target == EXPLICIT_LE and (transfer_syntax in NATIVE or can_decode(transfer_syntax))
 
 
+def as_explicit_little_endian(dataset: Dataset) -> None:
+    """Turn a decoded Part 10 data set into Explicit VR Little Endian in place (decompressed, byte-swapped)."""
+    syntax = str(dataset.file_meta.get("TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+    if syntax not in NATIVE and "PixelData" in dataset:
+        dataset.decompress(generate_instance_uid=False)  # same object, lossless change of encoding
+    elif syntax == EXPLICIT_BE:
+        _swap_binary_values(dataset)
+    dataset.file_meta.TransferSyntaxUID = UID(EXPLICIT_LE)
+
+
 def to_explicit_little_endian(source: BinaryIO, target: BinaryIO) -> None:
     """Write the Part 10 file read from ``source`` to ``target`` as Explicit VR Little Endian."""
     try:
         dataset = pydicom.dcmread(source, force=True)
-        syntax = str(dataset.file_meta.get("TransferSyntaxUID", "") or "1.2.840.10008.1.2")
-        if syntax not in NATIVE and "PixelData" in dataset:
-            dataset.decompress(generate_instance_uid=False)  # same object, lossless change of encoding
-        elif syntax == EXPLICIT_BE:
-            _swap_binary_values(dataset)
-        dataset.file_meta.TransferSyntaxUID = UID(EXPLICIT_LE)
+        as_explicit_little_endian(dataset)
         pydicom.dcmwrite(target, dataset, enforce_file_format=True, implicit_vr=False, little_endian=True)
     except Exception as exc:  # decoders and the writer raise many kinds on data they cannot handle
         raise TranscodeError(f"{type(exc).__name__}: {exc}") from exc

@@ -19,7 +19,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 
-from mosaic.dicomweb.frames import PixelLayout, frame_array
+from mosaic.services.rendition.frames import PixelLayout, frame_array
 
 RENDERED_TYPES = ("image/jpeg", "image/png")
 DEFAULT_QUALITY = 90
@@ -175,7 +175,7 @@ def _stretch(values: np.ndarray) -> np.ndarray:
 
 
 def to_image(layout: PixelLayout, data: bytes, index: int, window: Window | None) -> Image.Image:
-    """One frame (as :func:`mosaic.dicomweb.frames.stored_frame` gives it) as an 8-bit Pillow image."""
+    """One frame (as :func:`mosaic.services.rendition.frames.stored_frame` gives it) as an 8-bit Pillow image."""
     header = layout.header
     array, properties = frame_array(layout, data)
     photometric = str(properties.get("photometric_interpretation", header.get("PhotometricInterpretation", "")))
