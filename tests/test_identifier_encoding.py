@@ -55,7 +55,7 @@ def identifier(level: str, **keys: str) -> Dataset:
     ids=["patient", "study", "series", "image", "metadata-key"],
 )
 def test_fast_responses_equal_pydicom_encoding(node: Mosaic, root: str, query: Dataset, implicit: bool) -> None:
-    fast = list(encoded_responses(node.query, query, root=root, implicit=implicit))
+    fast = list(encoded_responses(node.query, query, root=root, implicit=implicit, scope=Scope.everything()))
     reference = [encode(response, implicit, True)
                  for response in node.query.c_find(query, root=root, scope=Scope.everything())]
     assert fast and fast == reference
