@@ -298,6 +298,7 @@ def populate(mosaic: MosaicServer, orthanc: OrthancServer, blocks: list[Path]) -
     """Mosaic by ``mosaic import`` (server stopped), Orthanc by 4 storescu at once; both at the same time."""
     timings: dict[str, float] = {}
     mosaic.stop()
+    mosaic.initialise()
     started = time.perf_counter()
     import_log = mosaic.data_dir / "import.log"
     with open(import_log, "ab") as output:

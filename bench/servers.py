@@ -184,6 +184,17 @@ class MosaicServer(Server):
     def ready(self) -> bool:
         return _listening(self.dicom_port) and _http_ok(f"http://{HOST}:{self.http_port}/healthz")
 
+    def initialise(self) -> None:
+        """Set up the archive (``mosaic init``) if no server has run on it yet: ``mosaic import`` refuses a data
+        directory that is not set up."""
+        if (self.data_dir / "data").exists():
+            return
+        result = subprocess.run([str(MOSAIC_BIN), "init", "--config", str(self.config_path), "--data-dir",
+                                 str(self.data_dir / "data")], capture_output=True, text=True, check=False,
+                                env=self.environment())
+        if result.returncode != 0:
+            raise BenchError(f"mosaic init failed: {result.stderr or result.stdout}")
+
     def import_command(self, folders: list[Path]) -> list[str]:
         return [str(MOSAIC_BIN), "import", "--config", str(self.config_path), "--data-dir", str(self.data_dir / "data"),
                 *map(str, folders)]

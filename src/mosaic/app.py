@@ -29,6 +29,7 @@ from mosaic.index.database import Database
 from mosaic.jobs.runner import JobRunner
 from mosaic.jobs.store import JobStore
 from mosaic.services.changes import ChangeFeed
+from mosaic.services.commitment import CommitmentService
 from mosaic.services.ingest import IngestService
 from mosaic.services.query import QueryService
 from mosaic.services.retrieve import RetrieveService
@@ -58,6 +59,7 @@ class Mosaic:
         self.ingest = IngestService(self.database, self.blobs, settings.ingest, policy=self.policy, audit=self.audit)
         self.query = QueryService(self.database, settings.dicom.ae_title)
         self.retrieve = RetrieveService(self.database, self.blobs)
+        self.commitments = CommitmentService(self.database, self.retrieve)
         self.changes = ChangeFeed(self.database)
         self.identity = IdentityService(self.database, settings.security, self.policy)
         self.jobs = JobStore(self.database, settings.jobs)
@@ -159,7 +161,7 @@ class Mosaic:
         if dicom:
             self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve,
                                      spool=Spool(self.spool_folder, self.blobs), policy=self.policy,
-                                     audit=self.audit, identity=self.identity)
+                                     audit=self.audit, commitments=self.commitments, identity=self.identity)
             self._start_dicom(self.dicom)
             if self.settings.dicom.workers > 1 and workers:
                 self._start_workers(self.dicom.port)

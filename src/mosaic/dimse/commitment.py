@@ -3,20 +3,18 @@
 The N-ACTION request is answered at once; the outcome, checked against the index (each referenced
 instance must be stored with the same SOP class), is sent as an N-EVENT-REPORT: on the same
 association while it is open, otherwise on a new association to the requestor when it is a
-configured peer. Every request and result is recorded in the ``storage_commitment`` table. A peer limited
-to some facilities or departments gets "no such object" for instances outside them, as if they were not
-stored (asking must not reveal that another site's instance exists).
+configured peer. Every request and result is recorded (:class:`mosaic.services.commitment.CommitmentService`
+owns the answer and the rows). A peer limited to some facilities or departments gets "no such object" for
+instances outside them, as if they were not stored (asking must not reveal that another site's instance exists).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from queue import Empty, Queue
 from typing import Any
 
@@ -28,8 +26,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 from mosaic.config import DicomSettings
 from mosaic.core.status import CommitmentStatus
 from mosaic.index.query import Scope
-from mosaic.index.schema import StorageCommitment
-from mosaic.services.retrieve import RetrieveService
+from mosaic.services.commitment import CommitmentService
 
 log = logging.getLogger("mosaic.dimse.commitment")
 
@@ -37,10 +34,10 @@ STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 
 
 class StorageCommitmentSCP:
-    def __init__(self, retrieve: RetrieveService, settings: DicomSettings,
+    def __init__(self, commitments: CommitmentService, settings: DicomSettings,
                  scope_of: Callable[[str, str], Scope | None] | None = None,
                  client_tls: ssl.SSLContext | None = None) -> None:
-        self.retrieve = retrieve
+        self.commitments = commitments
         self.settings = settings
         self.client_tls = client_tls
         """How results go to a peer configured with ``tls`` (the listener's context, built once)."""
@@ -63,39 +60,12 @@ class StorageCommitmentSCP:
         if scope is None:
             # commitment belongs to storage: a peer that may not store may not ask
             return CommitmentStatus.NOT_AUTHORIZED, None
-        with self.retrieve.database.session(write=True) as session:
-            session.add(StorageCommitment(
-                TransactionUID=str(request.TransactionUID), requestor_ae_title=calling[:16],
-                request_json=json.dumps(request.to_json_dict()), created_at=datetime.now(UTC)))
+        self.commitments.record_request(request, calling)
         self._queue.put((event.assoc, calling, request, scope))
         return CommitmentStatus.SUCCESS, None
 
     def outcome(self, request: Dataset, scope: Scope) -> tuple[int, Dataset]:
-        """The event report for a request: type 1 (all committed) or 2 (some failed); an instance outside
-        ``scope`` fails as not stored."""
-        references = list(request.get("ReferencedSOPSequence", []))
-        stored = self.retrieve.instances_by_uid([str(item.ReferencedSOPInstanceUID) for item in references],
-                                                scope=scope)
-        report = Dataset()
-        report.TransactionUID = request.TransactionUID
-        committed, failed = [], []
-        for item in references:
-            reference = Dataset()
-            reference.ReferencedSOPClassUID = item.ReferencedSOPClassUID
-            reference.ReferencedSOPInstanceUID = item.ReferencedSOPInstanceUID
-            instance = stored.get(str(item.ReferencedSOPInstanceUID))
-            if instance is None:
-                reference.FailureReason = CommitmentStatus.NO_SUCH_OBJECT_INSTANCE
-                failed.append(reference)
-            elif instance.SOPClassUID != str(item.ReferencedSOPClassUID):
-                reference.FailureReason = CommitmentStatus.CLASS_INSTANCE_CONFLICT
-                failed.append(reference)
-            else:
-                committed.append(reference)
-        report.ReferencedSOPSequence = committed
-        if failed:
-            report.FailedSOPSequence = failed
-        return (2 if failed else 1), report
+        return self.commitments.outcome(request, scope)
 
     def _run(self) -> None:
         while True:
@@ -122,10 +92,8 @@ class StorageCommitmentSCP:
             delivered = bool(status) and status.get("Status", 0xFFFF) == 0
         if not delivered:
             delivered = self._report_on_new_association(calling, report, event_type)
-        with self.retrieve.database.session(write=True) as session:
-            row = session.query(StorageCommitment).filter_by(TransactionUID=transaction).one()
-            row.state = ("COMMITTED" if event_type == 1 else "FAILED") if delivered else "UNDELIVERED"
-            row.result_json = json.dumps(report.to_json_dict())
+        self.commitments.record_result(
+            transaction, ("COMMITTED" if event_type == 1 else "FAILED") if delivered else "UNDELIVERED", report)
         log.info("storage commitment %s for %r: event type %d, delivered=%s", transaction, calling, event_type,
                  delivered)
 

@@ -46,6 +46,7 @@ from mosaic.dimse.tls import (
 from mosaic.governance.audit import AuditTrail
 from mosaic.governance.identity import IdentityService
 from mosaic.governance.policy import AccessPolicy
+from mosaic.services.commitment import CommitmentService
 from mosaic.services.ingest import IngestService
 from mosaic.services.query import QueryService
 from mosaic.services.retrieve import RetrieveService
@@ -59,7 +60,8 @@ class DicomServer:
 
     def __init__(self, settings: DicomSettings, ingest: IngestService, query: QueryService,
                  retrieve: RetrieveService, spool: Spool | None = None, *, policy: AccessPolicy,
-                 audit: AuditTrail, identity: IdentityService | None = None) -> None:
+                 audit: AuditTrail, commitments: CommitmentService,
+                 identity: IdentityService | None = None) -> None:
         self.settings = settings
         self.spool = spool or Spool()
         self.access = AssociationAccess(settings, policy, audit, identity)
@@ -68,7 +70,7 @@ class DicomServer:
         self.storage = StorageSCP(self.access, ingest, settings.ae_title)
         self.find = QuerySCP(self.access, query, audit)
         self.retrieve = RetrieveSCP(self.access, retrieve, audit, self.client_tls)
-        self.commitment = StorageCommitmentSCP(retrieve, settings, scope_of=self.access.commitment_scope,
+        self.commitment = StorageCommitmentSCP(commitments, settings, scope_of=self.access.commitment_scope,
                                                client_tls=self.client_tls)
         self.ae = AE(ae_title=settings.ae_title)
         self.slots = AssociationSlots(settings.max_associations)
