@@ -24,6 +24,8 @@ from mosaic.governance.audit_anchor import anchor_for
 from mosaic.governance.audit_export import SyslogForwarder
 from mosaic.governance.identity import IdentityService
 from mosaic.governance.policy import AccessPolicy
+from mosaic.hl7.door import Hl7Door
+from mosaic.hl7.listener import Hl7Server
 from mosaic.http.protocol import GuardedH11Protocol
 from mosaic.index.database import Database
 from mosaic.jobs.runner import JobRunner
@@ -31,6 +33,7 @@ from mosaic.jobs.store import JobStore
 from mosaic.services.changes import ChangeFeed
 from mosaic.services.commitment import CommitmentService
 from mosaic.services.ingest import IngestService
+from mosaic.services.patients import PatientService
 from mosaic.services.query import QueryService
 from mosaic.services.retrieve import RetrieveService
 from mosaic.services.sweep import LeftoverSweep
@@ -60,6 +63,7 @@ class Mosaic:
         self.query = QueryService(self.database, settings.dicom.ae_title)
         self.retrieve = RetrieveService(self.database, self.blobs)
         self.commitments = CommitmentService(self.database, self.retrieve)
+        self.patients = PatientService(self.database)
         self.changes = ChangeFeed(self.database)
         self.identity = IdentityService(self.database, settings.security, self.policy)
         self.jobs = JobStore(self.database, settings.jobs)
@@ -85,6 +89,7 @@ class Mosaic:
         """Set only at the very first start (no account yet): the one time the `admin` password is said."""
         self._syslog: SyslogForwarder | None = None
         self.dicom: DicomServer | None = None
+        self.hl7: Hl7Server | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self._workers: list[Any] = []
@@ -165,6 +170,13 @@ class Mosaic:
             self._start_dicom(self.dicom)
             if self.settings.dicom.workers > 1 and workers:
                 self._start_workers(self.dicom.port)
+        if dicom and self.settings.hl7.senders:
+            hl7 = self.settings.hl7
+            try:
+                self.hl7 = Hl7Server(hl7, Hl7Door(hl7, self.patients, self.audit))
+            except OSError as exc:
+                raise StartupError(f"cannot listen for HL7 v2 on {hl7.host}:{hl7.port}: {_reason(exc)}") from exc
+            self.hl7.start()
         if http:
             web = self.settings.http
             if web.https and web.tls_key_file is None:
@@ -215,6 +227,12 @@ class Mosaic:
         return int(self._http.servers[0].sockets[0].getsockname()[1])
 
     @property
+    def hl7_port(self) -> int:
+        if self.hl7 is None:
+            raise RuntimeError("the HL7 listener is not running (hl7.senders names no application)")
+        return self.hl7.port
+
+    @property
     def dicom_port(self) -> int:
         if self.dicom is None:
             raise RuntimeError("the DICOM listener is not running")
@@ -233,6 +251,9 @@ class Mosaic:
         if self.dicom is not None:
             self.dicom.stop()
             self.dicom = None
+        if self.hl7 is not None:
+            self.hl7.stop()
+            self.hl7 = None
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:
@@ -271,6 +292,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.web.changes_routes import create_changes_router
     from mosaic.web.jobs_routes import create_jobs_router
     from mosaic.web.landing import create_landing_router
+    from mosaic.web.patients_routes import create_patients_router
     from mosaic.web.status_routes import create_status_router
     from mosaic.web.users_routes import create_users_router
 
@@ -307,6 +329,7 @@ def create_http_app(node: Mosaic) -> Any:
     app.include_router(create_retention_router(node.retention, node.retention_runs, node.holds, node.deleter,
                                                node.policy))
     app.include_router(create_jobs_router(node.jobs))
+    app.include_router(create_patients_router(node.patients))
     mount_viewer(app, settings.viewer_path, dicomweb_root="/dicom-web")
     return app
 
@@ -319,7 +342,7 @@ def _reason(exc: OSError) -> str:
 def _listen(host: str, port: int, which: str) -> socket.socket:
     """A bound, listening socket for a server (a port in use or an unknown host said in one line)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio then sets TCP_NODELAY
     try:
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listening.bind((host, port))
