@@ -219,6 +219,62 @@ class DicomSettings(StrictModel):
     tls: DicomTlsSettings = Field(default_factory=DicomTlsSettings)  # type: ignore[arg-type]
 
 
+HL7_CHARSETS = ("ASCII", "8859/1", "8859/2", "8859/3", "8859/4", "8859/5", "8859/6", "8859/7", "8859/8", "8859/9",
+                "8859/15", "UNICODE UTF-8", "ISO IR87", "ISO IR159", "ISO IR6", "ISO IR100", "ISO IR14", "GB 18030",
+                "KS X 1001", "BIG-5")
+"""Character sets of HL7 Table 0211 that Mosaic decodes (MSH-18)."""
+
+
+class Hl7Sender(StrictModel):
+    """An application allowed to send HL7 v2 messages to Mosaic (an EHR, a RIS, an ADT feed)."""
+
+    application: str = Field(description="Its Sending Application (MSH-3, the namespace ID) as it sends it.")
+    facility: str = Field("", description="Its Sending Facility (MSH-4, the namespace ID); empty: any.")
+    addresses: list[str] = Field(
+        default_factory=list, description="Source addresses it may connect from (empty: any address).",
+    )
+    may_send: list[str] = Field(
+        default_factory=lambda: ["ADT"], description="Message types (MSH-9.1) it may send, e.g. [\"ADT\", \"ORM\"].",
+    )
+    issuer: str = Field(
+        "", description="Issuer of Patient ID given to identifiers it sends without an assigning authority "
+        "(PID-3.4); empty: none.",
+    )
+    patient_facility: str = Field("", description="The facility it speaks for (recorded with each change).")
+
+    @field_validator("may_send")
+    @classmethod
+    def _check_types(cls, value: list[str]) -> list[str]:
+        return [item.strip().upper() for item in value if item.strip()]
+
+
+class Hl7Settings(StrictModel):
+    host: str = Field("127.0.0.1", description="Address the HL7 v2 (MLLP) listener binds to.")
+    port: int = Field(
+        2575, ge=0, le=65535, description="TCP port of the HL7 v2 listener (0 picks a free port). It listens "
+        "only when `senders` names at least one application: an unknown sender is refused anyway.",
+    )
+    default_charset: str = Field(
+        "8859/1", description="Character set (HL7 Table 0211) of messages without MSH-18.",
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest message accepted (an ORU with an embedded PDF is large).",
+    )
+    idle_timeout: float = Field(
+        300.0, gt=0, description="Seconds a connection may stay silent before Mosaic closes it.",
+    )
+    senders: list[Hl7Sender] = Field(
+        default_factory=list, description="Applications that may send messages (matched on MSH-3 and MSH-4).",
+    )
+
+    @field_validator("default_charset")
+    @classmethod
+    def _check_charset(cls, value: str) -> str:
+        if value.strip().upper() not in HL7_CHARSETS:
+            raise ValueError(f"character set {value!r} is not one of {', '.join(HL7_CHARSETS)}")
+        return value.strip().upper()
+
+
 class StorageSettings(StrictModel):
     backend: StorageBackend = Field(StorageBackend.FILESYSTEM, description="Where blobs live: filesystem or s3.")
     path: Path | None = Field(None, description="Folder of the filesystem backend (default: <data_dir>/blobs).")
@@ -459,6 +515,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./mosaic-data"), description="Folder for the index, blobs and state.")
     http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
     dicom: DicomSettings = Field(default_factory=DicomSettings)  # type: ignore[arg-type]
+    hl7: Hl7Settings = Field(default_factory=Hl7Settings)  # type: ignore[arg-type]
     storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
     index: IndexSettings = Field(default_factory=IndexSettings)  # type: ignore[arg-type]
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ HEAD = """\
 Mosaic reads one TOML file (`mosaic serve --config FILE`, or the path in `MOSAIC_CONFIG`) and then
 `MOSAIC_*` environment variables, which win over the file; nested options use a double underscore:
 `MOSAIC_DICOM__PORT=11113`, `MOSAIC_STORAGE__BACKEND=s3`. `mosaic config show` prints the effective values.
-`mosaic serve` also takes `--data-dir`, `--http-host`, `--http-port`, `--dicom-port` and `--ae-title`.
+`mosaic serve` also takes `--data-dir`, `--http-host`, `--http-port`, `--dicom-port`, `--hl7-port` and `--ae-title`.
 
 Unknown keys are refused, at every depth (tables, `[[dicom.peers]]` and `[[retention.rules]]` items), and so
 are `MOSAIC_*` variables that name no option: a typo never leaves a default in force. Every command then
@@ -97,6 +97,23 @@ A peer may also have `addresses` (where it may call from), `facility`/`departmen
 `scope_facilities`/`scope_departments` (what it may find and retrieve), `tls` (Mosaic calls it with TLS) and
 `certificate_names` (it is served only on the `dicom.tls` listener, with a client certificate of one of these
 names: authenticated by certificate, not by its AE title alone).
+
+Each entry of `hl7.senders` is an application that may send HL7 v2 messages over MLLP: `application` (its
+MSH-3) and optionally `facility` (MSH-4; empty: any), `addresses` (where it may connect from), `may_send`
+(message types, default `["ADT"]`), `issuer` (the IssuerOfPatientID of identifiers it sends without an
+assigning authority) and `patient_facility`. The HL7 listener runs only when at least one sender is listed:
+any other sender's message is refused (`AR`) and audited.
+
+```toml
+[hl7]
+port = 2575
+
+[[hl7.senders]]            # the EHR's ADT feed
+application = "EPIC"
+facility = "GENHOSP"
+may_send = ["ADT"]
+issuer = "GENHOSP"
+```
 
 `ingest.duplicate_policy`: when an instance arrives whose SOP Instance UID is already stored with
 *identical* bytes, it is a success and nothing is stored twice. With *different* bytes, `reject` (default)

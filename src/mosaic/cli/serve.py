@@ -21,13 +21,14 @@ def serve(
     http_port: Annotated[int | None, typer.Option("--http-port", help="HTTP port.")] = None,
     dicom_port: Annotated[int | None, typer.Option("--dicom-port", help="DICOM port.")] = None,
     ae_title: Annotated[str | None, typer.Option("--ae-title", help="Mosaic's AE title.")] = None,
+    hl7_port: Annotated[int | None, typer.Option("--hl7-port", help="HL7 v2 (MLLP) port.")] = None,
     workers: Annotated[int | None, typer.Option("--dicom-workers", help="Processes serving the DICOM port.")] = None,
 ) -> None:
-    """Start Mosaic: the DICOM listener and the HTTP server."""
+    """Start Mosaic: the DICOM listener, the HTTP server and (with hl7.senders) the HL7 v2 listener."""
     from mosaic.logging_setup import configure_logging
 
     settings = _settings(config, data_dir, http__host=http_host, http__port=http_port, dicom__port=dicom_port,
-                         dicom__ae_title=ae_title, dicom__workers=workers)
+                         dicom__ae_title=ae_title, dicom__workers=workers, hl7__port=hl7_port)
     configure_logging(settings.log)
     if settings.dicom.workers > 1:
         _multiprocess_metrics(settings.data_dir / ".metrics")
@@ -52,6 +53,8 @@ def serve(
     console.print(f"  DICOM  {settings.dicom.ae_title}@{settings.dicom.host}:{node.dicom_port}")
     if node.dicom is not None and settings.dicom.tls.enabled:
         console.print(f"  DICOM  {settings.dicom.ae_title}@{settings.dicom.host}:{node.dicom.tls_port} (TLS)")
+    if node.hl7 is not None:
+        console.print(f"  HL7    MLLP {settings.hl7.host}:{node.hl7_port}  ({len(settings.hl7.senders)} sender(s))")
     console.print(f"  HTTP   {scheme}://{settings.http.host}:{node.http_port}/  (health: /healthz, metrics: /metrics)")
     console.print("  Press Ctrl+C to stop.", highlight=False)
     stopped = threading.Event()

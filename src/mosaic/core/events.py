@@ -11,4 +11,5 @@ class EventType(enum.StrEnum):
     SERIES_CREATED = "SeriesCreated"
     STUDY_CREATED = "StudyCreated"
     PATIENT_CREATED = "PatientCreated"
+    PATIENT_UPDATED = "PatientUpdated"
     STORAGE_COMMITTED = "StorageCommitted"

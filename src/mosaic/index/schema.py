@@ -307,6 +307,25 @@ class AuditCursor(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
+class PatientHistory(Base):
+    """One change of a patient's identity or demographics (an HL7 ADT message, later a merge): what it was, what
+    it became, who sent it. Stored files are never rewritten; this is where a change is kept."""
+
+    __tablename__ = "patient_history"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.pk"), nullable=False, index=True)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    """created, updated."""
+    source: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    """Who sent it: ``hl7:<application>^<facility>``."""
+    reference: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    """The sender's reference: the message type and control ID (MSH-9, MSH-10)."""
+    before_json: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    after_json: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+
+
 class BreakGlassGrant(Base):
     """An out-of-scope study opened on purpose, with the reason given; time-limited and audited."""
 

@@ -1,0 +1,132 @@
+"""The HL7 v2 door: who sent a message, whether it may, how it is applied, its audit record and its ACK.
+
+Each message is applied whole or not at all (one index transaction) and answered on its connection:
+``AA`` applied; ``AR`` refused — an unknown sender (audited as denied), a message type or event Mosaic does not
+take or this sender may not send (ERR-3 200 / 201), a version that is not 2.x (203), a character set Mosaic
+cannot decode; ``AE`` the message cannot be applied — a required field missing (101), a bad value (102), an
+internal failure (207), ERR-2 naming the field.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from mosaic.config import Hl7Sender, Hl7Settings
+from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
+from mosaic.hl7.ack import acknowledgement
+from mosaic.hl7.adt import PATIENT_EVENTS, patient_of
+from mosaic.hl7.charsets import CharsetError, codec_for, header_fields
+from mosaic.hl7.message import Hl7Error, Message, read_message
+from mosaic.services.patients import PatientService
+
+log = logging.getLogger("mosaic.hl7")
+
+SUPPORTED: dict[str, frozenset[str]] = {"ADT": PATIENT_EVENTS}
+"""Message types Mosaic applies, and their trigger events."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The acknowledgement to send (encoded) and what the door decided (for the connection's log)."""
+
+    payload: bytes
+    code: str
+
+
+class Hl7Door:
+    def __init__(self, settings: Hl7Settings, patients: PatientService, audit: AuditTrail) -> None:
+        self.settings = settings
+        self.patients = patients
+        self.audit = audit
+
+    def sender(self, application: str, facility: str, address: str) -> Hl7Sender | None:
+        for sender in self.settings.senders:
+            if sender.application != application:
+                continue
+            if sender.facility and sender.facility != facility:
+                continue
+            if sender.addresses and address not in sender.addresses:
+                continue
+            return sender
+        return None
+
+    def handle(self, raw: bytes, address: str) -> Answer:
+        """Apply one framed message from ``address`` and build its acknowledgement."""
+        try:
+            codec = codec_for(raw, self.settings.default_charset)[1]
+        except CharsetError:
+            codec = "latin-1"
+        try:
+            message = read_message(raw, self.settings.default_charset)
+        except CharsetError as exc:
+            return self._refusal(raw, codec, Hl7Error("AR", 207, str(exc), "MSH^1^18"), address)
+        except Hl7Error as exc:
+            return self._refusal(raw, codec, exc, address)
+        name = f"hl7:{message.sending_application}^{message.sending_facility}"
+        entry = AuditEntry(action=AuditAction.MODIFY, outcome="success", actor=name, actor_kind="hl7",
+                           address=address, interface="hl7",
+                           detail={"message": f"{message.message_type}^{message.trigger_event}",
+                                   "control_id": message.control_id[:64]})
+        try:
+            sender = self.sender(message.sending_application, message.sending_facility, address)
+            if sender is None:
+                entry.outcome = "denied"
+                raise Hl7Error("AR", 207, f"sending application {message.sending_application!r} of facility "
+                                          f"{message.sending_facility!r} is not a configured HL7 sender "
+                                          f"(hl7.senders) for address {address}", "MSH^1^3")
+            self._check(message, sender, entry)
+            self._apply(message, sender, entry)
+            code, error = "AA", None
+        except Hl7Error as exc:
+            code, error = exc.ack_code, exc
+            if entry.outcome == "success":
+                entry.outcome = "failure"
+            entry.detail["reason"] = str(exc)[:500]
+        except Exception as exc:  # the index or a bug: the sender gets AE 207 and may send it again
+            log.exception("HL7 %s from %s could not be applied", message.control_id, address)
+            code, error = "AE", Hl7Error("AE", 207, f"internal error: {type(exc).__name__}")
+            entry.outcome = "failure"
+            entry.detail["reason"] = f"{type(exc).__name__}: {exc}"[:500]
+        self.audit.record(entry)
+        text = acknowledgement(message.raw_header, code, error=error, trigger_event=message.trigger_event)
+        return Answer(text.encode(message.codec, errors="replace"), code)
+
+    def _check(self, message: Message, sender: Hl7Sender, entry: AuditEntry) -> None:
+        kind, event = message.message_type, message.trigger_event
+        if not message.version.startswith("2."):
+            raise Hl7Error("AR", 203, f"HL7 version {message.version!r} is not 2.x", "MSH^1^12")
+        if kind not in SUPPORTED:
+            raise Hl7Error("AR", 200, f"message type {kind!r} is not one Mosaic applies "
+                                      f"({', '.join(sorted(SUPPORTED))})", "MSH^1^9^1^1")
+        if event not in SUPPORTED[kind]:
+            raise Hl7Error("AR", 201, f"{kind} event {event!r} is not one Mosaic applies "
+                                      f"({', '.join(sorted(SUPPORTED[kind]))})", "MSH^1^9^1^2")
+        if kind not in sender.may_send:
+            entry.outcome = "denied"
+            raise Hl7Error("AR", 200, f"{sender.application} may not send {kind} messages "
+                                      f"(hl7.senders may_send: {', '.join(sender.may_send) or 'none'})",
+                           "MSH^1^9^1^1")
+
+    def _apply(self, message: Message, sender: Hl7Sender, entry: AuditEntry) -> None:
+        patient = patient_of(message, default_issuer=sender.issuer)
+        entry.PatientID, entry.IssuerOfPatientID = patient.PatientID, patient.IssuerOfPatientID
+        change = self.patients.apply(
+            patient.PatientID, patient.IssuerOfPatientID, patient.demographics, source=entry.actor,
+            reference=f"{message.message_type}^{message.trigger_event} {message.control_id}")
+        entry.detail["patient"] = "created" if change.created else "updated" if change.changed else "unchanged"
+        if change.changed:
+            entry.detail["changed"] = sorted(change.changed)
+
+    def _refusal(self, raw: bytes, codec: str, error: Hl7Error, address: str) -> Answer:
+        """An ACK for a message that could not even be read, from whatever of its header is readable."""
+        try:
+            header = [field.decode("latin-1") for field in header_fields(raw)]
+            header[0] = raw[3:4].decode("latin-1")
+        except CharsetError:
+            header = []
+        self.audit.record(AuditEntry(action=AuditAction.MODIFY, outcome="failure", actor="hl7:unknown",
+                                     actor_kind="hl7", address=address, interface="hl7",
+                                     detail={"reason": str(error)[:500]}))
+        text = acknowledgement(header, error.ack_code, error=error)
+        return Answer(text.encode(codec, errors="replace"), error.ack_code)

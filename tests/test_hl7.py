@@ -1,0 +1,229 @@
+"""HL7 v2 over MLLP: ADT creates and updates patients, each message answered on its connection.
+
+Real sockets on both sides: python-hl7's own MLLP client (`hl7.client.MLLPClient`) sends messages shaped like the
+HL7 v2.5.1 chapter 3 examples; raw sockets send the framing faults and the other character sets as bytes. What
+a user notices is checked the way they would: the ACK's MSA/ERR, a PATIENT-level C-FIND (pynetdicom, Patient
+Root) and the administrators' patient history.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import hl7
+import httpx
+import pytest
+from hl7.client import MLLPClient
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
+
+from mosaic.app import Mosaic
+from mosaic.config import DicomPeer, DicomSettings, Hl7Sender, Hl7Settings, HttpSettings, Settings
+from mosaic.index.query import Scope
+from tests.auth_support import auth_headers
+from tests.factory import make_bytes
+
+LOCALHOST = "127.0.0.1"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Mosaic]:
+    settings = Settings(
+        data_dir=tmp_path, http=HttpSettings(port=0),
+        dicom=DicomSettings(port=0, peers=[DicomPeer(ae_title="FINDER", host=LOCALHOST, port=11112)]),
+        hl7=Hl7Settings(port=0, senders=[
+            Hl7Sender(application="EPIC", facility="GENHOSP", may_send=["ADT"], issuer="GENHOSP"),
+            Hl7Sender(application="RIS", may_send=["ORM"]),
+        ]))
+    mosaic = Mosaic(settings)
+    mosaic.start()
+    yield mosaic
+    mosaic.stop()
+
+
+def adt(event: str, pid: str, *, control: str = "MSG00001", sender: str = "EPIC^GENHOSP", version: str = "2.5.1",
+        charset: str = "") -> str:
+    application, _, facility = sender.partition("^")
+    msh = (f"MSH|^~\\&|{application}|{facility}|MOSAIC|RADIOLOGY|20261207120000||ADT^{event}^ADT_A01|{control}|P|"
+           f"{version}|||AL|NE||{charset}")
+    return "\r".join([msh.rstrip("|"), f"EVN|{event}|20261207120000", pid, "PV1|1|O"]) + "\r"
+
+
+def send(node: Mosaic, *messages: str | bytes) -> list[hl7.Message]:
+    with MLLPClient(LOCALHOST, node.hl7_port, encoding="latin-1") as client:
+        return [hl7.parse(client.send_message(message).decode("latin-1")) for message in messages]
+
+
+def msa(answer: hl7.Message) -> tuple[str, str]:
+    return str(answer["MSA.F1"]), str(answer["MSA.F2"])
+
+
+def err(answer: hl7.Message) -> tuple[str, str]:
+    """(ERR-2 location, ERR-3 code)."""
+    segment = answer.segment("ERR")
+    return str(segment[2]), str(segment[3][0][0])
+
+
+def patient_c_find(node: Mosaic, **keys: str) -> list[Dataset]:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "PATIENT"
+    identifier.PatientName = ""
+    identifier.PatientBirthDate = ""
+    identifier.PatientSex = ""
+    identifier.IssuerOfPatientID = ""
+    identifier.PatientID = ""
+    for keyword, value in keys.items():
+        setattr(identifier, keyword, value)
+    ae = AE(ae_title="FINDER")
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+    association = ae.associate(LOCALHOST, node.dicom_port, ae_title=node.settings.dicom.ae_title)
+    assert association.is_established
+    try:
+        return [found for status, found in association.send_c_find(
+            identifier, PatientRootQueryRetrieveInformationModelFind) if status and status.Status in (0xFF00, 0xFF01)]
+    finally:
+        association.release()
+
+
+def history(node: Mosaic, patient_id: str, issuer: str) -> httpx.Response:
+    return httpx.get(f"http://{LOCALHOST}:{node.http_port}/api/patients/history", headers=auth_headers(node),
+                     params={"PatientID": patient_id, "IssuerOfPatientID": issuer}, timeout=30)
+
+
+def test_an_admission_creates_a_patient_before_any_image_and_an_update_changes_it(node: Mosaic) -> None:
+    [created] = send(node, adt("A01", "PID|1||MRN4711^^^GENHOSP^MR||Everywoman^Eve^E^^Dr||19620320|F"))
+    assert msa(created) == ("AA", "MSG00001")
+    assert str(created.segment("MSH")[9]) == "ACK^A01^ACK" and str(created.segment("MSH")[5]) == "EPIC"
+    [found] = patient_c_find(node, PatientID="MRN4711")
+    assert (str(found.PatientName), found.PatientBirthDate, found.PatientSex, found.IssuerOfPatientID) == (
+        "Everywoman^Eve^E^Dr", "19620320", "F", "GENHOSP")
+
+    # an empty field leaves the value; "" clears it (HL7 2.5.3); several messages on one connection
+    renamed, cleared = send(node, adt("A08", "PID|1||MRN4711^^^GENHOSP^MR||Everywoman^Eva||", control="MSG00002"),
+                            adt("A08", "|".join(["PID", "1", "", "MRN4711^^^GENHOSP^MR", "", "", "", "", '""']),
+                                control="MSG00003"))
+    assert msa(renamed) == ("AA", "MSG00002") and msa(cleared) == ("AA", "MSG00003")
+    [found] = patient_c_find(node, PatientID="MRN4711")
+    assert (str(found.PatientName), found.PatientBirthDate, found.PatientSex) == ("Everywoman^Eva", "19620320", "")
+
+    record = history(node, "MRN4711", "GENHOSP").json()
+    assert [change["action"] for change in record["history"]] == ["created", "updated", "updated"]
+    assert record["history"][1]["before"]["PatientName"] == "Everywoman^Eve^E^Dr"
+    assert record["history"][1]["after"]["PatientName"] == "Everywoman^Eva"
+    assert record["history"][1]["source"] == "hl7:EPIC^GENHOSP"
+    assert record["history"][1]["reference"] == "ADT^A08 MSG00002"
+
+
+def test_an_update_shows_at_once_in_the_studies_already_stored(node: Mosaic) -> None:
+    node.ingest.store(make_bytes(patient_id="MRN5", issuer="GENHOSP", patient_name="Old^Name",
+                                 study_uid="1.2.826.0.1.3680043.10.1234.91"), door="test")
+    [answer] = send(node, adt("A08", "PID|1||MRN5^^^GENHOSP||New^Name||19700101|M"))
+    assert msa(answer)[0] == "AA"
+    scoped = Scope(facilities=frozenset({""}))  # a restricted caller sees the patient through its studies
+    from mosaic.index.query import Query
+
+    for scope in (Scope.everything(), scoped):
+        [match] = node.query.find(Query("STUDY", [], ["PatientName"]), door="test", scope=scope)
+        assert str(node.query.response(match, Query("STUDY", [], ["PatientName"]), root="STUDY").PatientName) \
+            == "New^Name"
+
+
+def test_names_are_decoded_by_msh_18(node: Mosaic) -> None:
+    latin = adt("A04", "PID|1||MRN-L^^^GENHOSP||Müller^Jürgen||19500101|M", charset="8859/1").encode("latin-1")
+    japanese = adt("A04", "PID|1||MRN-J^^^GENHOSP||Yamada^Tarou^^^^^^A~山田^太郎^^^^^^I||19500101|M",
+                   charset="~ISO IR87").encode("iso2022_jp")
+    utf8 = adt("A04", "PID|1||MRN-U^^^GENHOSP||Ωmega^Zoë||19500101|F", charset="UNICODE UTF-8").encode("utf-8")
+    default = adt("A04", "PID|1||MRN-D^^^GENHOSP||Ærø^Åse||19500101|F").encode("latin-1")  # no MSH-18
+    answers = send(node, latin, japanese, utf8, default)
+    assert [msa(answer)[0] for answer in answers] == ["AA"] * 4
+    names = {str(found.PatientID): str(found.PatientName) for found in patient_c_find(node)}
+    assert names["MRN-L"] == "Müller^Jürgen"
+    assert names["MRN-J"] == "Yamada^Tarou=山田^太郎"
+    assert names["MRN-U"] == "Ωmega^Zoë"
+    assert names["MRN-D"] == "Ærø^Åse"
+
+
+def test_the_sender_is_configured_or_refused_and_audited(node: Mosaic) -> None:
+    [stranger] = send(node, adt("A01", "PID|1||MRN9^^^GENHOSP||Doe^John", sender="OTHER^ELSEWHERE"))
+    [wrong_type] = send(node, adt("A01", "PID|1||MRN9^^^GENHOSP||Doe^John", sender="RIS^X"))
+    assert msa(stranger) == ("AR", "MSG00001") and err(stranger) == ("MSH^1^3", "207")
+    assert "not a configured HL7 sender" in str(stranger["ERR.F8"])
+    assert msa(wrong_type)[0] == "AR" and err(wrong_type)[1] == "200"
+    assert patient_c_find(node, PatientID="MRN9") == []
+    node.audit.flush()
+    records, _total = node.audit.search(action="modify")
+    denied = [record for record in records if record.outcome == "denied"]
+    assert {record.actor for record in denied} >= {"hl7:OTHER^ELSEWHERE", "hl7:RIS^X"}
+
+
+@pytest.mark.parametrize(("message", "ack", "location", "code"), [
+    (adt("A01", "PID|1||^^^GENHOSP||Doe^John"), "AE", "PID^1^3^1^1", "101"),  # no patient identifier
+    (adt("A01", "PID|1||MRN7^^^GENHOSP||Doe^John||1962-3"), "AE", "PID^1^7^1^1", "102"),  # not a date
+    ("MSH|^~\\&|EPIC|GENHOSP|MOSAIC||20261207||ADT^A01|C1|P|2.5.1\rEVN|A01\r", "AE", "PID", "100"),  # no PID
+    (adt("A02", "PID|1||MRN7^^^GENHOSP||Doe^John"), "AR", "MSH^1^9^1^2", "201"),  # a transfer: not applied
+    (adt("A01", "PID|1||MRN7^^^GENHOSP||Doe^John", version="3.0"), "AR", "MSH^1^12", "203"),
+    (adt("A01", "PID|1||MRN7^^^GENHOSP||Doe^John", charset="KLINGON"), "AR", "MSH^1^18", "207"),
+])
+def test_a_message_that_cannot_be_applied_changes_nothing(node: Mosaic, message: str, ack: str, location: str,
+                                                          code: str) -> None:
+    [answer] = send(node, message)
+    assert msa(answer)[0] == ack
+    assert err(answer) == (location, code), str(answer)
+    assert patient_c_find(node, PatientID="MRN7") == []
+
+
+def test_higher_versions_are_accepted(node: Mosaic) -> None:
+    [answer] = send(node, adt("A28", "PID|1||MRN28^^^GENHOSP||Newer^Version", version="2.9"))
+    assert msa(answer)[0] == "AA"
+    assert [str(found.PatientName) for found in patient_c_find(node, PatientID="MRN28")] == ["Newer^Version"]
+
+
+def _raw_exchange(node: Mosaic, data: bytes, *, close_after: bool = True) -> bytes:
+    with socket.create_connection((LOCALHOST, node.hl7_port), timeout=10) as connection:
+        connection.sendall(data)
+        if close_after:
+            connection.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+
+
+def test_framing_faults_are_survived_and_apply_nothing_half(node: Mosaic) -> None:
+    good = adt("A01", "PID|1||MRN-F^^^GENHOSP||Framed^Fine").encode("latin-1")
+    cut = adt("A01", "PID|1||MRN-CUT^^^GENHOSP||Cut^Off", control="CUT").encode("latin-1")
+    # bytes outside a frame are skipped, the framed message after them answered; a frame cut off is not applied
+    received = _raw_exchange(node, b"garbage\r\n" + b"\x0b" + good + b"\x1c\x0d" + b"\x0b" + cut[:40])
+    assert received.startswith(b"\x0b") and received.endswith(b"\x1c\x0d")
+    assert msa(hl7.parse(received[1:-2].decode("latin-1")))[0] == "AA"
+    assert patient_c_find(node, PatientID="MRN-CUT") == []
+    assert [str(found.PatientName) for found in patient_c_find(node, PatientID="MRN-F")] == ["Framed^Fine"]
+    # the listener still serves the next connection
+    [answer] = send(node, adt("A08", "PID|1||MRN-F^^^GENHOSP||Framed^Again"))
+    assert msa(answer)[0] == "AA"
+
+
+def test_a_frame_larger_than_allowed_closes_the_connection(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0),
+                        hl7=Hl7Settings(port=0, max_message_bytes=2048,
+                                        senders=[Hl7Sender(application="EPIC", may_send=["ADT"])]))
+    node = Mosaic(settings)
+    node.start(http=False)
+    try:
+        huge = adt("A01", "PID|1||BIG^^^X||" + "A" * 5000).encode("latin-1")
+        started = time.monotonic()
+        received = _raw_exchange(node, b"\x0b" + huge + b"\x1c\x0d", close_after=False)
+        assert received == b"" and time.monotonic() - started < settings.hl7.idle_timeout
+        with node.database.session() as session:
+            from sqlalchemy import select
+
+            from mosaic.index.schema import Patient
+            assert session.scalars(select(Patient.PatientID)).all() == []
+    finally:
+        node.stop()
