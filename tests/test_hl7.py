@@ -227,3 +227,133 @@ def test_a_frame_larger_than_allowed_closes_the_connection(tmp_path: Path) -> No
             assert session.scalars(select(Patient.PatientID)).all() == []
     finally:
         node.stop()
+
+
+def merge(event: str, pid: str, mrg: str, *, control: str = "MRG001") -> str:
+    msh = f"MSH|^~\\&|EPIC|GENHOSP|MOSAIC|RADIOLOGY|20261207130000||ADT^{event}^ADT_A39|{control}|P|2.5.1"
+    return "\r".join([msh, f"EVN|{event}|20261207130000", pid, mrg]) + "\r"
+
+
+def studies_of(node: Mosaic, patient_id: str) -> dict[str, str]:
+    """StudyInstanceUID → PatientName of the studies a STUDY-level query for ``patient_id`` finds."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientID = patient_id
+    identifier.PatientName = ""
+    identifier.StudyInstanceUID = ""
+    return {str(found.StudyInstanceUID): str(found.PatientName)
+            for found in node.query.c_find(identifier, root="STUDY", scope=Scope.everything())}
+
+
+def test_a_merge_moves_the_studies_and_the_old_identity_becomes_an_alias(node: Mosaic) -> None:
+    prefix = "1.2.826.0.1.3680043.10.1234.93"
+    for number in (1, 2):
+        node.ingest.store(make_bytes(patient_id="TEMP77", issuer="GENHOSP", patient_name="Unknown^Trauma",
+                                     study_uid=f"{prefix}.{number}", series_uid=f"{prefix}.{number}.1",
+                                     sop_uid=f"{prefix}.{number}.1.1"), door="test")
+    [admitted] = send(node, adt("A01", "PID|1||MRN100^^^GENHOSP||Real^Name||19800101|F"))
+    [merged] = send(node, merge("A40", "PID|1||MRN100^^^GENHOSP||Real^Name||19800101|F",
+                                "MRG|TEMP77^^^GENHOSP"))
+    assert msa(admitted)[0] == "AA" and msa(merged) == ("AA", "MRG001")
+
+    assert patient_c_find(node, PatientID="TEMP77") == []  # the old identity is no patient any more
+    [survivor] = patient_c_find(node, PatientID="MRN100", NumberOfPatientRelatedStudies="")
+    assert int(survivor.NumberOfPatientRelatedStudies) == 2
+    assert studies_of(node, "MRN100") == {f"{prefix}.1": "Real^Name", f"{prefix}.2": "Real^Name"}
+
+    # what still arrives under the old identity is filed under the survivor
+    node.ingest.store(make_bytes(patient_id="TEMP77", issuer="GENHOSP", patient_name="Unknown^Trauma",
+                                 study_uid=f"{prefix}.3", series_uid=f"{prefix}.3.1", sop_uid=f"{prefix}.3.1.1"),
+                      door="test")
+    [late] = send(node, adt("A08", "PID|1||TEMP77^^^GENHOSP||Real^Name^Middle", control="LATE"))
+    assert msa(late)[0] == "AA"
+    assert patient_c_find(node, PatientID="TEMP77") == []
+    assert studies_of(node, "MRN100") == {f"{prefix}.{n}": "Real^Name^Middle" for n in (1, 2, 3)}
+    assert studies_of(node, "TEMP77") == {}
+
+    record = history(node, "MRN100", "GENHOSP").json()
+    assert [change["action"] for change in record["history"]] == ["created", "merged", "updated"]
+    assert record["history"][1]["before"]["PatientID"] == "TEMP77"
+    assert history(node, "TEMP77", "GENHOSP").json()["PatientID"] == "MRN100"  # an alias reads as its survivor
+
+    [again] = send(node, merge("A40", "PID|1||MRN100^^^GENHOSP||Real^Name", "MRG|TEMP77^^^GENHOSP", control="M2"))
+    assert msa(again)[0] == "AA"  # the same merge twice changes nothing more
+
+
+def test_a_merge_of_an_unknown_patient_changes_nothing(node: Mosaic) -> None:
+    [answer] = send(node, merge("A40", "PID|1||MRN200^^^GENHOSP||New^Survivor", "MRG|NOBODY^^^GENHOSP"))
+    assert msa(answer)[0] == "AE" and err(answer) == ("MRG^1^1^1^1", "204")
+    assert patient_c_find(node, PatientID="MRN200") == []  # whole or nothing: the survivor was not created
+    [no_mrg] = send(node, merge("A40", "PID|1||MRN200^^^GENHOSP||New^Survivor", "PV1|1|O"))
+    assert msa(no_mrg)[0] == "AE" and err(no_mrg) == ("MRG", "100")
+    assert patient_c_find(node, PatientID="MRN200") == []
+
+
+def test_an_identifier_change_keeps_the_old_one_as_an_alias(node: Mosaic) -> None:
+    send(node, adt("A04", "PID|1||OLD5^^^GENHOSP||Renamed^Person"), adt("A04", "PID|1||TAKEN^^^GENHOSP||Other^One"))
+    [taken] = send(node, merge("A47", "PID|1||TAKEN^^^GENHOSP", "MRG|OLD5^^^GENHOSP"))
+    assert msa(taken)[0] == "AE" and err(taken) == ("PID^1^3^1^1", "205")
+    [changed] = send(node, merge("A47", "PID|1||NEW5^^^GENHOSP", "MRG|OLD5^^^GENHOSP", control="A47OK"))
+    assert msa(changed)[0] == "AA"
+    assert patient_c_find(node, PatientID="OLD5") == []
+    assert [str(found.PatientName) for found in patient_c_find(node, PatientID="NEW5")] == ["Renamed^Person"]
+    node.ingest.store(make_bytes(patient_id="OLD5", issuer="GENHOSP", patient_name="Renamed^Person",
+                                 study_uid="1.2.826.0.1.3680043.10.1234.94"), door="test")
+    assert studies_of(node, "NEW5") == {"1.2.826.0.1.3680043.10.1234.94": "Renamed^Person"}
+
+
+def test_retrieval_delivers_the_current_demographics_and_the_stored_bytes_stay(node: Mosaic) -> None:
+    """WADO-RS (dicomweb-client), WADO-URI and C-GET (pynetdicom) send the Patient module as ADT made it; the
+    pixel data and the rest go out as stored, the blob's SHA-256 and `mosaic verify` are unchanged."""
+    import hashlib
+    import io
+
+    import pydicom
+    from dicomweb_client.api import DICOMwebClient
+    from pynetdicom import build_role, evt
+    from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
+
+    from mosaic.services.verify import VerifyService
+
+    study = "1.2.826.0.1.3680043.10.1234.95"
+    stored_bytes = make_bytes(patient_id="MRN300", issuer="GENHOSP", patient_name="Before^Name",
+                              study_uid=study, series_uid=f"{study}.1", sop_uid=f"{study}.1.1")
+    node.ingest.store(stored_bytes, door="test")
+    [instance] = node.retrieve.instances_in(study, scope=Scope.everything())
+    [answer] = send(node, adt("A08", "PID|1||MRN300^^^GENHOSP||Müller^Zoë||19991231|F", charset="8859/1")
+                    .encode("latin-1"))
+    assert msa(answer)[0] == "AA"
+
+    client = DICOMwebClient(f"http://{LOCALHOST}:{node.http_port}/dicom-web", headers=auth_headers(node))
+    retrieved = client.retrieve_instance(study, f"{study}.1", f"{study}.1.1")
+    original = pydicom.dcmread(io.BytesIO(stored_bytes))
+    assert (str(retrieved.PatientName), retrieved.PatientBirthDate, retrieved.PatientSex) == (
+        "Müller^Zoë", "19991231", "F")
+    assert retrieved.PixelData == original.PixelData and retrieved.SOPInstanceUID == original.SOPInstanceUID
+    uri = httpx.get(f"http://{LOCALHOST}:{node.http_port}/wado", headers=auth_headers(node), timeout=30, params={
+        "requestType": "WADO", "studyUID": study, "seriesUID": f"{study}.1", "objectUID": f"{study}.1.1",
+        "contentType": "application/dicom"})
+    assert str(pydicom.dcmread(io.BytesIO(uri.content)).PatientName) == "Müller^Zoë"
+
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="FINDER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    association = ae.associate(LOCALHOST, node.dicom_port, ae_title=node.settings.dicom.ae_title,
+                               ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                               evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study
+    list(association.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+    association.release()
+    assert [str(item.PatientName) for item in received] == ["Müller^Zoë"]
+
+    with node.blobs.open(instance.blob_key) as stream:
+        assert hashlib.sha256(stream.read()).hexdigest() == instance.sha256
+    assert VerifyService(node.database, node.blobs).run(orphans=False).healthy

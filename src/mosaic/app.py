@@ -32,6 +32,7 @@ from mosaic.jobs.runner import JobRunner
 from mosaic.jobs.store import JobStore
 from mosaic.services.changes import ChangeFeed
 from mosaic.services.commitment import CommitmentService
+from mosaic.services.demographics import CurrentDemographics
 from mosaic.services.ingest import IngestService
 from mosaic.services.patients import PatientService
 from mosaic.services.query import QueryService
@@ -61,7 +62,7 @@ class Mosaic:
                                 journal=settings.data_dir / "audit-journal", anchor=anchor_for(settings))
         self.ingest = IngestService(self.database, self.blobs, settings.ingest, policy=self.policy, audit=self.audit)
         self.query = QueryService(self.database, settings.dicom.ae_title)
-        self.retrieve = RetrieveService(self.database, self.blobs)
+        self.retrieve = RetrieveService(self.database, self.blobs, coercion=CurrentDemographics(self.database))
         self.commitments = CommitmentService(self.database, self.retrieve)
         self.patients = PatientService(self.database)
         self.changes = ChangeFeed(self.database)

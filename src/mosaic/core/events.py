@@ -12,4 +12,6 @@ class EventType(enum.StrEnum):
     STUDY_CREATED = "StudyCreated"
     PATIENT_CREATED = "PatientCreated"
     PATIENT_UPDATED = "PatientUpdated"
+    PATIENT_MERGED = "PatientMerged"
+    PATIENT_ID_CHANGED = "PatientIdentifierChanged"
     STORAGE_COMMITTED = "StorageCommitted"

@@ -18,6 +18,8 @@ from mosaic.hl7.message import Hl7Error, Message
 
 PATIENT_EVENTS = frozenset({"A01", "A04", "A05", "A08", "A28", "A31"})
 """ADT events that create or update a patient: admit, register, pre-admit, update, add person, update person."""
+MERGE_EVENTS = frozenset({"A40", "A47"})
+"""Merge patient (MRG-1 into PID-3) and change patient identifier list (MRG-1 becomes PID-3)."""
 
 _SEX = {"M": "M", "F": "F", "O": "O", "U": "", "A": "O", "N": "", "X": "O"}
 """HL7 Table 0001 → DICOM Patient's Sex (M, F, O; unknown left empty)."""
@@ -59,6 +61,20 @@ def patient_of(message: Message, *, default_issuer: str = "") -> PatientData:
         "EthnicGroup": _text(message, pid, 22),
     }
     return PatientData(patient_id, issuer, demographics)
+
+
+def prior_identity(message: Message, *, default_issuer: str = "") -> tuple[str, str]:
+    """MRG-1 (prior patient identifier list): the identity a merge or identifier change replaces."""
+    mrgs = message.segments("MRG")
+    if not mrgs:
+        raise Hl7Error("AE", 100, "a merge needs an MRG segment", "MRG")
+    for repetition in _field(mrgs[0], 1):
+        value = message.parsed.unescape(_component(repetition, 1))
+        if value and value != DELETE:
+            issuer = message.parsed.unescape(_component(repetition, 4, 1) or _component(repetition, 4, 2)) \
+                or default_issuer
+            return value, issuer
+    raise Hl7Error("AE", 101, "MRG-1 (prior patient identifier list) has no identifier", "MRG^1^1^1^1")
 
 
 def _field(segment: hl7.Segment, number: int) -> list[object]:

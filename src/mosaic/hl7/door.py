@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from mosaic.config import Hl7Sender, Hl7Settings
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
 from mosaic.hl7.ack import acknowledgement
-from mosaic.hl7.adt import PATIENT_EVENTS, patient_of
+from mosaic.hl7.adt import MERGE_EVENTS, PATIENT_EVENTS, patient_of, prior_identity
 from mosaic.hl7.charsets import CharsetError, codec_for, header_fields
 from mosaic.hl7.message import Hl7Error, Message, read_message
-from mosaic.services.patients import PatientService
+from mosaic.services.patients import DuplicatePatient, PatientService, UnknownPatient
 
 log = logging.getLogger("mosaic.hl7")
 
-SUPPORTED: dict[str, frozenset[str]] = {"ADT": PATIENT_EVENTS}
+SUPPORTED: dict[str, frozenset[str]] = {"ADT": PATIENT_EVENTS | MERGE_EVENTS}
 """Message types Mosaic applies, and their trigger events."""
 
 
@@ -111,6 +111,23 @@ class Hl7Door:
     def _apply(self, message: Message, sender: Hl7Sender, entry: AuditEntry) -> None:
         patient = patient_of(message, default_issuer=sender.issuer)
         entry.PatientID, entry.IssuerOfPatientID = patient.PatientID, patient.IssuerOfPatientID
+        reference = f"{message.message_type}^{message.trigger_event} {message.control_id}"
+        if message.trigger_event in MERGE_EVENTS:
+            old = prior_identity(message, default_issuer=sender.issuer)
+            entry.detail["prior"] = f"{old[0]}^^^{old[1]}" if old[1] else old[0]
+            survivor = (patient.PatientID, patient.IssuerOfPatientID)
+            try:
+                if message.trigger_event == "A40":
+                    entry.detail["studies_moved"] = self.patients.merge(
+                        survivor, old, patient.demographics, source=entry.actor, reference=reference)
+                else:
+                    self.patients.change_identifier(survivor, old, source=entry.actor, reference=reference)
+            except UnknownPatient as exc:
+                raise Hl7Error("AE", 204, f"{exc} is not in the archive (or was merged already)",
+                               "MRG^1^1^1^1") from exc
+            except DuplicatePatient as exc:
+                raise Hl7Error("AE", 205, str(exc), "PID^1^3^1^1") from exc
+            return
         change = self.patients.apply(
             patient.PatientID, patient.IssuerOfPatientID, patient.demographics, source=entry.actor,
             reference=f"{message.message_type}^{message.trigger_event} {message.control_id}")

@@ -326,6 +326,23 @@ class PatientHistory(Base):
     after_json: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
 
 
+class PatientAlias(Base):
+    """An identity that is no longer a patient of its own: merged into another (HL7 A40) or replaced by a new
+    identifier (A47). Images and messages that still carry it are filed under ``patient_pk``; a query for it finds
+    nothing."""
+
+    __tablename__ = "patient_alias"
+    __table_args__ = (UniqueConstraint("PatientID", "IssuerOfPatientID", name="uq_patient_alias_identity"),)
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    PatientID: Mapped[str] = mapped_column(String(64), nullable=False)
+    IssuerOfPatientID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.pk"), nullable=False, index=True)
+    reason: Mapped[str] = mapped_column(String(32), nullable=False)
+    """merged, identifier-changed."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
 class BreakGlassGrant(Base):
     """An out-of-scope study opened on purpose, with the reason given; time-limited and audited."""
 

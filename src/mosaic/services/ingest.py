@@ -42,7 +42,7 @@ from mosaic.index.attributes import (
     column_widths,
 )
 from mosaic.index.database import Database
-from mosaic.index.schema import Event, Instance, InstanceVersion, Patient, Series, Study
+from mosaic.index.schema import Event, Instance, InstanceVersion, Patient, PatientAlias, Series, Study
 from mosaic.services.metrics import INGEST_BYTES, INGEST_SECONDS, INGEST_TOTAL
 from mosaic.services.origin import IngestOrigin
 from mosaic.storage.base import BlobStore, StoredBlob, sha256_of
@@ -500,6 +500,11 @@ class _IndexWriter:
         values = column_values(self.dataset, PATIENT_KEYS, _WIDTHS[Patient])
         patient = self.session.scalar(select(Patient).where(
             Patient.PatientID == values["PatientID"], Patient.IssuerOfPatientID == values["IssuerOfPatientID"]))
+        if patient is None:  # an identity merged into another patient (HL7 A40, A47): filed under that one
+            alias = self.session.scalar(select(PatientAlias.patient_pk).where(
+                PatientAlias.PatientID == values["PatientID"],
+                PatientAlias.IssuerOfPatientID == values["IssuerOfPatientID"]))
+            patient = self.session.get(Patient, alias) if alias is not None else None
         if patient is None:
             patient = Patient(**values, created_at=self.now, updated_at=self.now)
             self.session.add(patient)

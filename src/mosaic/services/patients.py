@@ -15,18 +15,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from mosaic.core.events import EventType
 from mosaic.index.attributes import DEMOGRAPHIC_KEYS, PATIENT_KEYS, column_values, column_widths
 from mosaic.index.database import Database
-from mosaic.index.schema import Event, Patient, PatientHistory, Study
+from mosaic.index.schema import Event, LegalHold, Patient, PatientAlias, PatientHistory, Study
 
 _WIDTHS = column_widths(Patient)
 _STUDY_WIDTHS = column_widths(Study)
 DEMOGRAPHICS = ("PatientName", "PatientBirthDate", "PatientBirthTime", "PatientSex", "EthnicGroup")
 """What an ADT message may change (Patient module attributes the index keeps)."""
+
+
+class UnknownPatient(LookupError):
+    """The identity a merge or identifier change names as the old one is not a patient of the archive."""
+
+
+class DuplicatePatient(ValueError):
+    """The new identifier of an identifier change is already another patient's."""
 
 
 @dataclass(frozen=True)
@@ -60,43 +68,97 @@ class PatientService:
         wanted = {keyword: value for keyword, value in demographics.items()
                   if keyword in DEMOGRAPHICS and value is not None}
 
-        def work(session: Session) -> PatientChange:
+        return self.database.write(lambda session: _apply(session, patient_id, issuer, wanted, source, reference))
+
+    def merge(self, survivor: tuple[str, str], old: tuple[str, str], demographics: dict[str, str | None], *,
+              source: str, reference: str) -> int:
+        """Merge the patient ``old`` (PatientID, issuer) into ``survivor`` (HL7 A40), in one transaction: its
+        studies move to the survivor, ``old`` becomes an alias (later images and messages under it are filed
+        under the survivor; a query for it finds nothing), its legal holds follow; the survivor is created from
+        ``demographics`` if it is new. Returns how many studies moved; raises :class:`UnknownPatient`."""
+        wanted = {keyword: value for keyword, value in demographics.items()
+                  if keyword in DEMOGRAPHICS and value is not None}
+
+        def work(session: Session) -> int:
             now = datetime.now(UTC)
-            patient = session.scalar(select(Patient).where(Patient.PatientID == patient_id,
-                                                           Patient.IssuerOfPatientID == issuer))
-            created = patient is None
-            before = {} if patient is None else _demographics(patient)
-            after = {**{keyword: "" for keyword in DEMOGRAPHICS}, **before, **wanted}
-            values = _columns(patient_id, issuer, after)
-            if patient is None:
-                patient = Patient(**values, created_at=now, updated_at=now)
-                session.add(patient)
-                session.flush()
-            else:
-                for column, value in values.items():
-                    setattr(patient, column, value)
-                patient.updated_at = now
-            changed = {keyword: (before.get(keyword, ""), after[keyword]) for keyword in DEMOGRAPHICS
-                       if before.get(keyword, "") != after[keyword]}
-            if created or changed:
-                study_values = column_values(_dataset(after), DEMOGRAPHIC_KEYS, _STUDY_WIDTHS)
-                session.execute(update(Study).where(Study.patient_pk == patient.pk).values(**study_values))
-                session.add(PatientHistory(patient_pk=patient.pk, changed_at=now,
-                                           action="created" if created else "updated", source=source[:128],
-                                           reference=reference[:128], before_json=json.dumps(before),
-                                           after_json=json.dumps(after)))
-                session.add(Event(type=(EventType.PATIENT_CREATED if created else EventType.PATIENT_UPDATED).value,
-                                  created_at=now, PatientID=patient_id, IssuerOfPatientID=issuer,
-                                  payload=json.dumps({"changed": sorted(changed), "source": source})))
-            return PatientChange(patient_id, issuer, created, {} if created else changed)
+            _apply(session, *survivor, wanted, source, reference)
+            target = resolve(session, *survivor)
+            assert target is not None  # just applied
+            merged = session.scalar(select(Patient).where(Patient.PatientID == old[0],
+                                                          Patient.IssuerOfPatientID == old[1]))
+            if merged is None:
+                alias = _alias(session, *old)
+                if alias is not None and alias.patient_pk == target.pk:
+                    return 0  # the same merge again: already done
+                raise UnknownPatient(_named(*old))
+            if merged.pk == target.pk:
+                return 0
+            studies = int(session.scalar(select(func.count()).select_from(Study)
+                                         .where(Study.patient_pk == merged.pk)) or 0)
+            session.execute(update(Study).where(Study.patient_pk == merged.pk).values(
+                patient_pk=target.pk, **column_values(_dataset(_demographics(target)), DEMOGRAPHIC_KEYS,
+                                                      _STUDY_WIDTHS)))
+            target.NumberOfPatientRelatedStudies += merged.NumberOfPatientRelatedStudies
+            target.NumberOfPatientRelatedSeries += merged.NumberOfPatientRelatedSeries
+            target.NumberOfPatientRelatedInstances += merged.NumberOfPatientRelatedInstances
+            target.updated_at = now
+            session.execute(update(PatientAlias).where(PatientAlias.patient_pk == merged.pk)
+                            .values(patient_pk=target.pk))
+            session.execute(update(PatientHistory).where(PatientHistory.patient_pk == merged.pk)
+                            .values(patient_pk=target.pk))
+            _move_holds(session, old, (target.PatientID, target.IssuerOfPatientID))
+            session.add(PatientAlias(PatientID=old[0], IssuerOfPatientID=old[1], patient_pk=target.pk,
+                                     reason="merged", created_at=now))
+            session.add(PatientHistory(patient_pk=target.pk, changed_at=now, action="merged", source=source[:128],
+                                       reference=reference[:128],
+                                       before_json=json.dumps({"PatientID": old[0], "IssuerOfPatientID": old[1],
+                                                               **_demographics(merged), "studies": studies}),
+                                       after_json=json.dumps({"PatientID": target.PatientID,
+                                                              "IssuerOfPatientID": target.IssuerOfPatientID,
+                                                              **_demographics(target)})))
+            session.add(Event(type=EventType.PATIENT_MERGED.value, created_at=now, PatientID=target.PatientID,
+                              IssuerOfPatientID=target.IssuerOfPatientID,
+                              payload=json.dumps({"merged": {"PatientID": old[0], "IssuerOfPatientID": old[1]},
+                                                  "studies": studies, "source": source})))
+            session.delete(merged)
+            return studies
 
         return self.database.write(work)
 
+    def change_identifier(self, new: tuple[str, str], old: tuple[str, str], *, source: str, reference: str) -> None:
+        """Give the patient ``old`` the identifier ``new`` (HL7 A47), keeping ``old`` as an alias; raises
+        :class:`UnknownPatient` or :class:`DuplicatePatient` (``new`` is already a patient, or an alias of one)."""
+        def work(session: Session) -> None:
+            now = datetime.now(UTC)
+            patient = session.scalar(select(Patient).where(Patient.PatientID == old[0],
+                                                           Patient.IssuerOfPatientID == old[1]))
+            if patient is None:
+                raise UnknownPatient(_named(*old))
+            if new == old:
+                return
+            if resolve(session, *new) is not None:
+                raise DuplicatePatient(f"{_named(*new)} is already a patient of the archive")
+            patient.PatientID, patient.IssuerOfPatientID = new
+            patient.updated_at = now
+            _move_holds(session, old, new)
+            session.add(PatientAlias(PatientID=old[0], IssuerOfPatientID=old[1], patient_pk=patient.pk,
+                                     reason="identifier-changed", created_at=now))
+            session.add(PatientHistory(patient_pk=patient.pk, changed_at=now, action="identifier-changed",
+                                       source=source[:128], reference=reference[:128],
+                                       before_json=json.dumps({"PatientID": old[0], "IssuerOfPatientID": old[1]}),
+                                       after_json=json.dumps({"PatientID": new[0], "IssuerOfPatientID": new[1]})))
+            session.add(Event(type=EventType.PATIENT_ID_CHANGED.value, created_at=now, PatientID=new[0],
+                              IssuerOfPatientID=new[1],
+                              payload=json.dumps({"previous": {"PatientID": old[0], "IssuerOfPatientID": old[1]},
+                                                  "source": source})))
+
+        self.database.write(work)
+
     def record(self, patient_id: str, issuer: str) -> PatientRecord | None:
-        """The patient's current demographics and every recorded change, oldest first (for administrators)."""
+        """The patient's current demographics and every recorded change, oldest first (for administrators); an
+        alias gives the record of the patient it now belongs to."""
         with self.database.session() as session:
-            patient = session.scalar(select(Patient).where(Patient.PatientID == patient_id,
-                                                           Patient.IssuerOfPatientID == issuer))
+            patient = resolve(session, patient_id, issuer)
             if patient is None:
                 return None
             rows = session.scalars(select(PatientHistory).where(PatientHistory.patient_pk == patient.pk)
@@ -105,6 +167,64 @@ class PatientService:
                         "reference": row.reference, "before": json.loads(row.before_json),
                         "after": json.loads(row.after_json)} for row in rows]
             return PatientRecord(patient.PatientID, patient.IssuerOfPatientID, _demographics(patient), history)
+
+
+def _apply(session: Session, patient_id: str, issuer: str, wanted: dict[str, str], source: str,
+           reference: str) -> PatientChange:
+        now = datetime.now(UTC)
+        patient = resolve(session, patient_id, issuer)  # a merged identity's messages go to its survivor
+        created = patient is None
+        before = {} if patient is None else _demographics(patient)
+        after = {**{keyword: "" for keyword in DEMOGRAPHICS}, **before, **wanted}
+        # an alias updates its survivor, under the survivor's identity
+        identity = (patient.PatientID, patient.IssuerOfPatientID) if patient is not None else (patient_id, issuer)
+        values = _columns(*identity, after)
+        if patient is None:
+            patient = Patient(**values, created_at=now, updated_at=now)
+            session.add(patient)
+            session.flush()
+        else:
+            for column, value in values.items():
+                setattr(patient, column, value)
+            patient.updated_at = now
+        changed = {keyword: (before.get(keyword, ""), after[keyword]) for keyword in DEMOGRAPHICS
+                   if before.get(keyword, "") != after[keyword]}
+        if created or changed:
+            study_values = column_values(_dataset(after), DEMOGRAPHIC_KEYS, _STUDY_WIDTHS)
+            session.execute(update(Study).where(Study.patient_pk == patient.pk).values(**study_values))
+            session.add(PatientHistory(patient_pk=patient.pk, changed_at=now,
+                                       action="created" if created else "updated", source=source[:128],
+                                       reference=reference[:128], before_json=json.dumps(before),
+                                       after_json=json.dumps(after)))
+            session.add(Event(type=(EventType.PATIENT_CREATED if created else EventType.PATIENT_UPDATED).value,
+                              created_at=now, PatientID=patient_id, IssuerOfPatientID=issuer,
+                              payload=json.dumps({"changed": sorted(changed), "source": source})))
+        return PatientChange(patient.PatientID, patient.IssuerOfPatientID, created, {} if created else changed)
+
+
+def resolve(session: Session, patient_id: str, issuer: str) -> Patient | None:
+    """The patient with this identity, or the one it was merged into or renamed to (an alias)."""
+    patient = session.scalar(select(Patient).where(Patient.PatientID == patient_id,
+                                                   Patient.IssuerOfPatientID == issuer))
+    if patient is not None:
+        return patient
+    alias = _alias(session, patient_id, issuer)
+    return session.get(Patient, alias.patient_pk) if alias is not None else None
+
+
+def _alias(session: Session, patient_id: str, issuer: str) -> PatientAlias | None:
+    return session.scalar(select(PatientAlias).where(PatientAlias.PatientID == patient_id,
+                                                     PatientAlias.IssuerOfPatientID == issuer))
+
+
+def _move_holds(session: Session, old: tuple[str, str], new: tuple[str, str]) -> None:
+    """Legal holds placed on a patient identity follow it (a hold must keep blocking its studies' deletion)."""
+    session.execute(update(LegalHold).where(LegalHold.PatientID == old[0], LegalHold.IssuerOfPatientID == old[1])
+                    .values(PatientID=new[0], IssuerOfPatientID=new[1]))
+
+
+def _named(patient_id: str, issuer: str) -> str:
+    return f"patient {patient_id}" + (f" (issuer {issuer})" if issuer else "")
 
 
 def _demographics(patient: Patient) -> dict[str, str]:
