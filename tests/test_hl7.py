@@ -330,10 +330,19 @@ def test_retrieval_delivers_the_current_demographics_and_the_stored_bytes_stay(n
     assert (str(retrieved.PatientName), retrieved.PatientBirthDate, retrieved.PatientSex) == (
         "Müller^Zoë", "19991231", "F")
     assert retrieved.PixelData == original.PixelData and retrieved.SOPInstanceUID == original.SOPInstanceUID
+    [metadata] = client.retrieve_series_metadata(study, f"{study}.1")
+    assert metadata["00100010"]["Value"] == [{"Alphabetic": "Müller^Zoë"}]
+    assert metadata["00100030"]["Value"] == ["19991231"] and metadata["7FE00010"]["BulkDataURI"]
+    url = f"http://{LOCALHOST}:{node.http_port}/dicom-web/studies/{study}/series/{study}.1/metadata"
+    etag = httpx.get(url, headers=auth_headers(node), timeout=30).headers["etag"]
+    [again] = send(node, adt("A08", "PID|1||MRN300^^^GENHOSP||Müller^Zoë^Anna", charset="8859/1").encode("latin-1"))
+    assert msa(again)[0] == "AA"
+    after = httpx.get(url, headers={**auth_headers(node), "If-None-Match": etag}, timeout=30)
+    assert after.status_code == 200 and after.json()[0]["00100010"]["Value"] == [{"Alphabetic": "Müller^Zoë^Anna"}]
     uri = httpx.get(f"http://{LOCALHOST}:{node.http_port}/wado", headers=auth_headers(node), timeout=30, params={
         "requestType": "WADO", "studyUID": study, "seriesUID": f"{study}.1", "objectUID": f"{study}.1.1",
         "contentType": "application/dicom"})
-    assert str(pydicom.dcmread(io.BytesIO(uri.content)).PatientName) == "Müller^Zoë"
+    assert str(pydicom.dcmread(io.BytesIO(uri.content)).PatientName) == "Müller^Zoë^Anna"
 
     received: list[Dataset] = []
 
@@ -352,7 +361,7 @@ def test_retrieval_delivers_the_current_demographics_and_the_stored_bytes_stay(n
     identifier.StudyInstanceUID = study
     list(association.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
     association.release()
-    assert [str(item.PatientName) for item in received] == ["Müller^Zoë"]
+    assert [str(item.PatientName) for item in received] == ["Müller^Zoë^Anna"]
 
     with node.blobs.open(instance.blob_key) as stream:
         assert hashlib.sha256(stream.read()).hexdigest() == instance.sha256

@@ -62,7 +62,8 @@ class Mosaic:
                                 journal=settings.data_dir / "audit-journal", anchor=anchor_for(settings))
         self.ingest = IngestService(self.database, self.blobs, settings.ingest, policy=self.policy, audit=self.audit)
         self.query = QueryService(self.database, settings.dicom.ae_title)
-        self.retrieve = RetrieveService(self.database, self.blobs, coercion=CurrentDemographics(self.database))
+        self.demographics = CurrentDemographics(self.database)
+        self.retrieve = RetrieveService(self.database, self.blobs, coercion=self.demographics)
         self.commitments = CommitmentService(self.database, self.retrieve)
         self.patients = PatientService(self.database)
         self.changes = ChangeFeed(self.database)
@@ -319,7 +320,8 @@ def create_http_app(node: Mosaic) -> Any:
     app.include_router(create_landing_router(BrowseService(node.database), node.policy))
     app.include_router(create_router(policy=node.policy, query_service=node.query,
                                      metadata_service=MetadataService(node.database), retrieve=node.retrieve,
-                                     ingest=node.ingest, spool=Spool(node.spool_folder, node.blobs)))
+                                     ingest=node.ingest, spool=Spool(node.spool_folder, node.blobs),
+                                     demographics=node.demographics))
     # WADO-URI also at the site root: /wado?…
     app.include_router(create_wado_router(node.retrieve, rs=False),
                        dependencies=[Depends(dicomweb_guard(node.policy))])

@@ -27,6 +27,7 @@ from mosaic.dicomweb.wado import create_wado_router
 from mosaic.governance.policy import AccessPolicy
 from mosaic.http.auth import principal_of
 from mosaic.http.responses import GZIP_MIN, compressed, not_modified, problem
+from mosaic.services.demographics import CurrentDemographics, patched_metadata
 from mosaic.services.ingest import IngestService
 from mosaic.services.metadata import MetadataService
 from mosaic.services.query import QueryService
@@ -43,7 +44,8 @@ def dicom_json(request: Request, body: bytes, *, status: int = 200, headers: dic
 
 
 def create_router(*, policy: AccessPolicy, query_service: QueryService, metadata_service: MetadataService,
-                  retrieve: RetrieveService, ingest: IngestService, spool: Spool) -> APIRouter:
+                  retrieve: RetrieveService, ingest: IngestService, spool: Spool,
+                  demographics: CurrentDemographics | None = None) -> APIRouter:
     """The DICOMweb door, handed the services it serves; every route passes :func:`dicomweb_guard` first and
     reads only within the scope it found."""
     router = APIRouter(prefix=PREFIX, dependencies=[Depends(dicomweb_guard(policy))])
@@ -115,6 +117,9 @@ def create_router(*, policy: AccessPolicy, query_service: QueryService, metadata
         for sop_instance_uid, version in versions:
             digest.update(f"{sop_instance_uid}:{version};".encode())
         digest.update(root.encode())
+        current = demographics.of_study(study) if demographics is not None else None
+        if current is not None:  # the patient's demographics changed since: they go out as they are now
+            digest.update(f"patient:{current[1]}".encode())
         etag = f'"{digest.hexdigest()}"'
         gzipped = "gzip" in request.headers.get("accept-encoding", "")
         if etag in {value.strip() for value in request.headers.get("if-none-match", "").split(",")}:
@@ -125,7 +130,8 @@ def create_router(*, policy: AccessPolicy, query_service: QueryService, metadata
             for row in metadata_service.metadata(study, series, sop, scope=scope):
                 url = (f"{root}/studies/{row.StudyInstanceUID}/series/{row.SeriesInstanceUID}"
                        f"/instances/{row.SOPInstanceUID}")
-                objects.append(instance_metadata(row.metadata_json, url))
+                stored = row.metadata_json if current is None else patched_metadata(row.metadata_json, current[0])
+                objects.append(instance_metadata(stored, url))
             body = json_array(objects)
             cached = gzip.compress(body, compresslevel=5) if gzipped and len(body) >= GZIP_MIN else body
             metadata_cache.put((etag, gzipped), cached)

@@ -9,8 +9,10 @@ and every other attribute go out as stored; a patient no message ever changed go
 
 from __future__ import annotations
 
+import json
+
 from pydicom.dataset import Dataset
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 
 from mosaic.index.database import Database
 from mosaic.index.schema import Instance, Patient, PatientHistory, Series, Study
@@ -19,6 +21,24 @@ from mosaic.services.retrieve import StoredInstance
 
 _MODULE = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientBirthTime", "PatientSex",
            "EthnicGroup")
+_JSON = {"PatientID": ("00100020", "LO"), "IssuerOfPatientID": ("00100021", "LO"), "PatientName": ("00100010", "PN"),
+         "PatientBirthDate": ("00100030", "DA"), "PatientBirthTime": ("00100032", "TM"),
+         "PatientSex": ("00100040", "CS"), "EthnicGroup": ("00102160", "SH")}
+
+
+def patched_metadata(metadata_json: str, current: dict[str, str]) -> str:
+    """Stored DICOM JSON of one instance with its Patient module replaced by ``current`` (WADO-RS metadata)."""
+    elements = json.loads(metadata_json)
+    for keyword, value in current.items():
+        tag, vr = _JSON[keyword]
+        if not value:
+            elements[tag] = {"vr": vr}
+        elif vr == "PN":
+            groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), value.split("="), strict=False))
+            elements[tag] = {"vr": vr, "Value": [{key: text for key, text in groups.items() if text}]}
+        else:
+            elements[tag] = {"vr": vr, "Value": [value]}
+    return json.dumps(elements, ensure_ascii=False, separators=(",", ":"))
 
 
 class CurrentDemographics:
@@ -26,6 +46,21 @@ class CurrentDemographics:
 
     def __init__(self, database: Database) -> None:
         self.database = database
+
+    def of_study(self, study_instance_uid: str) -> tuple[dict[str, str], str] | None:
+        """The current Patient module of a study's patient, if its patient has a history, and a version that
+        changes with each recorded change (for ETags); None when the study goes out as stored."""
+        statement = (
+            select(*(getattr(Patient, keyword) for keyword in _MODULE), func.max(PatientHistory.pk))
+            .select_from(Study).join(Patient, Study.patient_pk == Patient.pk)
+            .join(PatientHistory, PatientHistory.patient_pk == Patient.pk)
+            .where(Study.StudyInstanceUID == study_instance_uid).group_by(Patient.pk)
+        )
+        with self.database.session() as session:
+            row = session.execute(statement).first()
+        if row is None:
+            return None
+        return dict(zip(_MODULE, row[:-1], strict=True)), str(row[-1])
 
     def __call__(self, instance: StoredInstance, context: EgressContext) -> HeaderChange | None:
         statement = (
