@@ -132,6 +132,7 @@ OPEN_TO_ANY_USER = frozenset({
     ("GET", "/api/jobs"), ("GET", "/api/jobs/{job_id}"), ("POST", "/api/jobs/{job_id}/cancel"),
     ("GET", "/api/exports/{export_id}"),  # one's own jobs and exports only: 404 for anyone else's
     ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"), ("GET", "/openapi.json"),
+    ("GET", "/fhir/metadata"),  # the FHIR server's CapabilityStatement: what it does, no patient data
 })
 """Routes a signed-in user with no role may use: about themselves, their own jobs, the API's description.
 Every other route must refuse such a user, so a route added without a permission check fails here."""

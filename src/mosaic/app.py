@@ -282,6 +282,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.dicomweb.routes import create_router
     from mosaic.dicomweb.wado import create_wado_router
     from mosaic.export.routes import create_export_router
+    from mosaic.fhir.routes import create_fhir_router
     from mosaic.http.auth import AuthMiddleware
     from mosaic.http.errors import install_error_handlers
     from mosaic.http.headers import AntiFramingHeaders
@@ -333,6 +334,7 @@ def create_http_app(node: Mosaic) -> Any:
                                                node.policy))
     app.include_router(create_jobs_router(node.jobs))
     app.include_router(create_patients_router(node.patients))
+    app.include_router(create_fhir_router(policy=node.policy, query_service=node.query, patients=node.patients))
     mount_viewer(app, settings.viewer_path, dicomweb_root="/dicom-web")
     return app
 

@@ -110,7 +110,8 @@ class Query:
     with_metadata: bool = False
     """Attach each match's (representative) stored metadata even when every key has a column."""
     scope: Scope | None = None
-    """Only what the caller may see (None: everything)."""
+    """Only what the caller may see: required (a query without a scope is refused; ``Scope.everything()`` for
+    the node's own reads)."""
 
 
 @dataclass

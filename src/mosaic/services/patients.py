@@ -154,6 +154,14 @@ class PatientService:
 
         self.database.write(work)
 
+    def identity_of(self, pk: int) -> tuple[str, str] | None:
+        """(PatientID, IssuerOfPatientID) of the patient numbered ``pk`` (FHIR's Patient id), or None. Who may
+        see it is for the scoped query the caller runs next."""
+        with self.database.session() as session:
+            row = session.execute(select(Patient.PatientID, Patient.IssuerOfPatientID)
+                                  .where(Patient.pk == pk)).first()
+            return (row[0], row[1]) if row is not None else None
+
     def record(self, patient_id: str, issuer: str) -> PatientRecord | None:
         """The patient's current demographics and every recorded change, oldest first (for administrators); an
         alias gives the record of the patient it now belongs to."""

@@ -1,0 +1,224 @@
+"""The FHIR R4 REST API at ``/fhir``: ``metadata``; read and search of ``Patient`` and ``ImagingStudy``; the
+DICOMweb ``Endpoint``. JSON only (``application/fhir+json``). Every search and read asks the access policy (the
+``query`` / ``read`` permissions, the caller's scope inside the query) and leaves its audit entry; errors are
+OperationOutcome resources with the HTTP status that fits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from pydantic import BaseModel
+
+from mosaic import __version__
+from mosaic.core.errors import QueryError
+from mosaic.fhir.resources import (
+    ENDPOINT_ID,
+    endpoint_resource,
+    imaging_study_resource,
+    operation_outcome,
+    patient_resource,
+)
+from mosaic.fhir.search import PARAMETERS, Search, SearchError, parse_search
+from mosaic.governance.audit import AuditAction, AuditEntry
+from mosaic.governance.policy import AccessPolicy, Permission, Principal
+from mosaic.http.auth import principal_of, require
+from mosaic.http.origin import client_origin
+from mosaic.index.query import Match, MatchKey, Query
+from mosaic.services.patients import PatientService
+from mosaic.services.query import QueryService
+
+MEDIA_TYPE = "application/fhir+json"
+_OUTCOME_CODES = {400: "invalid", 403: "forbidden", 404: "not-found", 406: "not-supported", 401: "security"}
+
+
+class FhirError(Exception):
+    def __init__(self, status: int, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.status = status
+
+
+def _json(resource: BaseModel, status: int = 200) -> Response:
+    return Response(resource.model_dump_json(exclude_none=True), status_code=status, media_type=MEDIA_TYPE)
+
+
+def _outcome(status: int, diagnostics: str) -> Response:
+    return _json(operation_outcome(_OUTCOME_CODES.get(status, "exception"), diagnostics), status)
+
+
+def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, patients: PatientService) -> APIRouter:
+    router = APIRouter(prefix="/fhir")
+
+    def guarded(request: Request, permission: Permission, action: str) -> Principal:
+        try:
+            return require(request, permission, action=action)
+        except HTTPException as exc:
+            raise FhirError(exc.status_code, str(exc.detail)) from None
+
+    def accept_json(request: Request) -> None:
+        accept = request.headers.get("accept", "")
+        if accept and not any(kind in accept for kind in ("json", "*/*")):
+            raise FhirError(406, f"Mosaic answers FHIR as {MEDIA_TYPE}, not {accept!r}")
+        fmt = request.query_params.get("_format")
+        if fmt is not None and fmt not in ("json", MEDIA_TYPE, "application/json"):
+            raise FhirError(406, f"_format={fmt!r}: Mosaic answers FHIR in JSON only")
+
+    def handled(call: Any) -> Response:
+        try:
+            return call()  # type: ignore[no-any-return]
+        except FhirError as exc:
+            return _outcome(exc.status, str(exc))
+        except (SearchError, QueryError) as exc:
+            return _outcome(400, str(exc))
+
+    def patient_keys(pk_text: str) -> list[MatchKey] | None:
+        if not pk_text.isdigit():
+            return None
+        identity = patients.identity_of(int(pk_text))
+        if identity is None:
+            return None
+        keys = [MatchKey("PatientID", identity[0], "LO")]
+        keys.append(MatchKey("IssuerOfPatientID", identity[1], "LO"))
+        return keys
+
+    def find(request: Request, principal: Principal, query: Query) -> list[Match]:
+        return query_service.find(query, door="fhir", scope=policy.scope(principal))
+
+    def audit(request: Request, principal: Principal, action: str, matches: list[Match], **values: Any) -> None:
+        studies = sorted({match.rows["STUDY"].StudyInstanceUID for match in matches if "STUDY" in match.rows})
+        request.state.audit = AuditEntry.of(principal, action, "", detail={
+            "path": request.url.path, "query": str(request.query_params)[:1000], "matches": len(matches),
+            "studies": studies[:100], "patients": sorted({m.rows["PATIENT"].PatientID for m in matches})[:100]},
+            **values)
+
+    def base(request: Request) -> str:
+        return client_origin(request) + "/fhir"
+
+    def resource_of(request: Request, resource: str, match: Match) -> Any:
+        if resource == "Patient":
+            return patient_resource(match.rows["PATIENT"].pk, match.rows["PATIENT"])
+        return imaging_study_resource(match.rows["STUDY"], match.rows["PATIENT"].pk)
+
+    def search(request: Request, resource: str) -> Response:
+        accept_json(request)
+        principal = guarded(request, Permission.QUERY, AuditAction.QUERY)
+        parsed: Search = parse_search(resource, list(request.query_params.multi_items()))
+        matches: list[Match] = []
+        total = 0
+        if parsed.patient_pk is not None:
+            keys = patient_keys(parsed.patient_pk)
+            if keys is None:
+                parsed.query.keys = []
+                parsed.count = 0
+            else:
+                parsed.query.keys += keys
+        if parsed.patient_pk is None or parsed.count:
+            if parsed.count:
+                matches = find(request, principal, parsed.query)
+            scope = policy.scope(principal)
+            total = (query_service.count(parsed.query, scope=scope)
+                     if parsed.offset or len(matches) >= parsed.count else len(matches))
+        audit(request, principal, AuditAction.QUERY, matches)
+        root = base(request)
+        entries: list[dict[str, Any]] = []
+        for match in matches:
+            item = resource_of(request, resource, match)
+            entries.append({"fullUrl": f"{root}/{resource}/{item.id}",
+                            "resource": item.model_dump(exclude_none=True), "search": {"mode": "match"}})
+        if parsed.include_endpoint and matches:
+            endpoint = endpoint_resource(client_origin(request) + "/dicom-web")
+            entries.append({"fullUrl": f"{root}/Endpoint/{ENDPOINT_ID}", "resource":
+                            endpoint.model_dump(exclude_none=True), "search": {"mode": "include"}})
+        page = [*parsed.page_parameters, ("_count", str(parsed.count))]
+        here = urlencode([*page, ("_offset", str(parsed.offset))])
+        links = [{"relation": "self", "url": f"{root}/{resource}?{here}"}]
+        if parsed.count and parsed.offset + parsed.count < total:
+            links.append({"relation": "next", "url": f"{root}/{resource}?"
+                          f"{urlencode([*page, ('_offset', str(parsed.offset + parsed.count))])}"})
+        bundle = Bundle.model_validate({"resourceType": "Bundle", "type": "searchset", "total": total,
+                                        "link": links, "entry": entries or None})
+        return _json(bundle)
+
+    def read(request: Request, resource: str, identifier: str) -> Response:
+        accept_json(request)
+        principal = guarded(request, Permission.READ, AuditAction.READ)
+        matches: list[Match] = []
+        if resource == "Patient":
+            keys = patient_keys(identifier)
+            if keys is not None:
+                matches = find(request, principal, Query("PATIENT", keys, limit=1))
+        else:
+            matches = find(request, principal, Query("STUDY", [MatchKey("StudyInstanceUID", identifier, "UI")],
+                                                     limit=1))
+        first = matches[0] if matches else None
+        audit(request, principal, AuditAction.READ, matches,
+              PatientID=first.rows["PATIENT"].PatientID if first else "",
+              IssuerOfPatientID=first.rows["PATIENT"].IssuerOfPatientID if first else "",
+              StudyInstanceUID=identifier if resource == "ImagingStudy" else "")
+        if first is None:  # unknown and outside the caller's scope answer alike
+            raise FhirError(404, f"{resource}/{identifier} is not known")
+        return _json(resource_of(request, resource, first))
+
+    @router.get("/metadata")
+    def metadata(request: Request) -> Response:
+        principal_of(request)  # authenticated by the middleware: who may connect may read what the server does
+        def answer() -> Response:
+            accept_json(request)
+            return _json(capability_statement(base(request)))
+        return handled(answer)
+
+    @router.get("/Patient")
+    def search_patients(request: Request) -> Response:
+        return handled(lambda: search(request, "Patient"))
+
+    @router.get("/Patient/{identifier}")
+    def read_patient(request: Request, identifier: str) -> Response:
+        return handled(lambda: read(request, "Patient", identifier))
+
+    @router.get("/ImagingStudy")
+    def search_studies(request: Request) -> Response:
+        return handled(lambda: search(request, "ImagingStudy"))
+
+    @router.get("/ImagingStudy/{identifier}")
+    def read_study(request: Request, identifier: str) -> Response:
+        return handled(lambda: read(request, "ImagingStudy", identifier))
+
+    @router.get("/Endpoint/{identifier}")
+    def read_endpoint(request: Request, identifier: str) -> Response:
+        def answer() -> Response:
+            accept_json(request)
+            guarded(request, Permission.READ, AuditAction.READ)
+            if identifier != ENDPOINT_ID:
+                raise FhirError(404, f"Endpoint/{identifier} is not known")
+            return _json(endpoint_resource(client_origin(request) + "/dicom-web"))
+        return handled(answer)
+
+    return router
+
+
+def capability_statement(base: str) -> CapabilityStatement:
+    def resource(kind: str, params: dict[str, str]) -> dict[str, Any]:
+        return {"type": kind, "interaction": [{"code": "read"}, {"code": "search-type"}],
+                "searchParam": [{"name": name, "type": kind_of} for name, kind_of in params.items()]}
+
+    return CapabilityStatement.model_validate({
+        "resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"), "fhirVersion": "4.0.1", "format": ["json"],
+        "software": {"name": "Mosaic", "version": __version__},
+        "implementation": {"description": "Mosaic enterprise imaging archive", "url": base},
+        "rest": [{"mode": "server", "resource": [
+            resource("Patient", {"identifier": "token", "name": "string", "family": "string",
+                                 "birthdate": "date", "_id": "token"}),
+            resource("ImagingStudy", {"patient": "reference", "subject": "reference", "identifier": "token",
+                                      "started": "date", "modality": "token", "_id": "token"}),
+            {"type": "Endpoint", "interaction": [{"code": "read"}]},
+        ]}],
+    })
+
+
+assert set(PARAMETERS) == {"Patient", "ImagingStudy"}
