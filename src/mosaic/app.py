@@ -38,6 +38,7 @@ from mosaic.services.patients import PatientService
 from mosaic.services.query import QueryService
 from mosaic.services.retrieve import RetrieveService
 from mosaic.services.sweep import LeftoverSweep
+from mosaic.services.worklist import WorklistService
 from mosaic.storage import BlobStore, open_blob_store
 from mosaic.storage.spool import Spool
 
@@ -66,6 +67,7 @@ class Mosaic:
         self.retrieve = RetrieveService(self.database, self.blobs, coercion=self.demographics)
         self.commitments = CommitmentService(self.database, self.retrieve)
         self.patients = PatientService(self.database)
+        self.worklist = WorklistService(self.database)
         self.changes = ChangeFeed(self.database)
         self.identity = IdentityService(self.database, settings.security, self.policy)
         self.jobs = JobStore(self.database, settings.jobs)
@@ -168,14 +170,15 @@ class Mosaic:
         if dicom:
             self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve,
                                      spool=Spool(self.spool_folder, self.blobs), policy=self.policy,
-                                     audit=self.audit, commitments=self.commitments, identity=self.identity)
+                                     audit=self.audit, commitments=self.commitments, identity=self.identity,
+                                     worklist=self.worklist)
             self._start_dicom(self.dicom)
             if self.settings.dicom.workers > 1 and workers:
                 self._start_workers(self.dicom.port)
         if dicom and self.settings.hl7.senders:
             hl7 = self.settings.hl7
             try:
-                self.hl7 = Hl7Server(hl7, Hl7Door(hl7, self.patients, self.audit))
+                self.hl7 = Hl7Server(hl7, Hl7Door(hl7, self.patients, self.audit, self.worklist))
             except OSError as exc:
                 raise StartupError(f"cannot listen for HL7 v2 on {hl7.host}:{hl7.port}: {_reason(exc)}") from exc
             self.hl7.start()

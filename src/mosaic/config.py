@@ -240,7 +240,10 @@ class Hl7Sender(StrictModel):
         "", description="Issuer of Patient ID given to identifiers it sends without an assigning authority "
         "(PID-3.4); empty: none.",
     )
-    patient_facility: str = Field("", description="The facility it speaks for (recorded with each change).")
+    patient_facility: str = Field(
+        "", description="The facility it speaks for: the worklist steps of its orders are found by DICOM peers "
+        "whose scope includes it.",
+    )
 
     @field_validator("may_send")
     @classmethod

@@ -100,9 +100,10 @@ names: authenticated by certificate, not by its AE title alone).
 
 Each entry of `hl7.senders` is an application that may send HL7 v2 messages over MLLP: `application` (its
 MSH-3) and optionally `facility` (MSH-4; empty: any), `addresses` (where it may connect from), `may_send`
-(message types, default `["ADT"]`), `issuer` (the IssuerOfPatientID of identifiers it sends without an
-assigning authority) and `patient_facility`. The HL7 listener runs only when at least one sender is listed:
-any other sender's message is refused (`AR`) and audited.
+(message types: `ADT` patients, `ORM` orders for the Modality Worklist; default `["ADT"]`), `issuer` (the
+IssuerOfPatientID of identifiers it sends without an assigning authority) and `patient_facility` (the facility
+it speaks for: its orders' worklist steps are found by peers whose scope includes it). The HL7 listener runs
+only when at least one sender is listed: any other sender's message is refused (`AR`) and audited.
 
 ```toml
 [hl7]

@@ -82,3 +82,15 @@ class CommitmentStatus:
     NO_SUCH_ACTION_TYPE = Status.NO_SUCH_ACTION_TYPE
     NOT_AUTHORIZED = Status.NOT_AUTHORIZED
 
+
+class ProcedureStepStatus:
+    """Modality Performed Procedure Step, N-CREATE and N-SET (PS3.4 F.7.2, PS3.7 10.1.5 / 10.1.1)."""
+
+    SUCCESS = Status.SUCCESS
+    PROCESSING_FAILURE = Status.PROCESSING_FAILURE
+    """Also: an N-SET of a step that is no longer IN PROGRESS (PS3.4 F.7.2.2.2)."""
+    DUPLICATE_SOP_INSTANCE = Status.DUPLICATE_SOP_INSTANCE
+    NO_SUCH_OBJECT_INSTANCE = Status.NO_SUCH_OBJECT_INSTANCE
+    INVALID_ATTRIBUTE_VALUE = 0x0106
+    MISSING_ATTRIBUTE = 0x0120
+    NOT_AUTHORIZED = Status.NOT_AUTHORIZED

@@ -44,6 +44,8 @@ TRANSFER_SYNTAXES = [
 STORAGE_SOP_CLASSES = sorted({str(uid) for uid in _STORAGE_CLASSES.values()})
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
 
 
 def add_scp_contexts(ae: AE) -> None:
@@ -52,6 +54,8 @@ def add_scp_contexts(ae: AE) -> None:
     for context in QueryRetrievePresentationContexts:
         ae.add_supported_context(context.abstract_syntax)
     ae.add_supported_context(StorageCommitmentPushModel)
+    ae.add_supported_context(MODALITY_WORKLIST_FIND)
+    ae.add_supported_context(MODALITY_PERFORMED_PROCEDURE_STEP)
     for uid in STORAGE_SOP_CLASSES:
         ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
 

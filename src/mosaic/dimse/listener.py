@@ -31,6 +31,7 @@ from mosaic.dimse.door import (
     raise_descriptor_limit,
     set_nodelay,
 )
+from mosaic.dimse.mpps import PerformedStepSCP
 from mosaic.dimse.query import QuerySCP
 from mosaic.dimse.retrieve import RetrieveSCP
 from mosaic.dimse.storage import StorageSCP
@@ -50,6 +51,7 @@ from mosaic.services.commitment import CommitmentService
 from mosaic.services.ingest import IngestService
 from mosaic.services.query import QueryService
 from mosaic.services.retrieve import RetrieveService
+from mosaic.services.worklist import WorklistService
 from mosaic.storage.spool import Spool
 
 log = logging.getLogger("mosaic.dimse")
@@ -61,14 +63,15 @@ class DicomServer:
     def __init__(self, settings: DicomSettings, ingest: IngestService, query: QueryService,
                  retrieve: RetrieveService, spool: Spool | None = None, *, policy: AccessPolicy,
                  audit: AuditTrail, commitments: CommitmentService,
-                 identity: IdentityService | None = None) -> None:
+                 identity: IdentityService | None = None, worklist: WorklistService | None = None) -> None:
         self.settings = settings
         self.spool = spool or Spool()
         self.access = AssociationAccess(settings, policy, audit, identity)
         self.client_tls = client_context(settings.tls) if any(peer.tls for peer in settings.peers) else None
         """How Mosaic calls peers configured with ``tls`` (its dicom.tls certificate, theirs checked)."""
         self.storage = StorageSCP(self.access, ingest, settings.ae_title)
-        self.find = QuerySCP(self.access, query, audit)
+        self.find = QuerySCP(self.access, query, audit, worklist)
+        self.mpps = PerformedStepSCP(self.access, worklist, audit) if worklist is not None else None
         self.retrieve = RetrieveSCP(self.access, retrieve, audit, self.client_tls)
         self.commitment = StorageCommitmentSCP(commitments, settings, scope_of=self.access.commitment_scope,
                                                client_tls=self.client_tls)
@@ -101,6 +104,8 @@ class DicomServer:
             (evt.EVT_C_MOVE, self.retrieve.on_c_move),
             (evt.EVT_C_GET, self.retrieve.on_c_get),
             (evt.EVT_N_ACTION, self.commitment.on_n_action),
+            *([(evt.EVT_N_CREATE, self.mpps.on_n_create), (evt.EVT_N_SET, self.mpps.on_n_set)]
+              if self.mpps is not None else []),
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_REQUESTED, self.on_requested),
         ]

@@ -19,22 +19,26 @@ from pynetdicom.events import Event
 from mosaic.core.errors import QueryError
 from mosaic.core.identifier import NotPlain, encode_identifier
 from mosaic.dimse.access import AssociationAccess, address_of
-from mosaic.dimse.contexts import PATIENT_ROOT_FIND
+from mosaic.dimse.contexts import MODALITY_WORKLIST_FIND, PATIENT_ROOT_FIND
 from mosaic.dimse.status import QueryStatus, with_comment
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail, query_detail
 from mosaic.index.query import Match, Query, Scope
 from mosaic.services.query import QueryService
+from mosaic.services.worklist import WorklistService
 
 log = logging.getLogger("mosaic.dimse")
 
 
 class QuerySCP:
-    """C-FIND on the Patient Root and Study Root models: only studies in the caller's scope match."""
+    """C-FIND on the Patient Root and Study Root models (only studies in the caller's scope match) and on the
+    Modality Worklist model (scheduled steps of the caller's facilities, PS3.4 K)."""
 
-    def __init__(self, access: AssociationAccess, query: QueryService, audit: AuditTrail) -> None:
+    def __init__(self, access: AssociationAccess, query: QueryService, audit: AuditTrail,
+                 worklist: WorklistService | None = None) -> None:
         self.access = access
         self.query = query
         self.audit = audit
+        self.worklist = worklist
 
     def on_c_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         """pynetdicom's ``EVT_C_FIND`` handler (C-CANCEL answered between responses)."""
@@ -73,7 +77,13 @@ class QuerySCP:
                                       **query_detail(identifier, sop_class_uid)})
         try:
             responses: list[Any]
-            if encoded_implicit is None:
+            if sop_class_uid == MODALITY_WORKLIST_FIND:
+                if self.worklist is None:
+                    raise QueryError("this node keeps no worklist")
+                responses = self.worklist.find(identifier, scope=scope)
+                audit.detail["matches"] = len(responses)
+                audit.detail["worklist"] = True
+            elif encoded_implicit is None:
                 responses = list(self.query.c_find(identifier, root=root, scope=scope, audit=audit.detail))
             else:
                 responses = list(encoded_responses(self.query, identifier, root=root, implicit=encoded_implicit,

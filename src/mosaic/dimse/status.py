@@ -7,6 +7,7 @@ from pydicom.dataset import Dataset
 
 from mosaic.core.status import (
     CommitmentStatus,
+    ProcedureStepStatus,
     QueryStatus,
     RetrieveStatus,
     Status,
@@ -14,7 +15,8 @@ from mosaic.core.status import (
     VerificationStatus,
 )
 
-__all__ = ["CommitmentStatus", "QueryStatus", "RetrieveStatus", "Status", "StorageStatus", "VerificationStatus",
+__all__ = ["CommitmentStatus", "ProcedureStepStatus", "QueryStatus", "RetrieveStatus", "Status", "StorageStatus",
+           "VerificationStatus",
            "with_comment"]
 
 

@@ -145,7 +145,8 @@ def _time(message: Message, segment: hl7.Segment, number: int) -> str | None:
     return digits[8:14] if len(digits) > 8 and digits[8:14].isdigit() else ""
 
 
-def _person_name(message: Message, repetitions: list[object]) -> str | None:
+def _person_name(message: Message, repetitions: list[object], *, xcn: bool = False) -> str | None:
+    """A DICOM person name from an XPN field (or an XCN one, ``xcn``: an ID component first)."""
     if not repetitions:
         return None
     if len(repetitions) == 1 and str(repetitions[0]) == "":
@@ -154,9 +155,13 @@ def _person_name(message: Message, repetitions: list[object]) -> str | None:
         return ""
     groups = {"A": "", "I": "", "P": ""}
     for index, repetition in enumerate(repetitions):
-        parts = [message.parsed.unescape(_component(repetition, number)) for number in range(1, 9)]
+        shift = 1 if xcn else 0
+        parts = [message.parsed.unescape(_component(repetition, number + shift)) for number in range(1, 9)]
         family, given, middle, suffix, prefix = parts[0], parts[1], parts[2], parts[3], parts[4]
-        representation = (parts[7] or ("A" if index == 0 else "")).upper()
+        code = "" if xcn else parts[7]  # XPN-8; an XCN's representation code is its 15th component
+        if xcn:
+            code = message.parsed.unescape(_component(repetition, 15))
+        representation = (code or ("A" if index == 0 else "")).upper()
         if representation not in groups or groups[representation]:
             continue
         groups[representation] = "^".join([family, given, middle, prefix, suffix]).rstrip("^")

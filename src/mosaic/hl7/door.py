@@ -18,11 +18,13 @@ from mosaic.hl7.ack import acknowledgement
 from mosaic.hl7.adt import MERGE_EVENTS, PATIENT_EVENTS, patient_of, prior_identity
 from mosaic.hl7.charsets import CharsetError, codec_for, header_fields
 from mosaic.hl7.message import Hl7Error, Message, read_message
+from mosaic.hl7.orders import ORDER_EVENTS, order_of
 from mosaic.services.patients import DuplicatePatient, PatientService, UnknownPatient
+from mosaic.services.worklist import WorklistService
 
 log = logging.getLogger("mosaic.hl7")
 
-SUPPORTED: dict[str, frozenset[str]] = {"ADT": PATIENT_EVENTS | MERGE_EVENTS}
+SUPPORTED: dict[str, frozenset[str]] = {"ADT": PATIENT_EVENTS | MERGE_EVENTS, "ORM": ORDER_EVENTS}
 """Message types Mosaic applies, and their trigger events."""
 
 
@@ -35,10 +37,12 @@ class Answer:
 
 
 class Hl7Door:
-    def __init__(self, settings: Hl7Settings, patients: PatientService, audit: AuditTrail) -> None:
+    def __init__(self, settings: Hl7Settings, patients: PatientService, audit: AuditTrail,
+                 worklist: WorklistService | None = None) -> None:
         self.settings = settings
         self.patients = patients
         self.audit = audit
+        self.worklist = worklist
 
     def sender(self, application: str, facility: str, address: str) -> Hl7Sender | None:
         for sender in self.settings.senders:
@@ -112,6 +116,20 @@ class Hl7Door:
         patient = patient_of(message, default_issuer=sender.issuer)
         entry.PatientID, entry.IssuerOfPatientID = patient.PatientID, patient.IssuerOfPatientID
         reference = f"{message.message_type}^{message.trigger_event} {message.control_id}"
+        if message.message_type == "ORM":
+            if self.worklist is None:
+                raise Hl7Error("AR", 200, "this node keeps no worklist", "MSH^1^9^1^1")
+            order = order_of(message, patient)
+            entry.detail["accession"] = order.AccessionNumber
+            try:
+                entry.detail["order"] = self.worklist.apply(order, facility=sender.patient_facility,
+                                                            source=entry.actor)
+            except LookupError as exc:
+                raise Hl7Error("AE", 204, str(exc), "OBR^1^18") from exc
+            if order.control not in ("CA", "DC"):
+                self.patients.apply(patient.PatientID, patient.IssuerOfPatientID, patient.demographics,
+                                    source=entry.actor, reference=reference)
+            return
         if message.trigger_event in MERGE_EVENTS:
             old = prior_identity(message, default_issuer=sender.issuer)
             entry.detail["prior"] = f"{old[0]}^^^{old[1]}" if old[1] else old[0]

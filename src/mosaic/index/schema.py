@@ -343,6 +343,59 @@ class PatientAlias(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
+class ScheduledStep(Base):
+    """A scheduled procedure step of an order (HL7 ORM^O01): what the Modality Worklist answers."""
+
+    __tablename__ = "scheduled_step"
+    __table_args__ = (UniqueConstraint("AccessionNumber", "ScheduledProcedureStepID", name="uq_scheduled_step"),)
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    PatientID: Mapped[str] = _key()
+    IssuerOfPatientID: Mapped[str] = _key()
+    PatientName: Mapped[str] = mapped_column(String(320), nullable=False, default="")
+    PatientNameUpper: Mapped[str] = _key(320)
+    PatientBirthDate: Mapped[str] = mapped_column(String(8), nullable=False, default="")
+    PatientSex: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    AccessionNumber: Mapped[str] = _key(16)
+    RequestedProcedureID: Mapped[str] = _key(16)
+    RequestedProcedureDescription: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    RequestedProcedureCode: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    """code^meaning^scheme of the universal service (OBR-4)."""
+    RequestedProcedurePriority: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    StudyInstanceUID: Mapped[str] = _key()
+    ReferringPhysicianName: Mapped[str] = mapped_column(String(320), nullable=False, default="")
+    ScheduledProcedureStepID: Mapped[str] = _key(16)
+    ScheduledProcedureStepDescription: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    Modality: Mapped[str] = _key(16)
+    ScheduledStationAETitle: Mapped[str] = _key(16)
+    ScheduledProcedureStepStartDate: Mapped[str] = _ordered_key(8)
+    ScheduledProcedureStepStartTime: Mapped[str] = _ordered_key(16)
+    ScheduledProcedureStepStatus: Mapped[str] = _key(16)
+    """SCHEDULED, or CANCELED / DISCONTINUED (no longer on the worklist)."""
+    placer_order: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    filler_order: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    facility: Mapped[str] = _key()
+    source: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class PerformedStep(Base):
+    """A Modality Performed Procedure Step (PS3.4 F.7): what a modality reports it did, by its SOP Instance UID."""
+
+    __tablename__ = "performed_step"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    SOPInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    PerformedProcedureStepStatus: Mapped[str] = mapped_column(String(16), nullable=False)
+    """IN PROGRESS, then COMPLETED or DISCONTINUED (final: no more N-SET)."""
+    scheduled_step_pk: Mapped[int | None] = mapped_column(ForeignKey("scheduled_step.pk"), nullable=True, index=True)
+    performed_by: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    attributes_json: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
 class BreakGlassGrant(Base):
     """An out-of-scope study opened on purpose, with the reason given; time-limited and audited."""
 

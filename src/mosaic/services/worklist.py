@@ -1,0 +1,271 @@
+"""Orders and the Modality Worklist: scheduled procedure steps as HL7 orders state them, and the worklist query.
+
+An order (HL7 ORM^O01) creates or changes its scheduled procedure step (keyed by accession number and step ID),
+or cancels / discontinues it (then it leaves the worklist). The worklist query follows PS3.4 K.6.1.2: single
+value and wildcard matching (patient names without regard to case), date and time ranges on the step's start,
+the station AE title and modality in the Scheduled Procedure Step Sequence; only steps of the caller's facilities.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy.orm import Session
+
+from mosaic.core.errors import QueryError
+from mosaic.core.status import ProcedureStepStatus
+from mosaic.index.database import Database
+from mosaic.index.query import Scope
+from mosaic.index.schema import PerformedStep, ScheduledStep
+
+ACTIVE = "SCHEDULED"
+ENDED = frozenset({"CANCELED", "DISCONTINUED"})
+_TOP = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+        "RequestedProcedureID", "RequestedProcedureDescription", "RequestedProcedurePriority", "StudyInstanceUID",
+        "ReferringPhysicianName")
+_STEP = ("Modality", "ScheduledStationAETitle", "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime",
+         "ScheduledProcedureStepID", "ScheduledProcedureStepDescription", "ScheduledProcedureStepStatus")
+_RANGE = re.compile(r"^(\d{0,8})-(\d{0,8})$")
+
+
+class PerformedStepError(Exception):
+    """An MPPS request refused: its DIMSE status and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_PERFORMED = ("IN PROGRESS", "COMPLETED", "DISCONTINUED")
+
+
+@dataclass
+class Order:
+    """One scheduled procedure step as an order message gives it (empty strings: not given)."""
+
+    control: str
+    """NW new, XO changed, SC status changed, CA cancelled, DC discontinued (HL7 Table 0119)."""
+    AccessionNumber: str
+    ScheduledProcedureStepID: str
+    PatientID: str
+    IssuerOfPatientID: str
+    values: dict[str, str]
+
+
+class WorklistService:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def apply(self, order: Order, *, facility: str, source: str) -> str:
+        """Create, change or end the step; returns what happened (created, updated, canceled, discontinued)."""
+        def work(session: Session) -> str:
+            now = datetime.now(UTC)
+            step = session.scalar(select(ScheduledStep).where(
+                ScheduledStep.AccessionNumber == order.AccessionNumber,
+                ScheduledStep.ScheduledProcedureStepID == order.ScheduledProcedureStepID))
+            if order.control in ("CA", "DC"):
+                if step is None:
+                    raise LookupError(f"order {order.AccessionNumber} step {order.ScheduledProcedureStepID} is not "
+                                      "on the worklist")
+                step.ScheduledProcedureStepStatus = "CANCELED" if order.control == "CA" else "DISCONTINUED"
+                step.updated_at = now
+                return step.ScheduledProcedureStepStatus.lower()
+            created = step is None
+            if step is None:
+                step = ScheduledStep(AccessionNumber=order.AccessionNumber,
+                                     ScheduledProcedureStepID=order.ScheduledProcedureStepID,
+                                     StudyInstanceUID=order.values.get("StudyInstanceUID") or generate_uid(),
+                                     created_at=now, facility=facility[:64])
+                session.add(step)
+            step.PatientID, step.IssuerOfPatientID = order.PatientID, order.IssuerOfPatientID
+            for keyword, value in order.values.items():
+                if keyword == "StudyInstanceUID" and not value:
+                    continue
+                if hasattr(ScheduledStep, keyword):
+                    column = getattr(ScheduledStep, keyword).property.columns[0]
+                    setattr(step, keyword, value[: column.type.length or 64])
+            step.PatientNameUpper = step.PatientName.upper()
+            step.ScheduledProcedureStepStatus = ACTIVE
+            step.source, step.updated_at = source[:128], now
+            return "created" if created else "updated"
+
+        return self.database.write(work)
+
+    def find(self, identifier: Dataset, *, scope: Scope) -> list[Dataset]:
+        """Responses to a Modality Worklist C-FIND identifier (raises QueryError when it is malformed)."""
+        item = _step_item(identifier)
+        conditions: list[ColumnElement[bool]] = [ScheduledStep.ScheduledProcedureStepStatus == ACTIVE]
+        for keyword in _TOP:
+            if keyword in ("PatientName", "ReferringPhysicianName"):
+                value = _text(identifier, keyword)
+                if value:
+                    column = ScheduledStep.PatientNameUpper if keyword == "PatientName" else \
+                        ScheduledStep.ReferringPhysicianName
+                    conditions.append(_wildcard(column, value.upper() if keyword == "PatientName" else value))
+                continue
+            if keyword in ("PatientID", "AccessionNumber", "RequestedProcedureID", "StudyInstanceUID",
+                           "IssuerOfPatientID"):
+                value = _text(identifier, keyword)
+                if value:
+                    conditions.append(_wildcard(getattr(ScheduledStep, keyword), value))
+        if item is not None:
+            for keyword in ("Modality", "ScheduledStationAETitle", "ScheduledProcedureStepID"):
+                value = _text(item, keyword)
+                if value:
+                    conditions.append(_wildcard(getattr(ScheduledStep, keyword), value))
+            for keyword in ("ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime"):
+                value = _text(item, keyword)
+                if value:
+                    conditions.append(_range(getattr(ScheduledStep, keyword), value, keyword))
+        if not scope.unrestricted and scope.facilities is not None:
+            conditions.append(ScheduledStep.facility.in_(sorted(scope.facilities)))
+        statement = select(ScheduledStep).where(and_(*conditions)).order_by(
+            ScheduledStep.ScheduledProcedureStepStartDate, ScheduledStep.ScheduledProcedureStepStartTime,
+            ScheduledStep.pk)
+        with self.database.session() as session:
+            steps = session.scalars(statement).all()
+            return [_response(identifier, item, step) for step in steps]
+
+
+    # --- Modality Performed Procedure Step (PS3.4 F.7) ------------------------------------------------
+
+    def create_performed(self, sop_instance_uid: str, attributes: Dataset, *, performed_by: str) -> None:
+        """N-CREATE: a step the modality started (IN PROGRESS); its scheduled step (by accession number and
+        step ID in the Scheduled Step Attributes Sequence) becomes STARTED and leaves the worklist."""
+        status = _text(attributes, "PerformedProcedureStepStatus")
+        if status != "IN PROGRESS":
+            raise PerformedStepError(ProcedureStepStatus.INVALID_ATTRIBUTE_VALUE,
+                                     f"an MPPS is created IN PROGRESS, not {status or 'without a status'!r}")
+
+        def work(session: Session) -> None:
+            if session.scalar(select(PerformedStep.pk).where(PerformedStep.SOPInstanceUID == sop_instance_uid)):
+                raise PerformedStepError(ProcedureStepStatus.DUPLICATE_SOP_INSTANCE,
+                                         f"MPPS {sop_instance_uid} exists already")
+            now = datetime.now(UTC)
+            scheduled = None
+            for item in attributes.get("ScheduledStepAttributesSequence", []) or []:
+                scheduled = session.scalar(select(ScheduledStep).where(
+                    ScheduledStep.AccessionNumber == _text(item, "AccessionNumber"),
+                    ScheduledStep.ScheduledProcedureStepID == _text(item, "ScheduledProcedureStepID")))
+                if scheduled is not None:
+                    break
+            if scheduled is not None:
+                scheduled.ScheduledProcedureStepStatus = "STARTED"
+                scheduled.updated_at = now
+            session.add(PerformedStep(SOPInstanceUID=sop_instance_uid, PerformedProcedureStepStatus=status,
+                                      scheduled_step_pk=scheduled.pk if scheduled is not None else None,
+                                      performed_by=performed_by[:64], attributes_json=attributes.to_json(),
+                                      created_at=now, updated_at=now))
+
+        self.database.write(work)
+
+    def set_performed(self, sop_instance_uid: str, modifications: Dataset, *, performed_by: str) -> str:
+        """N-SET: more of what was done, or its end (COMPLETED, DISCONTINUED), only while IN PROGRESS; returns
+        the step's status after it."""
+        wanted = _text(modifications, "PerformedProcedureStepStatus")
+        if wanted and wanted not in _PERFORMED:
+            raise PerformedStepError(ProcedureStepStatus.INVALID_ATTRIBUTE_VALUE,
+                                     f"Performed Procedure Step Status {wanted!r} is not one of "
+                                     f"{', '.join(_PERFORMED)}")
+
+        def work(session: Session) -> str:
+            step = session.scalar(select(PerformedStep).where(PerformedStep.SOPInstanceUID == sop_instance_uid))
+            if step is None:
+                raise PerformedStepError(ProcedureStepStatus.NO_SUCH_OBJECT_INSTANCE,
+                                         f"MPPS {sop_instance_uid} is not known")
+            if step.PerformedProcedureStepStatus != "IN PROGRESS":
+                raise PerformedStepError(ProcedureStepStatus.PROCESSING_FAILURE,
+                                         f"already {step.PerformedProcedureStepStatus}, not IN PROGRESS: no more "
+                                         f"changes (MPPS {sop_instance_uid})")  # the reason first: 64 characters
+            now = datetime.now(UTC)
+            attributes = Dataset.from_json(step.attributes_json)
+            for element in modifications:
+                attributes[element.tag] = element
+            step.attributes_json = attributes.to_json()
+            if wanted:
+                step.PerformedProcedureStepStatus = wanted
+            step.updated_at = now
+            if step.scheduled_step_pk is not None and wanted in ("COMPLETED", "DISCONTINUED"):
+                scheduled = session.get(ScheduledStep, step.scheduled_step_pk)
+                if scheduled is not None:
+                    scheduled.ScheduledProcedureStepStatus = wanted
+                    scheduled.updated_at = now
+            return step.PerformedProcedureStepStatus
+
+        return self.database.write(work)
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    value = dataset.get(keyword)
+    if value is None:
+        return ""
+    return str(value).strip()
+
+
+def _step_item(identifier: Dataset) -> Dataset | None:
+    sequence = identifier.get("ScheduledProcedureStepSequence")
+    if sequence is None:
+        return None
+    if len(sequence) > 1:
+        raise QueryError("the Scheduled Procedure Step Sequence of a worklist query has at most one item")
+    return sequence[0] if len(sequence) else Dataset()
+
+
+def _wildcard(column: Any, value: str) -> ColumnElement[bool]:
+    if "*" in value or "?" in value:
+        escaped = value.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        return column.like(escaped.replace("*", "%").replace("?", "_"), escape="!")  # type: ignore[no-any-return]
+    return column == value  # type: ignore[no-any-return]
+
+
+def _range(column: Any, value: str, keyword: str) -> ColumnElement[bool]:
+    digits = value.replace(":", "") if keyword.endswith("Time") else value
+    match = _RANGE.match(digits)
+    if match is not None:
+        low, high = match.groups()
+        if not low and not high:
+            raise QueryError(f"{keyword}: {value!r} is not a range")
+        parts = []
+        if low:
+            parts.append(column >= low)
+        if high:
+            parts.append(column <= (high if keyword.endswith("Date") else high + "\uffff"))
+        return and_(*parts)
+    if keyword.endswith("Date") and not (len(digits) == 8 and digits.isdigit()):
+        raise QueryError(f"{keyword}: {value!r} is not a date (YYYYMMDD) or range")
+    if keyword.endswith("Time") and not digits.replace(".", "").isdigit():
+        raise QueryError(f"{keyword}: {value!r} is not a time (HHMMSS) or range")
+    return column.like(digits + "%") if keyword.endswith("Time") else column == digits  # type: ignore[no-any-return]
+
+
+def _response(identifier: Dataset, item: Dataset | None, step: ScheduledStep) -> Dataset:
+    response = Dataset()
+    for element in identifier:
+        keyword = element.keyword
+        if keyword == "ScheduledProcedureStepSequence":
+            continue
+        if keyword in _TOP:
+            setattr(response, keyword, getattr(step, keyword) or None)
+        elif keyword == "SpecificCharacterSet":
+            continue
+        else:
+            response.add_new(element.tag, element.VR, None)  # asked for, not kept: returned empty
+    if item is not None:
+        answer = Dataset()
+        for element in item:
+            keyword = element.keyword
+            if keyword in _STEP:
+                setattr(answer, keyword, getattr(step, keyword) or None)
+            else:
+                answer.add_new(element.tag, element.VR, None)
+        response.ScheduledProcedureStepSequence = Sequence([answer])
+    if any(not str(getattr(step, keyword) or "").isascii() for keyword in ("PatientName", "ReferringPhysicianName")):
+        response.SpecificCharacterSet = "ISO_IR 192"
+    return response

@@ -1,0 +1,191 @@
+"""Orders in, worklist out: HL7 ORM^O01 over MLLP schedules procedure steps that modalities find with a Modality
+Worklist C-FIND — dcmtk's `findscu -W` and pynetdicom — matched as PS3.4 K.6.1.2 says (station AE, modality, date
+and time ranges on the step's start, patient names without regard to case, accession), within the peer's scope."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import hl7
+import pydicom
+import pytest
+from hl7.client import MLLPClient
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityWorklistInformationFind
+
+from mosaic.app import Mosaic
+from mosaic.config import DicomPeer, DicomSettings, Hl7Sender, Hl7Settings, HttpSettings, Settings
+
+LOCALHOST = "127.0.0.1"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Mosaic]:
+    peers = [DicomPeer(ae_title="CT01", host=LOCALHOST, port=11112, scope_facilities=["north"]),
+             DicomPeer(ae_title="SOUTHMR", host=LOCALHOST, port=11112, scope_facilities=["south"])]
+    settings = Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0, peers=peers),
+                        hl7=Hl7Settings(port=0, senders=[Hl7Sender(application="RIS", may_send=["ORM", "ADT"],
+                                                                   issuer="GENHOSP", patient_facility="north")]))
+    mosaic = Mosaic(settings)
+    mosaic.start(http=False)
+    yield mosaic
+    mosaic.stop()
+
+
+def orm(control: str, accession: str, *, patient: str = "MRN1^^^GENHOSP", name: str = "Doe^John",
+        modality: str = "CT", station: str = "CT01", start: str = "202612080900", procedure: str = "CTHEAD",
+        study_uid: str = "") -> str:
+    segments = [
+        f"MSH|^~\\&|RIS|GENHOSP|MOSAIC|RAD|20261207||ORM^O01^ORM_O01|{accession}{control}|P|2.3.1",
+        f"PID|1||{patient}||{name}||19600101|M",
+        "PV1|1|O||||||1234^Referring^Rita",
+        f"ORC|{control}|P{accession}|F{accession}||SC||^^^{start}^^R",
+        f"OBR|1|P{accession}|F{accession}|{procedure}^CT head without contrast^L||||||||||||||{accession}|"
+        f"RP{accession}|SPS{accession}|{station}|||{modality}",
+    ]
+    if study_uid:
+        segments.append(f"ZDS|{study_uid}^100^Application^DICOM")
+    return "\r".join(segments) + "\r"
+
+
+def send(node: Mosaic, *messages: str) -> list[str]:
+    with MLLPClient(LOCALHOST, node.hl7_port, encoding="latin-1") as client:  # no MSH-18: the 8859/1 default
+        return [str(hl7.parse(client.send_message(message).decode())["MSA.F1"]) for message in messages]
+
+
+def worklist(node: Mosaic, calling: str = "CT01", **step: str) -> tuple[list[Dataset], int]:
+    identifier = Dataset()
+    identifier.PatientName = step.pop("PatientName", "")
+    identifier.PatientID = ""
+    identifier.AccessionNumber = step.pop("AccessionNumber", "")
+    identifier.StudyInstanceUID = ""
+    identifier.RequestedProcedureDescription = ""
+    identifier.ReferringPhysicianName = ""
+    item = Dataset()
+    for keyword in ("Modality", "ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
+                    "ScheduledProcedureStepStartTime", "ScheduledProcedureStepID"):
+        setattr(item, keyword, step.get(keyword, ""))
+    identifier.ScheduledProcedureStepSequence = [item]
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    association = ae.associate(LOCALHOST, node.dicom_port, ae_title=node.settings.dicom.ae_title)
+    assert association.is_established
+    try:
+        found, final = [], 0
+        for status, response in association.send_c_find(identifier, ModalityWorklistInformationFind):
+            if status and status.Status in (0xFF00, 0xFF01):
+                found.append(response)
+            elif status:
+                final = int(status.Status)
+        return found, final
+    finally:
+        association.release()
+
+
+def test_orders_appear_on_the_worklist_and_a_cancel_removes_them(node: Mosaic) -> None:
+    assert send(node, orm("NW", "A1001", study_uid="1.2.826.0.1.3680043.10.1234.98"),
+                orm("NW", "A1002", patient="MRN2^^^GENHOSP", name="Roe^Jane", modality="MR", station="MR01",
+                    start="202612091430", procedure="MRKNEE")) == ["AA", "AA"]
+    found, status = worklist(node)
+    assert status == 0 and [str(item.AccessionNumber) for item in found] == ["A1001", "A1002"]
+    first = found[0]
+    assert str(first.PatientName) == "Doe^John" and first.StudyInstanceUID == "1.2.826.0.1.3680043.10.1234.98"
+    assert str(first.ReferringPhysicianName) == "Referring^Rita"
+    step = first.ScheduledProcedureStepSequence[0]
+    assert (step.Modality, step.ScheduledStationAETitle, step.ScheduledProcedureStepStartDate,
+            step.ScheduledProcedureStepStartTime, step.ScheduledProcedureStepID) == (
+        "CT", "CT01", "20261208", "0900", "SPSA1001")
+    assert found[1].StudyInstanceUID and found[1].StudyInstanceUID != first.StudyInstanceUID  # generated
+
+    assert [str(item.AccessionNumber) for item in worklist(node, Modality="MR")[0]] == ["A1002"]
+    assert [str(item.AccessionNumber) for item in worklist(node, ScheduledStationAETitle="CT01")[0]] == ["A1001"]
+    assert [str(item.AccessionNumber) for item in worklist(node, PatientName="roe*")[0]] == ["A1002"]
+    assert [str(item.AccessionNumber) for item in
+            worklist(node, ScheduledProcedureStepStartDate="20261209-20261231")[0]] == ["A1002"]
+    assert [str(item.AccessionNumber) for item in worklist(node, ScheduledProcedureStepStartDate="20261208",
+                                                           ScheduledProcedureStepStartTime="0800-1000")[0]] == ["A1001"]
+
+    assert send(node, orm("XO", "A1001", start="202612081100")) == ["AA"]  # rescheduled
+    [moved] = worklist(node, AccessionNumber="A1001")[0]
+    assert moved.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime == "1100"
+    assert send(node, orm("CA", "A1001")) == ["AA"]
+    assert [str(item.AccessionNumber) for item in worklist(node)[0]] == ["A1002"]
+    assert send(node, orm("CA", "A9999")) == ["AE"]  # cancelling what is not there changes nothing
+
+
+def test_findscu_reads_the_worklist(node: Mosaic, dcmtk: dict[str, str], tmp_path: Path) -> None:
+    assert send(node, orm("NW", "B2001", name="Müller^Jürgen")) == ["AA"]
+    out = tmp_path / "responses"
+    out.mkdir()
+    result = subprocess.run(
+        ["findscu", "-W", "-aet", "CT01", "-aec", node.settings.dicom.ae_title, "-X", "-od", str(out),
+         "-k", "0010,0010", "-k", "0010,0020", "-k", "0008,0050", "-k", "0020,000D",
+         "-k", "(0040,0100)[0].0008,0060=CT", "-k", "(0040,0100)[0].0040,0002=20261201-20261231",
+         "-k", "(0040,0100)[0].0040,0001", LOCALHOST, str(node.dicom_port)],
+        capture_output=True, text=True, env=dcmtk, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    [response] = [pydicom.dcmread(path) for path in sorted(out.iterdir())]
+    assert response.AccessionNumber == "B2001" and str(response.PatientName) == "Müller^Jürgen"
+    assert response.ScheduledProcedureStepSequence[0].ScheduledStationAETitle == "CT01"
+
+
+def test_a_peer_sees_only_its_facilities_and_a_bad_date_is_refused(node: Mosaic) -> None:
+    assert send(node, orm("NW", "C3001")) == ["AA"]
+    assert worklist(node, calling="SOUTHMR") == ([], 0)
+    found, status = worklist(node, ScheduledProcedureStepStartDate="2026-12-08")
+    assert found == [] and status == 0xA900
+
+
+def test_mpps_moves_the_step_and_refuses_changes_once_it_ended(node: Mosaic) -> None:
+    from pydicom.uid import generate_uid
+    from pynetdicom.sop_class import ModalityPerformedProcedureStep
+
+    assert send(node, orm("NW", "D4001"), orm("NW", "D4002")) == ["AA", "AA"]
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    association = ae.associate(LOCALHOST, node.dicom_port, ae_title=node.settings.dicom.ae_title)
+    assert association.is_established
+    try:
+        created = Dataset()
+        created.PerformedProcedureStepStatus = "IN PROGRESS"
+        created.PatientID = "MRN1"
+        created.PerformedProcedureStepID = "PPS1"
+        scheduled = Dataset()
+        scheduled.AccessionNumber = "D4001"
+        scheduled.ScheduledProcedureStepID = "SPSD4001"
+        scheduled.StudyInstanceUID = generate_uid()
+        created.ScheduledStepAttributesSequence = [scheduled]
+        uid = generate_uid()
+        status, _ = association.send_n_create(created, ModalityPerformedProcedureStep, uid)
+        assert status.Status == 0x0000
+        # the started step leaves the worklist; the other one stays
+        assert [str(item.AccessionNumber) for item in worklist(node)[0]] == ["D4002"]
+        again, _ = association.send_n_create(created, ModalityPerformedProcedureStep, uid)
+        assert again.Status == 0x0111  # the same MPPS twice
+
+        completed = Dataset()
+        completed.PerformedProcedureStepStatus = "COMPLETED"
+        status, _ = association.send_n_set(completed, ModalityPerformedProcedureStep, uid)
+        assert status.Status == 0x0000
+        late = Dataset()
+        late.PerformedProcedureStepStatus = "DISCONTINUED"
+        status, _ = association.send_n_set(late, ModalityPerformedProcedureStep, uid)
+        assert status.Status == 0x0110 and "COMPLETED" in str(status.get("ErrorComment", ""))
+        unknown, _ = association.send_n_set(late, ModalityPerformedProcedureStep, generate_uid())
+        assert unknown.Status == 0x0112
+        bad = Dataset()
+        bad.PerformedProcedureStepStatus = "COMPLETED"  # an MPPS is created IN PROGRESS
+        refused, _ = association.send_n_create(bad, ModalityPerformedProcedureStep, generate_uid())
+        assert refused.Status == 0x0106
+    finally:
+        association.release()
+    with node.database.session() as session:
+        from sqlalchemy import select
+
+        from mosaic.index.schema import ScheduledStep
+        states = dict(session.execute(select(ScheduledStep.AccessionNumber,
+                                             ScheduledStep.ScheduledProcedureStepStatus)).all())
+    assert states == {"D4001": "COMPLETED", "D4002": "SCHEDULED"}
