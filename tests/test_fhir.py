@@ -12,12 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.endpoint import Endpoint
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.servicerequest import ServiceRequest
 from hl7.client import MLLPClient
 
 from mosaic.app import Mosaic
@@ -25,6 +27,7 @@ from mosaic.config import DicomSettings, Hl7Sender, Hl7Settings, HttpSettings, S
 from mosaic.services.origin import IngestOrigin
 from tests.auth_support import auth_headers
 from tests.factory import make_bytes
+from tests.helpers import wait_until
 
 LOCALHOST = "127.0.0.1"
 PREFIX = "1.2.826.0.1.3680043.10.1234.97"
@@ -33,7 +36,9 @@ PREFIX = "1.2.826.0.1.3680043.10.1234.97"
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Mosaic]:
     settings = Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0),
-                        hl7=Hl7Settings(port=0, senders=[Hl7Sender(application="EPIC", issuer="GENHOSP")]))
+                        hl7=Hl7Settings(port=0, senders=[Hl7Sender(application="EPIC", issuer="GENHOSP",
+                                                                   may_send=["ADT", "ORM"],
+                                                                   patient_facility="north")]))
     mosaic = Mosaic(settings)
     for number, (facility, date, modality) in enumerate(
             [("north", "20240105", "CT"), ("north", "20250310", "MR"), ("south", "20260101", "CT")], start=1):
@@ -70,7 +75,8 @@ def test_the_capability_statement_says_what_the_server_does(node: Mosaic) -> Non
     answer = fhir(node, "/metadata")
     statement = CapabilityStatement.model_validate(answer.json())
     assert statement.fhirVersion == "4.0.1" and statement.format == ["json"]
-    assert {item.type for item in statement.rest[0].resource} == {"Patient", "ImagingStudy", "Endpoint"}
+    assert {item.type for item in statement.rest[0].resource} == {"Patient", "ImagingStudy", "Endpoint",
+                                                                   "ServiceRequest", "AuditEvent"}
 
 
 def test_a_patient_is_found_by_identifier_and_by_name_with_accents_and_read_by_id(node: Mosaic) -> None:
@@ -151,6 +157,48 @@ def test_a_search_it_cannot_run_is_an_operation_outcome(node: Mosaic, params: di
 
 def test_a_search_is_audited(node: Mosaic) -> None:
     bundle(fhir(node, "/Patient", identifier="MRN1"))
-    node.audit.flush()
-    records, _ = node.audit.search(action="query")
-    assert any("/fhir/Patient" in record.detail and "MRN1" in record.detail for record in records)
+
+    def recorded() -> bool:  # the middleware records a request's entry just after its answer went out
+        node.audit.flush()
+        records, _ = node.audit.search(action="query")
+        return any("/fhir/Patient" in record.detail and "MRN1" in record.detail for record in records)
+    wait_until(recorded, timeout=30, what="the FHIR search's audit record")
+
+
+def order(control: str, accession: str) -> str:
+    return "\r".join([
+        f"MSH|^~\\&|EPIC|GENHOSP|MOSAIC|RAD|20261207||ORM^O01^ORM_O01|{accession}{control}|P|2.3.1",
+        "PID|1||MRN1^^^GENHOSP||Müller^Hans||19600101|M",
+        f"ORC|{control}|P{accession}|F{accession}||SC||^^^202612081000^^S",
+        f"OBR|1|P{accession}|F{accession}|CTHEAD^CT head^L||||||||||||||{accession}|RP{accession}|SPS{accession}|CT01"
+        "|||CT"]) + "\r"
+
+
+def test_orders_are_service_requests_of_their_patient(node: Mosaic) -> None:
+    with MLLPClient(LOCALHOST, node.hl7_port, encoding="latin-1") as client:
+        assert b"MSA|AA" in client.send_message(order("NW", "SR1"))
+    [patient] = resources(bundle(fhir(node, "/Patient", identifier="MRN1")), Patient)
+    [request] = resources(bundle(fhir(node, "/ServiceRequest", patient=f"Patient/{patient.id}")), ServiceRequest)
+    assert request.status == "active" and request.intent == "order" and request.priority == "stat"
+    assert request.subject.reference == f"Patient/{patient.id}" and request.code.coding[0].code == "CTHEAD"
+    assert {identifier.value for identifier in request.identifier} == {"SR1", "PSR1", "FSR1"}
+    clinician = ("clin.north", "clin-north-password")  # the order's facility is the sender's: north
+    assert len(bundle(fhir(node, "/ServiceRequest", auth=clinician, identifier="SR1")).entry) == 1
+    with MLLPClient(LOCALHOST, node.hl7_port, encoding="latin-1") as client:
+        assert b"MSA|AA" in client.send_message(order("CA", "SR1"))
+    assert ServiceRequest.model_validate(fhir(node, f"/ServiceRequest/{request.id}").json()).status == "revoked"
+    assert fhir(node, "/ServiceRequest/999999").status_code == 404
+
+
+def test_auditors_read_the_trail_as_audit_events(node: Mosaic) -> None:
+    [patient] = resources(bundle(fhir(node, "/Patient", identifier="MRN1")), Patient)
+    fhir(node, f"/Patient/{patient.id}")
+
+    def events() -> list[AuditEvent]:
+        node.audit.flush()
+        return resources(bundle(fhir(node, "/AuditEvent", patient=f"Patient/{patient.id}", _count=5)), AuditEvent)
+    wait_until(lambda: bool(events()), timeout=30, what="the read's audit record")
+    assert all(event.recorded for event in events())
+    refused = fhir(node, "/AuditEvent", auth=("clin.north", "clin-north-password"))
+    assert refused.status_code == 403
+    assert OperationOutcome.model_validate(refused.json()).issue[0].code == "forbidden"

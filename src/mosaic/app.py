@@ -337,7 +337,9 @@ def create_http_app(node: Mosaic) -> Any:
                                                node.policy))
     app.include_router(create_jobs_router(node.jobs))
     app.include_router(create_patients_router(node.patients))
-    app.include_router(create_fhir_router(policy=node.policy, query_service=node.query, patients=node.patients))
+    app.include_router(create_fhir_router(policy=node.policy, query_service=node.query, patients=node.patients,
+                                          worklist=node.worklist, audit_trail=node.audit,
+                                          observer=settings.dicom.ae_title))
     mount_viewer(app, settings.viewer_path, dicomweb_root="/dicom-web")
     return app
 

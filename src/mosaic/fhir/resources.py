@@ -17,6 +17,7 @@ from fhir.resources.R4B.endpoint import Endpoint
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.servicerequest import ServiceRequest
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 ENDPOINT_ID = "dicomweb"
@@ -104,6 +105,43 @@ def imaging_study_resource(study: Any, patient_pk: int) -> ImagingStudy:
     if study.StudyDescription:
         data["description"] = study.StudyDescription
     return ImagingStudy.model_validate(data)
+
+
+_ORDER_STATUS = {"SCHEDULED": "active", "STARTED": "active", "COMPLETED": "completed", "CANCELED": "revoked",
+                 "DISCONTINUED": "revoked"}
+_ORDER_PRIORITY = {"STAT": "stat", "HIGH": "asap", "MEDIUM": "urgent", "ROUTINE": "routine"}
+
+
+def service_request_resource(step: Any, patient_pk: int | None) -> ServiceRequest:
+    """A scheduled procedure step of an order as the ServiceRequest it fulfils."""
+    identifiers: list[dict[str, Any]] = [{"type": {"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}, "value": step.AccessionNumber}]
+    for code, value in (("PLAC", step.placer_order), ("FILL", step.filler_order)):
+        if value:
+            identifiers.append({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                     "code": code}]}, "value": value})
+    code, meaning, scheme = [*str(step.RequestedProcedureCode or "").split("^"), "", "", ""][:3]
+    concept: dict[str, Any] = {"text": step.RequestedProcedureDescription or meaning or code or "imaging procedure"}
+    if code:
+        coding: dict[str, Any] = {"code": code}
+        if meaning:
+            coding["display"] = meaning
+        if scheme:
+            coding["system"] = f"urn:mosaic:coding-scheme:{scheme}"
+        concept["coding"] = [coding]
+    data: dict[str, Any] = {
+        "resourceType": "ServiceRequest", "id": str(step.pk), "identifier": identifiers,
+        "status": _ORDER_STATUS.get(step.ScheduledProcedureStepStatus, "unknown"), "intent": "order",
+        "code": concept, "subject": {"reference": f"Patient/{patient_pk}"} if patient_pk is not None else
+        {"identifier": {"value": step.PatientID}},
+        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "363679005",
+                                  "display": "Imaging"}]}],
+    }
+    if priority := _ORDER_PRIORITY.get(step.RequestedProcedurePriority):
+        data["priority"] = priority
+    if when := _date(str(step.ScheduledProcedureStepStartDate or "")):
+        data["occurrenceDateTime"] = when
+    return ServiceRequest.model_validate(data)
 
 
 def endpoint_resource(dicomweb_root: str) -> Endpoint:

@@ -5,7 +5,8 @@ OperationOutcome resources with the HTTP status that fits."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,15 +24,18 @@ from mosaic.fhir.resources import (
     imaging_study_resource,
     operation_outcome,
     patient_resource,
+    service_request_resource,
 )
-from mosaic.fhir.search import PARAMETERS, Search, SearchError, parse_search
-from mosaic.governance.audit import AuditAction, AuditEntry
+from mosaic.fhir.search import DEFAULT_COUNT, MAX_COUNT, PARAMETERS, Search, SearchError, date_range, parse_search
+from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
+from mosaic.governance.audit_export import fhir_audit_event
 from mosaic.governance.policy import AccessPolicy, Permission, Principal
 from mosaic.http.auth import principal_of, require
 from mosaic.http.origin import client_origin
 from mosaic.index.query import Match, MatchKey, Query
 from mosaic.services.patients import PatientService
 from mosaic.services.query import QueryService
+from mosaic.services.worklist import WorklistService
 
 MEDIA_TYPE = "application/fhir+json"
 _OUTCOME_CODES = {400: "invalid", 403: "forbidden", 404: "not-found", 406: "not-supported", 401: "security"}
@@ -51,7 +55,9 @@ def _outcome(status: int, diagnostics: str) -> Response:
     return _json(operation_outcome(_OUTCOME_CODES.get(status, "exception"), diagnostics), status)
 
 
-def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, patients: PatientService) -> APIRouter:
+def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, patients: PatientService,
+                       worklist: WorklistService | None = None, audit_trail: AuditTrail | None = None,
+                       observer: str = "MOSAIC") -> APIRouter:
     router = APIRouter(prefix="/fhir")
 
     def guarded(request: Request, permission: Permission, action: str) -> Principal:
@@ -188,6 +194,113 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
     def read_study(request: Request, identifier: str) -> Response:
         return handled(lambda: read(request, "ImagingStudy", identifier))
 
+    def plain_parameters(request: Request, allowed: frozenset[str]) -> tuple[dict[str, str], int, int]:
+        """The parameters of a search served without a Query (ServiceRequest, AuditEvent): checked, one value
+        each, and the page asked for."""
+        given: dict[str, str] = {}
+        for name, value in request.query_params.multi_items():
+            if name not in allowed | {"_count", "_offset", "_format"}:
+                raise FhirError(400, f"search parameter {name!r} is not supported (supported: "
+                                     f"{', '.join(sorted(allowed | {'_count', '_offset'}))})")
+            given[name] = value
+        try:
+            count = max(0, min(int(given.pop("_count", DEFAULT_COUNT)), MAX_COUNT))
+            offset = max(0, int(given.pop("_offset", 0)))
+        except ValueError as exc:
+            raise FhirError(400, f"_count and _offset are numbers: {exc}") from None
+        given.pop("_format", None)
+        return given, count, offset
+
+    def searchset(request: Request, resource: str, items: list[dict[str, Any]], total: int, count: int,
+                  offset: int, given: dict[str, str]) -> Response:
+        root = base(request)
+        page = [*given.items(), ("_count", str(count))]
+        links = [{"relation": "self", "url": f"{root}/{resource}?{urlencode([*page, ('_offset', str(offset))])}"}]
+        if count and offset + count < total:
+            links.append({"relation": "next",
+                          "url": f"{root}/{resource}?{urlencode([*page, ('_offset', str(offset + count))])}"})
+        entries = [{"fullUrl": f"{root}/{resource}/{item['id']}", "resource": item, "search": {"mode": "match"}}
+                   for item in items]
+        return _json(Bundle.model_validate({"resourceType": "Bundle", "type": "searchset", "total": total,
+                                            "link": links, "entry": entries or None}))
+
+    def service_requests(request: Request, step_pk: int | None = None) -> Response:
+        accept_json(request)
+        if worklist is None:
+            raise FhirError(404, "this node keeps no orders")
+        principal = guarded(request, Permission.QUERY if step_pk is None else Permission.READ,
+                            AuditAction.QUERY if step_pk is None else AuditAction.READ)
+        given, count, offset = plain_parameters(request, frozenset({"patient", "subject", "identifier"})) \
+            if step_pk is None else ({}, 1, 0)
+        patient: tuple[str, str] | None = None
+        reference = given.get("patient") or given.get("subject")
+        if reference is not None:
+            pk_text = reference.removeprefix("Patient/")
+            patient = patients.identity_of(int(pk_text)) if pk_text.isdigit() else None
+            if patient is None:
+                count = 0
+        accession = given["identifier"].split("|")[-1] if "identifier" in given else None
+        rows, total = worklist.orders(scope=policy.scope(principal), patient=patient, accession=accession,
+                                      step_pk=step_pk, limit=count, offset=offset) if count else ([], 0)
+        request.state.audit = AuditEntry.of(principal, AuditAction.QUERY if step_pk is None else AuditAction.READ,
+                                            "", PatientID=patient[0] if patient else "",
+                                            detail={"path": request.url.path, "query": str(request.query_params),
+                                                    "matches": total})
+        items = [service_request_resource(row, patients.pk_of(row.PatientID, row.IssuerOfPatientID))
+                 .model_dump(mode="json", exclude_none=True) for row in rows]
+        if step_pk is not None:
+            if not items:
+                raise FhirError(404, f"ServiceRequest/{step_pk} is not known")
+            return Response(json.dumps(items[0]), media_type=MEDIA_TYPE)
+        return searchset(request, "ServiceRequest", items, total, count, offset, given)
+
+    @router.get("/ServiceRequest")
+    def search_service_requests(request: Request) -> Response:
+        return handled(lambda: service_requests(request))
+
+    @router.get("/ServiceRequest/{identifier}")
+    def read_service_request(request: Request, identifier: str) -> Response:
+        def answer() -> Response:
+            if not identifier.isdigit():
+                accept_json(request)
+                guarded(request, Permission.READ, AuditAction.READ)
+                raise FhirError(404, f"ServiceRequest/{identifier} is not known")
+            return service_requests(request, int(identifier))
+        return handled(answer)
+
+    @router.get("/AuditEvent")
+    def search_audit_events(request: Request) -> Response:
+        """The audit trail for auditors (``read-audit``), newest first: ``patient``, ``agent``, ``date``."""
+        def answer() -> Response:
+            accept_json(request)
+            if audit_trail is None:
+                raise FhirError(404, "this node keeps no audit trail here")
+            principal = guarded(request, Permission.READ_AUDIT, AuditAction.AUDIT_READ)
+            given, count, offset = plain_parameters(request, frozenset({"patient", "agent", "date"}))
+            patient_id: str | None = None
+            if "patient" in given:
+                pk_text = given["patient"].removeprefix("Patient/")
+                identity = patients.identity_of(int(pk_text)) if pk_text.isdigit() else None
+                patient_id = identity[0] if identity else given["patient"]
+            since = until = None
+            if "date" in given:
+                try:
+                    low_high = date_range([given["date"]], "date")
+                except SearchError as exc:
+                    raise FhirError(400, str(exc)) from None
+                low, _, high = low_high.partition("-") if "-" in low_high else (low_high, "", low_high)
+                since = datetime.strptime(low, "%Y%m%d").replace(tzinfo=UTC) if low else None
+                until = datetime.strptime(high, "%Y%m%d").replace(tzinfo=UTC) + timedelta(days=1) if high else None
+            rows, total = audit_trail.search(patient_id=patient_id, user=given.get("agent"), since=since,
+                                             until=until, limit=max(count, 1), offset=offset)
+            request.state.audit = AuditEntry.of(principal, AuditAction.AUDIT_READ, "", PatientID=patient_id or "",
+                                                detail={"path": request.url.path, "matches": total})
+            items = [fhir_audit_event(row, observer) for row in rows][:count]
+            for item, row in zip(items, rows, strict=False):
+                item.setdefault("id", str(row.seq))
+            return searchset(request, "AuditEvent", items, total, count, offset, given)
+        return handled(answer)
+
     @router.get("/Endpoint/{identifier}")
     def read_endpoint(request: Request, identifier: str) -> Response:
         def answer() -> Response:
@@ -217,6 +330,10 @@ def capability_statement(base: str) -> CapabilityStatement:
             resource("ImagingStudy", {"patient": "reference", "subject": "reference", "identifier": "token",
                                       "started": "date", "modality": "token", "_id": "token"}),
             {"type": "Endpoint", "interaction": [{"code": "read"}]},
+            resource("ServiceRequest", {"patient": "reference", "subject": "reference", "identifier": "token"}),
+            {"type": "AuditEvent", "interaction": [{"code": "search-type"}], "searchParam": [
+                {"name": "patient", "type": "reference"}, {"name": "agent", "type": "reference"},
+                {"name": "date", "type": "date"}]},
         ]}],
     })
 

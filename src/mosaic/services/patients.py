@@ -154,6 +154,12 @@ class PatientService:
 
         self.database.write(work)
 
+    def pk_of(self, patient_id: str, issuer: str) -> int | None:
+        """The archive's number of a patient (FHIR's Patient id), aliases resolved."""
+        with self.database.session() as session:
+            patient = resolve(session, patient_id, issuer)
+            return patient.pk if patient is not None else None
+
     def identity_of(self, pk: int) -> tuple[str, str] | None:
         """(PatientID, IssuerOfPatientID) of the patient numbered ``pk`` (FHIR's Patient id), or None. Who may
         see it is for the scoped query the caller runs next."""

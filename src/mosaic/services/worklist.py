@@ -134,6 +134,32 @@ class WorklistService:
             return [_response(identifier, item, step) for step in steps]
 
 
+    def orders(self, *, scope: Scope, patient: tuple[str, str] | None = None, accession: str | None = None,
+               step_pk: int | None = None, limit: int = 50, offset: int = 0) -> tuple[list[ScheduledStep], int]:
+        """The scheduled steps (any status) of the caller's facilities, newest first, and how many match (FHIR
+        ServiceRequest)."""
+        from sqlalchemy import func
+
+        conditions: list[ColumnElement[bool]] = []
+        if patient is not None:
+            conditions += [ScheduledStep.PatientID == patient[0], ScheduledStep.IssuerOfPatientID == patient[1]]
+        if accession is not None:
+            conditions.append(ScheduledStep.AccessionNumber == accession)
+        if step_pk is not None:
+            conditions.append(ScheduledStep.pk == step_pk)
+        if not scope.unrestricted and scope.facilities is not None:
+            conditions.append(ScheduledStep.facility.in_(sorted(scope.facilities)))
+        where = and_(*conditions) if conditions else None
+        with self.database.session() as session:
+            statement = select(ScheduledStep)
+            counting = select(func.count()).select_from(ScheduledStep)
+            if where is not None:
+                statement, counting = statement.where(where), counting.where(where)
+            rows = list(session.scalars(statement.order_by(ScheduledStep.pk.desc()).offset(offset).limit(limit)))
+            for row in rows:
+                session.expunge(row)
+            return rows, int(session.scalar(counting) or 0)
+
     # --- Modality Performed Procedure Step (PS3.4 F.7) ------------------------------------------------
 
     def create_performed(self, sop_instance_uid: str, attributes: Dataset, *, performed_by: str) -> None:
