@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -181,6 +182,8 @@ class Mosaic:
                 self.hl7 = Hl7Server(hl7, Hl7Door(hl7, self.patients, self.audit, self.worklist))
             except OSError as exc:
                 raise StartupError(f"cannot listen for HL7 v2 on {hl7.host}:{hl7.port}: {_reason(exc)}") from exc
+            except (ValueError, ssl.SSLError) as exc:
+                raise StartupError(f"the HL7 TLS settings cannot be used: {exc}") from exc
             self.hl7.start()
         if http:
             web = self.settings.http

@@ -269,6 +269,15 @@ class Hl7Settings(StrictModel):
     senders: list[Hl7Sender] = Field(
         default_factory=list, description="Applications that may send messages (matched on MSH-3 and MSH-4).",
     )
+    tls_cert_file: Path | None = Field(
+        None, description="Speak MLLP over TLS (TLS 1.2 or later) with this certificate (PEM, with any "
+        "intermediates); every connection must then shake hands first.",
+    )
+    tls_key_file: Path | None = Field(None, description="The private key of tls_cert_file (PEM).")
+    tls_ca_file: Path | None = Field(
+        None, description="CA certificates (PEM) a sender's client certificate must chain to; given, a sender "
+        "without such a certificate is refused (mutual TLS).",
+    )
 
     @field_validator("default_charset")
     @classmethod

@@ -153,6 +153,12 @@ class Hl7Door:
         if change.changed:
             entry.detail["changed"] = sorted(change.changed)
 
+    def refused_handshake(self, address: str, reason: str) -> None:
+        """A connection whose TLS handshake failed (no or an untrusted client certificate): audited, nothing read."""
+        self.audit.record(AuditEntry(action=AuditAction.LOGIN, outcome="denied", actor="hl7:unknown",
+                                     actor_kind="hl7", address=address, interface="hl7",
+                                     detail={"reason": f"TLS handshake failed: {reason}"[:500]}))
+
     def _refusal(self, raw: bytes, codec: str, error: Hl7Error, address: str) -> Answer:
         """An ACK for a message that could not even be read, from whatever of its header is readable."""
         try:

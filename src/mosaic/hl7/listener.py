@@ -1,7 +1,8 @@
 """The MLLP listener: one thread per connection, messages answered in order on the connection they came in.
 
 A frame larger than ``hl7.max_message_bytes`` closes the connection (nothing of it is applied); a connection
-silent for ``hl7.idle_timeout`` seconds is closed; a message cut off by the peer is not applied.
+silent for ``hl7.idle_timeout`` seconds is closed; a message cut off by the peer is not applied. With
+``hl7.tls_cert_file`` every connection speaks TLS (mutual with ``hl7.tls_ca_file``); a failed handshake is audited.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 
 from mosaic.config import Hl7Settings
@@ -23,6 +25,21 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     door: Hl7Door
     settings: Hl7Settings
+    tls: ssl.SSLContext | None = None
+
+
+def server_context(settings: Hl7Settings) -> ssl.SSLContext | None:
+    """The TLS context of the listener (``hl7.tls_cert_file``), or None for plain MLLP."""
+    if settings.tls_cert_file is None:
+        return None
+    if settings.tls_key_file is None:
+        raise ValueError("hl7.tls_cert_file needs hl7.tls_key_file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
+                                         cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
+    context.verify_mode = ssl.CERT_REQUIRED if settings.tls_ca_file else ssl.CERT_NONE
+    return context
 
 
 class _Connection(socketserver.BaseRequestHandler):
@@ -33,6 +50,13 @@ class _Connection(socketserver.BaseRequestHandler):
         connection.settimeout(self.server.settings.idle_timeout)
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         address = str(self.client_address[0])
+        if self.server.tls is not None:
+            try:  # in this connection's thread: a caller that never says hello holds up no one else
+                connection = self.server.tls.wrap_socket(connection, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.warning("HL7 TLS handshake with %s failed: %s", address, exc)
+                self.server.door.refused_handshake(address, str(exc))
+                return
         framing = Framing()
         answered: dict[str, int] = {}
         try:
@@ -63,6 +87,7 @@ class Hl7Server:
         self._server = _Server((settings.host, settings.port), _Connection, bind_and_activate=True)
         self._server.door = door
         self._server.settings = settings
+        self._server.tls = server_context(settings)
         self._thread: threading.Thread | None = None
 
     @property
