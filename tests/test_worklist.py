@@ -189,3 +189,27 @@ def test_mpps_moves_the_step_and_refuses_changes_once_it_ended(node: Mosaic) -> 
         states = dict(session.execute(select(ScheduledStep.AccessionNumber,
                                              ScheduledStep.ScheduledProcedureStepStatus)).all())
     assert states == {"D4001": "COMPLETED", "D4002": "SCHEDULED"}
+
+
+def test_images_and_their_order_find_each_other(node: Mosaic) -> None:
+    from mosaic.index.query import Scope
+    from tests.factory import make_bytes
+
+    ordered, orderless = "1.2.826.0.1.3680043.10.1234.99.1", "1.2.826.0.1.3680043.10.1234.99.2"
+    assert send(node, orm("NW", "E5001", study_uid=ordered)) == ["AA"]
+    node.ingest.store(make_bytes(patient_id="MRN1", issuer="GENHOSP", study_uid=ordered, accession=""), door="test")
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ordered
+    identifier.AccessionNumber = ""
+    identifier.StudyDescription = ""
+    [study] = node.query.c_find(identifier, root="STUDY", scope=Scope.everything())
+    # the accession the images lacked comes from the order; the description they carry stays theirs
+    assert study.AccessionNumber == "E5001" and study.StudyDescription == "Synthetic study"
+
+    # images that came first (orderless, with the accession) become the study of the order that follows
+    node.ingest.store(make_bytes(patient_id="MRN1", issuer="GENHOSP", study_uid=orderless, accession="E5002"),
+                      door="test")
+    assert send(node, orm("NW", "E5002")) == ["AA"]
+    [step] = worklist(node, AccessionNumber="E5002")[0]
+    assert step.StudyInstanceUID == orderless

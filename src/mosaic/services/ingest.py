@@ -42,7 +42,16 @@ from mosaic.index.attributes import (
     column_widths,
 )
 from mosaic.index.database import Database
-from mosaic.index.schema import Event, Instance, InstanceVersion, Patient, PatientAlias, Series, Study
+from mosaic.index.schema import (
+    Event,
+    Instance,
+    InstanceVersion,
+    Patient,
+    PatientAlias,
+    ScheduledStep,
+    Series,
+    Study,
+)
 from mosaic.services.metrics import INGEST_BYTES, INGEST_SECONDS, INGEST_TOTAL
 from mosaic.services.origin import IngestOrigin
 from mosaic.storage.base import BlobStore, StoredBlob, sha256_of
@@ -518,6 +527,8 @@ class _IndexWriter:
         if study is None:
             values = column_values(self.dataset, STUDY_KEYS, _WIDTHS[Study])
             values["StudyInstanceUID"] = self.parsed.study_instance_uid
+            if not values.get("AccessionNumber") or not values.get("StudyDescription"):
+                self._from_order(values)
             demographics = column_values(self.dataset, DEMOGRAPHIC_KEYS, _WIDTHS[Study])
             values.update(demographics)  # the patient as this study describes it (what a scoped caller sees)
             facility, department = self.labels
@@ -536,6 +547,16 @@ class _IndexWriter:
         else:
             study.updated_at = self.now
         return study
+
+    def _from_order(self, values: dict[str, Any]) -> None:
+        """A new study that an order scheduled (by its Study Instance UID) takes the order's accession number and
+        requested procedure into the index where its objects carry none (the stored files stay as they came)."""
+        ordered = self.session.execute(
+            select(ScheduledStep.AccessionNumber, ScheduledStep.RequestedProcedureDescription)
+            .where(ScheduledStep.StudyInstanceUID == values["StudyInstanceUID"]).limit(1)).first()
+        if ordered is not None:
+            values["AccessionNumber"] = values.get("AccessionNumber") or ordered[0]
+            values["StudyDescription"] = values.get("StudyDescription") or ordered[1][:64]
 
     def _series(self, study: Study, patient: Patient) -> Series:
         series = self.session.scalar(select(Series).where(

@@ -23,7 +23,7 @@ from mosaic.core.errors import QueryError
 from mosaic.core.status import ProcedureStepStatus
 from mosaic.index.database import Database
 from mosaic.index.query import Scope
-from mosaic.index.schema import PerformedStep, ScheduledStep
+from mosaic.index.schema import Patient, PerformedStep, ScheduledStep, Study
 
 ACTIVE = "SCHEDULED"
 ENDED = frozenset({"CANCELED", "DISCONTINUED"})
@@ -79,9 +79,14 @@ class WorklistService:
                 return step.ScheduledProcedureStepStatus.lower()
             created = step is None
             if step is None:
+                # images that came before their order (orderless, with its accession) are its study
+                stored = session.scalar(
+                    select(Study.StudyInstanceUID).join(Patient, Study.patient_pk == Patient.pk)
+                    .where(Study.AccessionNumber == order.AccessionNumber, Patient.PatientID == order.PatientID,
+                           Patient.IssuerOfPatientID == order.IssuerOfPatientID).limit(1))
                 step = ScheduledStep(AccessionNumber=order.AccessionNumber,
                                      ScheduledProcedureStepID=order.ScheduledProcedureStepID,
-                                     StudyInstanceUID=order.values.get("StudyInstanceUID") or generate_uid(),
+                                     StudyInstanceUID=order.values.get("StudyInstanceUID") or stored or generate_uid(),
                                      created_at=now, facility=facility[:64])
                 session.add(step)
             step.PatientID, step.IssuerOfPatientID = order.PatientID, order.IssuerOfPatientID
