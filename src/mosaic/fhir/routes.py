@@ -26,7 +26,7 @@ from mosaic.fhir.resources import (
     patient_resource,
     service_request_resource,
 )
-from mosaic.fhir.search import DEFAULT_COUNT, MAX_COUNT, PARAMETERS, Search, SearchError, date_range, parse_search
+from mosaic.fhir.search import DEFAULT_COUNT, MAX_COUNT, Search, SearchError, date_range, parse_search
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
 from mosaic.governance.audit_export import fhir_audit_event
 from mosaic.governance.policy import AccessPolicy, Permission, Principal
@@ -82,17 +82,18 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
         except (SearchError, QueryError) as exc:
             return _outcome(400, str(exc))
 
-    def patient_keys(pk_text: str) -> list[MatchKey] | None:
-        if not pk_text.isdigit():
-            return None
-        identity = patients.identity_of(int(pk_text))
+    def patient_identity(reference: str) -> tuple[str, str] | None:
+        """(PatientID, issuer) of ``Patient/<id>`` (or a bare id), or None when no such patient exists."""
+        pk_text = reference.removeprefix("Patient/")
+        return patients.identity_of(int(pk_text)) if pk_text.isdigit() else None
+
+    def patient_keys(reference: str) -> list[MatchKey] | None:
+        identity = patient_identity(reference)
         if identity is None:
             return None
-        keys = [MatchKey("PatientID", identity[0], "LO")]
-        keys.append(MatchKey("IssuerOfPatientID", identity[1], "LO"))
-        return keys
+        return [MatchKey("PatientID", identity[0], "LO"), MatchKey("IssuerOfPatientID", identity[1], "LO")]
 
-    def find(request: Request, principal: Principal, query: Query) -> list[Match]:
+    def find(principal: Principal, query: Query) -> list[Match]:
         return query_service.find(query, door="fhir", scope=policy.scope(principal))
 
     def audit(request: Request, principal: Principal, action: str, matches: list[Match], **values: Any) -> None:
@@ -105,7 +106,7 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
     def base(request: Request) -> str:
         return client_origin(request) + "/fhir"
 
-    def resource_of(request: Request, resource: str, match: Match) -> Any:
+    def resource_of(resource: str, match: Match) -> Any:
         if resource == "Patient":
             return patient_resource(match.rows["PATIENT"].pk, match.rows["PATIENT"])
         return imaging_study_resource(match.rows["STUDY"], match.rows["PATIENT"].pk)
@@ -116,39 +117,22 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
         parsed: Search = parse_search(resource, list(request.query_params.multi_items()))
         matches: list[Match] = []
         total = 0
-        if parsed.patient_pk is not None:
-            keys = patient_keys(parsed.patient_pk)
-            if keys is None:
-                parsed.query.keys = []
-                parsed.count = 0
-            else:
-                parsed.query.keys += keys
-        if parsed.patient_pk is None or parsed.count:
-            if parsed.count:
-                matches = find(request, principal, parsed.query)
+        keys = patient_keys(parsed.patient_pk) if parsed.patient_pk is not None else []
+        if keys is not None:  # None: the patient referred to does not exist, so nothing matches
+            parsed.query.keys += keys
             scope = policy.scope(principal)
+            if parsed.count:
+                matches = query_service.find(parsed.query, door="fhir", scope=scope)
             total = (query_service.count(parsed.query, scope=scope)
                      if parsed.offset or len(matches) >= parsed.count else len(matches))
         audit(request, principal, AuditAction.QUERY, matches)
-        root = base(request)
-        entries: list[dict[str, Any]] = []
-        for match in matches:
-            item = resource_of(request, resource, match)
-            entries.append({"fullUrl": f"{root}/{resource}/{item.id}",
-                            "resource": item.model_dump(exclude_none=True), "search": {"mode": "match"}})
+        items = [resource_of(resource, match).model_dump(mode="json", exclude_none=True) for match in matches]
+        included = []
         if parsed.include_endpoint and matches:
-            endpoint = endpoint_resource(client_origin(request) + "/dicom-web")
-            entries.append({"fullUrl": f"{root}/Endpoint/{ENDPOINT_ID}", "resource":
-                            endpoint.model_dump(exclude_none=True), "search": {"mode": "include"}})
-        page = [*parsed.page_parameters, ("_count", str(parsed.count))]
-        here = urlencode([*page, ("_offset", str(parsed.offset))])
-        links = [{"relation": "self", "url": f"{root}/{resource}?{here}"}]
-        if parsed.count and parsed.offset + parsed.count < total:
-            links.append({"relation": "next", "url": f"{root}/{resource}?"
-                          f"{urlencode([*page, ('_offset', str(parsed.offset + parsed.count))])}"})
-        bundle = Bundle.model_validate({"resourceType": "Bundle", "type": "searchset", "total": total,
-                                        "link": links, "entry": entries or None})
-        return _json(bundle)
+            included.append(endpoint_resource(client_origin(request) + "/dicom-web")
+                            .model_dump(mode="json", exclude_none=True))
+        return searchset(request, resource, items, total, parsed.count, parsed.offset, parsed.page_parameters,
+                         included=included)
 
     def read(request: Request, resource: str, identifier: str) -> Response:
         accept_json(request)
@@ -157,10 +141,9 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
         if resource == "Patient":
             keys = patient_keys(identifier)
             if keys is not None:
-                matches = find(request, principal, Query("PATIENT", keys, limit=1))
+                matches = find(principal, Query("PATIENT", keys, limit=1))
         else:
-            matches = find(request, principal, Query("STUDY", [MatchKey("StudyInstanceUID", identifier, "UI")],
-                                                     limit=1))
+            matches = find(principal, Query("STUDY", [MatchKey("StudyInstanceUID", identifier, "UI")], limit=1))
         first = matches[0] if matches else None
         audit(request, principal, AuditAction.READ, matches,
               PatientID=first.rows["PATIENT"].PatientID if first else "",
@@ -168,7 +151,7 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
               StudyInstanceUID=identifier if resource == "ImagingStudy" else "")
         if first is None:  # unknown and outside the caller's scope answer alike
             raise FhirError(404, f"{resource}/{identifier} is not known")
-        return _json(resource_of(request, resource, first))
+        return _json(resource_of(resource, first))
 
     @router.get("/metadata")
     def metadata(request: Request) -> Response:
@@ -212,15 +195,20 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
         return given, count, offset
 
     def searchset(request: Request, resource: str, items: list[dict[str, Any]], total: int, count: int,
-                  offset: int, given: dict[str, str]) -> Response:
+                  offset: int, given: list[tuple[str, str]], *,
+                  included: list[dict[str, Any]] | None = None) -> Response:
+        """A searchset Bundle: the matches, anything ``_include``d, and self / next links that repeat the search's
+        own parameters with the page."""
         root = base(request)
-        page = [*given.items(), ("_count", str(count))]
+        page = [*given, ("_count", str(count))]
         links = [{"relation": "self", "url": f"{root}/{resource}?{urlencode([*page, ('_offset', str(offset))])}"}]
         if count and offset + count < total:
             links.append({"relation": "next",
                           "url": f"{root}/{resource}?{urlencode([*page, ('_offset', str(offset + count))])}"})
         entries = [{"fullUrl": f"{root}/{resource}/{item['id']}", "resource": item, "search": {"mode": "match"}}
                    for item in items]
+        entries += [{"fullUrl": f"{root}/{item['resourceType']}/{item['id']}", "resource": item,
+                     "search": {"mode": "include"}} for item in included or []]
         return _json(Bundle.model_validate({"resourceType": "Bundle", "type": "searchset", "total": total,
                                             "link": links, "entry": entries or None}))
 
@@ -235,15 +223,15 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
         patient: tuple[str, str] | None = None
         reference = given.get("patient") or given.get("subject")
         if reference is not None:
-            pk_text = reference.removeprefix("Patient/")
-            patient = patients.identity_of(int(pk_text)) if pk_text.isdigit() else None
+            patient = patient_identity(reference)
             if patient is None:
                 count = 0
         accession = given["identifier"].split("|")[-1] if "identifier" in given else None
         rows, total = worklist.orders(scope=policy.scope(principal), patient=patient, accession=accession,
                                       step_pk=step_pk, limit=count, offset=offset) if count else ([], 0)
         request.state.audit = AuditEntry.of(principal, AuditAction.QUERY if step_pk is None else AuditAction.READ,
-                                            "", PatientID=patient[0] if patient else "",
+                                            "", PatientID=patient[0] if patient else
+                                            rows[0].PatientID if step_pk is not None and rows else "",
                                             detail={"path": request.url.path, "query": str(request.query_params),
                                                     "matches": total})
         items = [service_request_resource(row, patients.pk_of(row.PatientID, row.IssuerOfPatientID))
@@ -252,7 +240,7 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
             if not items:
                 raise FhirError(404, f"ServiceRequest/{step_pk} is not known")
             return Response(json.dumps(items[0]), media_type=MEDIA_TYPE)
-        return searchset(request, "ServiceRequest", items, total, count, offset, given)
+        return searchset(request, "ServiceRequest", items, total, count, offset, list(given.items()))
 
     @router.get("/ServiceRequest")
     def search_service_requests(request: Request) -> Response:
@@ -260,13 +248,8 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
 
     @router.get("/ServiceRequest/{identifier}")
     def read_service_request(request: Request, identifier: str) -> Response:
-        def answer() -> Response:
-            if not identifier.isdigit():
-                accept_json(request)
-                guarded(request, Permission.READ, AuditAction.READ)
-                raise FhirError(404, f"ServiceRequest/{identifier} is not known")
-            return service_requests(request, int(identifier))
-        return handled(answer)
+        # not a number: no order has it (0 is never an order's number), answered like any unknown one
+        return handled(lambda: service_requests(request, int(identifier) if identifier.isdigit() else 0))
 
     @router.get("/AuditEvent")
     def search_audit_events(request: Request) -> Response:
@@ -278,9 +261,8 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
             principal = guarded(request, Permission.READ_AUDIT, AuditAction.AUDIT_READ)
             given, count, offset = plain_parameters(request, frozenset({"patient", "agent", "date"}))
             patient_id: str | None = None
-            if "patient" in given:
-                pk_text = given["patient"].removeprefix("Patient/")
-                identity = patients.identity_of(int(pk_text)) if pk_text.isdigit() else None
+            if "patient" in given:  # Patient/<id>, or a Patient ID as the trail records it
+                identity = patient_identity(given["patient"])
                 patient_id = identity[0] if identity else given["patient"]
             since = until = None
             if "date" in given:
@@ -295,10 +277,8 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
                                              until=until, limit=max(count, 1), offset=offset)
             request.state.audit = AuditEntry.of(principal, AuditAction.AUDIT_READ, "", PatientID=patient_id or "",
                                                 detail={"path": request.url.path, "matches": total})
-            items = [fhir_audit_event(row, observer) for row in rows][:count]
-            for item, row in zip(items, rows, strict=False):
-                item.setdefault("id", str(row.seq))
-            return searchset(request, "AuditEvent", items, total, count, offset, given)
+            items = [fhir_audit_event(row, observer) for row in rows[:count]]
+            return searchset(request, "AuditEvent", items, total, count, offset, list(given.items()))
         return handled(answer)
 
     @router.get("/Endpoint/{identifier}")
@@ -337,5 +317,3 @@ def capability_statement(base: str) -> CapabilityStatement:
         ]}],
     })
 
-
-assert set(PARAMETERS) == {"Patient", "ImagingStudy"}
