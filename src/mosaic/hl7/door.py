@@ -58,15 +58,11 @@ class Hl7Door:
     def handle(self, raw: bytes, address: str) -> Answer:
         """Apply one framed message from ``address`` and build its acknowledgement."""
         try:
-            codec = codec_for(raw, self.settings.default_charset)[1]
-        except CharsetError:
-            codec = "latin-1"
-        try:
             message = read_message(raw, self.settings.default_charset)
         except CharsetError as exc:
-            return self._refusal(raw, codec, Hl7Error("AR", 207, str(exc), "MSH^1^18"), address)
+            return self._refusal(raw, Hl7Error("AR", 207, str(exc), "MSH^1^18"), address)
         except Hl7Error as exc:
-            return self._refusal(raw, codec, exc, address)
+            return self._refusal(raw, exc, address)
         name = f"hl7:{message.sending_application}^{message.sending_facility}"
         entry = AuditEntry(action=AuditAction.MODIFY, outcome="success", actor=name, actor_kind="hl7",
                            address=address, interface="hl7",
@@ -123,12 +119,11 @@ class Hl7Door:
             entry.detail["accession"] = order.AccessionNumber
             try:
                 entry.detail["order"] = self.worklist.apply(order, facility=sender.patient_facility,
-                                                            source=entry.actor)
+                                                            source=entry.actor, reference=reference,
+                                                            demographics=None if order.control in ("CA", "DC")
+                                                            else patient.demographics)
             except LookupError as exc:
                 raise Hl7Error("AE", 204, str(exc), "OBR^1^18") from exc
-            if order.control not in ("CA", "DC"):
-                self.patients.apply(patient.PatientID, patient.IssuerOfPatientID, patient.demographics,
-                                    source=entry.actor, reference=reference)
             return
         if message.trigger_event in MERGE_EVENTS:
             old = prior_identity(message, default_issuer=sender.issuer)
@@ -146,9 +141,8 @@ class Hl7Door:
             except DuplicatePatient as exc:
                 raise Hl7Error("AE", 205, str(exc), "PID^1^3^1^1") from exc
             return
-        change = self.patients.apply(
-            patient.PatientID, patient.IssuerOfPatientID, patient.demographics, source=entry.actor,
-            reference=f"{message.message_type}^{message.trigger_event} {message.control_id}")
+        change = self.patients.apply(patient.PatientID, patient.IssuerOfPatientID, patient.demographics,
+                                     source=entry.actor, reference=reference)
         entry.detail["patient"] = "created" if change.created else "updated" if change.changed else "unchanged"
         if change.changed:
             entry.detail["changed"] = sorted(change.changed)
@@ -159,8 +153,13 @@ class Hl7Door:
                                      actor_kind="hl7", address=address, interface="hl7",
                                      detail={"reason": f"TLS handshake failed: {reason}"[:500]}))
 
-    def _refusal(self, raw: bytes, codec: str, error: Hl7Error, address: str) -> Answer:
-        """An ACK for a message that could not even be read, from whatever of its header is readable."""
+    def _refusal(self, raw: bytes, error: Hl7Error, address: str) -> Answer:
+        """An ACK for a message that could not even be read, from whatever of its header is readable, in the
+        message's own character set when that can be told (else 8859/1, which any byte decodes in)."""
+        try:
+            codec = codec_for(raw, self.settings.default_charset)[1]
+        except CharsetError:
+            codec = "latin-1"
         try:
             header = [field.decode("latin-1") for field in header_fields(raw)]
             header[0] = raw[3:4].decode("latin-1")

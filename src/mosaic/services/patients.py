@@ -65,10 +65,8 @@ class PatientService:
 
         ``demographics``: keyword → new value; None leaves the attribute as it is (the field was not sent), ""
         clears it (HL7 ``""``)."""
-        wanted = {keyword: value for keyword, value in demographics.items()
-                  if keyword in DEMOGRAPHICS and value is not None}
-
-        return self.database.write(lambda session: _apply(session, patient_id, issuer, wanted, source, reference))
+        return self.database.write(lambda session: apply_in(session, patient_id, issuer, demographics,
+                                                            source=source, reference=reference))
 
     def merge(self, survivor: tuple[str, str], old: tuple[str, str], demographics: dict[str, str | None], *,
               source: str, reference: str) -> int:
@@ -76,12 +74,9 @@ class PatientService:
         studies move to the survivor, ``old`` becomes an alias (later images and messages under it are filed
         under the survivor; a query for it finds nothing), its legal holds follow; the survivor is created from
         ``demographics`` if it is new. Returns how many studies moved; raises :class:`UnknownPatient`."""
-        wanted = {keyword: value for keyword, value in demographics.items()
-                  if keyword in DEMOGRAPHICS and value is not None}
-
         def work(session: Session) -> int:
             now = datetime.now(UTC)
-            _apply(session, *survivor, wanted, source, reference)
+            apply_in(session, *survivor, demographics, source=source, reference=reference)
             target = resolve(session, *survivor)
             assert target is not None  # just applied
             merged = session.scalar(select(Patient).where(Patient.PatientID == old[0],
@@ -183,37 +178,41 @@ class PatientService:
             return PatientRecord(patient.PatientID, patient.IssuerOfPatientID, _demographics(patient), history)
 
 
-def _apply(session: Session, patient_id: str, issuer: str, wanted: dict[str, str], source: str,
-           reference: str) -> PatientChange:
-        now = datetime.now(UTC)
-        patient = resolve(session, patient_id, issuer)  # a merged identity's messages go to its survivor
-        created = patient is None
-        before = {} if patient is None else _demographics(patient)
-        after = {**{keyword: "" for keyword in DEMOGRAPHICS}, **before, **wanted}
-        # an alias updates its survivor, under the survivor's identity
-        identity = (patient.PatientID, patient.IssuerOfPatientID) if patient is not None else (patient_id, issuer)
-        values = _columns(*identity, after)
-        if patient is None:
-            patient = Patient(**values, created_at=now, updated_at=now)
-            session.add(patient)
-            session.flush()
-        else:
-            for column, value in values.items():
-                setattr(patient, column, value)
-            patient.updated_at = now
-        changed = {keyword: (before.get(keyword, ""), after[keyword]) for keyword in DEMOGRAPHICS
-                   if before.get(keyword, "") != after[keyword]}
-        if created or changed:
-            study_values = column_values(_dataset(after), DEMOGRAPHIC_KEYS, _STUDY_WIDTHS)
-            session.execute(update(Study).where(Study.patient_pk == patient.pk).values(**study_values))
-            session.add(PatientHistory(patient_pk=patient.pk, changed_at=now,
-                                       action="created" if created else "updated", source=source[:128],
-                                       reference=reference[:128], before_json=json.dumps(before),
-                                       after_json=json.dumps(after)))
-            session.add(Event(type=(EventType.PATIENT_CREATED if created else EventType.PATIENT_UPDATED).value,
-                              created_at=now, PatientID=patient_id, IssuerOfPatientID=issuer,
-                              payload=json.dumps({"changed": sorted(changed), "source": source})))
-        return PatientChange(patient.PatientID, patient.IssuerOfPatientID, created, {} if created else changed)
+def apply_in(session: Session, patient_id: str, issuer: str, demographics: dict[str, str | None], *,
+             source: str, reference: str) -> PatientChange:
+    """:meth:`PatientService.apply` inside the caller's transaction (an order or a merge also updates its patient,
+    whole or not at all)."""
+    wanted = {keyword: value for keyword, value in demographics.items()
+              if keyword in DEMOGRAPHICS and value is not None}
+    now = datetime.now(UTC)
+    patient = resolve(session, patient_id, issuer)  # a merged identity's messages go to its survivor
+    created = patient is None
+    before = {} if patient is None else _demographics(patient)
+    after = {**{keyword: "" for keyword in DEMOGRAPHICS}, **before, **wanted}
+    # an alias updates its survivor, under the survivor's identity
+    identity = (patient.PatientID, patient.IssuerOfPatientID) if patient is not None else (patient_id, issuer)
+    values = _columns(*identity, after)
+    if patient is None:
+        patient = Patient(**values, created_at=now, updated_at=now)
+        session.add(patient)
+        session.flush()
+    else:
+        for column, value in values.items():
+            setattr(patient, column, value)
+        patient.updated_at = now
+    changed = {keyword: (before.get(keyword, ""), after[keyword]) for keyword in DEMOGRAPHICS
+               if before.get(keyword, "") != after[keyword]}
+    if created or changed:
+        study_values = column_values(_dataset(after), DEMOGRAPHIC_KEYS, _STUDY_WIDTHS)
+        session.execute(update(Study).where(Study.patient_pk == patient.pk).values(**study_values))
+        session.add(PatientHistory(patient_pk=patient.pk, changed_at=now,
+                                   action="created" if created else "updated", source=source[:128],
+                                   reference=reference[:128], before_json=json.dumps(before),
+                                   after_json=json.dumps(after)))
+        session.add(Event(type=(EventType.PATIENT_CREATED if created else EventType.PATIENT_UPDATED).value,
+                          created_at=now, PatientID=identity[0], IssuerOfPatientID=identity[1],
+                          payload=json.dumps({"changed": sorted(changed), "source": source})))
+    return PatientChange(patient.PatientID, patient.IssuerOfPatientID, created, {} if created else changed)
 
 
 def resolve(session: Session, patient_id: str, issuer: str) -> Patient | None:

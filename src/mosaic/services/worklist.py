@@ -24,6 +24,7 @@ from mosaic.core.status import ProcedureStepStatus
 from mosaic.index.database import Database
 from mosaic.index.query import Scope
 from mosaic.index.schema import Patient, PerformedStep, ScheduledStep, Study
+from mosaic.services.patients import apply_in
 
 ACTIVE = "SCHEDULED"
 ENDED = frozenset({"CANCELED", "DISCONTINUED"})
@@ -63,8 +64,10 @@ class WorklistService:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def apply(self, order: Order, *, facility: str, source: str) -> str:
-        """Create, change or end the step; returns what happened (created, updated, canceled, discontinued)."""
+    def apply(self, order: Order, *, facility: str, source: str, reference: str = "",
+              demographics: dict[str, str | None] | None = None) -> str:
+        """Create, change or end the step, and (new or changed orders) create or update its patient from
+        ``demographics``, in one transaction; returns what happened (created, updated, canceled, discontinued)."""
         def work(session: Session) -> str:
             now = datetime.now(UTC)
             step = session.scalar(select(ScheduledStep).where(
@@ -77,6 +80,9 @@ class WorklistService:
                 step.ScheduledProcedureStepStatus = "CANCELED" if order.control == "CA" else "DISCONTINUED"
                 step.updated_at = now
                 return step.ScheduledProcedureStepStatus.lower()
+            if demographics is not None:
+                apply_in(session, order.PatientID, order.IssuerOfPatientID, demographics, source=source,
+                         reference=reference)
             created = step is None
             if step is None:
                 # images that came before their order (orderless, with its accession) are its study
