@@ -223,6 +223,8 @@ HL7_CHARSETS = ("ASCII", "8859/1", "8859/2", "8859/3", "8859/4", "8859/5", "8859
                 "8859/15", "UNICODE UTF-8", "ISO IR87", "ISO IR159", "ISO IR6", "ISO IR100", "ISO IR14", "GB 18030",
                 "KS X 1001", "BIG-5")
 """Character sets of HL7 Table 0211 that Mosaic decodes (MSH-18)."""
+HL7_MESSAGE_TYPES = ("ADT", "ORM")
+"""Message types (MSH-9.1) Mosaic applies: what ``hl7.senders[].may_send`` may name."""
 
 
 class Hl7Sender(StrictModel):
@@ -248,7 +250,12 @@ class Hl7Sender(StrictModel):
     @field_validator("may_send")
     @classmethod
     def _check_types(cls, value: list[str]) -> list[str]:
-        return [item.strip().upper() for item in value if item.strip()]
+        types = [item.strip().upper() for item in value if item.strip()]
+        unknown = [item for item in types if item not in HL7_MESSAGE_TYPES]
+        if unknown:  # a typo would otherwise leave the sender refused with no word at start-up
+            raise ValueError(f"{', '.join(unknown)}: not a message type Mosaic applies "
+                             f"({', '.join(HL7_MESSAGE_TYPES)})")
+        return types
 
 
 class Hl7Settings(StrictModel):
@@ -265,6 +272,9 @@ class Hl7Settings(StrictModel):
     )
     idle_timeout: float = Field(
         300.0, gt=0, description="Seconds a connection may stay silent before Mosaic closes it.",
+    )
+    max_connections: int = Field(
+        64, ge=1, description="Most MLLP connections served at once (each holds a thread); more are closed at once.",
     )
     senders: list[Hl7Sender] = Field(
         default_factory=list, description="Applications that may send messages (matched on MSH-3 and MSH-4).",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mosaic.config import Hl7Sender, Hl7Settings
+from mosaic.config import HL7_MESSAGE_TYPES, Hl7Sender, Hl7Settings
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
 from mosaic.hl7.ack import acknowledgement
 from mosaic.hl7.adt import MERGE_EVENTS, PATIENT_EVENTS, patient_of, prior_identity
@@ -25,6 +25,7 @@ from mosaic.services.worklist import WorklistService
 log = logging.getLogger("mosaic.hl7")
 
 SUPPORTED: dict[str, frozenset[str]] = {"ADT": PATIENT_EVENTS | MERGE_EVENTS, "ORM": ORDER_EVENTS}
+assert set(SUPPORTED) == set(HL7_MESSAGE_TYPES), "config.HL7_MESSAGE_TYPES names what the door applies"
 """Message types Mosaic applies, and their trigger events."""
 
 

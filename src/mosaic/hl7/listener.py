@@ -12,6 +12,7 @@ import socket
 import socketserver
 import ssl
 import threading
+from typing import Any
 
 from mosaic.config import Hl7Settings
 from mosaic.hl7.door import Hl7Door
@@ -26,6 +27,22 @@ class _Server(socketserver.ThreadingTCPServer):
     door: Hl7Door
     settings: Hl7Settings
     tls: ssl.SSLContext | None = None
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for the connection while fewer than ``hl7.max_connections`` are served, else it is closed."""
+        if not self.slots.acquire(blocking=False):
+            log.warning("HL7 connection from %s refused: %d connections are served already (hl7.max_connections)",
+                        client_address[0], self.settings.max_connections)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 def server_context(settings: Hl7Settings) -> ssl.SSLContext | None:
@@ -88,6 +105,7 @@ class Hl7Server:
         self._server.door = door
         self._server.settings = settings
         self._server.tls = server_context(settings)
+        self._server.slots = threading.BoundedSemaphore(settings.max_connections)
         self._thread: threading.Thread | None = None
 
     @property
