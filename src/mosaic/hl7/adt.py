@@ -39,22 +39,9 @@ def patient_of(message: Message, *, default_issuer: str = "") -> PatientData:
     if not pids:
         raise Hl7Error("AE", 100, "the message has no PID segment", "PID")
     pid = pids[0]
-    patient_id, issuer = "", ""
-    identifiers = _field(pid, 3)
-    for repetition in identifiers:
-        value = message.parsed.unescape(_component(repetition, 1))
-        if value and value != DELETE:
-            patient_id = value
-            issuer = message.parsed.unescape(_component(repetition, 4, 1) or _component(repetition, 4, 2)) \
-                or default_issuer
-            break
-    if not patient_id:
-        raise Hl7Error("AE", 101, "PID-3 (patient identifier list) has no identifier", "PID^1^3^1^1")
-    if len(patient_id) > 64 or len(issuer) > 64:
-        raise Hl7Error("AE", 102, "PID-3: a patient identifier or its assigning authority is longer than 64 "
-                                  "characters (the DICOM LO limit)", "PID^1^3^1^1")
+    patient_id, issuer = _identifier(message, pid, 3, default_issuer)
     demographics: dict[str, str | None] = {
-        "PatientName": _person_name(message, _field(pid, 5)),
+        "PatientName": person_name(message, field(pid, 5)),
         "PatientBirthDate": _date(message, pid, 7),
         "PatientBirthTime": _time(message, pid, 7),
         "PatientSex": _coded(message, pid, 8, _SEX),
@@ -68,26 +55,39 @@ def prior_identity(message: Message, *, default_issuer: str = "") -> tuple[str, 
     mrgs = message.segments("MRG")
     if not mrgs:
         raise Hl7Error("AE", 100, "a merge needs an MRG segment", "MRG")
-    for repetition in _field(mrgs[0], 1):
-        value = message.parsed.unescape(_component(repetition, 1))
+    return _identifier(message, mrgs[0], 1, default_issuer)
+
+
+def _identifier(message: Message, segment: hl7.Segment, number: int, default_issuer: str) -> tuple[str, str]:
+    """The first identifier of a CX list (PID-3, MRG-1) and its assigning authority (CX-4, the namespace or the
+    universal ID), else ``default_issuer``; raises AE 101 when there is none, 102 when longer than DICOM's LO."""
+    name = f"{segment[0]}-{number}"
+    location = f"{segment[0]}^1^{number}^1^1"
+    for repetition in field(segment, number):
+        value = message.parsed.unescape(component(repetition, 1))
         if value and value != DELETE:
-            issuer = message.parsed.unescape(_component(repetition, 4, 1) or _component(repetition, 4, 2)) \
+            issuer = message.parsed.unescape(component(repetition, 4, 1) or component(repetition, 4, 2)) \
                 or default_issuer
+            if len(value) > 64 or len(issuer) > 64:
+                raise Hl7Error("AE", 102, f"{name}: a patient identifier or its assigning authority is longer than "
+                                          "64 characters (the DICOM LO limit)", location)
             return value, issuer
-    raise Hl7Error("AE", 101, "MRG-1 (prior patient identifier list) has no identifier", "MRG^1^1^1^1")
+    raise Hl7Error("AE", 101, f"{name} (patient identifier list) has no identifier", location)
 
 
-def _field(segment: hl7.Segment, number: int) -> list[object]:
+def field(segment: hl7.Segment, number: int) -> list[object]:
+    """The repetitions of field ``number`` of ``segment`` (one item for a field without repetitions)."""
     try:
-        field = segment[number]
+        value = segment[number]
     except IndexError:
         return []
-    if isinstance(field, hl7.Field) or (isinstance(field, list) and not isinstance(field, str)):
-        return list(field) if field and isinstance(field[0], (hl7.Repetition, list)) else [field]
-    return [field]
+    if isinstance(value, list):  # python-hl7's Field: a list of repetitions, or of one field's parts
+        return list(value) if value and isinstance(value[0], list) else [value]
+    return [value]
 
 
-def _component(repetition: object, number: int, sub: int | None = None) -> str:
+def component(repetition: object, number: int, sub: int | None = None) -> str:
+    """Component ``number`` (and subcomponent ``sub``) of one repetition, as sent (escapes kept), "" when absent."""
     if isinstance(repetition, str):
         return repetition if number == 1 and not sub else ""
     try:
@@ -117,7 +117,7 @@ def _text(message: Message, segment: hl7.Segment, number: int) -> str | None:
         return None
     if raw == DELETE:
         return ""
-    return message.parsed.unescape(_component(_field(segment, number)[0], 1))[:64]
+    return message.parsed.unescape(component(field(segment, number)[0], 1))[:64]
 
 
 def _coded(message: Message, segment: hl7.Segment, number: int, table: dict[str, str]) -> str | None:
@@ -145,7 +145,7 @@ def _time(message: Message, segment: hl7.Segment, number: int) -> str | None:
     return digits[8:14] if len(digits) > 8 and digits[8:14].isdigit() else ""
 
 
-def _person_name(message: Message, repetitions: list[object], *, xcn: bool = False) -> str | None:
+def person_name(message: Message, repetitions: list[object], *, xcn: bool = False) -> str | None:
     """A DICOM person name from an XPN field (or an XCN one, ``xcn``: an ID component first)."""
     if not repetitions:
         return None
@@ -156,11 +156,11 @@ def _person_name(message: Message, repetitions: list[object], *, xcn: bool = Fal
     groups = {"A": "", "I": "", "P": ""}
     for index, repetition in enumerate(repetitions):
         shift = 1 if xcn else 0
-        parts = [message.parsed.unescape(_component(repetition, number + shift)) for number in range(1, 9)]
+        parts = [message.parsed.unescape(component(repetition, number + shift)) for number in range(1, 9)]
         family, given, middle, suffix, prefix = parts[0], parts[1], parts[2], parts[3], parts[4]
         code = "" if xcn else parts[7]  # XPN-8; an XCN's representation code is its 15th component
         if xcn:
-            code = message.parsed.unescape(_component(repetition, 15))
+            code = message.parsed.unescape(component(repetition, 15))
         representation = (code or ("A" if index == 0 else "")).upper()
         if representation not in groups or groups[representation]:
             continue

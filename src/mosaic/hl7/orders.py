@@ -9,7 +9,7 @@ the referring physician; ZDS-1 (IHE) the Study Instance UID, else one is generat
 
 from __future__ import annotations
 
-from mosaic.hl7.adt import PatientData, _component, _field, _person_name
+from mosaic.hl7.adt import PatientData, component, field, person_name
 from mosaic.hl7.message import Hl7Error, Message
 from mosaic.services.worklist import Order
 
@@ -39,10 +39,10 @@ def order_of(message: Message, patient: PatientData) -> Order:
     if start and len(digits) < 8:
         raise Hl7Error("AE", 102, f"the start {start!r} is not a date/time (YYYYMMDD[HHMM[SS]])", "ORC^1^7^1^4")
     pv1 = message.segments("PV1")
-    referring = _person_name(message, _field(pv1[0], 8), xcn=True) if pv1 else None
+    referring = person_name(message, field(pv1[0], 8), xcn=True) if pv1 else None
     if not referring:
-        referring = _person_name(message, _field(obrs[0], 16), xcn=True) or ""
-    service = [message.parsed.unescape(_component(_field(obrs[0], 4)[0], number)) if _field(obrs[0], 4) else ""
+        referring = person_name(message, field(obrs[0], 16), xcn=True) or ""
+    service = [message.parsed.unescape(component(field(obrs[0], 4)[0], number)) if field(obrs[0], 4) else ""
                for number in (1, 2, 3)]
     values = {
         "PatientName": str(patient.demographics.get("PatientName") or ""),
