@@ -221,3 +221,33 @@ def identifier(**keys: Any) -> Dataset:
     for keyword, value in keys.items():
         setattr(dataset, keyword, value)
     return dataset
+
+
+def c_get_study(node: Mosaic, study_uid: str, *, calling_ae: str) -> tuple[list[Dataset], list[int]]:
+    """C-GET a study over pynetdicom as ``calling_ae`` (CT Image Storage, Explicit VR LE): the data sets received
+    and the statuses of the C-GET responses."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
+
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    association = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.settings.dicom.ae_title,
+                               ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                               evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert association.is_established
+    request = Dataset()
+    request.QueryRetrieveLevel = "STUDY"
+    request.StudyInstanceUID = study_uid
+    try:
+        statuses = [int(status.Status) for status, _ in
+                    association.send_c_get(request, StudyRootQueryRetrieveInformationModelGet) if status]
+    finally:
+        association.release()
+    return received, statuses

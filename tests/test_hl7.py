@@ -24,6 +24,7 @@ from mosaic.app import Mosaic
 from mosaic.config import DicomPeer, DicomSettings, Hl7Sender, Hl7Settings, HttpSettings, Settings
 from mosaic.index.query import Scope
 from tests.auth_support import auth_headers
+from tests.dimse_support import c_get_study
 from tests.factory import make_bytes
 
 LOCALHOST = "127.0.0.1"
@@ -309,8 +310,6 @@ def test_retrieval_delivers_the_current_demographics_and_the_stored_bytes_stay(n
 
     import pydicom
     from dicomweb_client.api import DICOMwebClient
-    from pynetdicom import build_role, evt
-    from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
     from mosaic.services.verify import VerifyService
 
@@ -343,23 +342,7 @@ def test_retrieval_delivers_the_current_demographics_and_the_stored_bytes_stay(n
         "contentType": "application/dicom"})
     assert str(pydicom.dcmread(io.BytesIO(uri.content)).PatientName) == "Müller^Zoë^Anna"
 
-    received: list[Dataset] = []
-
-    def on_store(event: evt.Event) -> int:
-        received.append(event.dataset)
-        return 0x0000
-
-    ae = AE(ae_title="FINDER")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-    association = ae.associate(LOCALHOST, node.dicom_port, ae_title=node.settings.dicom.ae_title,
-                               ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                               evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = study
-    list(association.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
-    association.release()
+    received, _statuses = c_get_study(node, study, calling_ae="FINDER")
     assert [str(item.PatientName) for item in received] == ["Müller^Zoë^Anna"]
 
     with node.blobs.open(instance.blob_key) as stream:

@@ -17,8 +17,6 @@ import httpx
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
 from mosaic.app import Mosaic
 from mosaic.config import DicomPeer, DicomSettings, HttpSettings, Settings
@@ -28,6 +26,7 @@ from mosaic.services.ingest import IngestOrigin
 from mosaic.services.metadata import MetadataService
 from mosaic.services.retrieve import StoredInstance
 from tests.auth_support import auth_headers
+from tests.dimse_support import c_get_study
 from tests.factory import make_bytes
 
 NORTH = "1.2.826.0.1.3680043.10.1234.71"
@@ -143,25 +142,7 @@ def test_wado_and_c_get_go_out_through_egress_and_the_original_stays(node: Mosai
     assert uri.status_code == 200, uri.text
     assert str(pydicom.dcmread(io.BytesIO(uri.content)).PatientName) == "Current^Name"
 
-    received: list[Dataset] = []
-
-    def on_store(event: evt.Event) -> int:
-        received.append(event.dataset)
-        return 0x0000
-
-    ae = AE(ae_title="GETTER")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-    association = ae.associate(LOCALHOST, node.dicom_port, ae_title=node.settings.dicom.ae_title,
-                               ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                               evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert association.is_established
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = NORTH
-    statuses = [int(status.Status) for status, _ in
-                association.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet) if status]
-    association.release()
+    received, statuses = c_get_study(node, NORTH, calling_ae="GETTER")
     assert statuses[-1] == 0x0000 and [str(item.PatientName) for item in received] == ["Current^Name"]
     # asked when the answer is planned and when it is sent: each door, with who receives what it sends
     assert list(dict.fromkeys(receivers)) == [("dicomweb", LOCALHOST), ("dimse", "GETTER")]
