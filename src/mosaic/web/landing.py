@@ -26,6 +26,7 @@ form.card{max-width:22rem;display:flex;flex-direction:column;gap:.8rem}form.filt
 gap:.6rem;align-items:end}label{display:flex;flex-direction:column;gap:.2rem;color:#9fb3c8}
 input{padding:.4rem;background:#12263b;color:#e6edf3;border:1px solid #24364a}
 button{padding:.45rem .9rem;background:#1f6feb;color:#fff;border:0;cursor:pointer}.uid{font-size:.8em}
+.scroll{overflow-x:auto}@media (max-width:40rem){body{margin:1rem}th,td{padding:.4rem .45rem}}
 """
 
 
@@ -66,11 +67,11 @@ def render_landing(studies: list[StudySummary], *, viewer_prefix: str = "/viewer
 <a href="/dicom-web/studies">DICOMweb</a> · <a href="/break-glass">emergency access</a> ·
 <a href="/audit">audit trail</a> · <a href="/healthz">health</a>
 {_account(user, csrf_token)}</p>
-<table><thead><tr><th>Patient</th><th>Patient ID</th><th>Study date</th><th>Description</th><th>Modalities</th>
+<div class="scroll"><table><thead><tr><th>Patient</th><th>Patient ID</th><th>Study date</th><th>Description</th><th>Modalities</th>
 <th>Accession</th><th>Series / instances</th><th></th></tr></thead>
 <tbody>
 {body}
-</tbody></table></body></html>
+</tbody></table></div></body></html>
 """
 
 
