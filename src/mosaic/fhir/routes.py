@@ -234,7 +234,9 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
                                             rows[0].PatientID if step_pk is not None and rows else "",
                                             detail={"path": request.url.path, "query": str(request.query_params),
                                                     "matches": total})
-        items = [service_request_resource(row, patients.pk_of(row.PatientID, row.IssuerOfPatientID))
+        numbers = {identity: patients.pk_of(*identity)  # one lookup per patient, not per order
+                   for identity in {(row.PatientID, row.IssuerOfPatientID) for row in rows}}
+        items = [service_request_resource(row, numbers[(row.PatientID, row.IssuerOfPatientID)])
                  .model_dump(mode="json", exclude_none=True) for row in rows]
         if step_pk is not None:
             if not items:

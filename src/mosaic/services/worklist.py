@@ -16,7 +16,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
 
 from mosaic.core.errors import QueryError
@@ -149,8 +149,6 @@ class WorklistService:
                step_pk: int | None = None, limit: int = 50, offset: int = 0) -> tuple[list[ScheduledStep], int]:
         """The scheduled steps (any status) of the caller's facilities, newest first, and how many match (FHIR
         ServiceRequest)."""
-        from sqlalchemy import func
-
         conditions: list[ColumnElement[bool]] = []
         if patient is not None:
             conditions += [ScheduledStep.PatientID == patient[0], ScheduledStep.IssuerOfPatientID == patient[1]]

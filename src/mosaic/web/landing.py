@@ -67,7 +67,8 @@ def render_landing(studies: list[StudySummary], *, viewer_prefix: str = "/viewer
 <a href="/dicom-web/studies">DICOMweb</a> · <a href="/break-glass">emergency access</a> ·
 <a href="/audit">audit trail</a> · <a href="/healthz">health</a>
 {_account(user, csrf_token)}</p>
-<div class="scroll"><table><thead><tr><th>Patient</th><th>Patient ID</th><th>Study date</th><th>Description</th><th>Modalities</th>
+<div class="scroll"><table><thead><tr><th>Patient</th><th>Patient ID</th><th>Study date</th><th>Description</th>
+<th>Modalities</th>
 <th>Accession</th><th>Series / instances</th><th></th></tr></thead>
 <tbody>
 {body}
