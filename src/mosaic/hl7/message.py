@@ -6,7 +6,7 @@ it found wrong the way ERR-2 does (``PID^1^3^1^1``: segment, its sequence, field
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import hl7
 
@@ -43,13 +43,20 @@ class Message:
     """MSH fields as sent (index n-1 is MSH-n: the field separator, the encoding characters, MSH-3 …; escapes
     kept), for copying into the acknowledgement."""
 
+    _values: dict[str, str] = field(default_factory=dict, repr=False)
+
     def value(self, path: str) -> str:
         """The unescaped value at ``path`` (``PID.F3.R1.C4`` in python-hl7's notation), "" when absent."""
+        known = self._values.get(path)
+        if known is not None:
+            return known
         try:
             found = self.parsed[path]
         except (IndexError, KeyError):
-            return ""
-        return self.parsed.unescape(str(found)) if found is not None else ""
+            found = None
+        text = self.parsed.unescape(str(found)) if found is not None else ""
+        self._values[path] = text
+        return text
 
     def segments(self, name: str) -> list[hl7.Segment]:
         try:

@@ -93,6 +93,18 @@ def column_values(dataset: Dataset, keys: tuple[str, ...], max_lengths: dict[str
     return values
 
 
+def text_columns(values: dict[str, str], keys: tuple[str, ...], max_lengths: dict[str, int]) -> dict[str, Any]:
+    """:func:`column_values` of text keys given as plain strings (as a message states them: no dataset to build)."""
+    columns: dict[str, Any] = {}
+    for keyword in keys:
+        text = (values.get(keyword) or "").strip("\x00 ")[: max_lengths.get(keyword, 64)]
+        columns[keyword] = text
+        if keyword in PERSON_NAME_KEYS and keyword != "NameOfPhysiciansReadingStudy":
+            columns[f"{keyword}Upper"] = text.upper()
+            columns[f"{keyword}Fuzzy"] = fold_name(text)[: max_lengths.get(f"{keyword}Fuzzy", 320)]
+    return columns
+
+
 def column_widths(model: type[Any]) -> dict[str, int]:
     widths: dict[str, int] = {}
     for column in model.__table__.columns:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from pydicom.dataset import Dataset
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from mosaic.core.events import EventType
-from mosaic.index.attributes import DEMOGRAPHIC_KEYS, PATIENT_KEYS, column_values, column_widths
+from mosaic.index.attributes import DEMOGRAPHIC_KEYS, PATIENT_KEYS, column_widths, text_columns
 from mosaic.index.database import Database
-from mosaic.index.schema import Event, LegalHold, Patient, PatientAlias, PatientHistory, Study
+from mosaic.index.schema import Base, Event, LegalHold, Patient, PatientAlias, PatientHistory, Study
 
 _WIDTHS = column_widths(Patient)
 _STUDY_WIDTHS = column_widths(Study)
@@ -91,7 +91,7 @@ class PatientService:
             studies = int(session.scalar(select(func.count()).select_from(Study)
                                          .where(Study.patient_pk == merged.pk)) or 0)
             session.execute(update(Study).where(Study.patient_pk == merged.pk).values(
-                patient_pk=target.pk, **column_values(_dataset(_demographics(target)), DEMOGRAPHIC_KEYS,
+                patient_pk=target.pk, **text_columns(_demographics(target), DEMOGRAPHIC_KEYS,
                                                       _STUDY_WIDTHS)))
             target.NumberOfPatientRelatedStudies += merged.NumberOfPatientRelatedStudies
             target.NumberOfPatientRelatedSeries += merged.NumberOfPatientRelatedSeries
@@ -181,38 +181,67 @@ class PatientService:
 def apply_in(session: Session, patient_id: str, issuer: str, demographics: dict[str, str | None], *,
              source: str, reference: str) -> PatientChange:
     """:meth:`PatientService.apply` inside the caller's transaction (an order or a merge also updates its patient,
-    whole or not at all)."""
+    whole or not at all). Core statements, not the ORM's unit of work: an ADT feed applies hundreds a second, and
+    a message that changes nothing writes nothing."""
     wanted = {keyword: value for keyword, value in demographics.items()
               if keyword in DEMOGRAPHICS and value is not None}
     now = datetime.now(UTC)
-    patient = resolve(session, patient_id, issuer)  # a merged identity's messages go to its survivor
-    created = patient is None
-    before = {} if patient is None else _demographics(patient)
+    found = session.execute(_LOOKUP, {"id": patient_id, "issuer": issuer}).first()  # an alias: its survivor
+    created = found is None
+    before = {} if found is None else {keyword: str(getattr(found, keyword) or "") for keyword in DEMOGRAPHICS}
     after = {**{keyword: "" for keyword in DEMOGRAPHICS}, **before, **wanted}
     # an alias updates its survivor, under the survivor's identity
-    identity = (patient.PatientID, patient.IssuerOfPatientID) if patient is not None else (patient_id, issuer)
-    values = _columns(*identity, after)
-    if patient is None:
-        patient = Patient(**values, created_at=now, updated_at=now)
-        session.add(patient)
-        session.flush()
-    else:
-        for column, value in values.items():
-            setattr(patient, column, value)
-        patient.updated_at = now
+    identity: tuple[str, str] = (found.PatientID, found.IssuerOfPatientID) if found is not None \
+        else (patient_id, issuer)
     changed = {keyword: (before.get(keyword, ""), after[keyword]) for keyword in DEMOGRAPHICS
                if before.get(keyword, "") != after[keyword]}
-    if created or changed:
-        study_values = column_values(_dataset(after), DEMOGRAPHIC_KEYS, _STUDY_WIDTHS)
-        session.execute(update(Study).where(Study.patient_pk == patient.pk).values(**study_values))
-        session.add(PatientHistory(patient_pk=patient.pk, changed_at=now,
-                                   action="created" if created else "updated", source=source[:128],
-                                   reference=reference[:128], before_json=json.dumps(before),
-                                   after_json=json.dumps(after)))
-        session.add(Event(type=(EventType.PATIENT_CREATED if created else EventType.PATIENT_UPDATED).value,
-                          created_at=now, PatientID=identity[0], IssuerOfPatientID=identity[1],
-                          payload=json.dumps({"changed": sorted(changed), "source": source})))
-    return PatientChange(patient.PatientID, patient.IssuerOfPatientID, created, {} if created else changed)
+    if not created and not changed:
+        return PatientChange(*identity, False, {})
+    values = _columns(*identity, after)
+    if found is None:
+        inserted = cast(CursorResult[Any], session.execute(_INSERT_PATIENT, {
+            **values, "NumberOfPatientRelatedStudies": 0, "NumberOfPatientRelatedSeries": 0,
+            "NumberOfPatientRelatedInstances": 0, "created_at": now, "updated_at": now}))
+        pk = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+    else:
+        pk = found.pk
+        session.execute(_UPDATE_PATIENT, {**values, "updated_at": now, "_pk": pk})
+        session.execute(_UPDATE_STUDIES, {**text_columns(after, DEMOGRAPHIC_KEYS, _STUDY_WIDTHS),
+                                          "_pk": pk})
+    session.execute(_INSERT_HISTORY, {
+        "patient_pk": pk, "changed_at": now, "action": "created" if created else "updated", "source": source[:128],
+        "reference": reference[:128], "before_json": json.dumps(before), "after_json": json.dumps(after)})
+    session.execute(_INSERT_EVENT, {
+        "type": (EventType.PATIENT_CREATED if created else EventType.PATIENT_UPDATED).value, "created_at": now,
+        "PatientID": identity[0], "IssuerOfPatientID": identity[1], "StudyInstanceUID": "", "SeriesInstanceUID": "",
+        "SOPInstanceUID": "", "payload": json.dumps({"changed": sorted(changed), "source": source})})
+    if found is not None:
+        # the ORM copy of this patient, if the session holds one, must not overwrite what was just written
+        cached = session.identity_map.get(identity_key(Patient, pk))
+        if cached is not None:
+            session.expire(cached)
+    return PatientChange(*identity, created, {} if created else changed)
+
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+_PATIENT = _table(Patient)
+_ALIAS = _table(PatientAlias)
+_LOOKUP = select(_PATIENT.c.pk, _PATIENT.c.PatientID, _PATIENT.c.IssuerOfPatientID,
+                 *(_PATIENT.c[keyword] for keyword in DEMOGRAPHICS)).where(or_(
+    and_(_PATIENT.c.PatientID == bindparam("id"), _PATIENT.c.IssuerOfPatientID == bindparam("issuer")),
+    _PATIENT.c.pk.in_(select(_ALIAS.c.patient_pk).where(
+        _ALIAS.c.PatientID == bindparam("id"), _ALIAS.c.IssuerOfPatientID == bindparam("issuer")).scalar_subquery()
+    ))).limit(1)
+"""The patient of an identity, or of the alias it is (one statement)."""
+# statements built once (their parameters passed when executed: SQLAlchemy then reuses the compiled form)
+_INSERT_PATIENT = insert(_PATIENT)
+_UPDATE_PATIENT = update(_PATIENT).where(_PATIENT.c.pk == bindparam("_pk"))
+_UPDATE_STUDIES = update(_table(Study)).where(_table(Study).c.patient_pk == bindparam("_pk"))
+_INSERT_HISTORY = insert(_table(PatientHistory))
+_INSERT_EVENT = insert(_table(Event))
 
 
 def resolve(session: Session, patient_id: str, issuer: str) -> Patient | None:
@@ -244,17 +273,6 @@ def _demographics(patient: Patient) -> dict[str, str]:
     return {keyword: str(getattr(patient, keyword) or "") for keyword in DEMOGRAPHICS}
 
 
-def _dataset(demographics: dict[str, str]) -> Dataset:
-    dataset = Dataset()
-    for keyword, value in demographics.items():
-        if value:
-            setattr(dataset, keyword, value)
-    return dataset
-
-
 def _columns(patient_id: str, issuer: str, demographics: dict[str, str]) -> dict[str, Any]:
-    dataset = _dataset(demographics)
-    dataset.PatientID = patient_id
-    if issuer:
-        dataset.IssuerOfPatientID = issuer
-    return column_values(dataset, PATIENT_KEYS, _WIDTHS)
+    return text_columns({**demographics, "PatientID": patient_id, "IssuerOfPatientID": issuer}, PATIENT_KEYS,
+                        _WIDTHS)
