@@ -27,7 +27,7 @@ def node(tmp_path: Path) -> Iterator[Mosaic]:
     peers = [DicomPeer(ae_title="CT01", host=LOCALHOST, port=11112, scope_facilities=["north"]),
              DicomPeer(ae_title="SOUTHMR", host=LOCALHOST, port=11112, scope_facilities=["south"])]
     settings = Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0, peers=peers),
-                        hl7=Hl7Settings(port=0, senders=[Hl7Sender(application="RIS", may_send=["ORM", "ADT"],
+                        hl7=Hl7Settings(port=0, senders=[Hl7Sender(application="RIS", may_send=["ORM", "OMI", "ADT"],
                                                                    issuer="GENHOSP", patient_facility="north")]))
     mosaic = Mosaic(settings)
     mosaic.start(http=False)
@@ -64,6 +64,8 @@ def worklist(node: Mosaic, calling: str = "CT01", **step: str) -> tuple[list[Dat
     identifier.StudyInstanceUID = ""
     identifier.RequestedProcedureDescription = ""
     identifier.ReferringPhysicianName = ""
+    identifier.RequestedProcedureID = ""
+    identifier.RequestedProcedurePriority = ""
     item = Dataset()
     for keyword in ("Modality", "ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
                     "ScheduledProcedureStepStartTime", "ScheduledProcedureStepID"):
@@ -213,3 +215,62 @@ def test_images_and_their_order_find_each_other(node: Mosaic) -> None:
     assert send(node, orm("NW", "E5002")) == ["AA"]
     [step] = worklist(node, AccessionNumber="E5002")[0]
     assert step.StudyInstanceUID == orderless
+
+
+def omi(control: str, *, ipcs: int = 2, control_id: str = "OMI1") -> str:
+    """An OMI^O23 (IHE RAD-4 imaging order, HL7 v2.5.1) in UTF-8: one order, a step per IPC segment."""
+    segments = [
+        f"MSH|^~\\&|RIS|GENHOSP|MOSAIC|RAD|20261207120000||OMI^O23^OMI_O23|{control_id}|P|2.5.1|||||"
+        "|UNICODE UTF-8",
+        "PID|1||MRN7^^^GENHOSP^MR||Østergård^Åse||19551231|F",
+        "PV1|1|I|WARD3^101^1|||||5678^Physician^Paula",
+        f"ORC|{control}|PO777|FO777||SC||||20261207120000",
+        "TQ1|1||||||202612101015||S",
+        "OBR|1|PO777|FO777|CTCAP^CT chest abdomen pelvis^L",
+    ]
+    segments += [f"IPC|ACC777^GENHOSP|RP777|1.2.826.0.1.3680043.10.1234.777|SPS777{'AB'[number]}|CT^Computed "
+                 f"Tomography^DCM||CT scanner {number + 1}||CT0{number + 1}" for number in range(ipcs)]
+    return "\r".join(segments) + "\r"
+
+
+def send_utf8(node: Mosaic, message: str) -> hl7.Message:
+    with MLLPClient(LOCALHOST, node.hl7_port, encoding="utf-8") as client:
+        return hl7.parse(client.send_message(message).decode("utf-8"))
+
+
+def test_an_imaging_order_omi_schedules_a_step_per_ipc_and_a_cancel_ends_them_all(node: Mosaic) -> None:
+    assert str(send_utf8(node, omi("NW"))["MSA.F1"]) == "AA"
+    found, status = worklist(node, AccessionNumber="ACC777")
+    assert status == 0 and len(found) == 2
+    assert {str(item.PatientName) for item in found} == {"Østergård^Åse"}
+    assert {item.StudyInstanceUID for item in found} == {"1.2.826.0.1.3680043.10.1234.777"}  # IPC-3
+    assert {item.RequestedProcedureID for item in found} == {"RP777"}
+    assert {item.RequestedProcedurePriority for item in found} == {"STAT"}  # TQ1-9
+    assert str(found[0].ReferringPhysicianName) == "Physician^Paula"
+    steps = sorted((item.ScheduledProcedureStepSequence[0] for item in found),
+                   key=lambda step: step.ScheduledProcedureStepID)
+    assert [(step.ScheduledProcedureStepID, step.Modality, step.ScheduledStationAETitle,
+             step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime) for step in steps] == [
+        ("SPS777A", "CT", "CT01", "20261210", "1015"), ("SPS777B", "CT", "CT02", "20261210", "1015")]
+    assert [item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID
+            for item in worklist(node, ScheduledStationAETitle="CT02")[0]] == ["SPS777B"]
+
+    assert str(send_utf8(node, omi("CA", control_id="OMI2"))["MSA.F1"]) == "AA"
+    assert worklist(node, AccessionNumber="ACC777") == ([], 0)
+
+
+def test_an_order_message_is_applied_whole_or_not_at_all(node: Mosaic) -> None:
+    # an OMI without IPC names no step: refused, nothing scheduled
+    answer = send_utf8(node, omi("NW", ipcs=0))
+    assert str(answer["MSA.F1"]) == "AE" and str(answer["ERR.F3.R1.C1"]) == "100"
+    assert worklist(node) == ([], 0)
+    # an ORM with two orders whose second has an accession longer than SH allows: neither is scheduled
+    first = orm("NW", "D4001")
+    second = first.split("\r")[3:5]
+    second[1] = second[1].replace("|D4001|", "|D4002-WAY-TOO-LONG|")
+    assert send(node, first + "\r".join(second) + "\r") == ["AE"]
+    assert worklist(node) == ([], 0)
+    # both with valid accessions: both are
+    second[1] = second[1].replace("D4002-WAY-TOO-LONG", "D4002").replace("SPSD4001", "SPSD4002")
+    assert send(node, first + "\r".join(second) + "\r") == ["AA"]
+    assert sorted(str(item.AccessionNumber) for item in worklist(node)[0]) == ["D4001", "D4002"]

@@ -18,13 +18,13 @@ from mosaic.hl7.ack import acknowledgement
 from mosaic.hl7.adt import MERGE_EVENTS, PATIENT_EVENTS, patient_of, prior_identity
 from mosaic.hl7.charsets import CharsetError, codec_for, header_fields
 from mosaic.hl7.message import Hl7Error, Message, read_message
-from mosaic.hl7.orders import ORDER_EVENTS, order_of
+from mosaic.hl7.orders import ORDER_MESSAGES, orders_of
 from mosaic.services.patients import DuplicatePatient, PatientService, UnknownPatient
 from mosaic.services.worklist import WorklistService
 
 log = logging.getLogger("mosaic.hl7")
 
-SUPPORTED: dict[str, frozenset[str]] = {"ADT": PATIENT_EVENTS | MERGE_EVENTS, "ORM": ORDER_EVENTS}
+SUPPORTED: dict[str, frozenset[str]] = {"ADT": PATIENT_EVENTS | MERGE_EVENTS, **ORDER_MESSAGES}
 assert set(SUPPORTED) == set(HL7_MESSAGE_TYPES), "config.HL7_MESSAGE_TYPES names what the door applies"
 """Message types Mosaic applies, and their trigger events."""
 
@@ -113,18 +113,18 @@ class Hl7Door:
         patient = patient_of(message, default_issuer=sender.issuer)
         entry.PatientID, entry.IssuerOfPatientID = patient.PatientID, patient.IssuerOfPatientID
         reference = f"{message.message_type}^{message.trigger_event} {message.control_id}"
-        if message.message_type == "ORM":
+        if message.message_type in ORDER_MESSAGES:
             if self.worklist is None:
                 raise Hl7Error("AR", 200, "this node keeps no worklist", "MSH^1^9^1^1")
-            order = order_of(message, patient)
-            entry.detail["accession"] = order.AccessionNumber
+            orders = orders_of(message, patient)
+            entry.detail["accession"] = ",".join(dict.fromkeys(order.AccessionNumber for order in orders))[:200]
             try:
-                entry.detail["order"] = self.worklist.apply(order, facility=sender.patient_facility,
+                entry.detail["order"] = self.worklist.apply(orders, facility=sender.patient_facility,
                                                             source=entry.actor, reference=reference,
-                                                            demographics=None if order.control in ("CA", "DC")
-                                                            else patient.demographics)
+                                                            demographics=patient.demographics)
             except LookupError as exc:
-                raise Hl7Error("AE", 204, str(exc), "OBR^1^18") from exc
+                where = "IPC^1^1" if message.message_type == "OMI" else "OBR^1^18"
+                raise Hl7Error("AE", 204, str(exc), where) from exc
             return
         if message.trigger_event in MERGE_EVENTS:
             old = prior_identity(message, default_issuer=sender.issuer)

@@ -21,12 +21,14 @@ from sqlalchemy.orm import Session
 
 from mosaic.core.errors import QueryError
 from mosaic.core.status import ProcedureStepStatus
+from mosaic.index.attributes import column_widths
 from mosaic.index.database import Database
 from mosaic.index.query import Scope
 from mosaic.index.schema import Patient, PerformedStep, ScheduledStep, Study
 from mosaic.services.patients import apply_in
 
 ACTIVE = "SCHEDULED"
+_WIDTHS = column_widths(ScheduledStep)
 ENDED = frozenset({"CANCELED", "DISCONTINUED"})
 _TOP = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
         "RequestedProcedureID", "RequestedProcedureDescription", "RequestedProcedurePriority", "StudyInstanceUID",
@@ -64,48 +66,21 @@ class WorklistService:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def apply(self, order: Order, *, facility: str, source: str, reference: str = "",
+    def apply(self, orders: Order | list[Order], *, facility: str, source: str, reference: str = "",
               demographics: dict[str, str | None] | None = None) -> str:
-        """Create, change or end the step, and (new or changed orders) create or update its patient from
-        ``demographics``, in one transaction; returns what happened (created, updated, canceled, discontinued)."""
+        """Create, change or end each step of ``orders`` (one order message), and (new or changed orders) create
+        or update the patient from ``demographics``, all in one transaction; returns what happened (created,
+        updated, canceled, discontinued; one per step, comma-separated). Raises LookupError when a step to end is
+        not on the worklist (nothing is applied then)."""
+        steps = orders if isinstance(orders, list) else [orders]
+
         def work(session: Session) -> str:
             now = datetime.now(UTC)
-            step = session.scalar(select(ScheduledStep).where(
-                ScheduledStep.AccessionNumber == order.AccessionNumber,
-                ScheduledStep.ScheduledProcedureStepID == order.ScheduledProcedureStepID))
-            if order.control in ("CA", "DC"):
-                if step is None:
-                    raise LookupError(f"order {order.AccessionNumber} step {order.ScheduledProcedureStepID} is not "
-                                      "on the worklist")
-                step.ScheduledProcedureStepStatus = "CANCELED" if order.control == "CA" else "DISCONTINUED"
-                step.updated_at = now
-                return step.ScheduledProcedureStepStatus.lower()
-            if demographics is not None:
+            if demographics is not None and any(order.control not in ("CA", "DC") for order in steps):
+                order = steps[0]
                 apply_in(session, order.PatientID, order.IssuerOfPatientID, demographics, source=source,
                          reference=reference)
-            created = step is None
-            if step is None:
-                # images that came before their order (orderless, with its accession) are its study
-                stored = session.scalar(
-                    select(Study.StudyInstanceUID).join(Patient, Study.patient_pk == Patient.pk)
-                    .where(Study.AccessionNumber == order.AccessionNumber, Patient.PatientID == order.PatientID,
-                           Patient.IssuerOfPatientID == order.IssuerOfPatientID).limit(1))
-                step = ScheduledStep(AccessionNumber=order.AccessionNumber,
-                                     ScheduledProcedureStepID=order.ScheduledProcedureStepID,
-                                     StudyInstanceUID=order.values.get("StudyInstanceUID") or stored or generate_uid(),
-                                     created_at=now, facility=facility[:64])
-                session.add(step)
-            step.PatientID, step.IssuerOfPatientID = order.PatientID, order.IssuerOfPatientID
-            for keyword, value in order.values.items():
-                if keyword == "StudyInstanceUID" and not value:
-                    continue
-                if hasattr(ScheduledStep, keyword):
-                    column = getattr(ScheduledStep, keyword).property.columns[0]
-                    setattr(step, keyword, value[: column.type.length or 64])
-            step.PatientNameUpper = step.PatientName.upper()
-            step.ScheduledProcedureStepStatus = ACTIVE
-            step.source, step.updated_at = source[:128], now
-            return "created" if created else "updated"
+            return ",".join(_apply_step(session, order, facility, source, now) for order in steps)
 
         return self.database.write(work)
 
@@ -243,6 +218,42 @@ def _text(dataset: Dataset, keyword: str) -> str:
         return ""
     return str(value).strip()
 
+
+
+def _apply_step(session: Session, order: Order, facility: str, source: str, now: datetime) -> str:
+    step = session.scalar(select(ScheduledStep).where(
+        ScheduledStep.AccessionNumber == order.AccessionNumber,
+        ScheduledStep.ScheduledProcedureStepID == order.ScheduledProcedureStepID))
+    if order.control in ("CA", "DC"):
+        if step is None:
+            raise LookupError(f"order {order.AccessionNumber} step {order.ScheduledProcedureStepID} is not "
+                              "on the worklist")
+        step.ScheduledProcedureStepStatus = "CANCELED" if order.control == "CA" else "DISCONTINUED"
+        step.updated_at = now
+        return step.ScheduledProcedureStepStatus.lower()
+    created = step is None
+    if step is None:
+        # images that came before their order (orderless, with its accession) are its study
+        stored = session.scalar(
+            select(Study.StudyInstanceUID).join(Patient, Study.patient_pk == Patient.pk)
+            .where(Study.AccessionNumber == order.AccessionNumber, Patient.PatientID == order.PatientID,
+                   Patient.IssuerOfPatientID == order.IssuerOfPatientID).limit(1))
+        step = ScheduledStep(AccessionNumber=order.AccessionNumber,
+                             ScheduledProcedureStepID=order.ScheduledProcedureStepID,
+                             StudyInstanceUID=order.values.get("StudyInstanceUID") or stored or generate_uid(),
+                             created_at=now, facility=facility[:64])
+        session.add(step)
+    step.PatientID, step.IssuerOfPatientID = order.PatientID, order.IssuerOfPatientID
+    for keyword, value in order.values.items():
+        if keyword == "StudyInstanceUID" and not value:
+            continue
+        width = _WIDTHS.get(keyword)
+        if width is not None:
+            setattr(step, keyword, value[:width])
+    step.PatientNameUpper = step.PatientName.upper()
+    step.ScheduledProcedureStepStatus = ACTIVE
+    step.source, step.updated_at = source[:128], now
+    return "created" if created else "updated"
 
 def _step_item(identifier: Dataset) -> Dataset | None:
     sequence = identifier.get("ScheduledProcedureStepSequence")
