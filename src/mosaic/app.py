@@ -37,9 +37,9 @@ from mosaic.services.demographics import CurrentDemographics
 from mosaic.services.ingest import IngestService
 from mosaic.services.patients import PatientService
 from mosaic.services.query import QueryService
+from mosaic.services.reports import ReportService
 from mosaic.services.retrieve import RetrieveService
 from mosaic.services.sweep import LeftoverSweep
-from mosaic.services.reports import ReportService
 from mosaic.services.worklist import WorklistService
 from mosaic.storage import BlobStore, open_blob_store
 from mosaic.storage.spool import Spool

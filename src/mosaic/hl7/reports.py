@@ -100,8 +100,8 @@ def report_of(message: Message, patient: PatientData, *, sender: str) -> Report:
             raise Hl7Error("AE", 101, "the report names no study: no Study Instance UID (OBX 113014, ZDS-1) and "
                                       "no accession number (OBR-18)", "OBR^1^18")
         report.study_location = location
-    if len(report.StudyInstanceUID) > 64 or not report.StudyInstanceUID.replace(".", "").isdigit() \
-            and report.StudyInstanceUID:
+    if len(report.StudyInstanceUID) > 64 or (not report.StudyInstanceUID.replace(".", "").isdigit() \
+            and report.StudyInstanceUID):
         raise Hl7Error("AE", 102, f"{report.StudyInstanceUID!r} is not a Study Instance UID", report.study_location)
     if document:
         report.result_status = "F" if text(txa, 17).upper() in _AUTHENTICATED else "P"

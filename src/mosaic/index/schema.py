@@ -415,7 +415,9 @@ class Report(Base):
     """code^meaning^coding system of the report (OBR-4 universal service), else LOINC 11528-7."""
     title: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     text: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    """The report's text (empty for a PDF)."""
+    """Its findings (empty for a PDF)."""
+    document_length: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """An embedded PDF's length in bytes (its Encapsulated Document Length; the element is padded to even)."""
     conclusion: Mapped[str] = mapped_column(Text, nullable=False, default="")
     """Its impression / conclusion observations."""
     observed: Mapped[str] = mapped_column(String(26), nullable=False, default="")

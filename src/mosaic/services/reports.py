@@ -17,17 +17,17 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
 
 from mosaic.index.database import Database
 from mosaic.index.query import Scope
-from mosaic.index.schema import Instance, Patient, Report as ReportRow, ScheduledStep, Series, Study
+from mosaic.index.schema import Instance, Patient, ScheduledStep, Series, Study
+from mosaic.index.schema import Report as ReportRow
 from mosaic.services.ingest import IngestOutcome, IngestService
 from mosaic.services.origin import IngestOrigin
 from mosaic.services.patients import resolve
@@ -185,6 +185,7 @@ class ReportService:
                 SeriesInstanceUID=series_uid, kind=kind, status=fhir_status(report.result_status),
                 code="^".join(report.code).rstrip("^")[:200], title=_title(report, kind)[:64],
                 text=findings if kind == "SR" else "", conclusion=conclusion if kind == "SR" else "",
+                document_length=len(report.pdf) if kind == "PDF" and report.pdf is not None else None,
                 observed=report.observed[:26], performer=report.interpreter[:320],
                 AccessionNumber=target.study["AccessionNumber"][:16], scheduled_step_pk=target.step_pk,
                 source=report.sender[:128], control_id=report.control_id[:64], created_at=datetime.now(UTC)))

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column('code', sa.String(length=200), nullable=False),
         sa.Column('title', sa.String(length=64), nullable=False),
         sa.Column('text', sa.Text(), nullable=False),
+        sa.Column('document_length', sa.BigInteger(), nullable=True),
         sa.Column('conclusion', sa.Text(), nullable=False),
         sa.Column('observed', sa.String(length=26), nullable=False),
         sa.Column('performer', sa.String(length=320), nullable=False),
