@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hl7
 import httpx
 import pydicom
 import pytest
@@ -23,10 +24,12 @@ from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from hl7.client import MLLPClient
+from sqlalchemy import func, select
 
 from mosaic.app import Mosaic
 from mosaic.config import DicomSettings, Hl7Sender, Hl7Settings, HttpSettings, Settings
 from mosaic.index.query import Query, Scope
+from mosaic.index.schema import Report
 from mosaic.services.origin import IngestOrigin
 from tests.auth_support import auth_headers
 from tests.factory import make_bytes
@@ -111,8 +114,6 @@ def pdf_observation(document: bytes) -> str:
 
 def send(node: Mosaic, message: bytes) -> tuple[str, str, str]:
     """(MSA-1, ERR-2 location, ERR-3 code) of the acknowledgement."""
-    import hl7
-
     with MLLPClient(LOCALHOST, node.hl7_port, encoding="latin-1") as client:
         answer = hl7.parse(client.send_message(message).decode("latin-1"))
     try:
@@ -304,3 +305,11 @@ def test_a_document_for_an_ordered_study_is_based_on_its_service_request(node: M
     # the study exists now (its report is its first instance), filed under the order's facility
     assert bundle(http(node, "/fhir/DiagnosticReport", **{"based-on": "ServiceRequest/999999"})).total == 0
     assert http(node, "/fhir/DiagnosticReport", shoe="42").status_code == 400
+
+
+def test_a_deleted_study_takes_its_reports_with_it(node: Mosaic) -> None:
+    assert send(node, oru("RPT8", "ACC1", *text_observations()))[0] == "AA"
+    node.deleter.delete_study(STUDY, reason="test")
+    assert bundle(http(node, "/fhir/DiagnosticReport")).total == 0
+    with node.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(Report)) == 0
