@@ -37,6 +37,7 @@ from mosaic.services.demographics import CurrentDemographics
 from mosaic.services.ingest import IngestService
 from mosaic.services.patients import PatientService
 from mosaic.services.query import QueryService
+from mosaic.services.reports import ReportService
 from mosaic.services.retrieve import RetrieveService
 from mosaic.services.sweep import LeftoverSweep
 from mosaic.services.worklist import WorklistService
@@ -69,6 +70,7 @@ class Mosaic:
         self.commitments = CommitmentService(self.database, self.retrieve)
         self.patients = PatientService(self.database)
         self.worklist = WorklistService(self.database)
+        self.reports = ReportService(self.database, self.ingest)
         self.changes = ChangeFeed(self.database)
         self.identity = IdentityService(self.database, settings.security, self.policy)
         self.jobs = JobStore(self.database, settings.jobs)
@@ -179,7 +181,8 @@ class Mosaic:
         if dicom and self.settings.hl7.senders:
             hl7 = self.settings.hl7
             try:
-                self.hl7 = Hl7Server(hl7, Hl7Door(hl7, self.patients, self.audit, self.worklist))
+                self.hl7 = Hl7Server(hl7, Hl7Door(hl7, self.patients, self.audit, self.worklist,
+                                                  self.reports))
             except OSError as exc:
                 raise StartupError(f"cannot listen for HL7 v2 on {hl7.host}:{hl7.port}: {_reason(exc)}") from exc
             except (ValueError, ssl.SSLError) as exc:
@@ -341,7 +344,7 @@ def create_http_app(node: Mosaic) -> Any:
     app.include_router(create_jobs_router(node.jobs))
     app.include_router(create_patients_router(node.patients))
     app.include_router(create_fhir_router(policy=node.policy, query_service=node.query, patients=node.patients,
-                                          worklist=node.worklist, audit_trail=node.audit,
+                                          worklist=node.worklist, reports=node.reports, audit_trail=node.audit,
                                           observer=settings.dicom.ae_title))
     mount_viewer(app, settings.viewer_path, dicomweb_root="/dicom-web")
     return app

@@ -223,7 +223,7 @@ HL7_CHARSETS = ("ASCII", "8859/1", "8859/2", "8859/3", "8859/4", "8859/5", "8859
                 "8859/15", "UNICODE UTF-8", "ISO IR87", "ISO IR159", "ISO IR6", "ISO IR100", "ISO IR14", "GB 18030",
                 "KS X 1001", "BIG-5")
 """Character sets of HL7 Table 0211 that Mosaic decodes (MSH-18)."""
-HL7_MESSAGE_TYPES = ("ADT", "ORM", "OMI")
+HL7_MESSAGE_TYPES = ("ADT", "ORM", "OMI", "ORU", "MDM")
 """Message types (MSH-9.1) Mosaic applies: what ``hl7.senders[].may_send`` may name."""
 
 
@@ -236,7 +236,8 @@ class Hl7Sender(StrictModel):
         default_factory=list, description="Source addresses it may connect from (empty: any address).",
     )
     may_send: list[str] = Field(
-        default_factory=lambda: ["ADT"], description="Message types (MSH-9.1) it may send, e.g. [\"ADT\", \"ORM\"].",
+        default_factory=lambda: ["ADT"], description="Message types (MSH-9.1) it may send, e.g. [\"ADT\", \"ORM\"]; "
+        "ORU (R01) and MDM (T02) reports are stored as DICOM objects of their study.",
     )
     issuer: str = Field(
         "", description="Issuer of Patient ID given to identifiers it sends without an assigning authority "

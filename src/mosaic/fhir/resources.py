@@ -6,13 +6,21 @@
 * ``ImagingStudy``: id = StudyInstanceUID; identifiers ``urn:dicom:uid`` / ``urn:oid:<uid>`` and the accession
   (type ACSN); modalities as DCM codes; counts; the DICOMweb ``Endpoint``.
 * ``Endpoint`` ``dicomweb``: connectionType ``dicom-wado-rs``, Mosaic's DICOMweb root as the client sees it.
+* ``DiagnosticReport``: id = the report instance's SOP Instance UID (a Basic Text SR or Encapsulated PDF stored
+  from HL7); status, LOINC 11528-7 (and the OBR-4 code), subject, imagingStudy, basedOn (the order's
+  ServiceRequest), conclusion, presentedForm (the text, the instance by WADO-RS, the PDF by its bulk data URI).
+* ``DocumentReference``: an Encapsulated PDF; content.attachment the PDF's WADO-RS bulk data URI.
 """
 
 from __future__ import annotations
 
+import base64
 import re
+from datetime import UTC
 from typing import Any
 
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.endpoint import Endpoint
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.operationoutcome import OperationOutcome
@@ -156,3 +164,98 @@ def operation_outcome(code: str, diagnostics: str, severity: str = "error") -> O
     """``code``: an IssueType (not-found, invalid, not-supported, forbidden, security, exception)."""
     return OperationOutcome.model_validate({"resourceType": "OperationOutcome", "issue": [
         {"severity": severity, "code": code, "diagnostics": diagnostics}]})
+
+
+LOINC = "http://loinc.org"
+REPORT_CODING = {"system": LOINC, "code": "11528-7", "display": "Radiology Report"}
+ENCAPSULATED_DOCUMENT_TAG = "00420011"
+
+
+def _report_links(report: Any, dicomweb_root: str) -> tuple[str, str]:
+    """The WADO-RS URL of a report's instance and of its Encapsulated Document's bulk data."""
+    instance = (f"{dicomweb_root}/studies/{report.StudyInstanceUID}/series/{report.SeriesInstanceUID}"
+                f"/instances/{report.SOPInstanceUID}")
+    return instance, f"{instance}/bulkdata/{ENCAPSULATED_DOCUMENT_TAG}"
+
+
+def _report_code(report: Any) -> dict[str, Any]:
+    code, meaning, scheme = [*str(report.code or "").split("^"), "", "", ""][:3]
+    codings: list[dict[str, Any]] = [dict(REPORT_CODING)]
+    if code and code != REPORT_CODING["code"]:
+        coding: dict[str, Any] = {"code": code, "system": LOINC if scheme.upper() in ("LN", "LOINC") else
+                                  f"urn:mosaic:coding-scheme:{scheme or 'local'}"}
+        if meaning:
+            coding["display"] = meaning
+        codings.append(coding)
+    return {"coding": codings, "text": report.title or meaning or REPORT_CODING["display"]}
+
+
+def _instant(value: Any) -> str:
+    moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return str(moment.astimezone(UTC).isoformat(timespec="seconds"))
+
+
+def _pdf_attachment(report: Any, dicomweb_root: str) -> dict[str, Any]:
+    attachment: dict[str, Any] = {"contentType": "application/pdf", "url": _report_links(report, dicomweb_root)[1],
+                                  "title": report.title or "Report"}
+    if report.document_length is not None:
+        attachment["size"] = int(report.document_length)
+    return attachment
+
+
+def diagnostic_report_resource(report: Any, patient_pk: int, dicomweb_root: str) -> DiagnosticReport:
+    """A report stored from HL7 (its index row) as the DiagnosticReport an EHR reads."""
+    instance_url, _ = _report_links(report, dicomweb_root)
+    forms: list[dict[str, Any]] = [{"contentType": "application/dicom", "url": instance_url,
+                                    "title": report.title or "Report"}]
+    if report.kind == "PDF":
+        forms.append(_pdf_attachment(report, dicomweb_root))
+    text = "\n\n".join(part for part in (report.text, report.conclusion) if part)
+    if text:
+        forms.insert(0, {"contentType": "text/plain; charset=utf-8", "title": report.title or "Report",
+                         "data": base64.b64encode(text.encode("utf-8")).decode("ascii")})
+    data: dict[str, Any] = {
+        "resourceType": "DiagnosticReport", "id": report.SOPInstanceUID,
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{report.SOPInstanceUID}"}],
+        "status": report.status or "preliminary",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD",
+                                  "display": "Radiology"}]}],
+        "code": _report_code(report), "subject": {"reference": f"Patient/{patient_pk}"},
+        "imagingStudy": [{"reference": f"ImagingStudy/{report.StudyInstanceUID}"}],
+        "issued": _instant(report.created_at), "presentedForm": forms,
+    }
+    if report.scheduled_step_pk is not None:
+        data["basedOn"] = [{"reference": f"ServiceRequest/{report.scheduled_step_pk}"}]
+    if report.AccessionNumber:
+        data["identifier"].append({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                        "code": "ACSN"}]}, "value": report.AccessionNumber})
+    if effective := _date(str(report.observed or "")):
+        data["effectiveDateTime"] = effective  # the day only: the message's time has no UTC offset
+    if report.performer:
+        names = _human_name(report.performer)
+        display = names[0]["text"] if names else report.performer
+        data["resultsInterpreter"] = [{"display": display}]
+        data["performer"] = [{"display": display}]
+    if report.conclusion or report.text:
+        data["conclusion"] = report.conclusion or report.text
+    return DiagnosticReport.model_validate(data)
+
+
+def document_reference_resource(report: Any, patient_pk: int, dicomweb_root: str) -> DocumentReference:
+    """An Encapsulated PDF stored from HL7 as a DocumentReference: the PDF itself by its WADO-RS bulk data URI."""
+    data: dict[str, Any] = {
+        "resourceType": "DocumentReference", "id": report.SOPInstanceUID,
+        "masterIdentifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{report.SOPInstanceUID}"},
+        "status": "current", "docStatus": {"amended": "amended", "final": "final"}.get(report.status, "preliminary"),
+        "type": {"coding": [dict(REPORT_CODING)], "text": report.title or REPORT_CODING["display"]},
+        "subject": {"reference": f"Patient/{patient_pk}"}, "date": _instant(report.created_at),
+        "content": [{"attachment": _pdf_attachment(report, dicomweb_root)}],
+        "context": {"related": [{"reference": f"ImagingStudy/{report.StudyInstanceUID}"}]},
+    }
+    if report.AccessionNumber:
+        data["identifier"] = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                    "code": "ACSN"}]}, "value": report.AccessionNumber}]
+    if report.performer:
+        names = _human_name(report.performer)
+        data["author"] = [{"display": names[0]["text"] if names else report.performer}]
+    return DocumentReference.model_validate(data)

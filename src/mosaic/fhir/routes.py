@@ -1,7 +1,8 @@
-"""The FHIR R4 REST API at ``/fhir``: ``metadata``; read and search of ``Patient`` and ``ImagingStudy``; the
-DICOMweb ``Endpoint``. JSON only (``application/fhir+json``). Every search and read asks the access policy (the
-``query`` / ``read`` permissions, the caller's scope inside the query) and leaves its audit entry; errors are
-OperationOutcome resources with the HTTP status that fits."""
+"""The FHIR R4 REST API at ``/fhir``: ``metadata``; read and search of ``Patient``, ``ImagingStudy``,
+``ServiceRequest``, ``DiagnosticReport`` and ``DocumentReference``; the DICOMweb ``Endpoint``. JSON only
+(``application/fhir+json``). Every search and read asks the access policy (the ``query`` / ``read`` permissions,
+the caller's scope inside the query) and leaves its audit entry; errors are OperationOutcome resources with the
+HTTP status that fits."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from mosaic import __version__
 from mosaic.core.errors import QueryError
 from mosaic.fhir.resources import (
     ENDPOINT_ID,
+    diagnostic_report_resource,
+    document_reference_resource,
     endpoint_resource,
     imaging_study_resource,
     operation_outcome,
@@ -35,6 +38,7 @@ from mosaic.http.origin import client_origin
 from mosaic.index.query import Match, MatchKey, Query
 from mosaic.services.patients import PatientService
 from mosaic.services.query import QueryService
+from mosaic.services.reports import ReportService
 from mosaic.services.worklist import WorklistService
 
 MEDIA_TYPE = "application/fhir+json"
@@ -56,7 +60,8 @@ def _outcome(status: int, diagnostics: str) -> Response:
 
 
 def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, patients: PatientService,
-                       worklist: WorklistService | None = None, audit_trail: AuditTrail | None = None,
+                       worklist: WorklistService | None = None, reports: ReportService | None = None,
+                       audit_trail: AuditTrail | None = None,
                        observer: str = "MOSAIC") -> APIRouter:
     router = APIRouter(prefix="/fhir")
 
@@ -253,6 +258,72 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
         # not a number: no order has it (0 is never an order's number), answered like any unknown one
         return handled(lambda: service_requests(request, int(identifier) if identifier.isdigit() else 0))
 
+    def report_resources(request: Request, resource: str, identifier: str | None = None) -> Response:
+        """DiagnosticReport (every stored report) and DocumentReference (the Encapsulated PDFs): search, or read
+        by SOP Instance UID (``identifier``), within the caller's scope."""
+        accept_json(request)
+        if reports is None:
+            raise FhirError(404, "this node keeps no reports")
+        reading = identifier is not None
+        principal = guarded(request, Permission.READ if reading else Permission.QUERY,
+                            AuditAction.READ if reading else AuditAction.QUERY)
+        allowed = {"patient", "subject", "identifier", "_id"} | ({"based-on", "status"}
+                                                                  if resource == "DiagnosticReport" else set())
+        given, count, offset = plain_parameters(request, frozenset(allowed)) if not reading else ({}, 1, 0)
+        patient: tuple[str, str] | None = None
+        reference = given.get("patient") or given.get("subject")
+        if reference is not None:
+            patient = patient_identity(reference)
+            if patient is None:
+                count = 0  # no such patient: nothing matches
+        sop_uid = identifier if reading else given.get("_id")
+        accession = None
+        if "identifier" in given:
+            system, _, value = given["identifier"].rpartition("|")
+            if value.startswith("urn:oid:") or system == "urn:dicom:uid":
+                sop_uid = value.removeprefix("urn:oid:")
+            else:
+                accession = value
+        step_pk = None
+        if "based-on" in given:
+            number = given["based-on"].removeprefix("ServiceRequest/")
+            step_pk = int(number) if number.isdigit() else 0
+        found, total = reports.find(scope=policy.scope(principal), patient=patient, step_pk=step_pk,
+                                    kind="PDF" if resource == "DocumentReference" else None,
+                                    status=given.get("status"), accession=accession, sop_instance_uid=sop_uid,
+                                    limit=count, offset=offset) if count else ([], 0)
+        first = found[0].row if found else None
+        request.state.audit = AuditEntry.of(
+            principal, AuditAction.READ if reading else AuditAction.QUERY, "",
+            PatientID=patient[0] if patient else "", StudyInstanceUID=first.StudyInstanceUID if reading and first
+            else "", SOPInstanceUID=first.SOPInstanceUID if reading and first else "",
+            detail={"path": request.url.path, "query": str(request.query_params)[:1000], "matches": total,
+                    "studies": sorted({item.row.StudyInstanceUID for item in found})[:100]})
+        root = client_origin(request) + "/dicom-web"
+        build = diagnostic_report_resource if resource == "DiagnosticReport" else document_reference_resource
+        items = [build(item.row, item.patient_pk, root).model_dump(mode="json", exclude_none=True) for item in found]
+        if reading:
+            if not items:  # unknown and outside the caller's scope answer alike
+                raise FhirError(404, f"{resource}/{identifier} is not known")
+            return Response(json.dumps(items[0]), media_type=MEDIA_TYPE)
+        return searchset(request, resource, items, total, count, offset, list(given.items()))
+
+    @router.get("/DiagnosticReport")
+    def search_diagnostic_reports(request: Request) -> Response:
+        return handled(lambda: report_resources(request, "DiagnosticReport"))
+
+    @router.get("/DiagnosticReport/{identifier}")
+    def read_diagnostic_report(request: Request, identifier: str) -> Response:
+        return handled(lambda: report_resources(request, "DiagnosticReport", identifier))
+
+    @router.get("/DocumentReference")
+    def search_document_references(request: Request) -> Response:
+        return handled(lambda: report_resources(request, "DocumentReference"))
+
+    @router.get("/DocumentReference/{identifier}")
+    def read_document_reference(request: Request, identifier: str) -> Response:
+        return handled(lambda: report_resources(request, "DocumentReference", identifier))
+
     @router.get("/AuditEvent")
     def search_audit_events(request: Request) -> Response:
         """The audit trail for auditors (``read-audit``), newest first: ``patient``, ``agent``, ``date``."""
@@ -313,6 +384,10 @@ def capability_statement(base: str) -> CapabilityStatement:
                                       "started": "date", "modality": "token", "_id": "token"}),
             {"type": "Endpoint", "interaction": [{"code": "read"}]},
             resource("ServiceRequest", {"patient": "reference", "subject": "reference", "identifier": "token"}),
+            resource("DiagnosticReport", {"patient": "reference", "subject": "reference", "based-on": "reference",
+                                          "identifier": "token", "status": "token", "_id": "token"}),
+            resource("DocumentReference", {"patient": "reference", "subject": "reference", "identifier": "token",
+                                           "_id": "token"}),
             {"type": "AuditEvent", "interaction": [{"code": "search-type"}], "searchParam": [
                 {"name": "patient", "type": "reference"}, {"name": "agent", "type": "reference"},
                 {"name": "date", "type": "date"}]},

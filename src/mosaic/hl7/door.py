@@ -4,7 +4,11 @@ Each message is applied whole or not at all (one index transaction) and answered
 ``AA`` applied; ``AR`` refused — an unknown sender (audited as denied), a message type or event Mosaic does not
 take or this sender may not send (ERR-3 200 / 201), a version that is not 2.x (203), a character set Mosaic
 cannot decode; ``AE`` the message cannot be applied — a required field missing (101), a bad value (102), an
-internal failure (207), ERR-2 naming the field.
+unknown key such as a report's study (204), an internal failure (207), ERR-2 naming the field.
+
+Reports (ORU^R01, MDM^T02) are stored through ingest as DICOM objects (:mod:`mosaic.services.reports`) by the
+sender as a principal of its own (``hl7:<application>^<facility>``, store permission only): ``AA`` once every
+object of the report is durable. Their SR and PDF are two stores; a message sent again stores nothing twice.
 """
 
 from __future__ import annotations
@@ -13,18 +17,24 @@ import logging
 from dataclasses import dataclass
 
 from mosaic.config import HL7_MESSAGE_TYPES, Hl7Sender, Hl7Settings
+from mosaic.core.errors import InvalidObject
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
+from mosaic.governance.policy import Permission, Principal
 from mosaic.hl7.ack import acknowledgement
-from mosaic.hl7.adt import MERGE_EVENTS, PATIENT_EVENTS, patient_of, prior_identity
+from mosaic.hl7.adt import MERGE_EVENTS, PATIENT_EVENTS, PatientData, patient_of, prior_identity
 from mosaic.hl7.charsets import CharsetError, codec_for, header_fields
 from mosaic.hl7.message import Hl7Error, Message, read_message
 from mosaic.hl7.orders import ORDER_MESSAGES, orders_of
+from mosaic.hl7.reports import DOCUMENT_EVENTS, RESULT_EVENTS, report_of
+from mosaic.services.origin import Door, IngestOrigin
 from mosaic.services.patients import DuplicatePatient, PatientService, UnknownPatient
+from mosaic.services.reports import ReportError, ReportService
 from mosaic.services.worklist import WorklistService
 
 log = logging.getLogger("mosaic.hl7")
 
-SUPPORTED: dict[str, frozenset[str]] = {"ADT": PATIENT_EVENTS | MERGE_EVENTS, **ORDER_MESSAGES}
+SUPPORTED: dict[str, frozenset[str]] = {"ADT": PATIENT_EVENTS | MERGE_EVENTS, **ORDER_MESSAGES,
+                                        "ORU": RESULT_EVENTS, "MDM": DOCUMENT_EVENTS}
 assert set(SUPPORTED) == set(HL7_MESSAGE_TYPES), "config.HL7_MESSAGE_TYPES names what the door applies"
 """Message types Mosaic applies, and their trigger events."""
 
@@ -39,11 +49,12 @@ class Answer:
 
 class Hl7Door:
     def __init__(self, settings: Hl7Settings, patients: PatientService, audit: AuditTrail,
-                 worklist: WorklistService | None = None) -> None:
+                 worklist: WorklistService | None = None, reports: ReportService | None = None) -> None:
         self.settings = settings
         self.patients = patients
         self.audit = audit
         self.worklist = worklist
+        self.reports = reports
 
     def sender(self, application: str, facility: str, address: str) -> Hl7Sender | None:
         for sender in self.settings.senders:
@@ -113,6 +124,9 @@ class Hl7Door:
         patient = patient_of(message, default_issuer=sender.issuer)
         entry.PatientID, entry.IssuerOfPatientID = patient.PatientID, patient.IssuerOfPatientID
         reference = f"{message.message_type}^{message.trigger_event} {message.control_id}"
+        if message.message_type in ("ORU", "MDM"):
+            self._store_report(message, sender, patient, entry)
+            return
         if message.message_type in ORDER_MESSAGES:
             if self.worklist is None:
                 raise Hl7Error("AR", 200, "this node keeps no worklist", "MSH^1^9^1^1")
@@ -147,6 +161,26 @@ class Hl7Door:
         entry.detail["patient"] = "created" if change.created else "updated" if change.changed else "unchanged"
         if change.changed:
             entry.detail["changed"] = sorted(change.changed)
+
+    def _store_report(self, message: Message, sender: Hl7Sender, patient: PatientData, entry: AuditEntry) -> None:
+        if self.reports is None:
+            raise Hl7Error("AR", 200, "this node stores no reports", "MSH^1^9^1^1")
+        report = report_of(message, patient, sender=entry.actor)
+        entry.detail["accession"] = report.AccessionNumber
+        principal = Principal(name=entry.actor, kind="hl7", permissions=frozenset({Permission.STORE}),
+                              address=entry.address, interface="hl7")
+        origin = IngestOrigin(door=Door.HL7, principal=principal, calling_ae_title=sender.application[:16],
+                              address=entry.address, facility=sender.patient_facility)
+        try:
+            stored = self.reports.store(report, origin)
+        except ReportError as exc:
+            location = "PID^1^3^1^1" if exc.location == "patient" else exc.location
+            raise Hl7Error("AE", 204, str(exc), location) from exc
+        except InvalidObject as exc:
+            raise Hl7Error("AE", 207, f"the report could not be stored: {exc.reason}", "OBR^1") from exc
+        entry.StudyInstanceUID = stored[0].StudyInstanceUID
+        entry.SOPInstanceUID = stored[0].SOPInstanceUID
+        entry.detail["reports"] = [f"{item.kind} {item.SOPInstanceUID} {item.outcome}" for item in stored]
 
     def refused_handshake(self, address: str, reason: str) -> None:
         """A connection whose TLS handshake failed (no or an untrusted client certificate): audited, nothing read."""

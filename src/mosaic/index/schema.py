@@ -396,6 +396,43 @@ class PerformedStep(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
+class Report(Base):
+    """A report stored from HL7 (ORU^R01, MDM^T02) as a DICOM instance (Basic Text SR or Encapsulated PDF): what
+    FHIR DiagnosticReport and DocumentReference answer without reading the object. Its patient, study and scope
+    are those of its instance (joined by SOP Instance UID), so merges and deletions need no change here."""
+
+    __tablename__ = "report"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    SOPInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    StudyInstanceUID: Mapped[str] = _key()
+    SeriesInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)
+    """SR (Basic Text SR) or PDF (Encapsulated PDF)."""
+    status: Mapped[str] = _key(16)
+    """As FHIR names it: final, amended (a correction) or preliminary."""
+    code: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    """code^meaning^coding system of the report (OBR-4 universal service), else LOINC 11528-7."""
+    title: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    text: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    """Its findings (empty for a PDF)."""
+    document_length: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """An embedded PDF's length in bytes (its Encapsulated Document Length; the element is padded to even)."""
+    conclusion: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    """Its impression / conclusion observations."""
+    observed: Mapped[str] = mapped_column(String(26), nullable=False, default="")
+    """When it was observed or reported (OBR-22, else OBR-7) as a DICOM DT, without a UTC offset."""
+    performer: Mapped[str] = mapped_column(String(320), nullable=False, default="")
+    """Principal result interpreter (OBR-32) as a DICOM person name."""
+    AccessionNumber: Mapped[str] = _key(16)
+    scheduled_step_pk: Mapped[int | None] = mapped_column(ForeignKey("scheduled_step.pk"), nullable=True, index=True)
+    """The order's scheduled step (FHIR basedOn ServiceRequest), when the accession names one."""
+    source: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    control_id: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    """MSH-10 of the message that brought it."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+
+
 class BreakGlassGrant(Base):
     """An out-of-scope study opened on purpose, with the reason given; time-limited and audited."""
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from mosaic.core.errors import NotFound
 from mosaic.governance.holds import check_not_held
 from mosaic.index.database import Database
-from mosaic.index.schema import Event, Instance, InstanceVersion, Patient, Series, Study
+from mosaic.index.schema import Event, Instance, InstanceVersion, Patient, Report, Series, Study
 from mosaic.storage.base import BlobStore
 
 log = logging.getLogger("mosaic.delete")
@@ -192,6 +192,8 @@ class _Deletion:
             delete(InstanceVersion).where(InstanceVersion.instance_pk.in_(
                 select(Instance.pk).where(condition).scalar_subquery()))
             .returning(InstanceVersion.blob_key), execution_options=_NO_SYNC).all()
+        self.session.execute(delete(Report).where(Report.SOPInstanceUID.in_(  # a report's row goes with it
+            select(Instance.SOPInstanceUID).where(condition).scalar_subquery())), execution_options=_NO_SYNC)
         current = self.session.scalars(delete(Instance).where(condition).returning(Instance.blob_key),
                                        execution_options=_NO_SYNC).all()
         result.versions += len(versions)

@@ -5,8 +5,9 @@ one transaction → commit blob (phase two), or revoke the blob when anything af
 
 Every door says who is at it with an :class:`~mosaic.services.origin.IngestOrigin`; ingest asks the access policy
 of it and writes the store's audit record, once per object, whatever the door. Objects that arrive as something
-else than DICOM (a PDF, a photo or video, an HL7 report) are to be built into their IOD (Encapsulated PDF, VL
-Photographic, …) by a builder beside this module, which hands ``store`` the Part 10 bytes; none exists yet.
+else than DICOM (a PDF, a photo or video, an HL7 report) are built into their IOD (Encapsulated PDF, VL
+Photographic, …) by a builder beside this module, which hands ``store`` the Part 10 bytes: HL7 reports by
+:mod:`mosaic.services.reports` (Basic Text SR, Encapsulated PDF).
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ class Door(enum.StrEnum):
     DIMSE = "dimse"
     DICOMWEB = "dicomweb"
     """STOW-RS."""
+    HL7 = "hl7"
+    """A report (ORU^R01, MDM^T02) built into a DICOM object by :mod:`mosaic.services.reports`."""
     IMPORT = "import"
     """``mosaic import`` of files and folders."""
     REPAIR = "repair"
