@@ -9,8 +9,10 @@ least once (two racing may both deliver one), in order, never dropping any. A fa
 ``retry_seconds``, doubling up to ``max_retry_seconds`` while it goes on; :meth:`OutboxConsumer.wake` (a writer's
 notification) ends the idle wait at once.
 
-Its first user is the audit trail's syslog forwarder (:class:`~mosaic.governance.audit_export.SyslogForwarder`);
-webhooks, routing and edge sync are meant to be others, each under a cursor name of its own.
+Its users, each under a cursor name of its own: the audit trail's syslog forwarder
+(:class:`~mosaic.governance.audit_export.SyslogForwarder`), and the consumers of the "study available"
+announcements (:mod:`mosaic.services.availability`): each HL7 receiver (``hl7:<name>``) and each FHIR
+Subscription (``fhir:<pk>``). Routing and edge sync are meant to be others.
 """
 
 from __future__ import annotations
