@@ -103,7 +103,7 @@ class FakeEhr:
         ehr = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with ehr.lock:
                     ehr.bodies.setdefault(self.path, []).append(json.loads(body))
