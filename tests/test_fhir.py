@@ -76,7 +76,8 @@ def test_the_capability_statement_says_what_the_server_does(node: Mosaic) -> Non
     statement = CapabilityStatement.model_validate(answer.json())
     assert statement.fhirVersion == "4.0.1" and statement.format == ["json"]
     assert {item.type for item in statement.rest[0].resource} == {
-        "Patient", "ImagingStudy", "Endpoint", "ServiceRequest", "AuditEvent", "DiagnosticReport", "DocumentReference"}
+        "Patient", "ImagingStudy", "Endpoint", "ServiceRequest", "AuditEvent", "DiagnosticReport", "DocumentReference",
+        "Subscription"}
 
 
 def test_a_patient_is_found_by_identifier_and_by_name_with_accents_and_read_by_id(node: Mosaic) -> None:

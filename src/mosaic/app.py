@@ -27,10 +27,12 @@ from mosaic.governance.identity import IdentityService
 from mosaic.governance.policy import AccessPolicy
 from mosaic.hl7.door import Hl7Door
 from mosaic.hl7.listener import Hl7Server
+from mosaic.hl7.outbound import Hl7Notifier
 from mosaic.http.protocol import GuardedH11Protocol
 from mosaic.index.database import Database
 from mosaic.jobs.runner import JobRunner
 from mosaic.jobs.store import JobStore
+from mosaic.services.availability import StudyAvailability
 from mosaic.services.changes import ChangeFeed
 from mosaic.services.commitment import CommitmentService
 from mosaic.services.demographics import CurrentDemographics
@@ -39,6 +41,7 @@ from mosaic.services.patients import PatientService
 from mosaic.services.query import QueryService
 from mosaic.services.reports import ReportService
 from mosaic.services.retrieve import RetrieveService
+from mosaic.services.subscriptions import SubscriptionService
 from mosaic.services.sweep import LeftoverSweep
 from mosaic.services.worklist import WorklistService
 from mosaic.storage import BlobStore, open_blob_store
@@ -72,6 +75,9 @@ class Mosaic:
         self.worklist = WorklistService(self.database)
         self.reports = ReportService(self.database, self.ingest)
         self.changes = ChangeFeed(self.database)
+        self.availability = StudyAvailability(self.database, settings.workflow)
+        """Announces stable studies (``StudyAvailable`` events) once started; the outbound doors consume them."""
+        self.subscriptions = SubscriptionService(self.database)
         self.identity = IdentityService(self.database, settings.security, self.policy)
         self.jobs = JobStore(self.database, settings.jobs)
         self.job_runner = JobRunner(self.jobs, settings.jobs)
@@ -95,6 +101,9 @@ class Mosaic:
         self.initial_admin_password: str | None = None
         """Set only at the very first start (no account yet): the one time the `admin` password is said."""
         self._syslog: SyslogForwarder | None = None
+        self._hl7_out: list[Hl7Notifier] = []
+        self._notifier: Any = None
+        """The FHIR Subscription notifier (``fhir.notifications.SubscriptionNotifier``) once started."""
         self.dicom: DicomServer | None = None
         self.hl7: Hl7Server | None = None
         self._http: uvicorn.Server | None = None
@@ -170,6 +179,7 @@ class Mosaic:
             self._retention_schedule.start()
         if http:
             self.job_runner.start()
+            self._start_announcements()
         if dicom:
             self.dicom = DicomServer(self.settings.dicom, self.ingest, self.query, self.retrieve,
                                      spool=Spool(self.spool_folder, self.blobs), policy=self.policy,
@@ -215,6 +225,30 @@ class Mosaic:
                 raise StartupError(f"the HTTP server did not start on {web.host}:{web.port} (see the log above)")
             self.initial_admin_password = self.identity.ensure_administrator()
         _settle_garbage_collector()
+
+    def _start_announcements(self) -> None:
+        """The outbox consumers of "study available" (one per HL7 receiver, one per FHIR Subscription), then the
+        sweeper that writes the announcements (after the consumers' cursors exist, so none is missed)."""
+        from mosaic.fhir.notifications import SubscriptionNotifier
+
+        web = self.settings.http
+        public = web.public_url.rstrip("/") if web.public_url else None
+        for receiver in self.settings.hl7.receivers:
+            notifier = Hl7Notifier(receiver, self.availability, self.audit,
+                                   sending_application=self.settings.dicom.ae_title,
+                                   wado_root=f"{public}/dicom-web" if public else None)
+            notifier.start()
+            self._hl7_out.append(notifier)
+        self._notifier = SubscriptionNotifier(
+            self.subscriptions, self.availability, self.identity, self.policy, self.query, self.audit,
+            self.settings.fhir, base=lambda: f"{public or f'http://{web.host}:{self.http_port}'}/fhir")
+        self._notifier.start()
+        self.availability.start()
+
+    def subscriptions_changed(self) -> None:
+        """A FHIR Subscription was created or deleted here: its notifications start (or stop) at once."""
+        if self._notifier is not None:
+            self._notifier.refresh()
 
     def _start_dicom(self, server: DicomServer) -> None:
         """The DICOM listener(s), with a bind failure said in one line naming the address and the listener."""
@@ -274,6 +308,13 @@ class Mosaic:
             self._retention_schedule.stop()
             self._retention_schedule = None
         self.job_runner.stop()
+        self.availability.stop()
+        for notifier in self._hl7_out:
+            notifier.stop()
+        self._hl7_out.clear()
+        if self._notifier is not None:
+            self._notifier.stop()
+            self._notifier = None
         self.audit.stop()
         if self._syslog is not None:
             self._syslog.stop()
@@ -292,6 +333,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.dicomweb.wado import create_wado_router
     from mosaic.export.routes import create_export_router
     from mosaic.fhir.routes import create_fhir_router
+    from mosaic.fhir.subscriptions import create_subscription_router
     from mosaic.http.auth import AuthMiddleware
     from mosaic.http.errors import install_error_handlers
     from mosaic.http.headers import AntiFramingHeaders
@@ -346,6 +388,9 @@ def create_http_app(node: Mosaic) -> Any:
     app.include_router(create_fhir_router(policy=node.policy, query_service=node.query, patients=node.patients,
                                           worklist=node.worklist, reports=node.reports, audit_trail=node.audit,
                                           observer=settings.dicom.ae_title))
+    app.include_router(create_subscription_router(policy=node.policy, identity=node.identity,
+                                                  subscriptions=node.subscriptions,
+                                                  changed=node.subscriptions_changed))
     mount_viewer(app, settings.viewer_path, dicomweb_root="/dicom-web")
     return app
 

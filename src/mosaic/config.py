@@ -259,6 +259,41 @@ class Hl7Sender(StrictModel):
         return types
 
 
+HL7_OUTBOUND_EVENTS = ("study-available",)
+"""What an HL7 receiver may be sent (``hl7.receivers[].events``)."""
+
+
+class Hl7Receiver(StrictModel):
+    """An application Mosaic sends HL7 v2 messages to over MLLP (an EHR, a RIS): ORU^R01 "images available"."""
+
+    name: str = Field(description="Names it in logs, audit records and its outbox cursor (`hl7:<name>`); keep it "
+                      "once in use, or the new name starts over from the announcements made after its first start.",
+                      min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._-]+$")
+    host: str = Field(description="Host name or address where it listens.")
+    port: int = Field(ge=1, le=65535, description="Its MLLP port.")
+    application: str = Field(description="Its Receiving Application (MSH-5).")
+    facility: str = Field("", description="Its Receiving Facility (MSH-6).")
+    events: list[str] = Field(
+        default_factory=lambda: ["study-available"], description="What it is sent: study-available (ORU^R01 "
+        "with the Study Instance UID, once a study has been stable for workflow.study_stable_seconds).",
+    )
+    tls: bool = Field(False, description="Connect over TLS (TLS 1.2 or later), checking its certificate against "
+                      "tls_ca_file (else the system's CAs).")
+    tls_ca_file: Path | None = Field(None, description="CA certificates (PEM) its certificate must chain to.")
+    timeout: float = Field(30.0, gt=0, description="Seconds to connect, and to wait for the ACK of a message.")
+    retry_seconds: float = Field(5.0, gt=0, description="Wait before sending again after a failure (no ACK, AE/AR, "
+                                 "connection refused); doubled while failures go on.")
+    max_retry_seconds: float = Field(300.0, gt=0, description="Longest wait between attempts.")
+
+    @field_validator("events")
+    @classmethod
+    def _check_events(cls, value: list[str]) -> list[str]:
+        unknown = [item for item in value if item not in HL7_OUTBOUND_EVENTS]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not an event Mosaic sends ({', '.join(HL7_OUTBOUND_EVENTS)})")
+        return value
+
+
 class Hl7Settings(StrictModel):
     host: str = Field("127.0.0.1", description="Address the HL7 v2 (MLLP) listener binds to.")
     port: int = Field(
@@ -289,6 +324,10 @@ class Hl7Settings(StrictModel):
         None, description="CA certificates (PEM) a sender's client certificate must chain to; given, a sender "
         "without such a certificate is refused (mutual TLS).",
     )
+    receivers: list[Hl7Receiver] = Field(
+        default_factory=list, description="Applications Mosaic sends messages to (ORU^R01 \"images available\"), "
+        "each from the outbox under its own cursor: retried with backoff, resumed after a restart.",
+    )
 
     @field_validator("default_charset")
     @classmethod
@@ -296,6 +335,30 @@ class Hl7Settings(StrictModel):
         if value.strip().upper() not in HL7_CHARSETS:
             raise ValueError(f"character set {value!r} is not one of {', '.join(HL7_CHARSETS)}")
         return value.strip().upper()
+
+
+class WorkflowSettings(StrictModel):
+    """When a study counts as complete: what the "study available" announcements (HL7, FHIR) wait for."""
+
+    study_stable_seconds: float = Field(
+        60.0, ge=0, description="A study is announced available once no instance has arrived for it for this "
+        "long (again after a later change); 0 turns the announcements off.",
+    )
+    sweep_seconds: float = Field(
+        5.0, gt=0, description="How often `mosaic serve` looks for studies that have become stable (at most; "
+        "more often when study_stable_seconds is shorter).",
+    )
+
+
+class FhirSettings(StrictModel):
+    """The FHIR door's Subscriptions (R4 Subscriptions Backport IG, rest-hook, the study-available topic)."""
+
+    notification_timeout_seconds: float = Field(
+        10.0, gt=0, description="Seconds to wait for a subscriber's endpoint to answer a notification.",
+    )
+    retry_seconds: float = Field(5.0, gt=0, description="Wait before notifying again after a failure (no answer, "
+                                 "not 2xx); doubled while failures go on.")
+    max_retry_seconds: float = Field(300.0, gt=0, description="Longest wait between attempts.")
 
 
 class StorageSettings(StrictModel):
@@ -539,6 +602,8 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
     dicom: DicomSettings = Field(default_factory=DicomSettings)  # type: ignore[arg-type]
     hl7: Hl7Settings = Field(default_factory=Hl7Settings)  # type: ignore[arg-type]
+    workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)  # type: ignore[arg-type]
+    fhir: FhirSettings = Field(default_factory=FhirSettings)  # type: ignore[arg-type]
     storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
     index: IndexSettings = Field(default_factory=IndexSettings)  # type: ignore[arg-type]
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]

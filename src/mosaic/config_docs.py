@@ -116,6 +116,26 @@ may_send = ["ADT"]
 issuer = "GENHOSP"
 ```
 
+Each entry of `hl7.receivers` is an application Mosaic *sends* to: `name` (its outbox cursor is `hl7:<name>`),
+`host`, `port`, `application` and `facility` (MSH-5, MSH-6), `events` (`["study-available"]`: an ORU^R01
+"images available" once a study has been stable for `workflow.study_stable_seconds`), optionally `tls`
+(with `tls_ca_file`), `timeout`, `retry_seconds` and `max_retry_seconds`. Each message waits for its ACK on the
+connection: `AA`/`CA` delivered, anything else (or none) sent again later with the same MSH-10, so a receiver
+that has seen that control ID can drop the copy (delivery is at least once, MSH-10 the idempotency key).
+A receiver is sent the announcements made after its first start.
+
+```toml
+[workflow]
+study_stable_seconds = 60  # no new image for a minute: the study is announced
+
+[[hl7.receivers]]          # the EHR's results interface
+name = "ehr"
+host = "ehr.example.org"
+port = 6661
+application = "EPIC"
+facility = "GENHOSP"
+```
+
 `ingest.duplicate_policy`: when an instance arrives whose SOP Instance UID is already stored with
 *identical* bytes, it is a success and nothing is stored twice. With *different* bytes, `reject` (default)
 answers 0x0111 (Duplicate SOP Instance) and keeps the stored one; `keep-new-version` stores the new one

@@ -15,3 +15,6 @@ class EventType(enum.StrEnum):
     PATIENT_MERGED = "PatientMerged"
     PATIENT_ID_CHANGED = "PatientIdentifierChanged"
     STORAGE_COMMITTED = "StorageCommitted"
+    STUDY_AVAILABLE = "StudyAvailable"
+    """A study stable for ``workflow.study_stable_seconds`` since its last change (written by the sweeper of
+    :mod:`mosaic.services.availability`; announced over HL7 ORU^R01 and FHIR Subscriptions)."""

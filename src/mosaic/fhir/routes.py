@@ -391,6 +391,11 @@ def capability_statement(base: str) -> CapabilityStatement:
             {"type": "AuditEvent", "interaction": [{"code": "search-type"}], "searchParam": [
                 {"name": "patient", "type": "reference"}, {"name": "agent", "type": "reference"},
                 {"name": "date", "type": "date"}]},
+            {"type": "Subscription", "supportedProfile": [
+                "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"],
+             "interaction": [{"code": code} for code in ("create", "read", "search-type", "delete")],
+             "documentation": "rest-hook notifications on the topic "
+                              "http://mosaic.example/SubscriptionTopic/study-available (Subscriptions Backport IG)"},
         ]}],
     })
 

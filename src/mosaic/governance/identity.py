@@ -309,6 +309,15 @@ class IdentityService:
         return Account(row.username, row.display_name, sorted(_split(row.roles)), sorted(_split(row.facilities)),
                        sorted(_split(row.departments)), row.active, bool(row.password_hash), row.source)
 
+    def principal_for(self, username: str, *, kind: str = "user") -> Principal | None:
+        """The account ``username`` as it stands now, acting on its own behalf (a FHIR Subscription's notifications
+        are sent with its owner's current rights); None when it is gone or inactive."""
+        with self.database.session() as session:
+            row = session.scalar(select(UserAccount).where(UserAccount.username == username))
+            if row is None or not row.active:
+                return None
+            return self._principal(row, kind)
+
     def _principal(self, row: UserAccount, kind: str, csrf_token: str = "") -> Principal:
         roles = _split(row.roles)
         return Principal(name=row.username, kind=kind, roles=roles, permissions=self.policy.permissions_of(roles),

@@ -115,6 +115,9 @@ class Study(Base):
     NumberOfStudyRelatedInstances: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    available_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    """When the study was last announced available (a ``StudyAvailable`` event); NULL: changed since (an instance
+    stored or replaced), so the availability sweeper announces it once it has been stable long enough."""
 
 
 class Series(Base):
@@ -202,6 +205,32 @@ class Event(Base):
     SeriesInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     SOPInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     payload: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+
+
+class FhirSubscription(Base):
+    """A FHIR R4 Subscription (Subscriptions Backport IG, rest-hook) on the ``study-available`` topic."""
+
+    __tablename__ = "fhir_subscription"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
+    """The account that created it: notifications carry only the studies this account may see, when sent."""
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    """active, error (the endpoint keeps failing; still retried), off (its account is gone or inactive)."""
+    topic: Mapped[str] = mapped_column(String(256), nullable=False)
+    endpoint: Mapped[str] = mapped_column(String(2048), nullable=False)
+    payload_content: Mapped[str] = mapped_column(String(16), nullable=False)
+    """empty, id-only or full-resource (the backport's payloadContent)."""
+    headers_json: Mapped[str] = mapped_column(Text, nullable=False, default="[]")
+    """channel.header: ``Name: value`` lines sent with each notification (e.g. the EHR's Authorization)."""
+    resource_json: Mapped[str] = mapped_column(Text, nullable=False)
+    """The Subscription as accepted (status and id as Mosaic keeps them)."""
+    events_since_start: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    last_event_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    """The outbox event the last eventNumber was given to: a re-sent notification keeps its number."""
+    error: Mapped[str] = mapped_column(String(500), nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
 class StorageCommitment(Base):
@@ -516,3 +545,5 @@ class Job(Base):
 
 
 Index("ix_study_patient_date", Study.patient_pk, Study.StudyDate)
+Index("ix_study_unannounced", Study.available_at, Study.updated_at)
+"""The availability sweeper's query: studies not announced since their last change, oldest change first."""

@@ -9,8 +9,10 @@ least once (two racing may both deliver one), in order, never dropping any. A fa
 ``retry_seconds``, doubling up to ``max_retry_seconds`` while it goes on; :meth:`OutboxConsumer.wake` (a writer's
 notification) ends the idle wait at once.
 
-Its first user is the audit trail's syslog forwarder (:class:`~mosaic.governance.audit_export.SyslogForwarder`);
-webhooks, routing and edge sync are meant to be others, each under a cursor name of its own.
+Its users, each under a cursor name of its own: the audit trail's syslog forwarder
+(:class:`~mosaic.governance.audit_export.SyslogForwarder`), and the consumers of the "study available"
+announcements (:mod:`mosaic.services.availability`): each HL7 receiver (``hl7:<name>``) and each FHIR
+Subscription (``fhir:<pk>``). Routing and edge sync are meant to be others.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ class OutboxConsumer(Generic[Row]):
     ``read(seq, limit)`` returns the next ``limit`` rows after ``seq`` in order; ``position(row)`` is the row's
     ``(seq, hash)`` (hash ``""`` when the table has none); ``before`` runs ahead of each batch (e.g. sending what
     is queued in memory); ``on_failure(exc, delay)`` reports a failed attempt (default: logged with its
-    traceback) before the consumer waits ``delay`` seconds and tries again.
+    traceback) before the consumer waits ``delay`` seconds and tries again. ``initial()`` is the seq a cursor
+    created now starts after (default 0: every row of the table; a consumer added to a running archive may
+    start at the end instead); such a cursor is created by :meth:`start`, before any row can be appended that
+    the consumer must not miss.
     """
 
     def __init__(self, database: Database, name: str, *, read: Callable[[int, int], Sequence[Row]],
@@ -49,7 +54,7 @@ class OutboxConsumer(Generic[Row]):
                  before: Callable[[], None] | None = None,
                  on_failure: Callable[[Exception, float], None] | None = None, retry_seconds: float = 5.0,
                  max_retry_seconds: float | None = None, batch: int = 200, idle_seconds: float = 1.0,
-                 thread_name: str = "") -> None:
+                 thread_name: str = "", initial: Callable[[], int] | None = None) -> None:
         if name in RESERVED or not name or len(name) > 64:
             raise ValueError(f"{name!r} cannot name an outbox cursor (1-64 characters, not {', '.join(RESERVED)})")
         self.database = database
@@ -59,6 +64,7 @@ class OutboxConsumer(Generic[Row]):
         self.position = position
         self.before = before
         self.on_failure = on_failure
+        self.initial = initial
         self.retry_seconds = retry_seconds
         self.max_retry_seconds = max(max_retry_seconds or retry_seconds, retry_seconds)
         self.batch = batch
@@ -69,6 +75,8 @@ class OutboxConsumer(Generic[Row]):
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self.initial is not None:
+            self.cursor()
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
 
@@ -130,12 +138,16 @@ class OutboxConsumer(Generic[Row]):
         if seq is not None:
             return int(seq)
 
-        def create(session: Session) -> None:
-            if session.get(AuditCursor, self.name) is None:
-                session.add(AuditCursor(name=self.name, seq=0, hash="", updated_at=datetime.now(UTC)))
+        start = self.initial() if self.initial is not None else 0
 
-        self.database.write(create)
-        return 0
+        def create(session: Session) -> int:
+            existing = session.get(AuditCursor, self.name)
+            if existing is not None:
+                return int(existing.seq)
+            session.add(AuditCursor(name=self.name, seq=start, hash="", updated_at=datetime.now(UTC)))
+            return start
+
+        return self.database.write(create)
 
     def _advance(self, seq: int, to_seq: int, to_hash: str) -> None:
         """Move the cursor from ``seq`` to ``to_seq`` (unless another node's consumer moved it meanwhile)."""

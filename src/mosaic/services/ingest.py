@@ -83,7 +83,12 @@ _INSERT_EVENT = _event.insert()
 _BUMP_SERIES = _series.update().where(_series.c.pk == bindparam("b_pk")).values(
     NumberOfSeriesRelatedInstances=_series.c.NumberOfSeriesRelatedInstances + 1, updated_at=bindparam("b_now"))
 _BUMP_STUDY = _study.update().where(_study.c.pk == bindparam("b_pk")).values(
-    NumberOfStudyRelatedInstances=_study.c.NumberOfStudyRelatedInstances + 1, updated_at=bindparam("b_now"))
+    NumberOfStudyRelatedInstances=_study.c.NumberOfStudyRelatedInstances + 1, updated_at=bindparam("b_now"),
+    available_at=None)
+"""One more instance: the study has changed, so it is no longer announced (``services.availability``)."""
+_CHANGED_STUDY = _study.update().where(_study.c.pk == select(_series.c.study_pk).where(
+    _series.c.pk == bindparam("b_series")).scalar_subquery()).values(updated_at=bindparam("b_now"), available_at=None)
+"""A replaced instance changes its study too."""
 
 
 def _append_to_list(column: Any) -> Any:
@@ -498,6 +503,7 @@ class _IndexWriter:
         existing.received_via = self.door
         existing.source_ae_title = self.source_ae_title[:16]
         existing.received_at = self.now
+        self.session.execute(_CHANGED_STUDY, {"b_series": existing.series_pk, "b_now": self.now})
         self.session.add(Event(
             type=EventType.INSTANCE_REPLACED.value, created_at=self.now,
             StudyInstanceUID=self.parsed.study_instance_uid, SeriesInstanceUID=self.parsed.series_instance_uid,

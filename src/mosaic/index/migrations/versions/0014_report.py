@@ -1,10 +1,8 @@
 """reports: HL7 ORU / MDM reports stored as DICOM instances, as FHIR DiagnosticReport / DocumentReference read them
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-08 10:00:00
-
-Another branch adds 0013; when both are merged, this file's down_revision becomes '0013'.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0014'
-down_revision = '0012'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,195 @@
+"""``/fhir/Subscription``: create, read, search and delete R4 Subscriptions (Subscriptions Backport IG, rest-hook)
+on the ``study-available`` topic.
+
+A Subscription names the topic in ``criteria`` (the backport's R4 form), a ``rest-hook`` channel with an http or
+https ``endpoint``, ``payload`` ``application/fhir+json`` and, in the ``_payload`` extension
+``backport-payload-content``, what a notification carries: ``empty``, ``id-only`` (default) or ``full-resource``.
+It is accepted as ``active`` (no handshake). Creating one needs the ``read`` permission and an account: the
+notifications carry only the studies that account may read when each is sent (``fhir.notifications``). Each
+caller sees and deletes its own subscriptions; administrators all. Everything is audited.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.subscription import Subscription
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from mosaic.fhir.notifications import PAYLOAD_CONTENT, PAYLOAD_CONTENTS, TOPIC
+from mosaic.fhir.resources import operation_outcome
+from mosaic.governance.audit import AuditAction, AuditEntry
+from mosaic.governance.identity import IdentityService
+from mosaic.governance.policy import AccessPolicy, Permission, Principal
+from mosaic.http.auth import require
+from mosaic.http.origin import client_origin
+from mosaic.index.schema import FhirSubscription
+from mosaic.services.subscriptions import NewSubscription, SubscriptionService
+
+MEDIA_TYPE = "application/fhir+json"
+_CODES = {400: "invalid", 403: "forbidden", 404: "not-found", 401: "security", 422: "invalid"}
+
+
+class SubscriptionRefused(Exception):
+    def __init__(self, status: int, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.status = status
+
+
+def _json(resource: BaseModel | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    text = resource.model_dump_json(exclude_none=True) if isinstance(resource, BaseModel) else json.dumps(resource)
+    return Response(text, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _outcome(status: int, diagnostics: str) -> Response:
+    return _json(operation_outcome(_CODES.get(status, "exception"), diagnostics), status)
+
+
+def accepted_subscription(body: dict[str, Any], owner: str) -> NewSubscription:
+    """The Subscription of a create request, checked (:class:`SubscriptionRefused` 400 saying what is wrong)."""
+    if body.get("resourceType") != "Subscription":
+        raise SubscriptionRefused(400, f"expected a Subscription, not {body.get('resourceType')!r}")
+    body = {key: value for key, value in body.items() if key not in ("id", "meta")}
+    try:
+        Subscription.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                             for error in exc.errors()[:5])
+        raise SubscriptionRefused(400, f"not a valid R4 Subscription: {problems}") from None
+    if body.get("criteria") != TOPIC:
+        raise SubscriptionRefused(400, f"criteria {body.get('criteria')!r} is not a topic Mosaic offers "
+                                       f"(the study-available topic is {TOPIC})")
+    channel: dict[str, Any] = body.get("channel") or {}
+    if channel.get("type") != "rest-hook":
+        raise SubscriptionRefused(400, f"channel.type {channel.get('type')!r}: Mosaic notifies by rest-hook only")
+    endpoint = str(channel.get("endpoint") or "")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SubscriptionRefused(400, f"channel.endpoint {endpoint!r} is not an http or https URL")
+    payload = channel.get("payload")
+    if payload not in (None, MEDIA_TYPE, "application/json"):
+        raise SubscriptionRefused(400, f"channel.payload {payload!r}: notifications are {MEDIA_TYPE}")
+    content = "id-only"
+    for extension in (channel.get("_payload") or {}).get("extension") or []:
+        if extension.get("url") == PAYLOAD_CONTENT:
+            content = str(extension.get("valueCode") or "")
+    if content not in PAYLOAD_CONTENTS:
+        raise SubscriptionRefused(400, f"payload content {content!r} is not one of {', '.join(PAYLOAD_CONTENTS)}")
+    headers = [str(line) for line in channel.get("header") or []]
+    if any(":" not in line or "\n" in line or "\r" in line for line in headers):
+        raise SubscriptionRefused(400, "channel.header lines are 'Name: value', one line each")
+    return NewSubscription(owner=owner, topic=TOPIC, endpoint=endpoint, payload_content=content, headers=headers,
+                           resource=body)
+
+
+def subscription_resource(row: FhirSubscription) -> dict[str, Any]:
+    """The Subscription as kept, with its current status (and the last delivery error, as ``error``)."""
+    resource: dict[str, Any] = json.loads(row.resource_json)
+    resource["id"] = str(row.pk)
+    resource["status"] = row.status if row.status in ("active", "error", "off") else "active"
+    if row.error and row.status != "active":
+        resource["error"] = row.error
+    else:
+        resource.pop("error", None)
+    return resource
+
+
+def create_subscription_router(*, policy: AccessPolicy, identity: IdentityService,
+                               subscriptions: SubscriptionService,
+                               changed: Callable[[], None] | None = None) -> APIRouter:
+    """``changed`` is called after a subscription was created or deleted (the notifier looks again)."""
+    router = APIRouter(prefix="/fhir")
+
+    def guarded(request: Request, permission: Permission, action: str) -> Principal:
+        try:
+            return require(request, permission, action=action)
+        except HTTPException as exc:
+            raise SubscriptionRefused(exc.status_code, str(exc.detail)) from None
+
+    def audit(request: Request, principal: Principal, action: str, **detail: Any) -> None:
+        request.state.audit = AuditEntry.of(principal, action, "", detail={"path": request.url.path, **detail})
+
+    def visible(principal: Principal, identifier: str) -> FhirSubscription:
+        row = subscriptions.get(int(identifier)) if identifier.isdigit() else None
+        if row is None or (row.owner != principal.name and not policy.permits(principal, Permission.ADMINISTER)):
+            raise SubscriptionRefused(404, f"Subscription/{identifier} is not known")
+        return row
+
+    def handled(call: Callable[[], Response]) -> Response:
+        try:
+            return call()
+        except SubscriptionRefused as exc:
+            return _outcome(exc.status, str(exc))
+
+    @router.post("/Subscription")
+    async def create(request: Request) -> Response:
+        raw = await request.body()
+
+        def answer() -> Response:
+            principal = guarded(request, Permission.READ, AuditAction.MODIFY)
+            audit(request, principal, AuditAction.MODIFY, operation="create Subscription")
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise SubscriptionRefused(400, "the body is not JSON: expected a Subscription") from None
+            if not isinstance(body, dict):
+                raise SubscriptionRefused(400, "expected a Subscription (a JSON object)")
+            if identity.principal_for(principal.name) is None:
+                raise SubscriptionRefused(403, f"{principal.name} has no account here: notifications are sent "
+                                               "with an account's rights")
+            row = subscriptions.create(accepted_subscription(body, principal.name))
+            request.state.audit.detail.update(subscription=row.pk, endpoint=row.endpoint[:500])
+            if changed is not None:
+                changed()
+            location = f"{client_origin(request)}/fhir/Subscription/{row.pk}"
+            return _json(subscription_resource(row), 201, headers={"Location": location})
+
+        return await run_in_threadpool(handled, answer)
+
+    @router.get("/Subscription")
+    def search(request: Request) -> Response:
+        def answer() -> Response:
+            principal = guarded(request, Permission.READ, AuditAction.QUERY)
+            unknown = sorted(set(request.query_params) - {"_format", "_count"})
+            if unknown:
+                raise SubscriptionRefused(400, f"search parameter {unknown[0]!r} is not supported for Subscription")
+            owner = None if policy.permits(principal, Permission.ADMINISTER) else principal.name
+            rows = subscriptions.find(owner)
+            audit(request, principal, AuditAction.QUERY, matches=len(rows))
+            root = f"{client_origin(request)}/fhir"
+            entries = [{"fullUrl": f"{root}/Subscription/{row.pk}", "resource": subscription_resource(row),
+                        "search": {"mode": "match"}} for row in rows]
+            return _json(Bundle.model_validate({"resourceType": "Bundle", "type": "searchset", "total": len(rows),
+                                                "link": [{"relation": "self", "url": f"{root}/Subscription"}],
+                                                "entry": entries or None}))
+        return handled(answer)
+
+    @router.get("/Subscription/{identifier}")
+    def read(request: Request, identifier: str) -> Response:
+        def answer() -> Response:
+            principal = guarded(request, Permission.READ, AuditAction.READ)
+            audit(request, principal, AuditAction.READ, subscription=identifier[:64])
+            return _json(subscription_resource(visible(principal, identifier)))
+        return handled(answer)
+
+    @router.delete("/Subscription/{identifier}")
+    def remove(request: Request, identifier: str) -> Response:
+        def answer() -> Response:
+            principal = guarded(request, Permission.READ, AuditAction.MODIFY)
+            audit(request, principal, AuditAction.MODIFY, operation="delete Subscription",
+                  subscription=identifier[:64])
+            row = visible(principal, identifier)
+            subscriptions.delete(row.pk)
+            if changed is not None:
+                changed()
+            return Response(status_code=204)
+        return handled(answer)
+
+    return router
