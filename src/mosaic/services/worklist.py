@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mosaic.core.errors import QueryError
@@ -221,39 +221,48 @@ def _text(dataset: Dataset, keyword: str) -> str:
 
 
 def _apply_step(session: Session, order: Order, facility: str, source: str, now: datetime) -> str:
-    step = session.scalar(select(ScheduledStep).where(
-        ScheduledStep.AccessionNumber == order.AccessionNumber,
-        ScheduledStep.ScheduledProcedureStepID == order.ScheduledProcedureStepID))
+    """One step of an order, in prepared Core statements (an order feed applies hundreds a second)."""
+    found = session.execute(_FIND_STEP, {"accession": order.AccessionNumber,
+                                         "step": order.ScheduledProcedureStepID}).first()
     if order.control in ("CA", "DC"):
-        if step is None:
+        if found is None:
             raise LookupError(f"order {order.AccessionNumber} step {order.ScheduledProcedureStepID} is not "
                               "on the worklist")
-        step.ScheduledProcedureStepStatus = "CANCELED" if order.control == "CA" else "DISCONTINUED"
-        step.updated_at = now
-        return step.ScheduledProcedureStepStatus.lower()
-    created = step is None
-    if step is None:
+        status = "CANCELED" if order.control == "CA" else "DISCONTINUED"
+        session.execute(_UPDATE_STEP, {"_pk": found.pk, "ScheduledProcedureStepStatus": status, "updated_at": now})
+        return status.lower()
+    values: dict[str, object] = {
+        keyword: value[:_WIDTHS[keyword]] for keyword, value in order.values.items()
+        if keyword in _WIDTHS and not (keyword == "StudyInstanceUID" and not value)}
+    values.update(PatientID=order.PatientID, IssuerOfPatientID=order.IssuerOfPatientID,
+                  PatientNameUpper=str(values.get("PatientName", "")).upper(),
+                  ScheduledProcedureStepStatus=ACTIVE, source=source[:128], updated_at=now)
+    if found is not None:
+        session.execute(_UPDATE_STEP, {**values, "_pk": found.pk})
+        return "updated"
+    if not values.get("StudyInstanceUID"):
         # images that came before their order (orderless, with its accession) are its study
-        stored = session.scalar(
-            select(Study.StudyInstanceUID).join(Patient, Study.patient_pk == Patient.pk)
-            .where(Study.AccessionNumber == order.AccessionNumber, Patient.PatientID == order.PatientID,
-                   Patient.IssuerOfPatientID == order.IssuerOfPatientID).limit(1))
-        step = ScheduledStep(AccessionNumber=order.AccessionNumber,
-                             ScheduledProcedureStepID=order.ScheduledProcedureStepID,
-                             StudyInstanceUID=order.values.get("StudyInstanceUID") or stored or generate_uid(),
-                             created_at=now, facility=facility[:64])
-        session.add(step)
-    step.PatientID, step.IssuerOfPatientID = order.PatientID, order.IssuerOfPatientID
-    for keyword, value in order.values.items():
-        if keyword == "StudyInstanceUID" and not value:
-            continue
-        width = _WIDTHS.get(keyword)
-        if width is not None:
-            setattr(step, keyword, value[:width])
-    step.PatientNameUpper = step.PatientName.upper()
-    step.ScheduledProcedureStepStatus = ACTIVE
-    step.source, step.updated_at = source[:128], now
-    return "created" if created else "updated"
+        stored = session.execute(_STORED_STUDY, {"accession": order.AccessionNumber, "id": order.PatientID,
+                                                 "issuer": order.IssuerOfPatientID}).scalar()
+        values["StudyInstanceUID"] = stored or generate_uid()
+    session.execute(_INSERT_STEP, {**_STEP_DEFAULTS, **values, "AccessionNumber": order.AccessionNumber,
+                                   "ScheduledProcedureStepID": order.ScheduledProcedureStepID,
+                                   "facility": facility[:64], "created_at": now})
+    return "created"
+
+
+_STEP_TABLE = cast(Table, ScheduledStep.__table__)
+_FIND_STEP = select(_STEP_TABLE.c.pk).where(_STEP_TABLE.c.AccessionNumber == bindparam("accession"),
+                                  _STEP_TABLE.c.ScheduledProcedureStepID == bindparam("step"))
+_UPDATE_STEP = update(_STEP_TABLE).where(_STEP_TABLE.c.pk == bindparam("_pk"))
+_INSERT_STEP = insert(_STEP_TABLE)
+_STEP_DEFAULTS = {column.name: getattr(column.default, "arg", None) for column in _STEP_TABLE.columns
+                  if column.default is not None and not callable(getattr(column.default, "arg", None))}
+"""What a new step's columns are when the order does not say (every statement inserts every column)."""
+_STORED_STUDY = select(Study.StudyInstanceUID).join(Patient, Study.patient_pk == Patient.pk).where(
+    Study.AccessionNumber == bindparam("accession"), Patient.PatientID == bindparam("id"),
+    Patient.IssuerOfPatientID == bindparam("issuer")).limit(1)
+
 
 def _step_item(identifier: Dataset) -> Dataset | None:
     sequence = identifier.get("ScheduledProcedureStepSequence")
@@ -262,6 +271,7 @@ def _step_item(identifier: Dataset) -> Dataset | None:
     if len(sequence) > 1:
         raise QueryError("the Scheduled Procedure Step Sequence of a worklist query has at most one item")
     return sequence[0] if len(sequence) else Dataset()
+
 
 
 def _wildcard(column: Any, value: str) -> ColumnElement[bool]:
