@@ -6,6 +6,7 @@ and an HL7 ADT message over MLLP), so the FHIR answers show what those doors mad
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,33 @@ def test_a_scoped_clinician_sees_only_the_studies_of_its_facility(node: Mosaic) 
     assert OperationOutcome.model_validate(hidden.json()).issue[0].code == "not-found"
     assert hidden.json()["issue"][0]["diagnostics"].replace(f"{PREFIX}.3", "X") == \
         unknown.json()["issue"][0]["diagnostics"].replace("1.2.3.999", "X")
+
+
+def test_last_updated_finds_what_changed_since_an_instant(node: Mosaic) -> None:
+    studies = resources(bundle(fhir(node, "/ImagingStudy")), ImagingStudy)
+    assert len(studies) == 3 and all(study.meta and study.meta.lastUpdated for study in studies)
+    before = max(study.meta.lastUpdated for study in studies)
+    time.sleep(1.1)  # lastUpdated has a precision of one second
+    node.ingest.store(make_bytes(patient_id="MRN1", issuer="GENHOSP", patient_name="Müller^Hans",
+                                 study_uid=f"{PREFIX}.2", series_uid=f"{PREFIX}.2.2", sop_uid=f"{PREFIX}.2.2.1",
+                                 modality="MR", study_date="20250310", accession="ACC2"),
+                      IngestOrigin(door="test", facility="north"))
+    since = before.isoformat().replace("+00:00", "Z")
+    changed = resources(bundle(fhir(node, "/ImagingStudy", _lastUpdated=f"gt{since}")), ImagingStudy)
+    assert [study.id for study in changed] == [f"{PREFIX}.2"] and changed[0].numberOfInstances == 2
+    unchanged = resources(bundle(fhir(node, "/ImagingStudy", _lastUpdated=f"le{since}")), ImagingStudy)
+    assert sorted(study.id for study in unchanged) == [f"{PREFIX}.1", f"{PREFIX}.3"]
+    today = resources(bundle(fhir(node, "/ImagingStudy", _lastUpdated=before.date().isoformat())), ImagingStudy)
+    assert len(today) == 3 or before.date() != changed[0].meta.lastUpdated.date()  # a day covers its instants
+    [patient] = resources(bundle(fhir(node, "/Patient", _lastUpdated=f"le{since}")), Patient)
+    assert patient.meta.lastUpdated is not None
+    for bad in ("2026-12-07T10:00:00", "gt2026-13-01", "yesterday"):  # no UTC offset, no such month, no date
+        answer = fhir(node, "/ImagingStudy", _lastUpdated=bad)
+        assert answer.status_code == 400 and OperationOutcome.model_validate(answer.json()).issue, bad
+    empty = httpx.get(f"http://{LOCALHOST}:{node.http_port}/fhir/ImagingStudy",
+                      params=[("_lastUpdated", "ge2026-12-08"), ("_lastUpdated", "lt2026-12-01")],
+                      headers=auth_headers(node), timeout=30)  # nothing is both
+    assert empty.status_code == 400 and "_lastUpdated" in empty.json()["issue"][0]["diagnostics"]
 
 
 @pytest.mark.parametrize(("params", "status"), [

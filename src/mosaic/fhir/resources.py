@@ -84,6 +84,8 @@ def patient_resource(pk: int, row: Any) -> Patient:
         identifier["system"] = system
     data: dict[str, Any] = {"resourceType": "Patient", "id": str(pk), "identifier": [identifier],
                             "name": _human_name(str(row.PatientName or ""))}
+    if (updated := getattr(row, "updated_at", None)) is not None:
+        data["meta"] = {"lastUpdated": _instant(updated)}
     if birth := _date(str(row.PatientBirthDate or "")):
         data["birthDate"] = birth
     data["gender"] = _GENDER.get(str(row.PatientSex or "").upper(), "unknown")
@@ -104,6 +106,8 @@ def imaging_study_resource(study: Any, patient_pk: int) -> ImagingStudy:
         "numberOfSeries": int(study.NumberOfStudyRelatedSeries or 0),
         "numberOfInstances": int(study.NumberOfStudyRelatedInstances or 0),
     }
+    if (updated := getattr(study, "updated_at", None)) is not None:
+        data["meta"] = {"lastUpdated": _instant(updated)}
     modalities = [item for item in str(study.ModalitiesInStudy or "").split("\\") if item]
     if modalities:
         data["modality"] = [{"system": DCM, "code": code} for code in modalities]

@@ -379,9 +379,10 @@ def capability_statement(base: str) -> CapabilityStatement:
         "implementation": {"description": "Mosaic enterprise imaging archive", "url": base},
         "rest": [{"mode": "server", "resource": [
             resource("Patient", {"identifier": "token", "name": "string", "family": "string",
-                                 "birthdate": "date", "_id": "token"}),
+                                 "birthdate": "date", "_id": "token", "_lastUpdated": "date"}),
             resource("ImagingStudy", {"patient": "reference", "subject": "reference", "identifier": "token",
-                                      "started": "date", "modality": "token", "_id": "token"}),
+                                      "started": "date", "modality": "token", "_id": "token",
+                                      "_lastUpdated": "date"}),
             {"type": "Endpoint", "interaction": [{"code": "read"}]},
             resource("ServiceRequest", {"patient": "reference", "subject": "reference", "identifier": "token"}),
             resource("DiagnosticReport", {"patient": "reference", "subject": "reference", "based-on": "reference",

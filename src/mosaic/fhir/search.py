@@ -4,8 +4,9 @@ QIDO-RS use, so matching, scopes and counts are the same everywhere).
 Supported: ``Patient`` — ``identifier`` (``[system|]value``), ``name`` (any part, case and accents ignored),
 ``family``, ``birthdate`` (``eq``/``ge``/``le``/``gt``/``lt``, partial dates); ``ImagingStudy`` — ``patient`` /
 ``subject`` (``Patient/<id>``), ``identifier`` (``urn:oid:<StudyInstanceUID>`` or an accession number),
-``started`` (as ``birthdate``), ``modality`` (``[system|]code``); both: ``_count``, ``_offset``, ``_format``
-(JSON only), ``_include=ImagingStudy:endpoint``. Any other parameter is refused (400), never ignored.
+``started`` (as ``birthdate``), ``modality`` (``[system|]code``); both: ``_lastUpdated`` (an instant or a
+partial date with ``eq``/``ge``/``le``/``gt``/``lt``: when the index row last changed), ``_count``, ``_offset``,
+``_format`` (JSON only), ``_include=ImagingStudy:endpoint``. Any other parameter is refused (400), never ignored.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ DEFAULT_COUNT = 50
 MAX_COUNT = 500
 COMMON = frozenset({"_count", "_offset", "_format", "_include"})
 PARAMETERS = {
-    "Patient": frozenset({"identifier", "name", "family", "birthdate", "_id"}),
-    "ImagingStudy": frozenset({"patient", "subject", "identifier", "started", "modality", "_id"}),
+    "Patient": frozenset({"identifier", "name", "family", "birthdate", "_id", "_lastUpdated"}),
+    "ImagingStudy": frozenset({"patient", "subject", "identifier", "started", "modality", "_id", "_lastUpdated"}),
 }
 
 
@@ -62,6 +63,43 @@ def _day(text: str) -> tuple[dt.date, dt.date]:
         return day, day
     except ValueError as exc:
         raise SearchError(f"{text!r} is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)") from exc
+
+
+def _instants(text: str) -> tuple[dt.datetime, dt.datetime]:
+    """The first instant a FHIR date or dateTime covers and the first after it (a dateTime names one second,
+    or what its precision covers; a date the whole day, in UTC)."""
+    if len(text) <= 10:
+        first, last = _day(text)
+        start = dt.datetime.combine(first, dt.time(), dt.UTC)
+        return start, dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.UTC)
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise SearchError(f"{text!r} is not a FHIR date or dateTime (e.g. 2026-12-07T10:00:00Z)") from exc
+    if moment.tzinfo is None:
+        raise SearchError(f"{text!r}: a dateTime with a time needs its UTC offset (Z or +hh:mm)")
+    moment = moment.astimezone(dt.UTC)
+    seconds = len(text.split("T", 1)[1]) >= 8
+    step = dt.timedelta(microseconds=1) if "." in text else dt.timedelta(seconds=1 if seconds else 60)
+    return moment, moment + step
+
+
+def instant_range(values: Iterable[str], name: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """[low, high) in UTC from FHIR date/dateTime parameters with their prefixes (``eq`` when none)."""
+    low: dt.datetime | None = None
+    high: dt.datetime | None = None
+    for raw in values:
+        prefix, text = (raw[:2], raw[2:]) if raw[:2] in ("eq", "ge", "le", "gt", "lt") else ("eq", raw)
+        first, after = _instants(text)
+        if prefix in ("eq", "ge", "gt"):
+            start = after if prefix == "gt" else first
+            low = start if low is None else max(low, start)
+        if prefix in ("eq", "le", "lt"):
+            end = first if prefix == "lt" else after
+            high = end if high is None else min(high, end)
+    if low is not None and high is not None and low >= high:
+        raise SearchError(f"{name}: the instants given leave nothing to match")
+    return low, high
 
 
 def date_range(values: Iterable[str], name: str) -> str:
@@ -114,6 +152,8 @@ def parse_search(resource: str, parameters: list[tuple[str, str]]) -> Search:
     for fmt in grouped.get("_format", []):
         if fmt not in ("json", "application/fhir+json", "application/json"):
             raise SearchError(f"_format={fmt!r}: Mosaic answers FHIR in JSON only")
+    if "_lastUpdated" in grouped:
+        search.query.updated = instant_range(grouped["_lastUpdated"], "_lastUpdated")
     keys: dict[str, MatchKey] = {}
     handlers: dict[str, Callable[[list[str]], None]] = {}
     if resource == "Patient":

@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -109,6 +110,9 @@ class Query:
     offset: int = 0
     with_metadata: bool = False
     """Attach each match's (representative) stored metadata even when every key has a column."""
+    updated: tuple[datetime | None, datetime | None] = (None, None)
+    """Only entities whose row at the query's level last changed at or after the first and before the second
+    instant (FHIR ``_lastUpdated``); None leaves that end open."""
     scope: Scope | None = None
     """Only what the caller may see: required (a query without a scope is refused; ``Scope.everything()`` for
     the node's own reads)."""
@@ -275,6 +279,11 @@ class QueryEngine:
             condition = self._condition(model, key, glob=self.glob, fuzzy=query.fuzzy)
             if condition is not None:
                 conditions.append(condition)
+        low, high = query.updated
+        if low is not None:
+            conditions.append(MODEL_OF_LEVEL[query.level].updated_at >= low)
+        if high is not None:
+            conditions.append(MODEL_OF_LEVEL[query.level].updated_at < high)
         if scoped and query.level == "PATIENT":
             # a patient is visible when one of their studies is, and is described by the latest such study that
             # matches: nothing of another site's studies (names, dates, descriptions) reaches the answer
