@@ -333,8 +333,16 @@ def test_retrieval_delivers_the_current_demographics_and_the_stored_bytes_stay(n
     assert metadata["00100030"]["Value"] == ["19991231"] and metadata["7FE00010"]["BulkDataURI"]
     url = f"http://{LOCALHOST}:{node.http_port}/dicom-web/studies/{study}/series/{study}.1/metadata"
     etag = httpx.get(url, headers=auth_headers(node), timeout=30).headers["etag"]
+    instance_url = f"http://{LOCALHOST}:{node.http_port}/dicom-web/studies/{study}/series/{study}.1/instances/" \
+                   f"{study}.1.1"
+    accept = {**auth_headers(node), "Accept": 'multipart/related; type="application/dicom"'}
+    instance_etag = httpx.get(instance_url, headers=accept, timeout=30).headers["etag"]
+    assert httpx.get(instance_url, headers={**accept, "If-None-Match": instance_etag},
+                     timeout=30).status_code == 304  # the coerced answer is cached while the patient is unchanged
     [again] = send(node, adt("A08", "PID|1||MRN300^^^GENHOSP||Müller^Zoë^Anna", charset="8859/1").encode("latin-1"))
     assert msa(again)[0] == "AA"
+    changed = httpx.get(instance_url, headers={**accept, "If-None-Match": instance_etag}, timeout=30)
+    assert changed.status_code == 200 and "Müller^Zoë^Anna".encode() in changed.content
     after = httpx.get(url, headers={**auth_headers(node), "If-None-Match": etag}, timeout=30)
     assert after.status_code == 200 and after.json()[0]["00100010"]["Value"] == [{"Alphabetic": "Müller^Zoë^Anna"}]
     uri = httpx.get(f"http://{LOCALHOST}:{node.http_port}/wado", headers=auth_headers(node), timeout=30, params={

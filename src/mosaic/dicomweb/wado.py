@@ -103,6 +103,8 @@ class DicomPlan:
     transcode: bool
     as_stored: bool = True
     ready: Path | None = None
+    version: str = ""
+    """What names the header change it goes out with ("" as stored: its sha256 says it all)."""
 
 
 def choose_dicom(syntax: str, ranges: list[MediaRange], *, single_allowed: bool) -> tuple[str, bool, bool] | None:
@@ -385,12 +387,13 @@ def create_wado_router(retrieve: RetrieveService, *, rs: bool = True, uri: bool 
                                      f"Explicit VR Little Endian ({EXPLICIT_LE}) when it can decode it, but the "
                                      f"request accepts only: {describe(ranges)}")
             syntax, needs_transcoding, multipart = choice
-            plans.append(DicomPlan(instance, syntax, needs_transcoding,
-                                   not needs_transcoding and retrieve.sends_as_stored(instance, context)))
+            version = retrieve.egress_version(instance, context)
+            plans.append(DicomPlan(instance, syntax, needs_transcoding, not needs_transcoding and version is None,
+                                   version=version or ""))
         if len(plans) == 1 and plans[0].as_stored and multipart:
             etag = f'"{plans[0].instance.sha256}"'
         else:
-            etag = _etag(multipart, *(f"{plan.instance.sha256}:{plan.syntax}" for plan in plans))
+            etag = _etag(multipart, *(f"{plan.instance.sha256}:{plan.syntax}:{plan.version}" for plan in plans))
         if not_modified(request, etag):
             return Response(status_code=304, headers={"ETag": etag})
         held = ExitStack()
@@ -697,9 +700,10 @@ def create_wado_router(retrieve: RetrieveService, *, rs: bool = True, uri: bool 
                                      f"{syntax_name(instance.TransferSyntaxUID)} and cannot be sent as {syntax}")
             sent, needs_transcoding, _ = choice
             context = egress_context(request)
-            plan = DicomPlan(instance, sent, needs_transcoding,
-                             not needs_transcoding and retrieve.sends_as_stored(instance, context))
-            etag = f'"{instance.sha256}"' if plan.as_stored else _etag(instance.sha256, sent)
+            version = retrieve.egress_version(instance, context)
+            plan = DicomPlan(instance, sent, needs_transcoding, not needs_transcoding and version is None,
+                             version=version or "")
+            etag = f'"{instance.sha256}"' if plan.as_stored else _etag(instance.sha256, sent, plan.version)
             if not_modified(request, etag):
                 return Response(status_code=304, headers={"ETag": etag})
             headers = {"ETag": etag, "Cache-Control": "no-cache"}

@@ -83,6 +83,8 @@ class QuerySCP:
                 responses = self.worklist.find(identifier, scope=scope)
                 audit.detail["matches"] = len(responses)
                 audit.detail["worklist"] = True
+                if encoded_implicit is not None:  # the streaming receiver's wire
+                    responses = [_encoded(response, encoded_implicit) for response in responses]
             elif encoded_implicit is None:
                 responses = list(self.query.c_find(identifier, root=root, scope=scope, audit=audit.detail))
             else:
@@ -102,6 +104,13 @@ class QuerySCP:
         for response in responses:
             yield QueryStatus.PENDING, response, None
         yield QueryStatus.SUCCESS, None, None
+
+
+def _encoded(response: Dataset, implicit: bool) -> bytes:
+    data = encode(response, implicit, True)
+    if data is None:
+        raise QueryError("a worklist response could not be encoded")
+    return data
 
 
 def encoded_responses(query: QueryService, identifier: Dataset, *, root: str, implicit: bool,

@@ -39,7 +39,8 @@ log = logging.getLogger("mosaic.dimse.store")
 _STORAGE = frozenset(STORAGE_SOP_CLASSES)
 _TRANSFER_SYNTAXES = frozenset(TRANSFER_SYNTAXES)
 _VERIFICATION_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
-_FIND_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"})
+_FIND_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1",
+                           "1.2.840.10008.5.1.4.31"})  # Patient Root, Study Root, Modality Worklist
 _SIMPLE_SYNTAX_CLASSES = _FIND_CLASSES | {ul.VERIFICATION}
 """Services whose messages this path decodes itself: Implicit or Explicit VR Little Endian only."""
 _BUFFER = 256 * 1024

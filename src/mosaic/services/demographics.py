@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from pydicom.dataset import Dataset
-from sqlalchemy import exists, func, select
+from sqlalchemy import func, select
 
 from mosaic.index.database import Database
 from mosaic.index.schema import Instance, Patient, PatientHistory, Series, Study
@@ -64,28 +64,36 @@ class CurrentDemographics:
 
     def __call__(self, instance: StoredInstance, context: EgressContext) -> HeaderChange | None:
         statement = (
-            select(*(getattr(Patient, keyword) for keyword in _MODULE))
+            select(*(getattr(Patient, keyword) for keyword in _MODULE), func.max(PatientHistory.pk))
             .select_from(Instance).join(Series, Instance.series_pk == Series.pk)
             .join(Study, Series.study_pk == Study.pk).join(Patient, Study.patient_pk == Patient.pk)
-            .where(Instance.SOPInstanceUID == instance.SOPInstanceUID,
-                   exists().where(PatientHistory.patient_pk == Patient.pk))
+            .join(PatientHistory, PatientHistory.patient_pk == Patient.pk)
+            .where(Instance.SOPInstanceUID == instance.SOPInstanceUID).group_by(Patient.pk)
         )
         with self.database.session() as session:
             row = session.execute(statement).first()
         if row is None:
             return None
-        current = dict(zip(_MODULE, row, strict=True))
+        return _CurrentModule(dict(zip(_MODULE, row[:-1], strict=True)), str(row[-1]))
 
-        def change(dataset: Dataset) -> None:
-            for keyword, value in current.items():
-                if value:
-                    setattr(dataset, keyword, value)
-                elif keyword in dataset:
-                    if keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex"):
-                        setattr(dataset, keyword, None)  # type 2: present, empty
-                    else:
-                        delattr(dataset, keyword)
-            if any(not str(value).isascii() for value in current.values() if value):
-                dataset.decode()  # every text value as text first: then all of it is written in the new set
-                dataset.SpecificCharacterSet = "ISO_IR 192"  # a name from HL7 may not fit the stored character set
-        return change
+
+class _CurrentModule:
+    """The change that writes a patient's current Patient module; ``version``: the patient history's latest row."""
+
+    def __init__(self, current: dict[str, str], version: str) -> None:
+        self.current = current
+        self.version = version
+
+    def __call__(self, dataset: Dataset) -> None:
+        current = self.current
+        for keyword, value in current.items():
+            if value:
+                setattr(dataset, keyword, value)
+            elif keyword in dataset:
+                if keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex"):
+                    setattr(dataset, keyword, None)  # type 2: present, empty
+                else:
+                    delattr(dataset, keyword)
+        if any(not str(value).isascii() for value in current.values() if value):
+            dataset.decode()  # every text value as text first: then all of it is written in the new set
+            dataset.SpecificCharacterSet = "ISO_IR 192"  # a name from HL7 may not fit the stored character set

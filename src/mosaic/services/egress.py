@@ -5,6 +5,7 @@ file written for that answer, the stored one stays byte for byte as it came."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -26,7 +27,15 @@ class EgressContext:
 
 
 HeaderChange = Callable[[Dataset], None]
-"""Changes a decoded data set in place (pixel data and everything not named stays as stored)."""
+"""Changes a decoded data set in place (pixel data and everything not named stays as stored). A change may carry a
+``version`` (a string naming what it writes, e.g. the patient history's latest change): then the answers it makes
+can be cached and revalidated (ETags); one without a version is new every time."""
+
+
+def change_version(change: HeaderChange) -> str:
+    """The ``version`` of a change, or a value that never repeats when it has none (nothing cached matches it)."""
+    version = getattr(change, "version", None)
+    return str(version) if version else uuid.uuid4().hex
 
 
 class HeaderCoercion(Protocol):

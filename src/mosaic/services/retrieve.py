@@ -20,7 +20,7 @@ from mosaic.core.errors import QueryError
 from mosaic.index.database import Database
 from mosaic.index.query import LEVELS, Scope
 from mosaic.index.schema import Instance, Patient, Series, Study
-from mosaic.services.egress import EgressContext, HeaderCoercion, no_coercion
+from mosaic.services.egress import EgressContext, HeaderCoercion, change_version, no_coercion
 from mosaic.services.rendition.syntaxes import EXPLICIT_LE
 from mosaic.services.rendition.transcode import TranscodeError, as_explicit_little_endian
 from mosaic.storage.base import BlobStore
@@ -101,6 +101,12 @@ class RetrieveService:
     def sends_as_stored(self, instance: StoredInstance, context: EgressContext) -> bool:
         """Does :meth:`egress` (without a transfer syntax) send ``instance`` byte for byte as stored?"""
         return self.coercion(instance, context) is None
+
+    def egress_version(self, instance: StoredInstance, context: EgressContext) -> str | None:
+        """None when :meth:`egress` sends ``instance`` as stored; else what names the change it makes (for the
+        answer's ETag: it changes when the change does, e.g. after the next HL7 update of the patient)."""
+        change = self.coercion(instance, context)
+        return None if change is None else change_version(change)
 
     @contextmanager
     def egress(self, instance: StoredInstance, context: EgressContext, *,
