@@ -131,7 +131,7 @@ def settings(tmp_path: Path, receiver_port: int, **workflow: float) -> Settings:
     return Settings(
         data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0),
         workflow=WorkflowSettings(**({"study_stable_seconds": 0.5, "sweep_seconds": 0.1} | workflow)),
-        fhir=FhirSettings(retry_seconds=0.1, max_retry_seconds=0.2),
+        fhir=FhirSettings(retry_seconds=0.1, max_retry_seconds=0.2, subscription_endpoints=[f"http://{LOCALHOST}:"]),
         hl7=Hl7Settings(port=0, receivers=[Hl7Receiver(
             name="ehr", host=LOCALHOST, port=receiver_port, application="EHR", facility="GENHOSP", timeout=5,
             retry_seconds=0.1, max_retry_seconds=0.2)]))

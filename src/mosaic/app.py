@@ -389,7 +389,7 @@ def create_http_app(node: Mosaic) -> Any:
                                           worklist=node.worklist, reports=node.reports, audit_trail=node.audit,
                                           observer=settings.dicom.ae_title))
     app.include_router(create_subscription_router(policy=node.policy, identity=node.identity,
-                                                  subscriptions=node.subscriptions,
+                                                  subscriptions=node.subscriptions, settings=settings.fhir,
                                                   changed=node.subscriptions_changed))
     mount_viewer(app, settings.viewer_path, dicomweb_root="/dicom-web")
     return app

@@ -359,6 +359,12 @@ class FhirSettings(StrictModel):
     retry_seconds: float = Field(5.0, gt=0, description="Wait before notifying again after a failure (no answer, "
                                  "not 2xx); doubled while failures go on.")
     max_retry_seconds: float = Field(300.0, gt=0, description="Longest wait between attempts.")
+    subscription_endpoints: list[str] = Field(
+        default_factory=list, description="URL prefixes a Subscription's channel.endpoint must start with (e.g. "
+        "[\"https://ehr.example.org/notify/\"]; plain http only where a prefix names it). Empty: any https URL "
+        "whose host is not a loopback, link-local, multicast or reserved address.",
+    )
+    max_subscriptions_per_account: int = Field(20, ge=1, description="Subscriptions one account may hold at once.")
 
 
 class StorageSettings(StrictModel):

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from fhir.resources.R4B.bundle import Bundle
 
 from mosaic.config import FhirSettings
+from mosaic.fhir.endpoints import endpoint_refusal, header_refusal
 from mosaic.fhir.resources import imaging_study_resource
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
 from mosaic.governance.identity import IdentityService
@@ -197,16 +198,23 @@ class SubscriptionNotifier:
             self.subscriptions.set_status(pk, "active")
 
     def _post(self, subscription: FhirSubscription, body: bytes) -> None:
+        refusal = endpoint_refusal(subscription.endpoint, self.settings.subscription_endpoints)
+        if refusal is not None:  # checked again at each notification: the name may resolve elsewhere now
+            raise NotificationFailed(f"not sent: {refusal}")
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
-        for line in json.loads(subscription.headers_json or "[]"):
-            name, _, value = str(line).partition(":")
-            if name.strip() and value.strip():
+        lines = [str(line) for line in json.loads(subscription.headers_json or "[]")]
+        if header_refusal(lines) is None:
+            for line in lines:
+                name, _, value = line.partition(":")
                 headers[name.strip()] = value.strip()
         request = urllib.request.Request(subscription.endpoint, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.settings.notification_timeout_seconds) as answer:
+            with _OPENER.open(request, timeout=self.settings.notification_timeout_seconds) as answer:
                 status = answer.status
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                raise NotificationFailed(f"{subscription.endpoint} answered {exc.code}: Mosaic does not follow "
+                                         "redirects with patient data (give the final URL)") from None
             raise NotificationFailed(f"{subscription.endpoint} answered {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -220,3 +228,14 @@ class SubscriptionNotifier:
         else:
             log.exception("FHIR subscription %d: notification failed; trying again in %.1f s", pk, delay,
                           exc_info=exc)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an answer, not an instruction: the notification (patient data) goes only where it was sent."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
@@ -23,6 +22,8 @@ from fhir.resources.R4B.subscription import Subscription
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from mosaic.config import FhirSettings
+from mosaic.fhir.endpoints import endpoint_refusal, header_refusal
 from mosaic.fhir.notifications import PAYLOAD_CONTENT, PAYLOAD_CONTENTS, TOPIC
 from mosaic.fhir.resources import operation_outcome
 from mosaic.governance.audit import AuditAction, AuditEntry
@@ -52,7 +53,7 @@ def _outcome(status: int, diagnostics: str) -> Response:
     return _json(operation_outcome(_CODES.get(status, "exception"), diagnostics), status)
 
 
-def accepted_subscription(body: dict[str, Any], owner: str) -> NewSubscription:
+def accepted_subscription(body: dict[str, Any], owner: str, settings: FhirSettings) -> NewSubscription:
     """The Subscription of a create request, checked (:class:`SubscriptionRefused` 400 saying what is wrong)."""
     if body.get("resourceType") != "Subscription":
         raise SubscriptionRefused(400, f"expected a Subscription, not {body.get('resourceType')!r}")
@@ -70,9 +71,9 @@ def accepted_subscription(body: dict[str, Any], owner: str) -> NewSubscription:
     if channel.get("type") != "rest-hook":
         raise SubscriptionRefused(400, f"channel.type {channel.get('type')!r}: Mosaic notifies by rest-hook only")
     endpoint = str(channel.get("endpoint") or "")
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SubscriptionRefused(400, f"channel.endpoint {endpoint!r} is not an http or https URL")
+    refusal = endpoint_refusal(endpoint, settings.subscription_endpoints)
+    if refusal is not None:
+        raise SubscriptionRefused(400, f"channel.endpoint {refusal}")
     payload = channel.get("payload")
     if payload not in (None, MEDIA_TYPE, "application/json"):
         raise SubscriptionRefused(400, f"channel.payload {payload!r}: notifications are {MEDIA_TYPE}")
@@ -83,8 +84,8 @@ def accepted_subscription(body: dict[str, Any], owner: str) -> NewSubscription:
     if content not in PAYLOAD_CONTENTS:
         raise SubscriptionRefused(400, f"payload content {content!r} is not one of {', '.join(PAYLOAD_CONTENTS)}")
     headers = [str(line) for line in channel.get("header") or []]
-    if any(":" not in line or "\n" in line or "\r" in line for line in headers):
-        raise SubscriptionRefused(400, "channel.header lines are 'Name: value', one line each")
+    if (refusal := header_refusal(headers)) is not None:
+        raise SubscriptionRefused(400, refusal)
     return NewSubscription(owner=owner, topic=TOPIC, endpoint=endpoint, payload_content=content, headers=headers,
                            resource=body)
 
@@ -102,7 +103,7 @@ def subscription_resource(row: FhirSubscription) -> dict[str, Any]:
 
 
 def create_subscription_router(*, policy: AccessPolicy, identity: IdentityService,
-                               subscriptions: SubscriptionService,
+                               subscriptions: SubscriptionService, settings: FhirSettings,
                                changed: Callable[[], None] | None = None) -> APIRouter:
     """``changed`` is called after a subscription was created or deleted (the notifier looks again)."""
     router = APIRouter(prefix="/fhir")
@@ -144,7 +145,12 @@ def create_subscription_router(*, policy: AccessPolicy, identity: IdentityServic
             if identity.principal_for(principal.name) is None:
                 raise SubscriptionRefused(403, f"{principal.name} has no account here: notifications are sent "
                                                "with an account's rights")
-            row = subscriptions.create(accepted_subscription(body, principal.name))
+            accepted = accepted_subscription(body, principal.name, settings)
+            if len(subscriptions.find(principal.name)) >= settings.max_subscriptions_per_account:
+                raise SubscriptionRefused(403, f"{principal.name} holds {settings.max_subscriptions_per_account} "
+                                               "subscriptions already (fhir.max_subscriptions_per_account): delete "
+                                               "one first")
+            row = subscriptions.create(accepted)
             request.state.audit.detail.update(subscription=row.pk, endpoint=row.endpoint[:500])
             if changed is not None:
                 changed()

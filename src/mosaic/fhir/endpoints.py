@@ -1,0 +1,62 @@
+"""Where a FHIR Subscription may send its notifications: the archive posts patient data to a URL a user gave, so
+the URL is checked when the subscription is made and again before every notification (DNS may change).
+
+With ``fhir.subscription_endpoints`` set, an endpoint must start with one of those prefixes (an administrator's
+list: the EHR's notification URLs, plain http allowed only if a prefix names it). Without it, an endpoint must be
+https and its host must not resolve to a loopback, link-local (cloud metadata), multicast, reserved or unspecified
+address — the archive's own services and the machine it runs on are not subscribers. Private networks (10/8,
+192.168/16 …) are allowed: that is where a hospital's EHR lives. Redirects are never followed (a notification
+answered 3xx has failed), and the headers a subscription adds may not replace the ones that frame the request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+FRAMING_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection",
+                             "expect", "te", "upgrade", "trailer", "proxy-authorization"})
+"""Header names a subscription's ``channel.header`` may not set."""
+
+
+def endpoint_refusal(url: str, allowed_prefixes: Sequence[str], *, resolve: bool = True) -> str | None:
+    """Why ``url`` may not receive notifications, or None when it may."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} is not an http or https URL"
+    if parts.username or parts.password:
+        return f"{url!r} carries credentials in the URL: give them as a channel.header"
+    if allowed_prefixes:
+        if any(url.startswith(prefix) for prefix in allowed_prefixes):
+            return None
+        return f"{url!r} is not under an endpoint this archive notifies (fhir.subscription_endpoints)"
+    if parts.scheme != "https":
+        return f"{url!r}: notifications carry patient data and go over https only (fhir.subscription_endpoints " \
+               "can allow a plain http endpoint)"
+    if not resolve:
+        return None
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443,
+                                                               type=socket.SOCK_STREAM)}
+    except (OSError, UnicodeError) as exc:
+        return f"{parts.hostname!r} does not resolve: {exc}"
+    for text in addresses:
+        address = ipaddress.ip_address(str(text).split("%", 1)[0])
+        if (address.is_loopback or address.is_link_local or address.is_multicast or address.is_reserved
+                or address.is_unspecified):
+            return f"{parts.hostname!r} is {address}, a loopback, link-local or reserved address: not a subscriber " \
+                   "(fhir.subscription_endpoints can allow it)"
+    return None
+
+
+def header_refusal(lines: Sequence[str]) -> str | None:
+    """Why these ``channel.header`` lines may not be sent, or None."""
+    for line in lines:
+        name, separator, value = line.partition(":")
+        if not separator or "\n" in line or "\r" in line or not name.strip() or not value.strip():
+            return "channel.header lines are 'Name: value', one line each"
+        if name.strip().lower() in FRAMING_HEADERS:
+            return f"channel.header may not set {name.strip()!r}"
+    return None
