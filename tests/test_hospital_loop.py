@@ -138,6 +138,8 @@ def test_order_worklist_mpps_images_availability_report_and_fhir(node: Mosaic, e
     assert (str(available["MSH.F9.R1.C1"]), str(available["MSH.F9.R1.C2"])) == ("ORU", "R01")
     assert str(available["OBX.F5"]) == study_uid and str(available["ORC.F1"]) == "SC"
     assert str(available["PID.F3.R1.C1"]) == "MRN77"
+    assert [str(available[f"OBR.F4.R1.C{n}"]) for n in (1, 2, 3)] == ["CTCHEST", "CT chest", "L"]  # the order's
+    assert str(available["OBR.F18"]) == ACCESSION and str(available["ORC.F2"]) == f"P{ACCESSION}"
 
     # 7. the report
     assert send(node, "MSH|^~\\&|RIS|GENHOSP|MOSAIC|RAD|20261208110000||ORU^R01^ORU_R01|LOOP-R1|P|2.5.1",

@@ -202,6 +202,30 @@ def test_a_study_still_receiving_images_is_announced_only_once_stable_and_again_
         node.stop()
 
 
+def test_a_report_is_not_images_available(tmp_path: Path) -> None:
+    """A report (SR) added to an announced study does not announce its images again; a study that holds only a
+    report (stored for an order before any image) is not announced until an image arrives."""
+    node = Mosaic(settings(tmp_path, free_port(), study_stable_seconds=60))  # not started: the test sweeps
+    sweeper, stable = node.availability, timedelta(seconds=60)
+
+    def report(study: str) -> None:
+        node.ingest.store(make_bytes(patient_id="MRN7", issuer="GENHOSP", study_uid=study, series_uid=f"{study}.9",
+                                     sop_uid=f"{study}.9.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.11",
+                                     modality="SR", accession="ACC7"), IngestOrigin(door="test", facility="north"))
+    try:
+        store(node, f"{PREFIX}.21", 1)
+        assert sweeper.sweep(now=study_changed_at(node, f"{PREFIX}.21") + stable) == 1
+        report(f"{PREFIX}.21")
+        assert sweeper.sweep(now=study_changed_at(node, f"{PREFIX}.21") + stable) == 0
+        report(f"{PREFIX}.22")
+        assert sweeper.sweep(now=study_changed_at(node, f"{PREFIX}.22") + stable) == 0
+        store(node, f"{PREFIX}.22", 1)  # its first image
+        assert sweeper.sweep(now=study_changed_at(node, f"{PREFIX}.22") + stable) == 1
+        assert [event.StudyInstanceUID for event in announcements(node)] == [f"{PREFIX}.21", f"{PREFIX}.22"]
+    finally:
+        node.stop()
+
+
 def test_sweepers_of_two_nodes_announce_a_study_once(tmp_path: Path) -> None:
     node = Mosaic(settings(tmp_path, free_port(), study_stable_seconds=60))
     study = f"{PREFIX}.2"

@@ -81,7 +81,8 @@ def oru_message(announcement: StudyAvailable, receiver: Hl7Receiver, *, sending_
     placer = escape(order.placer_order) if order else ""
     filler = escape(order.filler_order) if order and order.filler_order else escape(announcement.AccessionNumber)
     orc = ["ORC", "SC", placer, filler, "", "CM"]
-    service = (escape(order.RequestedProcedureCode) if order and order.RequestedProcedureCode
+    service = ("^".join(escape(part) for part in order.RequestedProcedureCode.split("^"))
+               if order and order.RequestedProcedureCode
                else "^" + escape(order.RequestedProcedureDescription if order and order.RequestedProcedureDescription
                                  else announcement.StudyDescription or "Imaging study"))
     modality = announcement.ModalitiesInStudy[0] if announcement.ModalitiesInStudy else ""

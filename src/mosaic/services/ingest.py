@@ -86,9 +86,24 @@ _BUMP_STUDY = _study.update().where(_study.c.pk == bindparam("b_pk")).values(
     NumberOfStudyRelatedInstances=_study.c.NumberOfStudyRelatedInstances + 1, updated_at=bindparam("b_now"),
     available_at=None)
 """One more instance: the study has changed, so it is no longer announced (``services.availability``)."""
+_BUMP_STUDY_KEEP_ANNOUNCED = _study.update().where(_study.c.pk == bindparam("b_pk")).values(
+    NumberOfStudyRelatedInstances=_study.c.NumberOfStudyRelatedInstances + 1, updated_at=bindparam("b_now"))
+"""One more object that is not an image (a report, a key object, a presentation state): the study's images are
+no more available than before, so "images available" is not announced again for it."""
 _CHANGED_STUDY = _study.update().where(_study.c.pk == select(_series.c.study_pk).where(
     _series.c.pk == bindparam("b_series")).scalar_subquery()).values(updated_at=bindparam("b_now"), available_at=None)
 """A replaced instance changes its study too."""
+
+
+NOT_IMAGES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.104.", "1.2.840.10008.5.1.4.1.1.11.",
+              "1.2.840.10008.5.1.4.1.1.66")
+"""SOP Class UID prefixes of objects that are not images: structured reports and key object selections (88.x),
+encapsulated documents (104.x), presentation states (11.x), raw data, registrations and segmentations
+(66.x)."""
+
+
+def not_an_image(sop_class_uid: str) -> bool:
+    return sop_class_uid.startswith(NOT_IMAGES)
 
 
 def _append_to_list(column: Any) -> Any:
@@ -466,7 +481,8 @@ class _IndexWriter:
         )
         connection.execute(_INSERT_INSTANCE, values)
         connection.execute(_BUMP_SERIES, {"b_pk": series_pk, "b_now": self.now})
-        connection.execute(_BUMP_STUDY, {"b_pk": study_pk, "b_now": self.now})
+        connection.execute(_BUMP_STUDY_KEEP_ANNOUNCED if not_an_image(self.parsed.sop_class_uid) else _BUMP_STUDY,
+                           {"b_pk": study_pk, "b_now": self.now})
         if f"\\{self.parsed.sop_class_uid}\\" not in (sop_classes or ""):
             connection.execute(_ADD_SOP_CLASS, {"b_pk": study_pk, **_list_parameters(self.parsed.sop_class_uid)})
         connection.execute(_BUMP_PATIENT, {"b_pk": patient_pk})
@@ -543,7 +559,9 @@ class _IndexWriter:
             department = (department or _text(self.dataset, "InstitutionalDepartmentName"))[:64]
             values["facility"], values["department"] = _labels_within(self.may_add_to, self.parsed,
                                                                       facility, department)
-            study = Study(patient_pk=patient.pk, **values, created_at=self.now, updated_at=self.now)
+            study = Study(patient_pk=patient.pk, **values, created_at=self.now, updated_at=self.now,
+                          # a study that begins with a report has no images to announce until some arrive
+                          available_at=self.now if not_an_image(self.parsed.sop_class_uid) else None)
             self.session.add(study)
             self.session.flush()
             self._increment(Patient, patient.pk, "NumberOfPatientRelatedStudies")
