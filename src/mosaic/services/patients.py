@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -183,10 +183,12 @@ def apply_in(session: Session, patient_id: str, issuer: str, demographics: dict[
     """:meth:`PatientService.apply` inside the caller's transaction (an order or a merge also updates its patient,
     whole or not at all). Core statements, not the ORM's unit of work: an ADT feed applies hundreds a second, and
     a message that changes nothing writes nothing."""
+    session.flush()  # what the caller changed through the ORM first, then Core statements on its connection
+    connection = session.connection()
     wanted = {keyword: value for keyword, value in demographics.items()
               if keyword in DEMOGRAPHICS and value is not None}
     now = datetime.now(UTC)
-    found = session.execute(_LOOKUP, {"id": patient_id, "issuer": issuer}).first()  # an alias: its survivor
+    found = connection.execute(_LOOKUP, {"id": patient_id, "issuer": issuer}).first()  # an alias: its survivor
     created = found is None
     before = {} if found is None else {keyword: str(getattr(found, keyword) or "") for keyword in DEMOGRAPHICS}
     after = {**{keyword: "" for keyword in DEMOGRAPHICS}, **before, **wanted}
@@ -199,19 +201,21 @@ def apply_in(session: Session, patient_id: str, issuer: str, demographics: dict[
         return PatientChange(*identity, False, {})
     values = _columns(*identity, after)
     if found is None:
-        inserted = cast(CursorResult[Any], session.execute(_INSERT_PATIENT, {
+        inserted = connection.execute(_INSERT_PATIENT, {
             **values, "NumberOfPatientRelatedStudies": 0, "NumberOfPatientRelatedSeries": 0,
-            "NumberOfPatientRelatedInstances": 0, "created_at": now, "updated_at": now}))
-        pk = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+            "NumberOfPatientRelatedInstances": 0, "created_at": now, "updated_at": now})
+        key = inserted.inserted_primary_key
+        assert key is not None  # an INSERT of one row
+        pk = int(key[0])
     else:
         pk = found.pk
-        session.execute(_UPDATE_PATIENT, {**values, "updated_at": now, "_pk": pk})
-        session.execute(_UPDATE_STUDIES, {**text_columns(after, DEMOGRAPHIC_KEYS, _STUDY_WIDTHS),
+        connection.execute(_UPDATE_PATIENT, {**values, "updated_at": now, "_pk": pk})
+        connection.execute(_UPDATE_STUDIES, {**text_columns(after, DEMOGRAPHIC_KEYS, _STUDY_WIDTHS),
                                           "_pk": pk})
-    session.execute(_INSERT_HISTORY, {
+    connection.execute(_INSERT_HISTORY, {
         "patient_pk": pk, "changed_at": now, "action": "created" if created else "updated", "source": source[:128],
         "reference": reference[:128], "before_json": json.dumps(before), "after_json": json.dumps(after)})
-    session.execute(_INSERT_EVENT, {
+    connection.execute(_INSERT_EVENT, {
         "type": (EventType.PATIENT_CREATED if created else EventType.PATIENT_UPDATED).value, "created_at": now,
         "PatientID": identity[0], "IssuerOfPatientID": identity[1], "StudyInstanceUID": "", "SeriesInstanceUID": "",
         "SOPInstanceUID": "", "payload": json.dumps({"changed": sorted(changed), "source": source})})

@@ -222,14 +222,15 @@ def _text(dataset: Dataset, keyword: str) -> str:
 
 def _apply_step(session: Session, order: Order, facility: str, source: str, now: datetime) -> str:
     """One step of an order, in prepared Core statements (an order feed applies hundreds a second)."""
-    found = session.execute(_FIND_STEP, {"accession": order.AccessionNumber,
+    connection = session.connection()  # Core statements: no ORM unit of work per call
+    found = connection.execute(_FIND_STEP, {"accession": order.AccessionNumber,
                                          "step": order.ScheduledProcedureStepID}).first()
     if order.control in ("CA", "DC"):
         if found is None:
             raise LookupError(f"order {order.AccessionNumber} step {order.ScheduledProcedureStepID} is not "
                               "on the worklist")
         status = "CANCELED" if order.control == "CA" else "DISCONTINUED"
-        session.execute(_UPDATE_STEP, {"_pk": found.pk, "ScheduledProcedureStepStatus": status, "updated_at": now})
+        connection.execute(_UPDATE_STEP, {"_pk": found.pk, "ScheduledProcedureStepStatus": status, "updated_at": now})
         return status.lower()
     values: dict[str, object] = {
         keyword: value[:_WIDTHS[keyword]] for keyword, value in order.values.items()
@@ -238,14 +239,14 @@ def _apply_step(session: Session, order: Order, facility: str, source: str, now:
                   PatientNameUpper=str(values.get("PatientName", "")).upper(),
                   ScheduledProcedureStepStatus=ACTIVE, source=source[:128], updated_at=now)
     if found is not None:
-        session.execute(_UPDATE_STEP, {**values, "_pk": found.pk})
+        connection.execute(_UPDATE_STEP, {**values, "_pk": found.pk})
         return "updated"
     if not values.get("StudyInstanceUID"):
         # images that came before their order (orderless, with its accession) are its study
-        stored = session.execute(_STORED_STUDY, {"accession": order.AccessionNumber, "id": order.PatientID,
+        stored = connection.execute(_STORED_STUDY, {"accession": order.AccessionNumber, "id": order.PatientID,
                                                  "issuer": order.IssuerOfPatientID}).scalar()
         values["StudyInstanceUID"] = stored or generate_uid()
-    session.execute(_INSERT_STEP, {**_STEP_DEFAULTS, **values, "AccessionNumber": order.AccessionNumber,
+    connection.execute(_INSERT_STEP, {**_STEP_DEFAULTS, **values, "AccessionNumber": order.AccessionNumber,
                                    "ScheduledProcedureStepID": order.ScheduledProcedureStepID,
                                    "facility": facility[:64], "created_at": now})
     return "created"
