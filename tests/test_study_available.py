@@ -273,6 +273,25 @@ def test_a_stable_study_is_sent_as_one_oru_and_the_refused_attempt_is_resent_wit
         node.stop()
 
 
+def test_a_message_the_receiver_keeps_refusing_is_set_aside_and_the_next_goes_out(tmp_path: Path) -> None:
+    refusing = FakeReceiver(codes=["AE", "AE"])
+    config = settings(tmp_path, refusing.port)
+    config.hl7.receivers[0].max_refusals = 2
+    node = Mosaic(config)
+    node.start()
+    try:
+        store(node, f"{PREFIX}.31")
+        wait_until(lambda: len(refusing.received()) >= 2, what="two refusals")
+        store(node, f"{PREFIX}.32")
+        wait_until(lambda: len(refusing.received()) >= 3, what="the next announcement")
+        sent = [str(message.segment("OBX")[5]) for message in refusing.received()]
+        assert sent == [f"{PREFIX}.31", f"{PREFIX}.31", f"{PREFIX}.32"]
+        wait_until(lambda: cursor(node, "hl7:ehr") == announcements(node)[-1].seq, what="the cursor past both")
+    finally:
+        node.stop()
+        refusing.stop()
+
+
 def test_an_announcement_made_before_a_stop_is_sent_once_after_the_restart(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there yet: the first node cannot deliver
     node = Mosaic(settings(tmp_path, port))

@@ -284,6 +284,11 @@ class Hl7Receiver(StrictModel):
     retry_seconds: float = Field(5.0, gt=0, description="Wait before sending again after a failure (no ACK, AE/AR, "
                                  "connection refused); doubled while failures go on.")
     max_retry_seconds: float = Field(300.0, gt=0, description="Longest wait between attempts.")
+    max_refusals: int = Field(
+        10, ge=1, description="AE/AR answers to one message before it is set aside (audited as not delivered, "
+        "logged as an error) so that the announcements after it go out; no answer, a closed connection or a "
+        "timeout is retried without limit.",
+    )
 
     @field_validator("events")
     @classmethod

@@ -163,6 +163,8 @@ class Hl7Notifier:
         self.sending_application = sending_application
         self.wado_root = wado_root
         self.connection = Hl7Receiving(receiver)
+        self._refusals: dict[int, int] = {}
+        """Event seq → AE/AR answers it got (in this process)."""
         self.outbox: OutboxConsumer[StudyAvailable] = availability.consumer(
             f"hl7:{receiver.name}", self.deliver, on_failure=self._failed, retry_seconds=receiver.retry_seconds,
             max_retry_seconds=receiver.max_retry_seconds, thread_name=f"hl7-out-{receiver.name}")
@@ -205,6 +207,16 @@ class Hl7Notifier:
             entry.detail["reason"] = f"the ACK answers {acknowledged!r}, not {control!r}"
         elif code:
             entry.detail["reason"] = (ack.value("ERR.F8") or ack.value("MSA.F3") or code)[:500]
+            refusals = self._refusals.get(announcement.seq, 0) + 1
+            self._refusals[announcement.seq] = refusals
+            if refusals >= self.receiver.max_refusals:  # the receiver will not take it: the next ones must go
+                entry.detail["set_aside"] = f"refused {refusals} times (hl7.receivers max_refusals)"
+                self.audit.record(entry)
+                del self._refusals[announcement.seq]
+                log.error("HL7 receiver %s refused ORU^R01 %s for study %s %d times (%s); set aside, sending the "
+                          "next announcements", self.receiver.name, control, announcement.StudyInstanceUID,
+                          refusals, entry.detail["reason"])
+                return
         self.audit.record(entry)
         self.connection.close()
         raise DeliveryFailed(f"{self.receiver.name} did not accept ORU^R01 {control} for study "
