@@ -33,6 +33,7 @@ from mosaic.index.schema import Report
 from mosaic.services.origin import IngestOrigin
 from tests.auth_support import auth_headers
 from tests.factory import make_bytes
+from tests.helpers import wait_until
 from tests.test_dicomweb_wado import ANY_DICOM, multipart_parts
 
 LOCALHOST = "127.0.0.1"
@@ -60,20 +61,26 @@ def node(tmp_path: Path) -> Iterator[Mosaic]:
     mosaic.stop()
 
 
-def obr(accession: str, *, status: str = "F", service: str = "CTHEAD^CT head^L") -> str:
+def obr(accession: str, *, status: str = "F", service: str = "CTHEAD^CT head^L",
+        changes: dict[int, str] | None = None) -> str:
+    """An OBR (set ID 1) of the accession; ``changes`` sets fields by number."""
     fields = ["OBR", "1", f"P{accession}", f"F{accession}", service] + [""] * 28
     fields[7] = "20261208090000"
     fields[18] = accession
     fields[22] = "20261208101500"
     fields[25] = status
     fields[32] = "1234&Radiologist&Rita"
+    for number, value in (changes or {}).items():
+        fields[number] = value
     return "|".join(fields)
 
 
 def oru(control: str, accession: str, *observations: str, status: str = "F",
-        patient: str = "MRN1^^^GENHOSP^MR") -> bytes:
+        patient: str = "MRN1^^^GENHOSP^MR", service: str = "CTHEAD^CT head^L",
+        changes: dict[int, str] | None = None) -> bytes:
     segments = [f"MSH|^~\\&|RIS|GENHOSP|MOSAIC|RAD|20261208103000||ORU^R01^ORU_R01|{control}|P|2.5.1|||||||8859/1",
-                f"PID|1||{patient}||Müller^Hans||19600101|M", obr(accession, status=status), *observations]
+                f"PID|1||{patient}||Müller^Hans||19600101|M",
+                obr(accession, status=status, service=service, changes=changes), *observations]
     return ("\r".join(segments) + "\r").encode("latin-1")
 
 
@@ -264,8 +271,8 @@ def test_the_study_uid_in_an_obx_links_the_report_and_a_correction_is_a_new_inst
     assert instances_in(node) == 3
     reference = patient_reference(node)
     reports = resources(bundle(http(node, "/fhir/DiagnosticReport", patient=reference)), DiagnosticReport)
-    assert [report.status for report in reports] == ["amended", "preliminary"]  # newest first
-    assert [r.id for r in resources(bundle(http(node, "/fhir/DiagnosticReport", status="amended")),
+    assert [report.status for report in reports] == ["corrected", "preliminary"]  # newest first (C: corrected)
+    assert [r.id for r in resources(bundle(http(node, "/fhir/DiagnosticReport", status="corrected")),
                                     DiagnosticReport)] == [reports[0].id]
     series = {form.url.split("/series/")[1].split("/")[0] for report in reports for form in report.presentedForm
               if form.url}
@@ -313,3 +320,108 @@ def test_a_deleted_study_takes_its_reports_with_it(node: Mosaic) -> None:
     assert bundle(http(node, "/fhir/DiagnosticReport")).total == 0
     with node.database.session() as session:
         assert session.scalar(select(func.count()).select_from(Report)) == 0
+
+
+def newest_report(node: Mosaic, **params: Any) -> tuple[DiagnosticReport, pydicom.Dataset]:
+    """The newest DiagnosticReport (of ``params``) and its DICOM object as WADO-RS returns it."""
+    report = resources(bundle(http(node, "/fhir/DiagnosticReport", **params)), DiagnosticReport)[0]
+    form = next(form for form in report.presentedForm if form.url and "/instances/" in form.url)
+    return report, wado_instance(node, *form.url.split("/studies/")[1].split("/")[::2])
+
+
+def test_a_control_id_reused_for_another_report_stores_it_and_an_identical_resend_does_not(node: Mosaic) -> None:
+    assert send(node, oru("RPT20", "ACC1", *text_observations()))[0] == "AA"
+    other = oru("RPT20", "ACC1", "OBX|1|TX|&IMP^Impression^L||Acute subdural hematoma.||||||F")
+    assert send(node, other)[0] == "AA"
+    assert instances_in(node) == 3  # the second report is not taken for the first sent again
+    reports = resources(bundle(http(node, "/fhir/DiagnosticReport")), DiagnosticReport)
+    assert [report.conclusion for report in reports] == ["Acute subdural hematoma.", IMPRESSION]
+    assert send(node, other)[0] == "AA" and send(node, oru("RPT20", "ACC1", *text_observations()))[0] == "AA"
+    assert instances_in(node) == 3 and bundle(http(node, "/fhir/DiagnosticReport")).total == 2
+    # the same text under another status is another report too
+    assert send(node, oru("RPT20", "ACC1", *text_observations(), status="C"))[0] == "AA"
+    assert instances_in(node) == 4
+
+
+def test_an_oru_with_a_second_obr_group_is_refused_and_stores_nothing(node: Mosaic) -> None:
+    message = oru("RPT21", "ACC1", *text_observations()) + (
+        obr("ACC1", changes={1: "2", 4: "CTNECK^CT neck^L"}) + "\rOBX|1|TX|&IMP^Impression^L||Normal neck.||||||F\r"
+    ).encode("latin-1")
+    assert send(node, message) == ("AE", "OBR^2", "102")
+    assert instances_in(node) == 1
+
+
+def test_the_sr_s_request_and_procedure_attributes_of_type_2_are_present(node: Mosaic) -> None:
+    assert send(node, oru("RPT22", "ACC1", *text_observations()))[0] == "AA"
+    _, sr = newest_report(node)
+    [request] = sr.ReferencedRequestSequence
+    assert request.StudyInstanceUID == STUDY and request.AccessionNumber == "ACC1"
+    for keyword in ("ReferencedStudySequence", "IssuerOfAccessionNumberSequence", "RequestedProcedureID",
+                    "RequestedProcedureDescription", "RequestedProcedureCodeSequence",
+                    "PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest"):
+        assert keyword in request, keyword
+    assert len(request.ReferencedStudySequence) == 0 and len(request.IssuerOfAccessionNumberSequence) == 0
+    [code] = request.RequestedProcedureCodeSequence  # OBR-4 code^text^system
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("CTHEAD", "L", "CT head")
+    assert "ReferencedPerformedProcedureStepSequence" in sr and "PerformedProcedureCodeSequence" in sr
+
+
+def test_a_service_code_longer_than_16_characters_is_a_long_code_value(node: Mosaic) -> None:
+    service = "RAD-CT-HEAD-WO-CONTRAST^CT head without contrast^L"
+    assert send(node, oru("RPT23", "ACC1", *text_observations(), service=service))[0] == "AA"
+    _, sr = newest_report(node)
+    [code] = sr.ReferencedRequestSequence[0].RequestedProcedureCodeSequence
+    assert "CodeValue" not in code and code.LongCodeValue == "RAD-CT-HEAD-WO-CONTRAST"
+    assert (code.CodingSchemeDesignator, code.CodeMeaning) == ("L", "CT head without contrast")
+
+
+def test_report_times_are_hl7_dtm_and_make_a_valid_content_time(node: Mosaic) -> None:
+    assert send(node, oru("RPT24", "ACC1", *text_observations(), changes={22: "20261208", 7: ""}))[0] == "AA"
+    report, sr = newest_report(node)
+    assert (sr.ContentDate, sr.ContentTime) == ("20261208", "000000")  # type 1: never empty
+    assert (sr.InstanceCreationDate, sr.InstanceCreationTime) == ("20261208", "000000")
+    assert str(report.effectiveDateTime) == "2026-12-08"
+    minutes = oru("RPT25", "ACC1", "OBX|1|TX|&IMP^Impression^L||Old lacune.||||||F",
+                  changes={22: "202612081015.25+0100"})
+    assert send(node, minutes)[0] == "AA"
+    _, sr = newest_report(node)
+    assert (sr.ContentDate, sr.ContentTime) == ("20261208", "101500")
+    assert sr.VerifyingObserverSequence[0].VerificationDateTime == "202612081015"
+    before = instances_in(node)
+    for control, changes, where in (("RPT26", {22: "20261332101500"}, "OBR^1^22"),
+                                    ("RPT27", {22: "", 7: "20260230"}, "OBR^1^7"),
+                                    ("RPT28", {22: "2026120810151"}, "OBR^1^22"),
+                                    ("RPT29", {22: "20261208256000"}, "OBR^1^22")):
+        assert send(node, oru(control, "ACC1", *text_observations(), changes=changes)) == ("AE", where, "102")
+    assert instances_in(node) == before
+
+
+def test_a_final_report_without_a_verifier_is_complete_but_unverified(node: Mosaic) -> None:
+    assert send(node, oru("RPT30", "ACC1", *text_observations(), changes={32: ""}))[0] == "AA"
+    report, sr = newest_report(node)
+    assert report.status == "final"
+    assert (sr.CompletionFlag, sr.VerificationFlag) == ("COMPLETE", "UNVERIFIED")
+    assert "VerifyingObserverSequence" not in sr
+
+
+def test_a_result_entered_in_error_is_so_in_fhir(node: Mosaic) -> None:
+    document = tiny_pdf()
+    assert send(node, oru("RPT31", "ACC1", *text_observations(), pdf_observation(document), status="W"))[0] == "AA"
+    reports = resources(bundle(http(node, "/fhir/DiagnosticReport")), DiagnosticReport)
+    assert [report.status for report in reports] == ["entered-in-error", "entered-in-error"]
+    [entry] = resources(bundle(http(node, "/fhir/DocumentReference")), DocumentReference)
+    assert (entry.status, entry.docStatus) == ("entered-in-error", "entered-in-error")
+
+
+def test_report_reads_and_searches_are_audited_with_the_patient_of_the_reports(node: Mosaic) -> None:
+    assert send(node, oru("RPT32", "ACC1", *text_observations()))[0] == "AA"
+    report, _ = newest_report(node, identifier="ACC1")  # a search naming no patient
+    assert http(node, f"/fhir/DiagnosticReport/{report.id}").status_code == 200
+
+    def audited(action: str) -> bool:
+        node.audit.flush()
+        records, _ = node.audit.search(patient_id="MRN1", action=action)
+        return any("/fhir/DiagnosticReport" in record.detail and record.IssuerOfPatientID == "GENHOSP"
+                   for record in records)
+    wait_until(lambda: audited("query"), timeout=30, what="the DiagnosticReport search's audit record")
+    wait_until(lambda: audited("read"), timeout=30, what="the DiagnosticReport read's audit record")

@@ -245,12 +245,18 @@ def diagnostic_report_resource(report: Any, patient_pk: int, dicomweb_root: str)
     return DiagnosticReport.model_validate(data)
 
 
+_DOC_STATUS = {"final": "final", "corrected": "amended", "amended": "amended", "entered-in-error": "entered-in-error"}
+"""DiagnosticReport.status (the report row's) → DocumentReference.docStatus (preliminary, final, amended,
+entered-in-error)."""
+
+
 def document_reference_resource(report: Any, patient_pk: int, dicomweb_root: str) -> DocumentReference:
     """An Encapsulated PDF stored from HL7 as a DocumentReference: the PDF itself by its WADO-RS bulk data URI."""
     data: dict[str, Any] = {
         "resourceType": "DocumentReference", "id": report.SOPInstanceUID,
         "masterIdentifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{report.SOPInstanceUID}"},
-        "status": "current", "docStatus": {"amended": "amended", "final": "final"}.get(report.status, "preliminary"),
+        "status": "entered-in-error" if report.status == "entered-in-error" else "current",
+        "docStatus": _DOC_STATUS.get(report.status, "preliminary"),
         "type": {"coding": [dict(REPORT_CODING)], "text": report.title or REPORT_CODING["display"]},
         "subject": {"reference": f"Patient/{patient_pk}"}, "date": _instant(report.created_at),
         "content": [{"attachment": _pdf_attachment(report, dicomweb_root)}],

@@ -293,12 +293,17 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
                                     status=given.get("status"), accession=accession, sop_instance_uid=sop_uid,
                                     limit=count, offset=offset) if count else ([], 0)
         first = found[0].row if found else None
+        patients = sorted({(item.PatientID, item.IssuerOfPatientID) for item in found})
+        # the patient whose reports were returned (one patient: named; several: listed in the detail)
+        audited = patients[0] if len(patients) == 1 else (patient or ("", "")) if not found else ("", "")
         request.state.audit = AuditEntry.of(
             principal, AuditAction.READ if reading else AuditAction.QUERY, "",
-            PatientID=patient[0] if patient else "", StudyInstanceUID=first.StudyInstanceUID if reading and first
-            else "", SOPInstanceUID=first.SOPInstanceUID if reading and first else "",
+            PatientID=audited[0], IssuerOfPatientID=audited[1],
+            StudyInstanceUID=first.StudyInstanceUID if reading and first else "",
+            SOPInstanceUID=first.SOPInstanceUID if reading and first else "",
             detail={"path": request.url.path, "query": str(request.query_params)[:1000], "matches": total,
-                    "studies": sorted({item.row.StudyInstanceUID for item in found})[:100]})
+                    "studies": sorted({item.row.StudyInstanceUID for item in found})[:100],
+                    "patients": sorted({item.PatientID for item in found})[:100]})
         root = client_origin(request) + "/dicom-web"
         build = diagnostic_report_resource if resource == "DiagnosticReport" else document_reference_resource
         items = [build(item.row, item.patient_pk, root).model_dump(mode="json", exclude_none=True) for item in found]

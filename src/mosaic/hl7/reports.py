@@ -1,6 +1,7 @@
 """The report a result message (ORU^R01) or document message (MDM^T02) carries, as the archive stores it.
 
-ORU^R01: the first OBR and the OBX segments after it (up to a next OBR). MDM^T02: TXA and its OBX segments (an OBR
+ORU^R01: its OBR and the OBX segments after it; one report per message, so an ORU with a second OBR is refused
+(AE 102 at ``OBR^2``) and stores nothing. MDM^T02: TXA and its OBX segments (an OBR
 when sent). Text observations (OBX-2 TX, FT, ST; FT's ``\\.br\\`` a new line, HL7 escapes undone) are findings,
 or conclusions when OBX-3 says impression or conclusion (``&IMP``, LOINC 19005-8, its text); consecutive ones of
 one OBX-3 and sub-ID (OBX-4) are one text. An embedded document is an OBX-2 ED whose OBX-5 is
@@ -8,13 +9,16 @@ one OBX-3 and sub-ID (OBX-4) are one text. An embedded document is an OBX-2 ED w
 ``113014^DICOM Study^DCM`` (IHE; OBX-2 RP, ST or UI, its UID in OBX-5.1) or ZDS-1, else the accession number
 (OBR-18, else the filler order number OBR-3, TXA-15). The status: OBR-25 (else the first OBX-11; MDM: TXA-17
 AU / LA authenticated → F); the interpreter OBR-32 (MDM: TXA-22, else TXA-9); the time OBR-22, else OBR-7 (MDM:
-TXA-4), else MSH-7.
+TXA-4), else MSH-7: an HL7 DTM of 8, 10, 12 or 14 digits (a fraction and UTC offset dropped), else AE 102 naming
+the field.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
+from datetime import datetime
 
 import hl7
 
@@ -32,6 +36,9 @@ _UID_TYPES = frozenset({"RP", "ST", "UI"})
 _CONCLUSION_CODES = frozenset({"&IMP", "IMP", "19005-8", "121076", "121077", "121072", "121073"})
 _AUTHENTICATED = frozenset({"AU", "LA"})
 """HL7 Table 0271 (document completion status): authenticated, legally authenticated."""
+_DTM = re.compile(r"^(\d{8}|\d{10}|\d{12}|\d{14})(?:\.\d{1,4})?(?:[+-]\d{4})?$")
+"""What a report's time may be: an HL7 DTM to the day, hour, minute or second."""
+_DTM_FORMATS = ("%Y", "%m", "%d", "%H", "%M", "%S")
 
 
 def report_of(message: Message, patient: PatientData, *, sender: str) -> Report:
@@ -44,6 +51,8 @@ def report_of(message: Message, patient: PatientData, *, sender: str) -> Report:
         raise Hl7Error("AE", 100, "a document message (MDM) needs a TXA segment", "TXA")
     if not document and obr is None:
         raise Hl7Error("AE", 100, "a result message (ORU) needs an OBR segment", "OBR")
+    if not document and sum(1 for segment in segments if str(segment[0]) == "OBR") > 1:
+        raise Hl7Error("AE", 102, "one report per message: send each OBR group as its own ORU^R01", "OBR^2")
     observations = _observations(segments, start=obr if not document else txa)
     if not observations:
         raise Hl7Error("AE", 101, "the report has no OBX segment (no text, no document)", "OBX")
@@ -107,16 +116,32 @@ def report_of(message: Message, patient: PatientData, *, sender: str) -> Report:
         report.result_status = "F" if text(txa, 17).upper() in _AUTHENTICATED else "P"
         interpreter = person_name(message, field(txa, 22), xcn=True) if txa is not None else None
         report.interpreter = interpreter or (person_name(message, field(txa, 9), xcn=True) if txa else "") or ""
-        when = text(obr, 22) or text(obr, 7) or text(txa, 4)
+        times: tuple[tuple[str, str], ...] = ((text(obr, 22), "OBR^1^22"), (text(obr, 7), "OBR^1^7"),
+                                              (text(txa, 4), "TXA^1^4"))
     else:
         first_status = next((text(segment, 11) for _, segment in observations if text(segment, 11)), "")
         report.result_status = (text(obr, 25) or first_status or "P")[:1].upper()
         report.interpreter = _interpreter(message, obr)
-        when = text(obr, 22) or text(obr, 7)
-    digits = "".join(char for char in (when or message.value("MSH.F7")).split("+")[0].split("-")[0]
-                     if char.isdigit())
-    report.observed = digits[:14] if len(digits) >= 8 else ""
+        times = ((text(obr, 22), "OBR^1^22"), (text(obr, 7), "OBR^1^7"))
+    when, when_location = next(((value, where) for value, where in (
+        *times, (message.value("MSH.F7").split("^")[0], "MSH^1^7")) if value.strip()), ("", "MSH^1^7"))
+    report.observed = _dicom_datetime(when, when_location) if when.strip() else ""
     return report
+
+
+def _dicom_datetime(value: str, location: str) -> str:
+    """An HL7 DTM (``YYYYMMDD[HH[MM[SS]]]``, an optional fraction and UTC offset dropped) as DICOM DT digits;
+    raises :class:`Hl7Error` (AE 102 at ``location``) for any other shape or a date or time that does not exist."""
+    found = _DTM.match(value.strip())
+    if found is None:
+        raise Hl7Error("AE", 102, f"{value!r} is not an HL7 date/time (YYYYMMDD[HH[MM[SS]]][.S][+ZZZZ])", location)
+    digits = found.group(1)
+    parts = [digits[:4], *(digits[start:start + 2] for start in range(4, len(digits), 2))]
+    try:  # separators: strptime's %m / %d / %H must each take their two digits
+        datetime.strptime("-".join(parts), "-".join(_DTM_FORMATS[:len(parts)]))
+    except ValueError as exc:
+        raise Hl7Error("AE", 102, f"{value!r} is not a date/time that exists: {exc}", location) from exc
+    return digits
 
 
 def _first(segments: list[hl7.Segment], name: str) -> hl7.Segment | None:

@@ -439,7 +439,7 @@ class Report(Base):
     kind: Mapped[str] = mapped_column(String(8), nullable=False)
     """SR (Basic Text SR) or PDF (Encapsulated PDF)."""
     status: Mapped[str] = _key(16)
-    """As FHIR names it: final, amended (a correction) or preliminary."""
+    """As FHIR DiagnosticReport.status names it: final, corrected (a correction), preliminary, entered-in-error, …"""
     code: Mapped[str] = mapped_column(String(200), nullable=False, default="")
     """code^meaning^coding system of the report (OBR-4 universal service), else LOINC 11528-7."""
     title: Mapped[str] = mapped_column(String(64), nullable=False, default="")

@@ -8,12 +8,15 @@ the findings and conclusions as TEXT items, TID 2000's sections), an embedded PD
 either is stored through :class:`~mosaic.services.ingest.IngestService` like any object, so it is checked, indexed,
 audited and answered by QIDO-RS, C-FIND and WADO-RS. The Patient module is the archive's current one for the
 study's patient, the study's attributes are copied from the study. The SOP Instance UID is derived from the
-sender and the message control ID (MSH-10), so a message sent again stores nothing twice; a correction (another
-message) is a new instance in the same series (one report series per study and kind), naming its predecessor.
+sender, the message control ID (MSH-10), the study and a SHA-256 of the report's content (its text, PDF and
+status), so a message sent again stores nothing twice while another report under a reused control ID is stored; a
+correction (another message) is a new instance in the same series (one report series per study and kind), naming
+its predecessor.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -96,8 +99,24 @@ class Report:
     """The PID's, for a patient the archive does not know yet (an ordered study's patient always is)."""
 
     @property
-    def verified(self) -> bool:
+    def complete(self) -> bool:
         return self.result_status in ("F", "C")
+
+    @property
+    def verified(self) -> bool:
+        """Final or corrected, and someone verified it (OBR-32, MDM: TXA-22 / TXA-9): SR VERIFIED needs a
+        Verifying Observer."""
+        return self.complete and bool(self.interpreter)
+
+    def digest(self) -> str:
+        """SHA-256 of what the report says (its text, its PDF, its status): an identical message sent again has
+        the same, another report under a reused control ID does not."""
+        content = hashlib.sha256()
+        for part in (self.result_status.encode(), *(f"{item.conclusion}:{item.text}".encode()
+                                                     for item in self.observations), self.pdf or b""):
+            content.update(len(part).to_bytes(8, "big"))
+            content.update(part)
+        return content.hexdigest()
 
     @property
     def corrected(self) -> bool:
@@ -153,7 +172,8 @@ class ReportService:
 
     def _store_one(self, report: Report, kind: str, target: _Target, origin: IngestOrigin) -> StoredReport:
         study_uid = target.study["StudyInstanceUID"]
-        sop_uid = generate_uid(entropy_srcs=["mosaic report", report.sender, report.control_id, kind])
+        sop_uid = generate_uid(entropy_srcs=["mosaic report", report.sender, report.control_id, kind, study_uid,
+                                             report.digest()])
         series_uid = generate_uid(entropy_srcs=["mosaic report series", study_uid, kind])
         with self.database.session() as session:
             known = session.scalar(select(Instance.pk).where(Instance.SOPInstanceUID == sop_uid))
@@ -210,13 +230,13 @@ class ReportService:
             conditions.append(ReportRow.AccessionNumber == accession)
         if sop_instance_uid is not None:
             conditions.append(ReportRow.SOPInstanceUID == sop_instance_uid)
-        joined = (select(ReportRow, Patient.pk, Instance.size).select_from(ReportRow)
+        joined = (select(ReportRow, Patient.pk, Patient.PatientID, Patient.IssuerOfPatientID).select_from(ReportRow)
                   .join(Instance, Instance.SOPInstanceUID == ReportRow.SOPInstanceUID)
                   .join(Series, Instance.series_pk == Series.pk).join(Study, Series.study_pk == Study.pk)
                   .join(Patient, Study.patient_pk == Patient.pk).where(and_(*conditions)))
         with self.database.session() as session:
             rows = session.execute(joined.order_by(ReportRow.pk.desc()).offset(offset).limit(limit)).all()
-            found = [ReportFound(row[0], int(row[1])) for row in rows]
+            found = [ReportFound(row[0], int(row[1]), str(row[2] or ""), str(row[3] or "")) for row in rows]
             for item in found:
                 session.expunge(item.row)
             total = len(found) if not offset and len(found) < limit else int(session.scalar(
@@ -228,12 +248,15 @@ class ReportService:
 class ReportFound:
     row: ReportRow
     patient_pk: int
+    PatientID: str = ""
+    IssuerOfPatientID: str = ""
+    """The patient the report's study belongs to now (what the audit entry names)."""
 
 
 def fhir_status(result_status: str) -> str:
     """HL7 Table 0123 result status → FHIR DiagnosticReport.status."""
-    return {"F": "final", "C": "amended", "P": "preliminary", "R": "preliminary", "S": "partial",
-            "I": "registered", "X": "cancelled"}.get(result_status, "preliminary")
+    return {"F": "final", "C": "corrected", "P": "preliminary", "R": "preliminary", "S": "partial",
+            "I": "registered", "X": "cancelled", "W": "entered-in-error"}.get(result_status, "preliminary")
 
 
 def _title(report: Report, kind: str) -> str:
@@ -297,8 +320,14 @@ def _target(session: Session, report: Report) -> _Target:
 
 
 def _code(value: tuple[str, str, str]) -> Dataset:
+    """A code item: ``(value, scheme, meaning)``; a value longer than 16 characters (CodeValue is SH) is a
+    LongCodeValue (UC)."""
     item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value[0], value[1], value[2][:64]
+    if len(value[0]) > 16:
+        item.LongCodeValue = value[0]
+    else:
+        item.CodeValue = value[0]
+    item.CodingSchemeDesignator, item.CodeMeaning = value[1], value[2][:64]
     return item
 
 
@@ -311,8 +340,8 @@ def _common(report: Report, target: _Target, sop_class: str, modality: str) -> D
         dataset.SpecificCharacterSet = "ISO_IR 192"
     dataset.SOPClassUID = sop_class
     created = report.observed or datetime.now(UTC).strftime("%Y%m%d%H%M%S")  # SR content date: type 1
-    dataset.InstanceCreationDate = created[:8] or None
-    dataset.InstanceCreationTime = created[8:14] or None
+    date, time = created[:8], created[8:14].ljust(6, "0")  # a date-only report: 000000 (TM, HHMMSS)
+    dataset.InstanceCreationDate, dataset.InstanceCreationTime = date, time
     for keyword in _PATIENT_KEYS:
         value = target.patient.get(keyword, "")
         if keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex"):
@@ -329,8 +358,7 @@ def _common(report: Report, target: _Target, sop_class: str, modality: str) -> D
     dataset.SeriesNumber = _SERIES_NUMBER["SR" if modality == "SR" else "PDF"]
     dataset.SeriesDescription = "Reports" if modality == "SR" else "Report documents"
     dataset.Manufacturer = _MANUFACTURER
-    dataset.ContentDate = created[:8] or None
-    dataset.ContentTime = created[8:14] or None
+    dataset.ContentDate, dataset.ContentTime = date, time
     return dataset
 
 
@@ -338,11 +366,11 @@ def _text_sr(report: Report, target: _Target) -> Dataset:
     """A Basic Text SR (PS3.3 A.35.1) of the report's text: findings and conclusions as TID 2000 sections."""
     dataset = _common(report, target, BASIC_TEXT_SR, "SR")
     dataset.ReferencedPerformedProcedureStepSequence = Sequence()
-    dataset.CompletionFlag = "COMPLETE" if report.result_status in ("F", "C") else "PARTIAL"
+    dataset.CompletionFlag = "COMPLETE" if report.complete else "PARTIAL"
     dataset.VerificationFlag = "VERIFIED" if report.verified else "UNVERIFIED"
     if report.verified:
         observer = Dataset()
-        observer.VerifyingObserverName = report.interpreter or "UNKNOWN"
+        observer.VerifyingObserverName = report.interpreter
         observer.VerifyingObserverIdentificationCodeSequence = Sequence()
         observer.VerifyingOrganization = (report.sender.removeprefix("hl7:").partition("^")[2]
                                           or report.sender.removeprefix("hl7:"))[:64] or "UNKNOWN"
@@ -350,11 +378,14 @@ def _text_sr(report: Report, target: _Target) -> Dataset:
         dataset.VerifyingObserverSequence = Sequence([observer])
     request = Dataset()
     request.StudyInstanceUID = target.study["StudyInstanceUID"]
+    request.ReferencedStudySequence = Sequence()  # type 2: no Study SOP Instance to name
     request.AccessionNumber = target.study["AccessionNumber"] or None
+    request.IssuerOfAccessionNumberSequence = Sequence()  # type 2: the archive keeps no issuer of accessions
     request.RequestedProcedureID = target.study["StudyID"] or None
     request.RequestedProcedureDescription = (report.code[1] or target.study["StudyDescription"])[:64] or None
     request.RequestedProcedureCodeSequence = Sequence(
-        [_code(report.code)] if report.code[0] and report.code[1] and report.code[2] else [])
+        [_code((report.code[0], report.code[2], report.code[1]))]  # OBR-4 is code^text^system
+        if report.code[0] and report.code[1] and report.code[2] else [])
     request.PlacerOrderNumberImagingServiceRequest = target.placer_order[:16] or None
     request.FillerOrderNumberImagingServiceRequest = target.filler_order[:16] or None
     dataset.ReferencedRequestSequence = Sequence([request])
