@@ -153,8 +153,8 @@ def patient_reference(node: Mosaic) -> str:
 
 
 def instances_in(node: Mosaic, study: str = STUDY) -> int:
-    [match] = node.query.find(Query("STUDY", [], ["StudyInstanceUID"]), door="test", scope=Scope.everything())
-    assert match.rows["STUDY"].StudyInstanceUID == study
+    matches = node.query.find(Query("STUDY", [], ["StudyInstanceUID"]), door="test", scope=Scope.everything())
+    [match] = [match for match in matches if match.rows["STUDY"].StudyInstanceUID == study]
     return int(match.rows["STUDY"].NumberOfStudyRelatedInstances)
 
 
@@ -343,12 +343,24 @@ def test_a_control_id_reused_for_another_report_stores_it_and_an_identical_resen
     assert instances_in(node) == 4
 
 
-def test_an_oru_with_a_second_obr_group_is_refused_and_stores_nothing(node: Mosaic) -> None:
-    message = oru("RPT21", "ACC1", *text_observations()) + (
-        obr("ACC1", changes={1: "2", 4: "CTNECK^CT neck^L"}) + "\rOBX|1|TX|&IMP^Impression^L||Normal neck.||||||F\r"
-    ).encode("latin-1")
-    assert send(node, message) == ("AE", "OBR^2", "102")
-    assert instances_in(node) == 1
+def test_an_oru_of_two_procedures_files_a_report_in_each_study_or_none(node: Mosaic) -> None:
+    second_study = f"{STUDY}.2"
+    node.ingest.store(make_bytes(patient_id="MRN1", issuer="GENHOSP", patient_name="Müller^Hans",
+                                 study_uid=second_study, series_uid=f"{second_study}.1", sop_uid=f"{second_study}.1.1",
+                                 accession="ACC2", charset="ISO_IR 100"), IngestOrigin(door="test", facility="north"))
+    neck = obr("ACC2", changes={1: "2", 4: "CTNECK^CT neck^L"}) + "\rOBX|1|TX|&IMP^Impression^L||Normal neck.||||||F\r"
+    unknown = obr("ACC9", changes={1: "2", 4: "CTNECK^CT neck^L"}) + "\rOBX|1|TX|&IMP^Impression^L||Normal.||||||F\r"
+    # the second procedure's accession is not in the archive: neither report is stored
+    assert send(node, oru("RPT21", "ACC1", *text_observations()) + unknown.encode("latin-1")) == (
+        "AE", "OBR^2^18", "204")
+    assert instances_in(node) == 1 and instances_in(node, second_study) == 1
+    assert send(node, oru("RPT22", "ACC1", *text_observations()) + neck.encode("latin-1"))[0] == "AA"
+    assert instances_in(node) == 2 and instances_in(node, second_study) == 2
+    reports = resources(bundle(http(node, "/fhir/DiagnosticReport")), DiagnosticReport)
+    assert sorted(report.imagingStudy[0].reference for report in reports) == [
+        f"ImagingStudy/{STUDY}", f"ImagingStudy/{second_study}"]
+    neck_report = next(report for report in reports if report.imagingStudy[0].reference.endswith(second_study))
+    assert neck_report.conclusion == "Normal neck." and "CTNECK" in {c.code for c in neck_report.code.coding}
 
 
 def test_the_sr_s_request_and_procedure_attributes_of_type_2_are_present(node: Mosaic) -> None:

@@ -25,7 +25,7 @@ from mosaic.hl7.adt import MERGE_EVENTS, PATIENT_EVENTS, PatientData, patient_of
 from mosaic.hl7.charsets import CharsetError, codec_for, header_fields
 from mosaic.hl7.message import Hl7Error, Message, read_message
 from mosaic.hl7.orders import ORDER_MESSAGES, orders_of
-from mosaic.hl7.reports import DOCUMENT_EVENTS, RESULT_EVENTS, report_of
+from mosaic.hl7.reports import DOCUMENT_EVENTS, RESULT_EVENTS, reports_of
 from mosaic.services.origin import Door, IngestOrigin
 from mosaic.services.patients import DuplicatePatient, PatientService, UnknownPatient
 from mosaic.services.reports import ReportError, ReportService
@@ -165,14 +165,14 @@ class Hl7Door:
     def _store_report(self, message: Message, sender: Hl7Sender, patient: PatientData, entry: AuditEntry) -> None:
         if self.reports is None:
             raise Hl7Error("AR", 200, "this node stores no reports", "MSH^1^9^1^1")
-        report = report_of(message, patient, sender=entry.actor)
-        entry.detail["accession"] = report.AccessionNumber
+        reports = reports_of(message, patient, sender=entry.actor)
+        entry.detail["accession"] = ",".join(dict.fromkeys(report.AccessionNumber for report in reports))[:200]
         principal = Principal(name=entry.actor, kind="hl7", permissions=frozenset({Permission.STORE}),
                               address=entry.address, interface="hl7")
         origin = IngestOrigin(door=Door.HL7, principal=principal, calling_ae_title=sender.application[:16],
                               address=entry.address, facility=sender.patient_facility)
         try:
-            stored = self.reports.store(report, origin)
+            stored = self.reports.store(reports, origin)
         except ReportError as exc:
             location = "PID^1^3^1^1" if exc.location == "patient" else exc.location
             raise Hl7Error("AE", 204, str(exc), location) from exc

@@ -1,16 +1,15 @@
 """The report a result message (ORU^R01) or document message (MDM^T02) carries, as the archive stores it.
 
-ORU^R01: its OBR and the OBX segments after it; one report per message, so an ORU with a second OBR is refused
-(AE 102 at ``OBR^2``) and stores nothing. MDM^T02: TXA and its OBX segments (an OBR
-when sent). Text observations (OBX-2 TX, FT, ST; FT's ``\\.br\\`` a new line, HL7 escapes undone) are findings,
-or conclusions when OBX-3 says impression or conclusion (``&IMP``, LOINC 19005-8, its text); consecutive ones of
-one OBX-3 and sub-ID (OBX-4) are one text. An embedded document is an OBX-2 ED whose OBX-5 is
-``application^type^subtype^Base64^data``: it must decode to a PDF. The study: an OBX whose OBX-3 is
-``113014^DICOM Study^DCM`` (IHE; OBX-2 RP, ST or UI, its UID in OBX-5.1) or ZDS-1, else the accession number
-(OBR-18, else the filler order number OBR-3, TXA-15). The status: OBR-25 (else the first OBX-11; MDM: TXA-17
-AU / LA authenticated → F); the interpreter OBR-32 (MDM: TXA-22, else TXA-9); the time OBR-22, else OBR-7 (MDM:
-TXA-4), else MSH-7: an HL7 DTM of 8, 10, 12 or 14 digits (a fraction and UTC offset dropped), else AE 102 naming
-the field.
+ORU^R01: each OBR group (an OBR and the OBX segments after it, up to the next OBR) is a report of its own, so a
+report that covers several procedures is stored in each one's study; the message is applied whole or not at all.
+MDM^T02: TXA and its OBX segments (an OBR when sent). Text observations (OBX-2 TX, FT, ST; FT's ``\\.br\\`` a new
+line, HL7 escapes undone) are findings, or conclusions when OBX-3 says impression or conclusion (``&IMP``, LOINC
+19005-8, its text); consecutive ones of one OBX-3 and sub-ID (OBX-4) are one text. An embedded document is an OBX-2
+ED whose OBX-5 is ``application^type^subtype^Base64^data``: it must decode to a PDF. The study: an OBX whose OBX-3
+is ``113014^DICOM Study^DCM`` (IHE; OBX-2 RP, ST or UI, its UID in OBX-5.1) or ZDS-1, else the accession number
+(OBR-18, else the filler order number OBR-3, TXA-15). The status: OBR-25 (else the first OBX-11; MDM: TXA-17 AU / LA
+authenticated → F); the interpreter OBR-32 (MDM: TXA-22, else TXA-9); the time OBR-22, else OBR-7 (MDM: TXA-4), else
+MSH-7: an HL7 DTM of 8, 10, 12 or 14 digits (a fraction and UTC offset dropped), else AE 102 naming the field.
 """
 
 from __future__ import annotations
@@ -41,19 +40,33 @@ _DTM = re.compile(r"^(\d{8}|\d{10}|\d{12}|\d{14})(?:\.\d{1,4})?(?:[+-]\d{4})?$")
 _DTM_FORMATS = ("%Y", "%m", "%d", "%H", "%M", "%S")
 
 
-def report_of(message: Message, patient: PatientData, *, sender: str) -> Report:
-    """The report of an ORU^R01 or MDM^T02; raises :class:`Hl7Error` naming the field that is wrong."""
+def reports_of(message: Message, patient: PatientData, *, sender: str) -> list[Report]:
+    """The reports of an ORU^R01 (one per OBR group: a report of several procedures) or MDM^T02 (one); raises
+    :class:`Hl7Error` naming the field that is wrong."""
+    segments = list(message.parsed)
+    if message.message_type == "MDM":
+        return [report_of(message, patient, sender=sender)]
+    obrs = [segment for segment in segments if str(segment[0]) == "OBR"]
+    if not obrs:
+        raise Hl7Error("AE", 100, "a result message (ORU) needs an OBR segment", "OBR")
+    return [report_of(message, patient, sender=sender, obr=obr, number=number)
+            for number, obr in enumerate(obrs, start=1)]
+
+
+def report_of(message: Message, patient: PatientData, *, sender: str, obr: hl7.Segment | None = None,
+              number: int = 1) -> Report:
+    """The report of one OBR group (``obr``, the ``number``-th of its message; the first when None) of an
+    ORU^R01, or of an MDM^T02; raises :class:`Hl7Error` naming the field that is wrong."""
     document = message.message_type == "MDM"
     segments = list(message.parsed)
-    obr = _first(segments, "OBR")
+    obr = obr if obr is not None else _first(segments, "OBR")
     txa = _first(segments, "TXA")
     if document and txa is None:
         raise Hl7Error("AE", 100, "a document message (MDM) needs a TXA segment", "TXA")
     if not document and obr is None:
         raise Hl7Error("AE", 100, "a result message (ORU) needs an OBR segment", "OBR")
-    if not document and sum(1 for segment in segments if str(segment[0]) == "OBR") > 1:
-        raise Hl7Error("AE", 102, "one report per message: send each OBR group as its own ORU^R01", "OBR^2")
     observations = _observations(segments, start=obr if not document else txa)
+    group = _group(segments, obr) if not document and obr is not None else segments
     if not observations:
         raise Hl7Error("AE", 101, "the report has no OBX segment (no text, no document)", "OBX")
 
@@ -94,20 +107,21 @@ def report_of(message: Message, patient: PatientData, *, sender: str) -> Report:
             report.pdf = _pdf(segment, where)
             report.pdf_title = meaning[:64]
     if not report.StudyInstanceUID:
-        zds = _first(segments, "ZDS")
+        zds = _first(group, "ZDS")
         report.StudyInstanceUID = text(zds, 1)
         if report.StudyInstanceUID:
             report.study_location = "ZDS^1^1^1^1"
     report.AccessionNumber, location = next(
-        ((value, where) for value, where in ((text(obr, 18), "OBR^1^18"), (text(obr, 3), "OBR^1^3^1^1"),
-                                             (text(txa, 15), "TXA^1^15^1^1")) if value), ("", "OBR^1^18"))
+        ((value, where) for value, where in ((text(obr, 18), f"OBR^{number}^18"),
+                                             (text(obr, 3), f"OBR^{number}^3^1^1"),
+                                             (text(txa, 15), "TXA^1^15^1^1")) if value), ("", f"OBR^{number}^18"))
     if len(report.AccessionNumber) > 16:
         raise Hl7Error("AE", 102, f"accession number {report.AccessionNumber!r} is longer than 16 characters (SH)",
                        location)
     if not report.StudyInstanceUID:
         if not report.AccessionNumber:
             raise Hl7Error("AE", 101, "the report names no study: no Study Instance UID (OBX 113014, ZDS-1) and "
-                                      "no accession number (OBR-18)", "OBR^1^18")
+                                      "no accession number (OBR-18)", f"OBR^{number}^18")
         report.study_location = location
     if len(report.StudyInstanceUID) > 64 or (not report.StudyInstanceUID.replace(".", "").isdigit() \
             and report.StudyInstanceUID):
@@ -122,7 +136,7 @@ def report_of(message: Message, patient: PatientData, *, sender: str) -> Report:
         first_status = next((text(segment, 11) for _, segment in observations if text(segment, 11)), "")
         report.result_status = (text(obr, 25) or first_status or "P")[:1].upper()
         report.interpreter = _interpreter(message, obr)
-        times = ((text(obr, 22), "OBR^1^22"), (text(obr, 7), "OBR^1^7"))
+        times = ((text(obr, 22), f"OBR^{number}^22"), (text(obr, 7), f"OBR^{number}^7"))
     when, when_location = next(((value, where) for value, where in (
         *times, (message.value("MSH.F7").split("^")[0], "MSH^1^7")) if value.strip()), ("", "MSH^1^7"))
     report.observed = _dicom_datetime(when, when_location) if when.strip() else ""
@@ -142,6 +156,14 @@ def _dicom_datetime(value: str, location: str) -> str:
     except ValueError as exc:
         raise Hl7Error("AE", 102, f"{value!r} is not a date/time that exists: {exc}", location) from exc
     return digits
+
+
+def _group(segments: list[hl7.Segment], obr: hl7.Segment) -> list[hl7.Segment]:
+    """The segments of ``obr``'s group: from it up to the next OBR."""
+    start = next(index for index, segment in enumerate(segments) if segment is obr)
+    end = next((index for index in range(start + 1, len(segments)) if str(segments[index][0]) == "OBR"),
+               len(segments))
+    return segments[start:end]
 
 
 def _first(segments: list[hl7.Segment], name: str) -> hl7.Segment | None:

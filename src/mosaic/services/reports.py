@@ -154,20 +154,24 @@ class ReportService:
         self.database = database
         self.ingest = ingest
 
-    def store(self, report: Report, origin: IngestOrigin) -> list[StoredReport]:
-        """Store the report's objects (a text SR, an Encapsulated PDF, or both) in its study; returns them once
-        each is durable. Raises :class:`UnknownStudy`, :class:`WrongPatient`, :class:`ReportError` (a "PDF" that
-        is not one) or ingest's :class:`~mosaic.core.errors.InvalidObject`."""
-        if report.pdf is not None and not report.pdf.startswith(b"%PDF"):
-            raise ReportError("the embedded document is not a PDF (it does not start with %PDF)", "pdf")
-        if not report.observations and report.pdf is None:
-            raise ReportError("the report has neither text nor an embedded PDF", "observations")
+    def store(self, report: Report | list[Report], origin: IngestOrigin) -> list[StoredReport]:
+        """Store each report's objects (a text SR, an Encapsulated PDF, or both) in its study; returns them once
+        each is durable. Every report is checked and its study found before anything is stored (a message is
+        applied whole or not at all). Raises :class:`UnknownStudy`, :class:`WrongPatient`, :class:`ReportError`
+        (a "PDF" that is not one) or ingest's :class:`~mosaic.core.errors.InvalidObject`."""
+        reports = report if isinstance(report, list) else [report]
+        for each in reports:
+            if each.pdf is not None and not each.pdf.startswith(b"%PDF"):
+                raise ReportError("the embedded document is not a PDF (it does not start with %PDF)", "pdf")
+            if not each.observations and each.pdf is None:
+                raise ReportError("the report has neither text nor an embedded PDF", "observations")
         with self.database.session() as session:
-            target = _target(session, report)
+            targets = [_target(session, each) for each in reports]
         stored = []
-        kinds = (["SR"] if report.observations else []) + (["PDF"] if report.pdf is not None else [])
-        for kind in kinds:
-            stored.append(self._store_one(report, kind, target, origin))
+        for each, target in zip(reports, targets, strict=True):
+            kinds = (["SR"] if each.observations else []) + (["PDF"] if each.pdf is not None else [])
+            for kind in kinds:
+                stored.append(self._store_one(each, kind, target, origin))
         return stored
 
     def _store_one(self, report: Report, kind: str, target: _Target, origin: IngestOrigin) -> StoredReport:
