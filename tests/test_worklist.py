@@ -68,7 +68,8 @@ def worklist(node: Mosaic, calling: str = "CT01", **step: str) -> tuple[list[Dat
     identifier.RequestedProcedurePriority = ""
     item = Dataset()
     for keyword in ("Modality", "ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
-                    "ScheduledProcedureStepStartTime", "ScheduledProcedureStepID"):
+                    "ScheduledProcedureStepStartTime", "ScheduledProcedureStepID", "ScheduledStationName",
+                    "ScheduledProcedureStepLocation"):
         setattr(item, keyword, step.get(keyword, ""))
     identifier.ScheduledProcedureStepSequence = [item]
     ae = AE(ae_title=calling)
@@ -229,7 +230,7 @@ def omi(control: str, *, ipcs: int = 2, control_id: str = "OMI1") -> str:
         "OBR|1|PO777|FO777|CTCAP^CT chest abdomen pelvis^L",
     ]
     segments += [f"IPC|ACC777^GENHOSP|RP777|1.2.826.0.1.3680043.10.1234.777|SPS777{'AB'[number]}|CT^Computed "
-                 f"Tomography^DCM||CT scanner {number + 1}||CT0{number + 1}" for number in range(ipcs)]
+                 f"Tomography^DCM||CT scanner {number + 1}|ROOM{number + 1}|CT0{number + 1}" for number in range(ipcs)]
     return "\r".join(segments) + "\r"
 
 
@@ -252,6 +253,8 @@ def test_an_imaging_order_omi_schedules_a_step_per_ipc_and_a_cancel_ends_them_al
     assert [(step.ScheduledProcedureStepID, step.Modality, step.ScheduledStationAETitle,
              step.ScheduledProcedureStepStartDate, step.ScheduledProcedureStepStartTime) for step in steps] == [
         ("SPS777A", "CT", "CT01", "20261210", "1015"), ("SPS777B", "CT", "CT02", "20261210", "1015")]
+    assert [(step.ScheduledStationName, step.ScheduledProcedureStepLocation) for step in steps] == [
+        ("CT scanner 1", "ROOM1"), ("CT scanner 2", "ROOM2")]  # IPC-7, IPC-8
     assert [item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID
             for item in worklist(node, ScheduledStationAETitle="CT02")[0]] == ["SPS777B"]
 

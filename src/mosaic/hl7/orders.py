@@ -7,7 +7,7 @@ Two message structures (HL7 v2.5.1 chapter 4; IHE RAD TF-2 RAD-4 / RAD-13):
   Instance UID.
 * **OMI^O23** (imaging order): one step per IPC segment of an ORC/TQ1/OBR group. IPC-1 accession identifier,
   IPC-2 requested procedure ID, IPC-3 Study Instance UID, IPC-4 scheduled procedure step ID, IPC-5 modality,
-  IPC-9 scheduled station AE title.
+  IPC-7 scheduled station name, IPC-8 scheduled procedure step location, IPC-9 scheduled station AE title.
 
 Common to both: ORC-1 order control (NW, XO, SC, CA, DC; HL7 Table 0119); ORC-2/3 placer and filler order
 numbers; the start date/time TQ1-7 (else ORC-7.4 or OBR-27.4, v2.3 quantity/timing) and the priority TQ1-9 (else
@@ -120,6 +120,7 @@ def _steps(message: Message, group: _Group, patient: PatientData, pv1: hl7.Segme
     if omi:
         steps = [({"accession": text(ipc, 1), "RequestedProcedureID": text(ipc, 2),
                         "StudyInstanceUID": text(ipc, 3), "step": text(ipc, 4), "Modality": text(ipc, 5),
+                        "ScheduledStationName": text(ipc, 7), "ScheduledProcedureStepLocation": text(ipc, 8),
                         "ScheduledStationAETitle": text(ipc, 9)}, f"IPC^{index}")
                  for index, ipc in enumerate(group.ipcs, start=1)]
     else:

@@ -397,6 +397,8 @@ class ScheduledStep(Base):
     ScheduledProcedureStepDescription: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     Modality: Mapped[str] = _key(16)
     ScheduledStationAETitle: Mapped[str] = _key(16)
+    ScheduledStationName: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    ScheduledProcedureStepLocation: Mapped[str] = mapped_column(String(16), nullable=False, default="")
     ScheduledProcedureStepStartDate: Mapped[str] = _ordered_key(8)
     ScheduledProcedureStepStartTime: Mapped[str] = _ordered_key(16)
     ScheduledProcedureStepStatus: Mapped[str] = _key(16)

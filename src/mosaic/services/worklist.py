@@ -34,7 +34,8 @@ _TOP = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "Pa
         "RequestedProcedureID", "RequestedProcedureDescription", "RequestedProcedurePriority", "StudyInstanceUID",
         "ReferringPhysicianName")
 _STEP = ("Modality", "ScheduledStationAETitle", "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime",
-         "ScheduledProcedureStepID", "ScheduledProcedureStepDescription", "ScheduledProcedureStepStatus")
+         "ScheduledProcedureStepID", "ScheduledProcedureStepDescription", "ScheduledProcedureStepStatus",
+         "ScheduledStationName", "ScheduledProcedureStepLocation")
 _RANGE = re.compile(r"^(\d{0,8})-(\d{0,8})$")
 
 
