@@ -245,6 +245,36 @@ def test_sweepers_of_two_nodes_announce_a_study_once(tmp_path: Path) -> None:
         node.stop()
 
 
+def test_on_postgresql_an_announcement_waits_for_the_one_before_it_to_commit(tmp_path: Path,
+                                                                            fresh_postgres_url: str) -> None:
+    """Announcements commit in seq order (each announcing transaction locks one row), so a consumer's cursor
+    cannot pass an announcement that is still being written by another node's sweeper."""
+    from mosaic.config import IndexSettings
+    from mosaic.services.availability import ANNOUNCE_LOCK
+
+    config = settings(tmp_path, free_port(), study_stable_seconds=60)
+    config.index = IndexSettings(url=fresh_postgres_url)
+    node = Mosaic(config)  # not started: the test sweeps
+    study = f"{PREFIX}.23"
+    try:
+        store(node, study)
+        now = study_changed_at(node, study) + timedelta(seconds=61)
+        sweeper = StudyAvailability(node.database, node.settings.workflow)
+        counts: list[int] = []
+        with node.database.session(write=True) as other:  # another node's sweeper, mid-announcement
+            from mosaic.index.schema import AuditCursor
+            assert other.execute(select(AuditCursor.name).where(AuditCursor.name == ANNOUNCE_LOCK)
+                                 .with_for_update()).first() is not None
+            thread = threading.Thread(target=lambda: counts.append(sweeper.sweep(now=now)))
+            thread.start()
+            time.sleep(0.5)
+            assert announcements(node) == [] and counts == []  # it waits for the lock, nothing committed
+        thread.join(timeout=30)
+        assert counts == [1] and [event.StudyInstanceUID for event in announcements(node)] == [study]
+    finally:
+        node.stop()
+
+
 # --- ORU^R01 over MLLP ------------------------------------------------------------------------------------------
 
 def test_a_stable_study_is_sent_as_one_oru_and_the_refused_attempt_is_resent_with_the_same_control_id(

@@ -34,7 +34,8 @@ log = logging.getLogger("mosaic.outbox")
 Row = TypeVar("Row")
 
 RESERVED = frozenset({"chain"})
-"""Cursor names that are not a consumer's: ``chain`` is the audit trail's head (:mod:`mosaic.governance.audit`)."""
+"""Cursor names that are not a consumer's: ``chain`` is the audit trail's head (:mod:`mosaic.governance.audit`);
+names beginning ``lock:`` are rows writers lock (``lock:announcements``, :mod:`mosaic.services.availability`)."""
 
 
 class OutboxConsumer(Generic[Row]):
@@ -55,7 +56,7 @@ class OutboxConsumer(Generic[Row]):
                  on_failure: Callable[[Exception, float], None] | None = None, retry_seconds: float = 5.0,
                  max_retry_seconds: float | None = None, batch: int = 200, idle_seconds: float = 1.0,
                  thread_name: str = "", initial: Callable[[], int] | None = None) -> None:
-        if name in RESERVED or not name or len(name) > 64:
+        if name in RESERVED or name.startswith("lock:") or not name or len(name) > 64:
             raise ValueError(f"{name!r} cannot name an outbox cursor (1-64 characters, not {', '.join(RESERVED)})")
         self.database = database
         self.name = name

@@ -29,7 +29,7 @@ from mosaic.config import WorkflowSettings
 from mosaic.core.events import EventType
 from mosaic.core.times import as_utc
 from mosaic.index.database import Database
-from mosaic.index.schema import Event, Patient, ScheduledStep, Study
+from mosaic.index.schema import AuditCursor, Event, Patient, ScheduledStep, Study
 from mosaic.jobs.outbox import OutboxConsumer
 
 log = logging.getLogger("mosaic.availability")
@@ -151,6 +151,7 @@ class StudyAvailability:
             .values(available_at=now).execution_options(synchronize_session=False))
         if getattr(marked, "rowcount", 0) != 1:
             return False
+        _serialise_announcements(session, now)
         row = session.execute(select(Study, Patient.PatientID, Patient.IssuerOfPatientID)
                               .join(Patient, Study.patient_pk == Patient.pk).where(Study.pk == pk)).one()
         study: Study = row[0]
@@ -221,3 +222,19 @@ class StudyAvailability:
                                            ScheduledStep.IssuerOfPatientID == announcement.IssuerOfPatientID)
                     .order_by(ScheduledStep.pk).limit(1)).first()
         return None if row is None else AnnouncedOrder(row[0], row[1], row[2], row[3])
+
+
+ANNOUNCE_LOCK = "lock:announcements"
+"""The ``audit_cursor`` row every announcing transaction locks before it writes its event."""
+
+
+def _serialise_announcements(session: Session, now: datetime) -> None:
+    """Announcements commit in the order of their ``seq``: each announcing transaction locks one row first.
+
+    A consumer moves its cursor past the announcements it has read; on PostgreSQL two sweepers' transactions could
+    otherwise take seq 7 and 8 and commit 8 first, and a consumer reading then would pass 7 before it is visible.
+    (SQLite's writers are serial already; FOR UPDATE is a no-op there.)"""
+    held = session.execute(select(AuditCursor.name).where(AuditCursor.name == ANNOUNCE_LOCK).with_for_update())
+    if held.first() is None:  # the first announcement creates it (a racing creator's transaction is retried)
+        session.add(AuditCursor(name=ANNOUNCE_LOCK, seq=0, hash="", updated_at=now))
+        session.flush()
