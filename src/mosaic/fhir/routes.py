@@ -15,17 +15,16 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
-from pydantic import BaseModel
 
 from mosaic import __version__
 from mosaic.core.errors import QueryError
+from mosaic.fhir.answers import MEDIA_TYPE, FhirError, outcome_answer, resource_answer
 from mosaic.fhir.resources import (
     ENDPOINT_ID,
     diagnostic_report_resource,
     document_reference_resource,
     endpoint_resource,
     imaging_study_resource,
-    operation_outcome,
     patient_resource,
     service_request_resource,
 )
@@ -40,23 +39,6 @@ from mosaic.services.patients import PatientService
 from mosaic.services.query import QueryService
 from mosaic.services.reports import ReportService
 from mosaic.services.worklist import WorklistService
-
-MEDIA_TYPE = "application/fhir+json"
-_OUTCOME_CODES = {400: "invalid", 403: "forbidden", 404: "not-found", 406: "not-supported", 401: "security"}
-
-
-class FhirError(Exception):
-    def __init__(self, status: int, diagnostics: str) -> None:
-        super().__init__(diagnostics)
-        self.status = status
-
-
-def _json(resource: BaseModel, status: int = 200) -> Response:
-    return Response(resource.model_dump_json(exclude_none=True), status_code=status, media_type=MEDIA_TYPE)
-
-
-def _outcome(status: int, diagnostics: str) -> Response:
-    return _json(operation_outcome(_OUTCOME_CODES.get(status, "exception"), diagnostics), status)
 
 
 def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, patients: PatientService,
@@ -83,9 +65,9 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
         try:
             return call()  # type: ignore[no-any-return]
         except FhirError as exc:
-            return _outcome(exc.status, str(exc))
+            return outcome_answer(exc.status, str(exc))
         except (SearchError, QueryError) as exc:
-            return _outcome(400, str(exc))
+            return outcome_answer(400, str(exc))
 
     def patient_identity(reference: str) -> tuple[str, str] | None:
         """(PatientID, issuer) of ``Patient/<id>`` (or a bare id), or None when no such patient exists."""
@@ -156,14 +138,14 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
               StudyInstanceUID=identifier if resource == "ImagingStudy" else "")
         if first is None:  # unknown and outside the caller's scope answer alike
             raise FhirError(404, f"{resource}/{identifier} is not known")
-        return _json(resource_of(resource, first))
+        return resource_answer(resource_of(resource, first))
 
     @router.get("/metadata")
     def metadata(request: Request) -> Response:
         principal_of(request)  # authenticated by the middleware: who may connect may read what the server does
         def answer() -> Response:
             accept_json(request)
-            return _json(capability_statement(base(request)))
+            return resource_answer(capability_statement(base(request)))
         return handled(answer)
 
     @router.get("/Patient")
@@ -214,7 +196,7 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
                    for item in items]
         entries += [{"fullUrl": f"{root}/{item['resourceType']}/{item['id']}", "resource": item,
                      "search": {"mode": "include"}} for item in included or []]
-        return _json(Bundle.model_validate({"resourceType": "Bundle", "type": "searchset", "total": total,
+        return resource_answer(Bundle.model_validate({"resourceType": "Bundle", "type": "searchset", "total": total,
                                             "link": links, "entry": entries or None}))
 
     def service_requests(request: Request, step_pk: int | None = None) -> Response:
@@ -366,7 +348,7 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
             guarded(request, Permission.READ, AuditAction.READ)
             if identifier != ENDPOINT_ID:
                 raise FhirError(404, f"Endpoint/{identifier} is not known")
-            return _json(endpoint_resource(client_origin(request) + "/dicom-web"))
+            return resource_answer(endpoint_resource(client_origin(request) + "/dicom-web"))
         return handled(answer)
 
     return router

@@ -19,13 +19,13 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.subscription import Subscription
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from mosaic.config import FhirSettings
+from mosaic.fhir.answers import MEDIA_TYPE, FhirError, outcome_answer, resource_answer
 from mosaic.fhir.endpoints import endpoint_refusal, header_refusal
 from mosaic.fhir.notifications import PAYLOAD_CONTENT, PAYLOAD_CONTENTS, TOPIC
-from mosaic.fhir.resources import operation_outcome
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.identity import IdentityService
 from mosaic.governance.policy import AccessPolicy, Permission, Principal
@@ -34,58 +34,40 @@ from mosaic.http.origin import client_origin
 from mosaic.index.schema import FhirSubscription
 from mosaic.services.subscriptions import NewSubscription, SubscriptionService
 
-MEDIA_TYPE = "application/fhir+json"
-_CODES = {400: "invalid", 403: "forbidden", 404: "not-found", 401: "security", 422: "invalid"}
-
-
-class SubscriptionRefused(Exception):
-    def __init__(self, status: int, diagnostics: str) -> None:
-        super().__init__(diagnostics)
-        self.status = status
-
-
-def _json(resource: BaseModel | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    text = resource.model_dump_json(exclude_none=True) if isinstance(resource, BaseModel) else json.dumps(resource)
-    return Response(text, status_code=status, media_type=MEDIA_TYPE, headers=headers)
-
-
-def _outcome(status: int, diagnostics: str) -> Response:
-    return _json(operation_outcome(_CODES.get(status, "exception"), diagnostics), status)
-
 
 def accepted_subscription(body: dict[str, Any], owner: str, settings: FhirSettings) -> NewSubscription:
-    """The Subscription of a create request, checked (:class:`SubscriptionRefused` 400 saying what is wrong)."""
+    """The Subscription of a create request, checked (:class:`FhirError` 400 saying what is wrong)."""
     if body.get("resourceType") != "Subscription":
-        raise SubscriptionRefused(400, f"expected a Subscription, not {body.get('resourceType')!r}")
+        raise FhirError(400, f"expected a Subscription, not {body.get('resourceType')!r}")
     body = {key: value for key, value in body.items() if key not in ("id", "meta")}
     try:
         Subscription.model_validate(body)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
                              for error in exc.errors()[:5])
-        raise SubscriptionRefused(400, f"not a valid R4 Subscription: {problems}") from None
+        raise FhirError(400, f"not a valid R4 Subscription: {problems}") from None
     if body.get("criteria") != TOPIC:
-        raise SubscriptionRefused(400, f"criteria {body.get('criteria')!r} is not a topic Mosaic offers "
+        raise FhirError(400, f"criteria {body.get('criteria')!r} is not a topic Mosaic offers "
                                        f"(the study-available topic is {TOPIC})")
     channel: dict[str, Any] = body.get("channel") or {}
     if channel.get("type") != "rest-hook":
-        raise SubscriptionRefused(400, f"channel.type {channel.get('type')!r}: Mosaic notifies by rest-hook only")
+        raise FhirError(400, f"channel.type {channel.get('type')!r}: Mosaic notifies by rest-hook only")
     endpoint = str(channel.get("endpoint") or "")
     refusal = endpoint_refusal(endpoint, settings.subscription_endpoints)
     if refusal is not None:
-        raise SubscriptionRefused(400, f"channel.endpoint {refusal}")
+        raise FhirError(400, f"channel.endpoint {refusal}")
     payload = channel.get("payload")
     if payload not in (None, MEDIA_TYPE, "application/json"):
-        raise SubscriptionRefused(400, f"channel.payload {payload!r}: notifications are {MEDIA_TYPE}")
+        raise FhirError(400, f"channel.payload {payload!r}: notifications are {MEDIA_TYPE}")
     content = "id-only"
     for extension in (channel.get("_payload") or {}).get("extension") or []:
         if extension.get("url") == PAYLOAD_CONTENT:
             content = str(extension.get("valueCode") or "")
     if content not in PAYLOAD_CONTENTS:
-        raise SubscriptionRefused(400, f"payload content {content!r} is not one of {', '.join(PAYLOAD_CONTENTS)}")
+        raise FhirError(400, f"payload content {content!r} is not one of {', '.join(PAYLOAD_CONTENTS)}")
     headers = [str(line) for line in channel.get("header") or []]
     if (refusal := header_refusal(headers)) is not None:
-        raise SubscriptionRefused(400, refusal)
+        raise FhirError(400, refusal)
     return NewSubscription(owner=owner, topic=TOPIC, endpoint=endpoint, payload_content=content, headers=headers,
                            resource=body)
 
@@ -112,7 +94,7 @@ def create_subscription_router(*, policy: AccessPolicy, identity: IdentityServic
         try:
             return require(request, permission, action=action)
         except HTTPException as exc:
-            raise SubscriptionRefused(exc.status_code, str(exc.detail)) from None
+            raise FhirError(exc.status_code, str(exc.detail)) from None
 
     def audit(request: Request, principal: Principal, action: str, **detail: Any) -> None:
         request.state.audit = AuditEntry.of(principal, action, "", detail={"path": request.url.path, **detail})
@@ -120,14 +102,14 @@ def create_subscription_router(*, policy: AccessPolicy, identity: IdentityServic
     def visible(principal: Principal, identifier: str) -> FhirSubscription:
         row = subscriptions.get(int(identifier)) if identifier.isdigit() else None
         if row is None or (row.owner != principal.name and not policy.permits(principal, Permission.ADMINISTER)):
-            raise SubscriptionRefused(404, f"Subscription/{identifier} is not known")
+            raise FhirError(404, f"Subscription/{identifier} is not known")
         return row
 
     def handled(call: Callable[[], Response]) -> Response:
         try:
             return call()
-        except SubscriptionRefused as exc:
-            return _outcome(exc.status, str(exc))
+        except FhirError as exc:
+            return outcome_answer(exc.status, str(exc))
 
     @router.post("/Subscription")
     async def create(request: Request) -> Response:
@@ -139,15 +121,15 @@ def create_subscription_router(*, policy: AccessPolicy, identity: IdentityServic
             try:
                 body = json.loads(raw)
             except ValueError:
-                raise SubscriptionRefused(400, "the body is not JSON: expected a Subscription") from None
+                raise FhirError(400, "the body is not JSON: expected a Subscription") from None
             if not isinstance(body, dict):
-                raise SubscriptionRefused(400, "expected a Subscription (a JSON object)")
+                raise FhirError(400, "expected a Subscription (a JSON object)")
             if identity.principal_for(principal.name) is None:
-                raise SubscriptionRefused(403, f"{principal.name} has no account here: notifications are sent "
+                raise FhirError(403, f"{principal.name} has no account here: notifications are sent "
                                                "with an account's rights")
             accepted = accepted_subscription(body, principal.name, settings)
             if len(subscriptions.find(principal.name)) >= settings.max_subscriptions_per_account:
-                raise SubscriptionRefused(403, f"{principal.name} holds {settings.max_subscriptions_per_account} "
+                raise FhirError(403, f"{principal.name} holds {settings.max_subscriptions_per_account} "
                                                "subscriptions already (fhir.max_subscriptions_per_account): delete "
                                                "one first")
             row = subscriptions.create(accepted)
@@ -155,7 +137,7 @@ def create_subscription_router(*, policy: AccessPolicy, identity: IdentityServic
             if changed is not None:
                 changed()
             location = f"{client_origin(request)}/fhir/Subscription/{row.pk}"
-            return _json(subscription_resource(row), 201, headers={"Location": location})
+            return resource_answer(subscription_resource(row), 201, headers={"Location": location})
 
         return await run_in_threadpool(handled, answer)
 
@@ -165,16 +147,16 @@ def create_subscription_router(*, policy: AccessPolicy, identity: IdentityServic
             principal = guarded(request, Permission.READ, AuditAction.QUERY)
             unknown = sorted(set(request.query_params) - {"_format", "_count"})
             if unknown:
-                raise SubscriptionRefused(400, f"search parameter {unknown[0]!r} is not supported for Subscription")
+                raise FhirError(400, f"search parameter {unknown[0]!r} is not supported for Subscription")
             owner = None if policy.permits(principal, Permission.ADMINISTER) else principal.name
             rows = subscriptions.find(owner)
             audit(request, principal, AuditAction.QUERY, matches=len(rows))
             root = f"{client_origin(request)}/fhir"
             entries = [{"fullUrl": f"{root}/Subscription/{row.pk}", "resource": subscription_resource(row),
                         "search": {"mode": "match"}} for row in rows]
-            return _json(Bundle.model_validate({"resourceType": "Bundle", "type": "searchset", "total": len(rows),
-                                                "link": [{"relation": "self", "url": f"{root}/Subscription"}],
-                                                "entry": entries or None}))
+            return resource_answer(Bundle.model_validate({
+                "resourceType": "Bundle", "type": "searchset", "total": len(rows),
+                "link": [{"relation": "self", "url": f"{root}/Subscription"}], "entry": entries or None}))
         return handled(answer)
 
     @router.get("/Subscription/{identifier}")
@@ -182,7 +164,7 @@ def create_subscription_router(*, policy: AccessPolicy, identity: IdentityServic
         def answer() -> Response:
             principal = guarded(request, Permission.READ, AuditAction.READ)
             audit(request, principal, AuditAction.READ, subscription=identifier[:64])
-            return _json(subscription_resource(visible(principal, identifier)))
+            return resource_answer(subscription_resource(visible(principal, identifier)))
         return handled(answer)
 
     @router.delete("/Subscription/{identifier}")
