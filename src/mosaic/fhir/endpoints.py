@@ -1,8 +1,9 @@
 """Where a FHIR Subscription may send its notifications: the archive posts patient data to a URL a user gave, so
 the URL is checked when the subscription is made and again before every notification (DNS may change).
 
-With ``fhir.subscription_endpoints`` set, an endpoint must start with one of those prefixes (an administrator's
-list: the EHR's notification URLs, plain http allowed only if a prefix names it). Without it, an endpoint must be
+With ``fhir.subscription_endpoints`` set, an endpoint must be under one of those URLs (an administrator's list:
+the EHR's notification URLs; same scheme and host, the port when the entry names one, the path below the entry's;
+plain http allowed only if an entry names it). Without it, an endpoint must be
 https and its host must not resolve to a loopback, link-local (cloud metadata), multicast, reserved or unspecified
 address — the archive's own services and the machine it runs on are not subscribers. Private networks (10/8,
 192.168/16 …) are allowed: that is where a hospital's EHR lives. Redirects are never followed (a notification
@@ -14,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 FRAMING_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection",
                              "expect", "te", "upgrade", "trailer", "proxy-authorization"})
@@ -29,7 +30,7 @@ def endpoint_refusal(url: str, allowed_prefixes: Sequence[str], *, resolve: bool
     if parts.username or parts.password:
         return f"{url!r} carries credentials in the URL: give them as a channel.header"
     if allowed_prefixes:
-        if any(url.startswith(prefix) for prefix in allowed_prefixes):
+        if any(_under(parts, urlsplit(prefix)) for prefix in allowed_prefixes):
             return None
         return f"{url!r} is not under an endpoint this archive notifies (fhir.subscription_endpoints)"
     if parts.scheme != "https":
@@ -49,6 +50,21 @@ def endpoint_refusal(url: str, allowed_prefixes: Sequence[str], *, resolve: bool
             return f"{parts.hostname!r} is {address}, a loopback, link-local or reserved address: not a subscriber " \
                    "(fhir.subscription_endpoints can allow it)"
     return None
+
+
+def _under(url: SplitResult, prefix: SplitResult) -> bool:
+    """``url`` is at or below ``prefix``: the same scheme and host (any port when the prefix names none), its path
+    under the prefix's (``https://ehr.example.org`` does not admit ``https://ehr.example.org.evil.net``)."""
+    if url.scheme != prefix.scheme or (url.hostname or "") != (prefix.hostname or ""):
+        return False
+    try:
+        if prefix.port is not None and url.port != prefix.port:
+            return False
+    except ValueError:
+        return False
+    base = prefix.path or "/"
+    path = url.path or "/"
+    return path.startswith(base) if base.endswith("/") else path == base or path.startswith(base + "/")
 
 
 def header_refusal(lines: Sequence[str]) -> str | None:
