@@ -31,6 +31,10 @@ from tests.test_study_available import LOCALHOST, PREFIX, FakeEhr, post, store, 
     ("https://user:secret@10.20.30.40/", [], True),
     ("http://127.0.0.1:8080/in", ["http://127.0.0.1:8080/"], False),  # listed by the administrator
     ("https://10.20.30.40/notify", ["https://ehr.example.org/"], True),  # a list is the whole list
+    ("https://ehr.example.org.evil.net/in", ["https://ehr.example.org"], True),  # a host is not a string prefix
+    ("https://ehr.example.org/notifyother", ["https://ehr.example.org/notify"], True),
+    ("https://ehr.example.org/notify/7", ["https://ehr.example.org/notify"], False),
+    ("https://ehr.example.org:8443/in", ["https://ehr.example.org:9443/"], True),
     ("gopher://10.20.30.40/", [], True),
 ])
 def test_the_endpoint_rules(url: str, prefixes: list[str], refused: bool) -> None:
@@ -125,3 +129,19 @@ def test_an_account_holds_only_so_many_subscriptions_and_bad_endpoints_are_refus
     finally:
         ehr.stop()
         mosaic.stop()
+
+
+def test_channel_header_values_are_not_read_back_and_a_huge_body_is_refused(node: Mosaic) -> None:
+    token = node.identity.issue_token("ehr")
+    body = subscription(f"http://{LOCALHOST}:9/in")
+    body["channel"]["header"] = ["Authorization: Bearer ehr-secret-token"]
+    created = post(node, token, body)
+    assert created.status_code == 201, created.text
+    read = httpx.get(f"http://{LOCALHOST}:{node.http_port}/fhir/Subscription/{created.json()['id']}",
+                     headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert "ehr-secret-token" not in created.text and "ehr-secret-token" not in read.text
+    assert read.json()["channel"]["header"] == ["Authorization: (not shown)"]
+    huge = subscription(f"http://{LOCALHOST}:9/in") | {"reason": "x" * (70 * 1024)}
+    answer = post(node, token, huge)
+    assert answer.status_code == 413 and OperationOutcome.model_validate(answer.json()).issue
+    assert len(node.subscriptions.find("ehr")) == 1

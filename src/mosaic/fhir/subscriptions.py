@@ -30,6 +30,7 @@ from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.identity import IdentityService
 from mosaic.governance.policy import AccessPolicy, Permission, Principal
 from mosaic.http.auth import require
+from mosaic.http.bodies import json_object
 from mosaic.http.origin import client_origin
 from mosaic.index.schema import FhirSubscription
 from mosaic.services.subscriptions import NewSubscription, SubscriptionService
@@ -72,9 +73,17 @@ def accepted_subscription(body: dict[str, Any], owner: str, settings: FhirSettin
                            resource=body)
 
 
+MAX_SUBSCRIPTION_BYTES = 64 * 1024
+"""The largest Subscription a create request may send."""
+
+
 def subscription_resource(row: FhirSubscription) -> dict[str, Any]:
-    """The Subscription as kept, with its current status (and the last delivery error, as ``error``)."""
+    """The Subscription as kept, with its current status (and the last delivery error, as ``error``); the values
+    of its channel headers (an EHR's credentials) are not shown again, only their names."""
     resource: dict[str, Any] = json.loads(row.resource_json)
+    channel = resource.get("channel") or {}
+    if channel.get("header"):
+        channel["header"] = [f"{str(line).partition(':')[0].strip()}: (not shown)" for line in channel["header"]]
     resource["id"] = str(row.pk)
     resource["status"] = row.status if row.status in ("active", "error", "off") else "active"
     if row.error and row.status != "active":
@@ -113,17 +122,16 @@ def create_subscription_router(*, policy: AccessPolicy, identity: IdentityServic
 
     @router.post("/Subscription")
     async def create(request: Request) -> Response:
-        raw = await request.body()
+        try:
+            principal = guarded(request, Permission.READ, AuditAction.MODIFY)  # before a byte of the body is read
+            body = await json_object(request, max_bytes=MAX_SUBSCRIPTION_BYTES)
+        except FhirError as exc:
+            return outcome_answer(exc.status, str(exc))
+        except HTTPException as exc:
+            return outcome_answer(exc.status_code, f"{exc.detail} (expected a Subscription)")
 
         def answer() -> Response:
-            principal = guarded(request, Permission.READ, AuditAction.MODIFY)
             audit(request, principal, AuditAction.MODIFY, operation="create Subscription")
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                raise FhirError(400, "the body is not JSON: expected a Subscription") from None
-            if not isinstance(body, dict):
-                raise FhirError(400, "expected a Subscription (a JSON object)")
             if identity.principal_for(principal.name) is None:
                 raise FhirError(403, f"{principal.name} has no account here: notifications are sent "
                                                "with an account's rights")
