@@ -322,6 +322,29 @@ def test_a_message_the_receiver_keeps_refusing_is_set_aside_and_the_next_goes_ou
         refusing.stop()
 
 
+def test_receivers_are_named_once_and_one_that_wants_no_event_is_sent_none(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    def receiver(name: str, **more: Any) -> Hl7Receiver:
+        return Hl7Receiver(name=name, host=LOCALHOST, port=free_port(), application="EHR", **more)
+
+    with pytest.raises(ValidationError, match="more than once"):
+        Hl7Settings(receivers=[receiver("ehr"), receiver("ehr")])
+    quiet = FakeReceiver()
+    config = settings(tmp_path, quiet.port)
+    config.hl7.receivers[0].events = []
+    node = Mosaic(config)
+    node.start()
+    try:
+        store(node, f"{PREFIX}.33")
+        wait_until(lambda: announcements(node), what="the announcement")
+        time.sleep(0.5)
+        assert quiet.received() == []
+    finally:
+        node.stop()
+        quiet.stop()
+
+
 def test_an_announcement_made_before_a_stop_is_sent_once_after_the_restart(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there yet: the first node cannot deliver
     node = Mosaic(settings(tmp_path, port))

@@ -234,6 +234,8 @@ class Mosaic:
         web = self.settings.http
         public = web.public_url.rstrip("/") if web.public_url else None
         for receiver in self.settings.hl7.receivers:
+            if "study-available" not in receiver.events:
+                continue
             notifier = Hl7Notifier(receiver, self.availability, self.audit,
                                    sending_application=self.settings.dicom.ae_title,
                                    wado_root=f"{public}/dicom-web" if public else None)

@@ -341,6 +341,15 @@ class Hl7Settings(StrictModel):
             raise ValueError(f"character set {value!r} is not one of {', '.join(HL7_CHARSETS)}")
         return value.strip().upper()
 
+    @field_validator("receivers")
+    @classmethod
+    def _check_receivers(cls, value: list[Hl7Receiver]) -> list[Hl7Receiver]:
+        names = [receiver.name for receiver in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:  # one name is one outbox cursor: two receivers would each miss what the other was sent
+            raise ValueError(f"receiver name(s) {', '.join(twice)} given more than once (each names its outbox cursor)")
+        return value
+
 
 class WorkflowSettings(StrictModel):
     """When a study counts as complete: what the "study available" announcements (HL7, FHIR) wait for."""

@@ -175,7 +175,7 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
             given[name] = value
         try:
             count = max(0, min(int(given.pop("_count", DEFAULT_COUNT)), MAX_COUNT))
-            offset = max(0, int(given.pop("_offset", 0)))
+            offset = max(0, min(int(given.pop("_offset", 0)), 10**9))
         except ValueError as exc:
             raise FhirError(400, f"_count and _offset are numbers: {exc}") from None
         given.pop("_format", None)

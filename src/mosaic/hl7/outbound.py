@@ -198,6 +198,7 @@ class Hl7Notifier:
             code, acknowledged = "", ""
             entry.detail["reason"] = f"unreadable ACK: {exc}"[:500]
         if code in ("AA", "CA") and acknowledged == control:
+            self._refusals.pop(announcement.seq, None)
             entry.detail["ack"] = code
             self.audit.record(entry)
             return
