@@ -437,3 +437,20 @@ def test_report_reads_and_searches_are_audited_with_the_patient_of_the_reports(n
                    for record in records)
     wait_until(lambda: audited("query"), timeout=30, what="the DiagnosticReport search's audit record")
     wait_until(lambda: audited("read"), timeout=30, what="the DiagnosticReport read's audit record")
+
+
+def test_a_sender_files_reports_only_in_its_own_facility_s_studies(node: Mosaic) -> None:
+    """The RIS speaks for north: a report naming a south study (by accession or Study Instance UID) finds no
+    study (the same answer as for one not stored) and stores nothing there."""
+    south = f"{PREFIX}.5"
+    node.ingest.store(make_bytes(patient_id="MRN1", issuer="GENHOSP", study_uid=south, series_uid=f"{south}.1",
+                                 sop_uid=f"{south}.1.1", accession="SOUTH1"),
+                      IngestOrigin(door="test", facility="south"))
+    assert send(node, oru("RPT20", "SOUTH1", *text_observations())) == ("AE", "OBR^1^18", "204")
+    by_uid = f"OBX|3|RP|113014^DICOM Study^DCM||{south}^RIS^Application^DICOM||||||F"
+    answer = send(node, oru("RPT21", "", *text_observations(), by_uid))
+    assert answer[0] == "AE" and answer[2] == "204"
+    assert instances_in(node, south) == 1
+    with node.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(Report)) == 0
+    assert send(node, oru("RPT22", "ACC1", *text_observations()))[0] == "AA"  # its own study still takes it

@@ -37,9 +37,9 @@ def node(tmp_path: Path) -> Iterator[Mosaic]:
 
 def orm(control: str, accession: str, *, patient: str = "MRN1^^^GENHOSP", name: str = "Doe^John",
         modality: str = "CT", station: str = "CT01", start: str = "202612080900", procedure: str = "CTHEAD",
-        study_uid: str = "") -> str:
+        study_uid: str = "", application: str = "RIS") -> str:
     segments = [
-        f"MSH|^~\\&|RIS|GENHOSP|MOSAIC|RAD|20261207||ORM^O01^ORM_O01|{accession}{control}|P|2.3.1",
+        f"MSH|^~\\&|{application}|GENHOSP|MOSAIC|RAD|20261207||ORM^O01^ORM_O01|{accession}{control}|P|2.3.1",
         f"PID|1||{patient}||{name}||19600101|M",
         "PV1|1|O||||||1234^Referring^Rita",
         f"ORC|{control}|P{accession}|F{accession}||SC||^^^{start}^^R",
@@ -277,3 +277,126 @@ def test_an_order_message_is_applied_whole_or_not_at_all(node: Mosaic) -> None:
     second[1] = second[1].replace("D4002-WAY-TOO-LONG", "D4002").replace("SPSD4001", "SPSD4002")
     assert send(node, first + "\r".join(second) + "\r") == ["AA"]
     assert sorted(str(item.AccessionNumber) for item in worklist(node)[0]) == ["D4001", "D4002"]
+
+
+@pytest.fixture
+def sites(tmp_path: Path) -> Iterator[Mosaic]:
+    """Two facilities, each with its RIS and a modality; and a cardiology modality scoped by department only."""
+    peers = [DicomPeer(ae_title="CT01", host=LOCALHOST, port=11112, scope_facilities=["north"]),
+             DicomPeer(ae_title="SOUTHMR", host=LOCALHOST, port=11112, scope_facilities=["south"]),
+             DicomPeer(ae_title="ECHO1", host=LOCALHOST, port=11112, scope_departments=["cardiology"])]
+    senders = [Hl7Sender(application="RIS", may_send=["ORM"], issuer="GENHOSP", patient_facility="north"),
+               Hl7Sender(application="SRIS", may_send=["ORM"], issuer="GENHOSP", patient_facility="south")]
+    mosaic = Mosaic(Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0, peers=peers),
+                             hl7=Hl7Settings(port=0, senders=senders)))
+    mosaic.start(http=False)
+    yield mosaic
+    mosaic.stop()
+
+
+def steps_by_accession(node: Mosaic) -> dict[str, tuple[str, str, str]]:
+    from sqlalchemy import select
+
+    from mosaic.index.schema import ScheduledStep
+    with node.database.session() as session:
+        return {row[0]: tuple(row[1:]) for row in session.execute(select(
+            ScheduledStep.AccessionNumber, ScheduledStep.ScheduledProcedureStepStatus, ScheduledStep.facility,
+            ScheduledStep.ScheduledProcedureStepStartDate))}
+
+
+def test_a_sender_changes_and_ends_only_its_own_facility_s_orders(sites: Mosaic) -> None:
+    assert send(sites, orm("NW", "F6001")) == ["AA"]  # north's
+    # south's RIS names north's accession and step: cancelling it finds nothing, changing it is refused
+    assert send(sites, orm("CA", "F6001", application="SRIS")) == ["AE"]
+    assert send(sites, orm("DC", "F6001", application="SRIS")) == ["AE"]
+    assert send(sites, orm("XO", "F6001", application="SRIS", start="202701010900")) == ["AE"]
+    assert send(sites, orm("NW", "F6001", application="SRIS", start="202701010900")) == ["AE"]
+    assert steps_by_accession(sites) == {"F6001": ("SCHEDULED", "north", "20261208")}
+    # its own sender still can
+    assert send(sites, orm("XO", "F6001", start="202612091000")) == ["AA"]
+    assert send(sites, orm("CA", "F6001")) == ["AA"]
+    assert steps_by_accession(sites) == {"F6001": ("CANCELED", "north", "20261209")}
+
+
+def test_a_peer_scoped_by_department_only_finds_no_steps(sites: Mosaic) -> None:
+    """A step has a facility but no department: a department-scoped peer must not see every facility's worklist."""
+    assert send(sites, orm("NW", "G7001"), orm("NW", "G7002", application="SRIS")) == ["AA", "AA"]
+    assert [str(item.AccessionNumber) for item in worklist(sites, calling="CT01")[0]] == ["G7001"]
+    assert [str(item.AccessionNumber) for item in worklist(sites, calling="SOUTHMR")[0]] == ["G7002"]
+    assert worklist(sites, calling="ECHO1") == ([], 0)
+
+
+def test_the_worklist_query_audit_names_whose_steps_were_returned(sites: Mosaic) -> None:
+    assert send(sites, orm("NW", "H8001"), orm("NW", "H8002", patient="MRN8^^^GENHOSP")) == ["AA", "AA"]
+    assert len(worklist(sites, calling="CT01")[0]) == 2
+    sites.audit.flush()
+    import json
+
+    [detail] = [json.loads(record.detail) for record in sites.audit.search(action="query", limit=50)[0]
+                if json.loads(record.detail).get("worklist")]
+    assert detail["matches"] == 2 and detail["accessions"] == ["H8001", "H8002"]
+    assert detail["patients"] == ["MRN1^^^GENHOSP", "MRN8^^^GENHOSP"]
+
+
+def mpps(node: Mosaic, calling: str, *requests: tuple[str, Dataset, str]) -> list[int]:
+    """Send N-CREATE / N-SET requests ((kind, dataset, uid), ...) from ``calling``: their statuses."""
+    from pynetdicom.sop_class import ModalityPerformedProcedureStep
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    association = ae.associate(LOCALHOST, node.dicom_port, ae_title=node.settings.dicom.ae_title)
+    assert association.is_established
+    try:
+        statuses = []
+        for kind, dataset, uid in requests:
+            send_request = association.send_n_create if kind == "create" else association.send_n_set
+            status, _ = send_request(dataset, ModalityPerformedProcedureStep, uid)
+            statuses.append(int(status.Status))
+        return statuses
+    finally:
+        association.release()
+
+
+def performed(status: str, accession: str = "") -> Dataset:
+    dataset = Dataset()
+    dataset.PerformedProcedureStepStatus = status
+    if accession:
+        scheduled = Dataset()
+        scheduled.AccessionNumber = accession
+        scheduled.ScheduledProcedureStepID = f"SPS{accession}"
+        dataset.ScheduledStepAttributesSequence = [scheduled]
+    return dataset
+
+
+def test_an_mpps_moves_only_steps_in_its_peer_s_scope_and_only_its_creator_changes_it(sites: Mosaic) -> None:
+    from pydicom.uid import generate_uid
+
+    assert send(sites, orm("NW", "J9001")) == ["AA"]  # north's
+    foreign, own = generate_uid(), generate_uid()
+    # south's modality names north's step: the MPPS is kept, unscheduled; the step stays on north's worklist
+    assert mpps(sites, "SOUTHMR", ("create", performed("IN PROGRESS", "J9001"), foreign)) == [0x0000]
+    assert steps_by_accession(sites)["J9001"][0] == "SCHEDULED"
+    assert mpps(sites, "SOUTHMR", ("set", performed("DISCONTINUED"), foreign)) == [0x0000]
+    assert steps_by_accession(sites)["J9001"][0] == "SCHEDULED"
+    # north's modality starts it; south's cannot end it (to south that MPPS is not known), north's can
+    assert mpps(sites, "CT01", ("create", performed("IN PROGRESS", "J9001"), own)) == [0x0000]
+    assert steps_by_accession(sites)["J9001"][0] == "STARTED"
+    assert mpps(sites, "SOUTHMR", ("set", performed("DISCONTINUED"), own)) == [0x0112]
+    assert steps_by_accession(sites)["J9001"][0] == "STARTED"
+    assert mpps(sites, "CT01", ("set", performed("COMPLETED"), own)) == [0x0000]
+    assert steps_by_accession(sites)["J9001"][0] == "COMPLETED"
+
+
+def test_an_mpps_cannot_grow_without_end(sites: Mosaic) -> None:
+    """N-SET after N-SET, each adding 600 kB: the second would take the step past 1 MiB and is refused."""
+    from pydicom.uid import generate_uid
+
+    uid = generate_uid()
+    additions = []
+    for element in (0x1010, 0x1011):
+        addition = Dataset()
+        addition.add_new((0x0009, 0x0010), "LO", "MOSAIC TEST")
+        addition.add_new((0x0009, element), "UT", "x" * 600_000)
+        additions.append(("set", addition, uid))
+    assert mpps(sites, "CT01", ("create", performed("IN PROGRESS"), uid), *additions,
+                ("set", performed("COMPLETED"), uid)) == [0x0000, 0x0000, 0x0110, 0x0000]

@@ -1,6 +1,7 @@
 """Modality Performed Procedure Step SCP (PS3.4 F.7): N-CREATE (IN PROGRESS) and N-SET (more attributes,
 COMPLETED, DISCONTINUED), refused once a step is no longer IN PROGRESS; the scheduled step on the worklist moves
-with it. A peer needs ``may_store`` (what it reports belongs to the images it stores)."""
+with it. A peer needs ``may_store`` (what it reports belongs to the images it stores); it moves only steps of its
+own scope, and only the peer that created an MPPS may change it."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class PerformedStepSCP:
                               PatientID=str(attributes.get("PatientID", "") or "")[:64],
                               detail={"service": "MPPS N-CREATE", "mpps": uid})
         try:
-            self.worklist.create_performed(uid, attributes, performed_by=principal.name)
+            self.worklist.create_performed(uid, attributes, performed_by=principal.name,
+                                           scope=self.access.policy.scope(principal))
         except PerformedStepError as exc:
             entry.outcome, entry.detail["reason"] = "failure", str(exc)
             self.audit.record(entry)

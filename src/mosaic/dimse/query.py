@@ -80,9 +80,8 @@ class QuerySCP:
             if sop_class_uid == MODALITY_WORKLIST_FIND:
                 if self.worklist is None:
                     raise QueryError("this node keeps no worklist")
-                responses = self.worklist.find(identifier, scope=scope)
-                audit.detail["matches"] = len(responses)
                 audit.detail["worklist"] = True
+                responses = self.worklist.find(identifier, scope=scope, audit=audit.detail)
                 if encoded_implicit is not None:  # the streaming receiver's wire
                     responses = [_encoded(response, encoded_implicit) for response in responses]
             elif encoded_implicit is None:

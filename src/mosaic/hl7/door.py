@@ -18,18 +18,20 @@ from dataclasses import dataclass
 
 from mosaic.config import HL7_MESSAGE_TYPES, Hl7Sender, Hl7Settings
 from mosaic.core.errors import InvalidObject
+from mosaic.core.status import StorageStatus
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
-from mosaic.governance.policy import Permission, Principal
+from mosaic.governance.policy import ALL, Permission, Principal
 from mosaic.hl7.ack import acknowledgement
 from mosaic.hl7.adt import MERGE_EVENTS, PATIENT_EVENTS, PatientData, patient_of, prior_identity
 from mosaic.hl7.charsets import CharsetError, codec_for, header_fields
 from mosaic.hl7.message import Hl7Error, Message, read_message
 from mosaic.hl7.orders import ORDER_MESSAGES, orders_of
 from mosaic.hl7.reports import DOCUMENT_EVENTS, RESULT_EVENTS, reports_of
+from mosaic.index.query import Scope
 from mosaic.services.origin import Door, IngestOrigin
 from mosaic.services.patients import DuplicatePatient, PatientService, UnknownPatient
 from mosaic.services.reports import ReportError, ReportService
-from mosaic.services.worklist import WorklistService
+from mosaic.services.worklist import ForeignOrder, WorklistService
 
 log = logging.getLogger("mosaic.hl7")
 
@@ -139,6 +141,9 @@ class Hl7Door:
             except LookupError as exc:
                 where = "IPC^1^1" if message.message_type == "OMI" else "OBR^1^18"
                 raise Hl7Error("AE", 204, str(exc), where) from exc
+            except ForeignOrder as exc:
+                where = "IPC^1^1" if message.message_type == "OMI" else "OBR^1^18"
+                raise Hl7Error("AE", 205, str(exc), where) from exc
             return
         if message.trigger_event in MERGE_EVENTS:
             old = prior_identity(message, default_issuer=sender.issuer)
@@ -167,16 +172,21 @@ class Hl7Door:
             raise Hl7Error("AR", 200, "this node stores no reports", "MSH^1^9^1^1")
         reports = reports_of(message, patient, sender=entry.actor)
         entry.detail["accession"] = ",".join(dict.fromkeys(report.AccessionNumber for report in reports))[:200]
+        facilities = frozenset({sender.patient_facility or ALL})
         principal = Principal(name=entry.actor, kind="hl7", permissions=frozenset({Permission.STORE}),
-                              address=entry.address, interface="hl7")
+                              facilities=facilities, address=entry.address, interface="hl7")
         origin = IngestOrigin(door=Door.HL7, principal=principal, calling_ae_title=sender.application[:16],
                               address=entry.address, facility=sender.patient_facility)
+        scope = Scope.everything() if ALL in facilities else Scope(facilities=facilities)
         try:
-            stored = self.reports.store(reports, origin)
+            stored = self.reports.store(reports, origin, scope=scope)
         except ReportError as exc:
             location = "PID^1^3^1^1" if exc.location == "patient" else exc.location
             raise Hl7Error("AE", 204, str(exc), location) from exc
         except InvalidObject as exc:
+            if exc.status == StorageStatus.NOT_AUTHORIZED:  # the study is another facility's
+                raise Hl7Error("AE", 204, f"the report's study is not one this sender may add to: {exc.reason}",
+                               "OBR^1") from exc
             raise Hl7Error("AE", 207, f"the report could not be stored: {exc.reason}", "OBR^1") from exc
         entry.StudyInstanceUID = stored[0].StudyInstanceUID
         entry.SOPInstanceUID = stored[0].SOPInstanceUID

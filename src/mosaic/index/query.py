@@ -37,7 +37,7 @@ from mosaic.index.attributes import (
     PERSON_NAME_KEYS,
 )
 from mosaic.index.matching import check_matching_key
-from mosaic.index.schema import Instance, Patient, Series, Study
+from mosaic.index.schema import Instance, Patient, ScheduledStep, Series, Study
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 _PARENT_LEVELS = {"PATIENT": (), "STUDY": ("PATIENT",), "SERIES": ("PATIENT", "STUDY"),
@@ -90,6 +90,16 @@ class Scope:
         if self.studies:
             condition = or_(condition, Study.StudyInstanceUID.in_(sorted(self.studies)))
         return condition
+
+    def scheduled_step_condition(self) -> ColumnElement[bool]:
+        """A condition on :class:`ScheduledStep` that holds for the worklist steps in scope. A step carries the
+        facility of the order's sender and no department (an order names none), so a caller limited to some
+        departments is shown no steps; break-glass openings are of studies, not of orders."""
+        if self.unrestricted:
+            return true()
+        if self.departments is not None or not self.facilities:
+            return false()
+        return ScheduledStep.facility.in_(sorted(self.facilities))
 
     def permits(self, facility: str, department: str, study_instance_uid: str) -> bool:
         if study_instance_uid in self.studies or self.unrestricted:

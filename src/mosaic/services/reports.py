@@ -154,11 +154,13 @@ class ReportService:
         self.database = database
         self.ingest = ingest
 
-    def store(self, report: Report | list[Report], origin: IngestOrigin) -> list[StoredReport]:
+    def store(self, report: Report | list[Report], origin: IngestOrigin, *, scope: Scope) -> list[StoredReport]:
         """Store each report's objects (a text SR, an Encapsulated PDF, or both) in its study; returns them once
         each is durable. Every report is checked and its study found before anything is stored (a message is
-        applied whole or not at all). Raises :class:`UnknownStudy`, :class:`WrongPatient`, :class:`ReportError`
-        (a "PDF" that is not one) or ingest's :class:`~mosaic.core.errors.InvalidObject`."""
+        applied whole or not at all). Only studies and orders in the sender's ``scope`` are found: another
+        facility's are unknown to it (and ingest's store check refuses them too). Raises :class:`UnknownStudy`,
+        :class:`WrongPatient`, :class:`ReportError` (a "PDF" that is not one) or ingest's
+        :class:`~mosaic.core.errors.InvalidObject`."""
         reports = report if isinstance(report, list) else [report]
         for each in reports:
             if each.pdf is not None and not each.pdf.startswith(b"%PDF"):
@@ -166,7 +168,7 @@ class ReportService:
             if not each.observations and each.pdf is None:
                 raise ReportError("the report has neither text nor an embedded PDF", "observations")
         with self.database.session() as session:
-            targets = [_target(session, each) for each in reports]
+            targets = [_target(session, each, scope) for each in reports]
         stored = []
         for each, target in zip(reports, targets, strict=True):
             kinds = (["SR"] if each.observations else []) + (["PDF"] if each.pdf is not None else [])
@@ -269,24 +271,26 @@ def _title(report: Report, kind: str) -> str:
     return report.title or report.code[1] or REPORT_CODE[2]
 
 
-def _target(session: Session, report: Report) -> _Target:
+def _target(session: Session, report: Report, scope: Scope) -> _Target:
     patient = resolve(session, report.PatientID, report.IssuerOfPatientID)
     study = None
     step = None
+    studies = select(Study).where(scope.study_condition())
+    steps = select(ScheduledStep).where(scope.scheduled_step_condition())
     if report.StudyInstanceUID:
-        study = session.scalar(select(Study).where(Study.StudyInstanceUID == report.StudyInstanceUID))
+        study = session.scalar(studies.where(Study.StudyInstanceUID == report.StudyInstanceUID))
         if study is None:
-            step = session.scalar(select(ScheduledStep).where(
+            step = session.scalar(steps.where(
                 ScheduledStep.StudyInstanceUID == report.StudyInstanceUID).order_by(ScheduledStep.pk).limit(1))
     if study is None and step is None and report.AccessionNumber:
         if patient is not None:
-            study = session.scalar(select(Study).where(Study.AccessionNumber == report.AccessionNumber,
-                                                       Study.patient_pk == patient.pk).order_by(Study.pk).limit(1))
+            study = session.scalar(studies.where(Study.AccessionNumber == report.AccessionNumber,
+                                                 Study.patient_pk == patient.pk).order_by(Study.pk).limit(1))
         if study is None:
-            study = session.scalar(select(Study).where(Study.AccessionNumber == report.AccessionNumber)
+            study = session.scalar(studies.where(Study.AccessionNumber == report.AccessionNumber)
                                    .order_by(Study.pk).limit(1))
         if study is None:
-            step = session.scalar(select(ScheduledStep).where(
+            step = session.scalar(steps.where(
                 ScheduledStep.AccessionNumber == report.AccessionNumber).order_by(ScheduledStep.pk).limit(1))
     if study is None and step is None:
         named = " and ".join(part for part in (

@@ -29,7 +29,6 @@ from mosaic.services.patients import apply_in
 
 ACTIVE = "SCHEDULED"
 _WIDTHS = column_widths(ScheduledStep)
-ENDED = frozenset({"CANCELED", "DISCONTINUED"})
 _TOP = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
         "RequestedProcedureID", "RequestedProcedureDescription", "RequestedProcedurePriority", "StudyInstanceUID",
         "ReferringPhysicianName")
@@ -48,6 +47,11 @@ class PerformedStepError(Exception):
 
 
 _PERFORMED = ("IN PROGRESS", "COMPLETED", "DISCONTINUED")
+
+
+class ForeignOrder(Exception):
+    """An order names the accession number and step of another facility's order: its sender may not change it
+    (the key is the archive's, one step per accession and step ID)."""
 
 
 @dataclass
@@ -71,8 +75,10 @@ class WorklistService:
               demographics: dict[str, str | None] | None = None) -> str:
         """Create, change or end each step of ``orders`` (one order message), and (new or changed orders) create
         or update the patient from ``demographics``, all in one transaction; returns what happened (created,
-        updated, canceled, discontinued; one per step, comma-separated). Raises LookupError when a step to end is
-        not on the worklist (nothing is applied then)."""
+        updated, canceled, discontinued; one per step, comma-separated). ``facility`` is the sender's: it may
+        change only its own facility's steps (empty: it speaks for every facility). Raises LookupError when a step
+        to end is not on the worklist (or another facility's), :class:`ForeignOrder` when a new or changed step's
+        key is another facility's; nothing is applied then."""
         steps = orders if isinstance(orders, list) else [orders]
 
         def work(session: Session) -> str:
@@ -85,8 +91,9 @@ class WorklistService:
 
         return self.database.write(work)
 
-    def find(self, identifier: Dataset, *, scope: Scope) -> list[Dataset]:
-        """Responses to a Modality Worklist C-FIND identifier (raises QueryError when it is malformed)."""
+    def find(self, identifier: Dataset, *, scope: Scope, audit: dict[str, Any] | None = None) -> list[Dataset]:
+        """Responses to a Modality Worklist C-FIND identifier (raises QueryError when it is malformed); ``audit``
+        is told how many steps matched and whose (accession numbers and patients, the first 100 of each)."""
         item = _step_item(identifier)
         conditions: list[ColumnElement[bool]] = [ScheduledStep.ScheduledProcedureStepStatus == ACTIVE]
         for keyword in _TOP:
@@ -111,13 +118,17 @@ class WorklistService:
                 value = _text(item, keyword)
                 if value:
                     conditions.append(_range(getattr(ScheduledStep, keyword), value, keyword))
-        if not scope.unrestricted and scope.facilities is not None:
-            conditions.append(ScheduledStep.facility.in_(sorted(scope.facilities)))
+        conditions.append(scope.scheduled_step_condition())
         statement = select(ScheduledStep).where(and_(*conditions)).order_by(
             ScheduledStep.ScheduledProcedureStepStartDate, ScheduledStep.ScheduledProcedureStepStartTime,
             ScheduledStep.pk)
         with self.database.session() as session:
             steps = session.scalars(statement).all()
+            if audit is not None:
+                audit["matches"] = len(steps)
+                audit["accessions"] = sorted({step.AccessionNumber for step in steps})[:100]
+                audit["patients"] = sorted({f"{step.PatientID}^^^{step.IssuerOfPatientID}"
+                                            if step.IssuerOfPatientID else step.PatientID for step in steps})[:100]
             return [_response(identifier, item, step) for step in steps]
 
 
@@ -132,8 +143,7 @@ class WorklistService:
             conditions.append(ScheduledStep.AccessionNumber == accession)
         if step_pk is not None:
             conditions.append(ScheduledStep.pk == step_pk)
-        if not scope.unrestricted and scope.facilities is not None:
-            conditions.append(ScheduledStep.facility.in_(sorted(scope.facilities)))
+        conditions.append(scope.scheduled_step_condition())
         where = and_(*conditions) if conditions else None
         with self.database.session() as session:
             statement = select(ScheduledStep)
@@ -147,13 +157,17 @@ class WorklistService:
 
     # --- Modality Performed Procedure Step (PS3.4 F.7) ------------------------------------------------
 
-    def create_performed(self, sop_instance_uid: str, attributes: Dataset, *, performed_by: str) -> None:
+    def create_performed(self, sop_instance_uid: str, attributes: Dataset, *, performed_by: str,
+                         scope: Scope) -> None:
         """N-CREATE: a step the modality started (IN PROGRESS); its scheduled step (by accession number and
-        step ID in the Scheduled Step Attributes Sequence) becomes STARTED and leaves the worklist."""
+        step ID in the Scheduled Step Attributes Sequence, among the steps of the caller's ``scope``) becomes
+        STARTED and leaves the worklist. A step it names outside its scope is not touched (the MPPS is kept
+        unscheduled, as for a step the worklist does not know)."""
         status = _text(attributes, "PerformedProcedureStepStatus")
         if status != "IN PROGRESS":
             raise PerformedStepError(ProcedureStepStatus.INVALID_ATTRIBUTE_VALUE,
                                      f"an MPPS is created IN PROGRESS, not {status or 'without a status'!r}")
+        kept = _bounded(attributes.to_json(), sop_instance_uid)
 
         def work(session: Session) -> None:
             if session.scalar(select(PerformedStep.pk).where(PerformedStep.SOPInstanceUID == sop_instance_uid)):
@@ -163,6 +177,7 @@ class WorklistService:
             scheduled = None
             for item in attributes.get("ScheduledStepAttributesSequence", []) or []:
                 scheduled = session.scalar(select(ScheduledStep).where(
+                    scope.scheduled_step_condition(),
                     ScheduledStep.AccessionNumber == _text(item, "AccessionNumber"),
                     ScheduledStep.ScheduledProcedureStepID == _text(item, "ScheduledProcedureStepID")))
                 if scheduled is not None:
@@ -172,14 +187,14 @@ class WorklistService:
                 scheduled.updated_at = now
             session.add(PerformedStep(SOPInstanceUID=sop_instance_uid, PerformedProcedureStepStatus=status,
                                       scheduled_step_pk=scheduled.pk if scheduled is not None else None,
-                                      performed_by=performed_by[:64], attributes_json=attributes.to_json(),
+                                      performed_by=performed_by[:64], attributes_json=kept,
                                       created_at=now, updated_at=now))
 
         self.database.write(work)
 
     def set_performed(self, sop_instance_uid: str, modifications: Dataset, *, performed_by: str) -> str:
-        """N-SET: more of what was done, or its end (COMPLETED, DISCONTINUED), only while IN PROGRESS; returns
-        the step's status after it."""
+        """N-SET: more of what was done, or its end (COMPLETED, DISCONTINUED), only while IN PROGRESS and only by
+        the caller that created it (to anyone else it is not known); returns the step's status after it."""
         wanted = _text(modifications, "PerformedProcedureStepStatus")
         if wanted and wanted not in _PERFORMED:
             raise PerformedStepError(ProcedureStepStatus.INVALID_ATTRIBUTE_VALUE,
@@ -188,7 +203,7 @@ class WorklistService:
 
         def work(session: Session) -> str:
             step = session.scalar(select(PerformedStep).where(PerformedStep.SOPInstanceUID == sop_instance_uid))
-            if step is None:
+            if step is None or step.performed_by != performed_by[:64]:
                 raise PerformedStepError(ProcedureStepStatus.NO_SUCH_OBJECT_INSTANCE,
                                          f"MPPS {sop_instance_uid} is not known")
             if step.PerformedProcedureStepStatus != "IN PROGRESS":
@@ -199,7 +214,7 @@ class WorklistService:
             attributes = Dataset.from_json(step.attributes_json)
             for element in modifications:
                 attributes[element.tag] = element
-            step.attributes_json = attributes.to_json()
+            step.attributes_json = _bounded(attributes.to_json(), sop_instance_uid)
             if wanted:
                 step.PerformedProcedureStepStatus = wanted
             step.updated_at = now
@@ -211,6 +226,19 @@ class WorklistService:
             return step.PerformedProcedureStepStatus
 
         return self.database.write(work)
+
+
+MAX_PERFORMED_ATTRIBUTES = 1 << 20
+"""How much an MPPS may hold (its attributes as DICOM JSON): a modality's step is a few kilobytes, and a caller
+sending N-SET after N-SET must not grow a row without end."""
+
+
+def _bounded(attributes_json: str, sop_instance_uid: str) -> str:
+    if len(attributes_json) > MAX_PERFORMED_ATTRIBUTES:
+        raise PerformedStepError(ProcedureStepStatus.PROCESSING_FAILURE,
+                                 f"more than {MAX_PERFORMED_ATTRIBUTES >> 10} KiB of attributes (MPPS "
+                                 f"{sop_instance_uid})")
+    return attributes_json
 
 
 def _text(dataset: Dataset, keyword: str) -> str:
@@ -226,8 +254,9 @@ def _apply_step(session: Session, order: Order, facility: str, source: str, now:
     connection = session.connection()  # Core statements: no ORM unit of work per call
     found = connection.execute(_FIND_STEP, {"accession": order.AccessionNumber,
                                          "step": order.ScheduledProcedureStepID}).first()
+    foreign = found is not None and bool(facility) and found.facility != facility[:64]
     if order.control in ("CA", "DC"):
-        if found is None:
+        if found is None or foreign:  # another facility's step is not on this sender's worklist
             raise LookupError(f"order {order.AccessionNumber} step {order.ScheduledProcedureStepID} is not "
                               "on the worklist")
         status = "CANCELED" if order.control == "CA" else "DISCONTINUED"
@@ -239,6 +268,9 @@ def _apply_step(session: Session, order: Order, facility: str, source: str, now:
     values.update(PatientID=order.PatientID, IssuerOfPatientID=order.IssuerOfPatientID,
                   PatientNameUpper=str(values.get("PatientName", "")).upper(),
                   ScheduledProcedureStepStatus=ACTIVE, source=source[:128], updated_at=now)
+    if foreign:
+        raise ForeignOrder(f"order {order.AccessionNumber} step {order.ScheduledProcedureStepID} is another "
+                           "facility's order")
     if found is not None:
         connection.execute(_UPDATE_STEP, {**values, "_pk": found.pk})
         return "updated"
@@ -254,8 +286,9 @@ def _apply_step(session: Session, order: Order, facility: str, source: str, now:
 
 
 _STEP_TABLE = cast(Table, ScheduledStep.__table__)
-_FIND_STEP = select(_STEP_TABLE.c.pk).where(_STEP_TABLE.c.AccessionNumber == bindparam("accession"),
-                                  _STEP_TABLE.c.ScheduledProcedureStepID == bindparam("step"))
+_FIND_STEP = select(_STEP_TABLE.c.pk, _STEP_TABLE.c.facility).where(
+    _STEP_TABLE.c.AccessionNumber == bindparam("accession"),
+    _STEP_TABLE.c.ScheduledProcedureStepID == bindparam("step"))
 _UPDATE_STEP = update(_STEP_TABLE).where(_STEP_TABLE.c.pk == bindparam("_pk"))
 _INSERT_STEP = insert(_STEP_TABLE)
 _STEP_DEFAULTS = {column.name: getattr(column.default, "arg", None) for column in _STEP_TABLE.columns
