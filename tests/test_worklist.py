@@ -400,3 +400,31 @@ def test_an_mpps_cannot_grow_without_end(sites: Mosaic) -> None:
         additions.append(("set", addition, uid))
     assert mpps(sites, "CT01", ("create", performed("IN PROGRESS"), uid), *additions,
                 ("set", performed("COMPLETED"), uid)) == [0x0000, 0x0000, 0x0110, 0x0000]
+
+
+def adt(event: str, *segments: str, control: str = "ADT1") -> str:
+    msh = f"MSH|^~\\&|RIS|GENHOSP|MOSAIC|RAD|20261207||ADT^{event}^ADT_A01|{control}|P|2.5.1"
+    return "\r".join([msh, f"EVN|{event}|20261207", *segments]) + "\r"
+
+
+def test_the_worklist_shows_the_patient_as_adt_last_left_them(node: Mosaic) -> None:
+    """A modality copies the worklist's patient into its images: a corrected name, a merge and a changed
+    identifier must reach the scheduled step, and an order under a merged-away identity is the survivor's."""
+    assert send(node, orm("NW", "K1001", patient="TEMP9^^^GENHOSP", name="Unknown^Patient")) == ["AA"]
+    assert send(node, adt("A08", "PID|1||TEMP9^^^GENHOSP||Dupont^Émile||19710203|M")) == ["AA"]
+    [step] = worklist(node, AccessionNumber="K1001")[0]
+    assert (str(step.PatientName), step.PatientID) == ("Dupont^Émile", "TEMP9")
+    assert [str(item.AccessionNumber) for item in worklist(node, PatientName="dupont*")[0]] == ["K1001"]
+
+    assert send(node, adt("A40", "PID|1||MRN77^^^GENHOSP||Dupont^Emile^Jean||19710203|M", "MRG|TEMP9^^^GENHOSP",
+                          control="ADT2")) == ["AA"]
+    [step] = worklist(node, AccessionNumber="K1001")[0]
+    assert (str(step.PatientName), step.PatientID) == ("Dupont^Emile^Jean", "MRN77")
+    # an order still sent under the old identity is scheduled for the survivor
+    assert send(node, orm("NW", "K1002", patient="TEMP9^^^GENHOSP", name="Dupont^Emile^Jean")) == ["AA"]
+    [later] = worklist(node, AccessionNumber="K1002")[0]
+    assert later.PatientID == "MRN77"
+
+    assert send(node, adt("A47", "PID|1||MRN78^^^GENHOSP||Dupont^Emile^Jean", "MRG|MRN77^^^GENHOSP",
+                          control="ADT3")) == ["AA"]
+    assert {item.PatientID for item in worklist(node)[0]} == {"MRN78"}

@@ -21,7 +21,7 @@ from sqlalchemy.orm.util import identity_key
 from mosaic.core.events import EventType
 from mosaic.index.attributes import DEMOGRAPHIC_KEYS, PATIENT_KEYS, column_widths, text_columns
 from mosaic.index.database import Database
-from mosaic.index.schema import Base, Event, LegalHold, Patient, PatientAlias, PatientHistory, Study
+from mosaic.index.schema import Base, Event, LegalHold, Patient, PatientAlias, PatientHistory, ScheduledStep, Study
 
 _WIDTHS = column_widths(Patient)
 _STUDY_WIDTHS = column_widths(Study)
@@ -102,6 +102,7 @@ class PatientService:
             session.execute(update(PatientHistory).where(PatientHistory.patient_pk == merged.pk)
                             .values(patient_pk=target.pk))
             _move_holds(session, old, (target.PatientID, target.IssuerOfPatientID))
+            _steps_follow(session, old, (target.PatientID, target.IssuerOfPatientID), _demographics(target))
             session.add(PatientAlias(PatientID=old[0], IssuerOfPatientID=old[1], patient_pk=target.pk,
                                      reason="merged", created_at=now))
             session.add(PatientHistory(patient_pk=target.pk, changed_at=now, action="merged", source=source[:128],
@@ -136,6 +137,7 @@ class PatientService:
             patient.PatientID, patient.IssuerOfPatientID = new
             patient.updated_at = now
             _move_holds(session, old, new)
+            _steps_follow(session, old, new)
             session.add(PatientAlias(PatientID=old[0], IssuerOfPatientID=old[1], patient_pk=patient.pk,
                                      reason="identifier-changed", created_at=now))
             session.add(PatientHistory(patient_pk=patient.pk, changed_at=now, action="identifier-changed",
@@ -212,6 +214,7 @@ def apply_in(session: Session, patient_id: str, issuer: str, demographics: dict[
         connection.execute(_UPDATE_PATIENT, {**values, "updated_at": now, "_pk": pk})
         connection.execute(_UPDATE_STUDIES, {**text_columns(after, DEMOGRAPHIC_KEYS, _STUDY_WIDTHS),
                                           "_pk": pk})
+        _steps_follow(session, identity, identity, after)
     connection.execute(_INSERT_HISTORY, {
         "patient_pk": pk, "changed_at": now, "action": "created" if created else "updated", "source": source[:128],
         "reference": reference[:128], "before_json": json.dumps(before), "after_json": json.dumps(after)})
@@ -245,6 +248,8 @@ _INSERT_PATIENT = insert(_PATIENT)
 _UPDATE_PATIENT = update(_PATIENT).where(_PATIENT.c.pk == bindparam("_pk"))
 _UPDATE_STUDIES = update(_table(Study)).where(_table(Study).c.patient_pk == bindparam("_pk"))
 _INSERT_HISTORY = insert(_table(PatientHistory))
+_STEP = _table(ScheduledStep)
+_STEP_WIDTHS = column_widths(ScheduledStep)
 _INSERT_EVENT = insert(_table(Event))
 
 
@@ -267,6 +272,21 @@ def _move_holds(session: Session, old: tuple[str, str], new: tuple[str, str]) ->
     """Legal holds placed on a patient identity follow it (a hold must keep blocking its studies' deletion)."""
     session.execute(update(LegalHold).where(LegalHold.PatientID == old[0], LegalHold.IssuerOfPatientID == old[1])
                     .values(PatientID=new[0], IssuerOfPatientID=new[1]))
+
+
+def _steps_follow(session: Session, old: tuple[str, str], new: tuple[str, str],
+                  demographics: dict[str, str] | None = None) -> None:
+    """The worklist's copy of a patient follows the patient: a modality copies the worklist's identity and name
+    into the images it makes, so a step must not keep an identity merged away or a name corrected since."""
+    values: dict[str, str] = {"PatientID": new[0], "IssuerOfPatientID": new[1]}
+    if demographics is not None:
+        name = demographics.get("PatientName", "")
+        values.update(PatientName=name[:_STEP_WIDTHS["PatientName"]],
+                      PatientNameUpper=name.upper()[:_STEP_WIDTHS["PatientNameUpper"]],
+                      PatientBirthDate=demographics.get("PatientBirthDate", "")[:_STEP_WIDTHS["PatientBirthDate"]],
+                      PatientSex=demographics.get("PatientSex", "")[:_STEP_WIDTHS["PatientSex"]])
+    session.connection().execute(update(_STEP).where(_STEP.c.PatientID == old[0],
+                                                     _STEP.c.IssuerOfPatientID == old[1]).values(**values))
 
 
 def _named(patient_id: str, issuer: str) -> str:

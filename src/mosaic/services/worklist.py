@@ -9,7 +9,7 @@ the station AE title and modality in the Scheduled Procedure Step Sequence; only
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -83,11 +83,15 @@ class WorklistService:
 
         def work(session: Session) -> str:
             now = datetime.now(UTC)
+            chosen = steps
             if demographics is not None and any(order.control not in ("CA", "DC") for order in steps):
                 order = steps[0]
-                apply_in(session, order.PatientID, order.IssuerOfPatientID, demographics, source=source,
-                         reference=reference)
-            return ",".join(_apply_step(session, order, facility, source, now) for order in steps)
+                change = apply_in(session, order.PatientID, order.IssuerOfPatientID, demographics, source=source,
+                                  reference=reference)
+                # an order under a merged-away identity schedules its step under the surviving one
+                chosen = [replace(each, PatientID=change.PatientID, IssuerOfPatientID=change.IssuerOfPatientID)
+                          for each in steps]
+            return ",".join(_apply_step(session, order, facility, source, now) for order in chosen)
 
         return self.database.write(work)
 
