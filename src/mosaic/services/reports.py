@@ -169,34 +169,40 @@ class ReportService:
                 raise ReportError("the report has neither text nor an embedded PDF", "observations")
         with self.database.session() as session:
             targets = [_target(session, each, scope) for each in reports]
+        # every object is built before the first is stored: one that cannot be built stores none of them
+        pending: dict[str, list[str]] = {}  # series → objects of this message before the next one in it
+        prepared = [self._prepare(each, kind, target, pending) for each, target in zip(reports, targets, strict=True)
+                    for kind in (["SR"] if each.observations else []) + (["PDF"] if each.pdf is not None else [])]
         stored = []
-        for each, target in zip(reports, targets, strict=True):
-            kinds = (["SR"] if each.observations else []) + (["PDF"] if each.pdf is not None else [])
-            for kind in kinds:
-                stored.append(self._store_one(each, kind, target, origin))
+        for item in prepared:
+            outcome = IngestOutcome.ALREADY_STORED.value
+            if item.data is not None:
+                outcome = self.ingest.store(item.data, origin).outcome.value
+            self._record(item.report, item.kind, item.target, item.sop_uid, item.series_uid)
+            stored.append(StoredReport(item.sop_uid, item.target.study["StudyInstanceUID"], item.kind, outcome))
         return stored
 
-    def _store_one(self, report: Report, kind: str, target: _Target, origin: IngestOrigin) -> StoredReport:
+    def _prepare(self, report: Report, kind: str, target: _Target, pending: dict[str, list[str]]) -> _Prepared:
         study_uid = target.study["StudyInstanceUID"]
         sop_uid = generate_uid(entropy_srcs=["mosaic report", report.sender, report.control_id, kind, study_uid,
                                              report.digest()])
         series_uid = generate_uid(entropy_srcs=["mosaic report series", study_uid, kind])
         with self.database.session() as session:
             known = session.scalar(select(Instance.pk).where(Instance.SOPInstanceUID == sop_uid))
-            earlier = list(session.execute(
-                select(ReportRow.SOPInstanceUID, ReportRow.StudyInstanceUID).where(
+            earlier = list(session.scalars(
+                select(ReportRow.SOPInstanceUID).where(
                     ReportRow.SeriesInstanceUID == series_uid, ReportRow.SOPInstanceUID != sop_uid)
                 .order_by(ReportRow.pk)))
-        outcome = IngestOutcome.ALREADY_STORED.value
-        if known is None:  # a message sent again is answered from what its first sending stored
-            dataset = (_text_sr if kind == "SR" else _encapsulated_pdf)(report, target)
-            dataset.SOPInstanceUID, dataset.SeriesInstanceUID = sop_uid, series_uid
-            dataset.InstanceNumber = len(earlier) + 1
-            if kind == "SR" and report.corrected and earlier:
-                dataset.PredecessorDocumentsSequence = _predecessors(study_uid, series_uid, earlier[-1][0])
-            outcome = self.ingest.store(_part10(dataset), origin).outcome.value
-        self._record(report, kind, target, sop_uid, series_uid)
-        return StoredReport(sop_uid, study_uid, kind, outcome)
+        earlier += pending.setdefault(series_uid, [])
+        pending[series_uid].append(sop_uid)
+        if known is not None:  # a message sent again is answered from what its first sending stored
+            return _Prepared(report, kind, target, sop_uid, series_uid, None)
+        dataset = (_text_sr if kind == "SR" else _encapsulated_pdf)(report, target)
+        dataset.SOPInstanceUID, dataset.SeriesInstanceUID = sop_uid, series_uid
+        dataset.InstanceNumber = len(earlier) + 1
+        if kind == "SR" and report.corrected and earlier:
+            dataset.PredecessorDocumentsSequence = _predecessors(study_uid, series_uid, earlier[-1])
+        return _Prepared(report, kind, target, sop_uid, series_uid, _part10(dataset))
 
     def _record(self, report: Report, kind: str, target: _Target, sop_uid: str, series_uid: str) -> None:
         """The report's row, written (once) after its object is durable: an instance stored whose row a failure
@@ -269,6 +275,18 @@ def _title(report: Report, kind: str) -> str:
     if kind == "PDF" and report.pdf_title:
         return report.pdf_title
     return report.title or report.code[1] or REPORT_CODE[2]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One object of a report, built and encoded (``data``), or None when an earlier sending stored it."""
+
+    report: Report
+    kind: str
+    target: _Target
+    sop_uid: str
+    series_uid: str
+    data: bytes | None
 
 
 def _target(session: Session, report: Report, scope: Scope) -> _Target:
