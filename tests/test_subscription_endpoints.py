@@ -145,3 +145,58 @@ def test_channel_header_values_are_not_read_back_and_a_huge_body_is_refused(node
     answer = post(node, token, huge)
     assert answer.status_code == 413 and OperationOutcome.model_validate(answer.json()).issue
     assert len(node.subscriptions.find("ehr")) == 1
+
+
+def test_a_notification_goes_to_the_address_that_was_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS rebinding: the endpoint's name resolves to an allowed address when it is checked and to the archive's
+    own machine a moment later. The notification must go to the checked address (here one that does not answer),
+    never to a second lookup's. The resolver is replaced (no DNS server can be run here); the sockets are real."""
+    import socket
+
+    listener = socket.create_server((LOCALHOST, 0))
+    listener.settimeout(0.1)
+    accepted: list[object] = []
+    stopping = threading.Event()
+
+    def accept() -> None:
+        while not stopping.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = listener.getsockname()[1]
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def rebinding(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "ehr.rebind.test":
+            return real(host, *args, **kwargs)
+        lookups.append(host)
+        address = "192.0.2.10" if len(lookups) <= 2 else LOCALHOST  # the check, then the attacker's answer
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    mosaic = Mosaic(Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0),
+                             workflow=WorkflowSettings(study_stable_seconds=0.3, sweep_seconds=0.1),
+                             fhir=FhirSettings(retry_seconds=30, max_retry_seconds=30,
+                                               notification_timeout_seconds=0.5)))
+    mosaic.start()
+    try:
+        mosaic.identity.add_user("ehr", roles=["integration"])
+        token = mosaic.identity.issue_token("ehr")
+        created = post(mosaic, token, subscription(f"https://ehr.rebind.test:{port}/in"))
+        assert created.status_code == 201, created.text
+        store(mosaic, f"{PREFIX}.61")
+        location = f"http://{LOCALHOST}:{mosaic.http_port}/fhir/Subscription/{created.json()['id']}"
+        wait_until(lambda: httpx.get(location, headers={"Authorization": f"Bearer {token}"},
+                                     timeout=30).json().get("status") == "error", what="the failed notification")
+        assert len(lookups) == 2  # one at creation, one for the notification: none behind the check's back
+        assert accepted == []  # nothing reached the archive's own machine
+    finally:
+        mosaic.stop()
+        stopping.set()
+        listener.close()
+        for connection in accepted:
+            connection.close()  # type: ignore[attr-defined]

@@ -22,9 +22,49 @@ FRAMING_HEADERS = frozenset({"host", "content-length", "content-type", "transfer
 """Header names a subscription's ``channel.header`` may not set."""
 
 
+class EndpointRefused(Exception):
+    """A notification endpoint that may not be sent to (the reason is the message)."""
+
+
 def endpoint_refusal(url: str, allowed_prefixes: Sequence[str], *, resolve: bool = True) -> str | None:
-    """Why ``url`` may not receive notifications, or None when it may."""
+    """Why ``url`` may not receive notifications, or None when it may (a URL under an administrator's list is not
+    looked up here: its host is the administrator's, and is resolved when a notification is sent)."""
+    try:
+        checked_address(url, allowed_prefixes, resolve=resolve and not allowed_prefixes)
+    except EndpointRefused as exc:
+        return str(exc)
+    return None
+
+
+def checked_address(url: str, allowed_prefixes: Sequence[str], *, resolve: bool = True) -> str:
+    """The address to connect to for ``url``: its host resolved once and checked (the connection must go to
+    this address, not to a second lookup's answer, which a DNS rebinding could point at the archive's own
+    machine). Raises :class:`EndpointRefused`; without ``resolve`` nothing is looked up and "" is returned."""
     parts = urlsplit(url)
+    refusal = _form_refusal(url, parts, allowed_prefixes)
+    if refusal is not None:
+        raise EndpointRefused(refusal)
+    if not resolve:
+        return ""
+    assert parts.hostname is not None  # checked by the form
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        addresses = [str(info[4][0]) for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)]
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise EndpointRefused(f"{parts.hostname!r} does not resolve: {exc}") from None
+    if not addresses:
+        raise EndpointRefused(f"{parts.hostname!r} does not resolve")
+    if not allowed_prefixes:  # an administrator's list names its hosts; otherwise every answer must be outside
+        for text in addresses:
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+            if (address.is_loopback or address.is_link_local or address.is_multicast or address.is_reserved
+                    or address.is_unspecified):
+                raise EndpointRefused(f"{parts.hostname!r} is {address}, a loopback, link-local or reserved "
+                                      "address: not a subscriber (fhir.subscription_endpoints can allow it)")
+    return addresses[0]
+
+
+def _form_refusal(url: str, parts: SplitResult, allowed_prefixes: Sequence[str]) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"{url!r} is not an http or https URL"
     if parts.username or parts.password:
@@ -36,19 +76,6 @@ def endpoint_refusal(url: str, allowed_prefixes: Sequence[str], *, resolve: bool
     if parts.scheme != "https":
         return f"{url!r}: notifications carry patient data and go over https only (fhir.subscription_endpoints " \
                "can allow a plain http endpoint)"
-    if not resolve:
-        return None
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443,
-                                                               type=socket.SOCK_STREAM)}
-    except (OSError, UnicodeError) as exc:
-        return f"{parts.hostname!r} does not resolve: {exc}"
-    for text in addresses:
-        address = ipaddress.ip_address(str(text).split("%", 1)[0])
-        if (address.is_loopback or address.is_link_local or address.is_multicast or address.is_reserved
-                or address.is_unspecified):
-            return f"{parts.hostname!r} is {address}, a loopback, link-local or reserved address: not a subscriber " \
-                   "(fhir.subscription_endpoints can allow it)"
     return None
 
 

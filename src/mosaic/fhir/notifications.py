@@ -15,11 +15,12 @@ answer delivers it; anything else is retried with backoff (``fhir.retry_seconds`
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import logging
+import socket
+import ssl
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from urllib.parse import urlsplit
 from fhir.resources.R4B.bundle import Bundle
 
 from mosaic.config import FhirSettings
-from mosaic.fhir.endpoints import endpoint_refusal, header_refusal
+from mosaic.fhir.endpoints import EndpointRefused, checked_address, header_refusal
 from mosaic.fhir.resources import imaging_study_resource
 from mosaic.governance.audit import AuditAction, AuditEntry, AuditTrail
 from mosaic.governance.identity import IdentityService
@@ -198,29 +199,34 @@ class SubscriptionNotifier:
             self.subscriptions.set_status(pk, "active")
 
     def _post(self, subscription: FhirSubscription, body: bytes) -> None:
-        refusal = endpoint_refusal(subscription.endpoint, self.settings.subscription_endpoints)
-        if refusal is not None:  # checked again at each notification: the name may resolve elsewhere now
-            raise NotificationFailed(f"not sent: {refusal}")
+        try:  # checked again at each notification (the name may resolve elsewhere now), and sent to that address
+            address = checked_address(subscription.endpoint, self.settings.subscription_endpoints)
+        except EndpointRefused as exc:
+            raise NotificationFailed(f"not sent: {exc}") from None
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
         lines = [str(line) for line in json.loads(subscription.headers_json or "[]")]
         if header_refusal(lines) is None:
             for line in lines:
                 name, _, value = line.partition(":")
                 headers[name.strip()] = value.strip()
-        request = urllib.request.Request(subscription.endpoint, data=body, headers=headers, method="POST")
-        try:
-            with _OPENER.open(request, timeout=self.settings.notification_timeout_seconds) as answer:
-                status = answer.status
-        except urllib.error.HTTPError as exc:
-            if 300 <= exc.code < 400:
-                raise NotificationFailed(f"{subscription.endpoint} answered {exc.code}: Mosaic does not follow "
-                                         "redirects with patient data (give the final URL)") from None
-            raise NotificationFailed(f"{subscription.endpoint} answered {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise NotificationFailed(f"{subscription.endpoint} did not answer: {reason}") from None
+        parts = urlsplit(subscription.endpoint)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection = _pinned(parts.scheme, parts.hostname or "", parts.port, address,
+                             self.settings.notification_timeout_seconds)
+        try:  # http.client follows no redirect: a 3xx is the answer
+            connection.request("POST", target, body=body, headers=headers)
+            answer = connection.getresponse()
+            status, reason = answer.status, answer.reason
+            answer.read(65536)
+        except (OSError, http.client.HTTPException) as exc:
+            raise NotificationFailed(f"{subscription.endpoint} did not answer: {exc}") from None
+        finally:
+            connection.close()
+        if 300 <= status < 400:
+            raise NotificationFailed(f"{subscription.endpoint} answered {status}: Mosaic does not follow "
+                                     "redirects with patient data (give the final URL)")
         if not 200 <= status < 300:
-            raise NotificationFailed(f"{subscription.endpoint} answered {status}")
+            raise NotificationFailed(f"{subscription.endpoint} answered {status} {reason}".rstrip())
 
     def _failed(self, pk: int, exc: Exception, delay: float) -> None:
         if isinstance(exc, NotificationFailed):
@@ -230,12 +236,31 @@ class SubscriptionNotifier:
                           exc_info=exc)
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A 3xx is an answer, not an instruction: the notification (patient data) goes only where it was sent."""
+def _pinned(scheme: str, host: str, port: int | None, address: str,
+            timeout: float) -> http.client.HTTPConnection:
+    """A connection to ``address`` (the checked one) for ``host``: the Host header, and for https the server
+    name the certificate is verified against, are the host's."""
+    if scheme == "https":
+        return _PinnedHTTPS(host, port, address=address, timeout=timeout, context=ssl.create_default_context())
+    return _PinnedHTTP(host, port, address=address, timeout=timeout)
 
-    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
-                         newurl: str) -> None:
-        return None
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    def __init__(self, host: str, port: int | None, *, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int | None, *, address: str, timeout: float,
+                 context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.address = address
+        self.context = context
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self.context.wrap_socket(raw, server_hostname=self.host)
