@@ -328,6 +328,7 @@ def create_http_app(node: Mosaic) -> Any:
     """The ASGI application: each router handed only the services it uses; the middleware outermost first
     (anti-framing on every answer, then authentication and the audit of every answer)."""
     from fastapi import Depends, FastAPI
+    from fastapi.staticfiles import StaticFiles
 
     from mosaic import __version__
     from mosaic.dicomweb.guard import dicomweb_guard
@@ -344,6 +345,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.services.browse import BrowseService
     from mosaic.services.metadata import MetadataService
     from mosaic.viewer import mount_viewer
+    from mosaic.web import pages as web_pages
     from mosaic.web.account import create_account_router
     from mosaic.web.changes_routes import create_changes_router
     from mosaic.web.jobs_routes import create_jobs_router
@@ -393,6 +395,7 @@ def create_http_app(node: Mosaic) -> Any:
     app.include_router(create_subscription_router(policy=node.policy, identity=node.identity,
                                                   subscriptions=node.subscriptions, settings=settings.fhir,
                                                   changed=node.subscriptions_changed))
+    app.mount("/static", StaticFiles(directory=str(Path(web_pages.__file__).parent / "static")), name="static")
     mount_viewer(app, settings.viewer_path, dicomweb_root="/dicom-web")
     return app
 

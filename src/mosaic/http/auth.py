@@ -39,8 +39,9 @@ SESSION_COOKIE = "mosaic_session"
 LOGIN_CSRF_COOKIE = "mosaic_login_csrf"
 CSRF_HEADER = "x-csrf-token"
 PUBLIC_PATHS = frozenset({"/healthz", "/login", "/login/oidc", "/login/oidc/callback", "/favicon.ico",
-                          "/viewer/manifest.json"})
-"""No patient data behind these; the viewer's web-app manifest is fetched by browsers without cookies."""
+                          "/viewer/manifest.json", "/static/mosaic.css", "/static/portal.js"})
+"""No patient data behind these; the viewer's web-app manifest is fetched by browsers without cookies, and the
+pages' style sheet and script are the sign-in page's too."""
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 FORM_PATHS = frozenset({"/logout", "/api/break-glass"})
 """The pages' forms: they carry the CSRF token as a form field, which the route checks (``check_csrf_form``);

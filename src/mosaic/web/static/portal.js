@@ -1,0 +1,1 @@
+/* the portal's progressive enhancement: filled in by the portal */
