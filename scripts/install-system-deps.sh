@@ -9,16 +9,18 @@
 #   orthanc           a legacy PACS to interoperate with
 #   orthanc-dicomweb  Orthanc's DICOMweb plugin
 #   chromium          headless browser for the viewer tests (Playwright drives /usr/bin/chromium)
+#   ffmpeg            real H.264 / H.265 encoders that make the tests' video clips
+#   libjpeg-turbo-progs  jpegtran: a photo's EXIF orientation applied losslessly (also what `make run` needs)
 #
 #   nodejs npm        only when no `npm` is on PATH: builds the OHIF viewer (scripts/install-viewer.sh)
 #
-# `install-system-deps.sh runtime` installs only what `make run` needs (node + npm for the viewer).
+# `install-system-deps.sh runtime` installs only what `make run` needs (jpegtran; node + npm for the viewer).
 # Extra packages can be added with EXTRA_SYSTEM_PACKAGES="pkg1 pkg2".
 set -euo pipefail
 
-packages=(dcmtk postgresql orthanc orthanc-dicomweb chromium)
+packages=(dcmtk postgresql orthanc orthanc-dicomweb chromium ffmpeg libjpeg-turbo-progs)
 if [[ "${1:-}" == "runtime" ]]; then
-    packages=()
+    packages=(libjpeg-turbo-progs)
 fi
 if ! command -v npm >/dev/null 2>&1; then
     packages+=(nodejs npm)
