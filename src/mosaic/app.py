@@ -343,7 +343,9 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.http.origin import trusted_hosts
     from mosaic.retention.routes import create_retention_router
     from mosaic.services.browse import BrowseService
+    from mosaic.services.content import ContentService
     from mosaic.services.metadata import MetadataService
+    from mosaic.services.portal import PortalService
     from mosaic.viewer import mount_viewer
     from mosaic.web import pages as web_pages
     from mosaic.web.account import create_account_router
@@ -351,6 +353,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.web.jobs_routes import create_jobs_router
     from mosaic.web.landing import create_landing_router
     from mosaic.web.patients_routes import create_patients_router
+    from mosaic.web.portal import create_portal_router
     from mosaic.web.status_routes import create_status_router
     from mosaic.web.users_routes import create_users_router
 
@@ -374,6 +377,8 @@ def create_http_app(node: Mosaic) -> Any:
                                             min_free_bytes=settings.storage.min_free_bytes))
     app.include_router(create_changes_router(node.changes, node.policy))
     app.include_router(create_landing_router(BrowseService(node.database), node.policy))
+    app.include_router(create_portal_router(PortalService(node.database, node.query), ContentService(node.retrieve),
+                                            node.policy))
     app.include_router(create_router(policy=node.policy, query_service=node.query,
                                      metadata_service=MetadataService(node.database), retrieve=node.retrieve,
                                      ingest=node.ingest, spool=Spool(node.spool_folder, node.blobs),

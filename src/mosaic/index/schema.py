@@ -549,3 +549,21 @@ class Job(Base):
 Index("ix_study_patient_date", Study.patient_pk, Study.StudyDate)
 Index("ix_study_unannounced", Study.available_at, Study.updated_at)
 """The availability sweeper's query: studies not announced since their last change, oldest change first."""
+
+
+class EncounterStudy(Base):
+    """The study of an encounter's orderless captures (IHE Encounter-Based Imaging Workflow): content captured
+    without an order during one visit of a patient goes into one study, with a Study Instance UID and an accession
+    number the archive generated; an order that later names that accession (or the encounter) is its order."""
+
+    __tablename__ = "encounter_study"
+    __table_args__ = (UniqueConstraint("PatientID", "IssuerOfPatientID", "encounter", name="uq_encounter_study"),)
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    PatientID: Mapped[str] = mapped_column(String(64), nullable=False)
+    IssuerOfPatientID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    encounter: Mapped[str] = mapped_column(String(64), nullable=False)
+    """The visit (AdmissionID; HL7 PV1-19); "" never: captures without an encounter get a study each."""
+    StudyInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    AccessionNumber: Mapped[str] = _key(16)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

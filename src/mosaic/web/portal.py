@@ -1,0 +1,181 @@
+"""The patient portal (``/portal``): find a patient, see their longitudinal record across specialties, open each
+object with what suits it (the DICOM viewer, a lightbox, the browser's video player, an inline PDF), and add
+content captured without an order. Server-rendered pages (``web/templates/portal_*.html``), usable without
+script; ``static/portal.js`` adds the lightbox, drag and drop and the filters' live update.
+
+Every read is within the caller's scope (break-glass openings included) and audited; content is served from the
+stored file by byte range (``Range`` requests: a video seeks), never decoded."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response, StreamingResponse
+
+from mosaic.governance.audit import AuditAction, AuditEntry
+from mosaic.governance.policy import Permission
+from mosaic.http.auth import require
+from mosaic.web.pages import page
+
+if TYPE_CHECKING:
+    from mosaic.governance.policy import AccessPolicy
+    from mosaic.services.content import Content, ContentService
+    from mosaic.services.portal import PortalService, TimelineStudy
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
+_UID = re.compile(r"^[0-9.]{1,64}$")
+
+
+def create_portal_router(portal: PortalService, content: ContentService, policy: AccessPolicy, *,
+                         viewer_prefix: str = "/viewer") -> APIRouter:
+    router = APIRouter(prefix="/portal")
+
+    @router.get("")
+    def search(request: Request) -> Response:
+        """Patients by name (wildcards, accents ignored), ID (and issuer) or birth date."""
+        principal = require(request, Permission.QUERY, action=AuditAction.QUERY)
+        params = request.query_params
+        terms = {key: params.get(key, "").strip()[:64] for key in ("name", "id", "issuer", "birth")}
+        error = ""
+        hits = None
+        if terms["birth"] and not _DATE.match(terms["birth"]):
+            error = f"{terms['birth']!r} is not a date: give it as YYYY-MM-DD"
+        elif any(terms.values()):
+            hits = portal.search_patients(name=terms["name"], patient_id=terms["id"], issuer=terms["issuer"],
+                                          birth_date=terms["birth"], scope=policy.scope(principal))
+            request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "", detail={
+                "path": "/portal", "terms": {key: value for key, value in terms.items() if value},
+                "patients": [f"{hit.PatientID}^^^{hit.IssuerOfPatientID}" if hit.IssuerOfPatientID else hit.PatientID
+                             for hit in hits][:100]})
+        return page(request, principal, "portal_search.html", title="Patients", terms=terms, hits=hits,
+                    error=error, status_code=400 if error else 200)
+
+    @router.get("/patients/{patient_pk}")
+    def timeline(request: Request, patient_pk: int) -> Response:
+        """One patient's studies of every specialty, newest first; filters by specialty, modality, facility and
+        dates; ``group=site`` groups priors by body site."""
+        principal = require(request, Permission.QUERY, action=AuditAction.QUERY)
+        params = request.query_params
+        filters = {key: params.get(key, "").strip()[:64] for key in ("specialty", "modality", "facility",
+                                                                        "since", "until", "group")}
+        for key in ("since", "until"):
+            if filters[key] and not _DATE.match(filters[key]):
+                filters[key] = ""
+        found = portal.timeline(patient_pk, scope=policy.scope(principal), specialty=filters["specialty"],
+                                modality=filters["modality"], facility=filters["facility"],
+                                since=filters["since"], until=filters["until"])
+        if found is None:
+            raise HTTPException(404, f"patient {patient_pk} is not one you may see (or not in the archive)")
+        request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "", PatientID=found.patient.PatientID,
+                                            IssuerOfPatientID=found.patient.IssuerOfPatientID, detail={
+                                                "path": request.url.path, "what": "timeline",
+                                                "studies": [study.StudyInstanceUID for study in found.studies][:100]})
+        groups = _groups(found.studies, by_site=filters["group"] == "site")
+        return page(request, principal, "portal_timeline.html", title=_name(found.patient.PatientName) or "Patient",
+                    timeline=found, filters=filters, groups=groups, viewer=viewer_prefix,
+                    may_store=Permission.STORE in principal.permissions, name=_name, date=_date,
+                    years=_years_between)
+
+    @router.get("/studies/{study}")
+    def study(request: Request, study: str) -> Response:
+        """One study's objects: images open in the viewer, photos in the lightbox, videos play, PDFs display."""
+        principal = require(request, Permission.READ, action=AuditAction.READ)
+        if not _UID.match(study):
+            raise HTTPException(400, "not a Study Instance UID")
+        view = portal.study(study, scope=policy.scope(principal))
+        if view is None:
+            raise HTTPException(404, f"study {study} is not one you may see (or not in the archive)")
+        request.state.audit = AuditEntry.of(principal, AuditAction.READ, "", PatientID=view.patient.PatientID,
+                                            IssuerOfPatientID=view.patient.IssuerOfPatientID,
+                                            StudyInstanceUID=study, detail={"path": request.url.path})
+        return page(request, principal, "portal_study.html", title=view.study.StudyDescription or "Study",
+                    view=view, viewer=viewer_prefix, name=_name, date=_date,
+                    break_glass=study in principal.break_glass_studies)
+
+    @router.get("/content/{study}/{series}/{sop}")
+    def content_of(request: Request, study: str, series: str, sop: str) -> Response:
+        """The object's content as it was captured (a photo's JPEG, a video's stream, a PDF), by byte range;
+        ``?original=1``: the file a converted photo keeps (PNG, TIFF, HEIC as they came)."""
+        principal = require(request, Permission.READ, action=AuditAction.READ)
+        if not all(_UID.match(uid) for uid in (study, series, sop)):
+            raise HTTPException(400, "not a DICOM UID")
+        original = request.query_params.get("original") == "1"
+        found = content.locate(study, series, sop, scope=policy.scope(principal), original=original)
+        if found is None:
+            raise HTTPException(404, f"instance {sop} has no {'original file' if original else 'content'} you "
+                                     "may open (or is not in the archive)")
+        request.state.audit = AuditEntry.of(principal, AuditAction.READ, "", StudyInstanceUID=study,
+                                            SOPInstanceUID=sop, PatientID=found.instance.PatientID,
+                                            detail={"path": request.url.path, "what": found.media_type,
+                                                    **({"range": request.headers["range"][:64]}
+                                                       if "range" in request.headers else {})})
+        return _ranged(request, content, found, download=request.query_params.get("download") == "1")
+
+    return router
+
+
+def _ranged(request: Request, content: ContentService, found: Content, *, download: bool) -> Response:
+    size = found.length
+    headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, no-cache",
+               "ETag": f'"{found.instance.sha256}"', "X-Content-Type-Options": "nosniff"}
+    name = found.filename or f"{found.instance.SOPInstanceUID}{_suffix(found.media_type)}"
+    disposition = "attachment" if download else "inline"
+    headers["Content-Disposition"] = f"{disposition}; filename*=UTF-8''{quote(name)}"
+    wanted = request.headers.get("range", "")
+    match = _RANGE.match(wanted.strip()) if wanted else None
+    if match and (match.group(1) or match.group(2)):
+        if match.group(1):
+            start = int(match.group(1))
+            end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+        else:
+            start, end = max(size - int(match.group(2)), 0), size - 1
+        if start >= size or end < start:
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Length"] = str(end - start + 1)
+        return StreamingResponse(content.read(found, start, end), status_code=206, media_type=found.media_type,
+                                 headers=headers)
+    headers["Content-Length"] = str(size)
+    return StreamingResponse(content.read(found), media_type=found.media_type, headers=headers)
+
+
+def _suffix(media_type: str) -> str:
+    return {"image/jpeg": ".jpg", "image/png": ".png", "image/tiff": ".tif", "image/heic": ".heic",
+            "video/mp4": ".mp4", "video/quicktime": ".mov", "application/pdf": ".pdf"}.get(media_type, "")
+
+
+def _name(value: str) -> str:
+    """A DICOM person name as people write it: ``Doe^Jane^^Dr`` → ``Jane Doe`` (the first group only)."""
+    parts = value.split("=")[0].split("^")
+    family, given = [*parts, "", ""][:2]
+    return " ".join(part for part in (given.strip(), family.strip()) if part)
+
+
+def _date(value: str) -> str:
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
+
+
+def _years_between(birth: str, day: str) -> str:
+    if len(birth) != 8 or len(day) != 8 or not (birth + day).isdigit():
+        return ""
+    years = int(day[:4]) - int(birth[:4]) - (day[4:] < birth[4:])
+    return f"{years} y" if years >= 0 else ""
+
+
+def _groups(studies: list[TimelineStudy], *, by_site: bool) -> list[tuple[str, list[TimelineStudy]]]:
+    """The timeline's sections: by year (newest first), or by body site (priors together; a study under each
+    of its sites)."""
+    if not by_site:
+        groups: dict[str, list[TimelineStudy]] = {}
+        for item in studies:
+            groups.setdefault(item.StudyDate[:4] or "Undated", []).append(item)
+        return list(groups.items())
+    sites: dict[str, list[TimelineStudy]] = {}
+    for item in studies:
+        for site in item.body_sites or ["Body site not recorded"]:
+            sites.setdefault(site.replace("_", " ").title() if site.isupper() else site, []).append(item)
+    return sorted(sites.items(), key=lambda entry: (entry[0] == "Body site not recorded", entry[0]))
