@@ -54,7 +54,8 @@ class ContentService:
 
     def locate(self, study: str, series: str, sop: str, *, scope: Scope, original: bool = False) -> Content | None:
         """The content of one instance of a study in ``scope``: its document, or its stream, or (``original``) the
-        file a converted photo keeps (a JPEG photo's own stream when it keeps none); None when it has none (or is not the caller's, or is not there)."""
+        file a converted photo keeps (a JPEG photo's own stream when it keeps none); None when it has none (or is
+        not the caller's, or is not there)."""
         found = self.retrieve.instances_in(study, series, sop, scope=scope)
         if not found:
             return None
