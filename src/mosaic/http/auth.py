@@ -16,6 +16,7 @@ import base64
 import binascii
 import ipaddress
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,8 @@ FORM_PATHS = frozenset({"/logout", "/api/break-glass"})
 """The pages' forms: they carry the CSRF token as a form field, which the route checks (``check_csrf_form``);
 every other unsafe request of a browser session must send it in the header, whatever its body."""
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_FORM_PATTERNS = (re.compile(r"^/portal/patients/\d+/captures$"),)
+"""Form routes with a variable part (the portal's upload form): they check the form's token too."""
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -136,7 +139,8 @@ class AuthMiddleware:
                                   {"www-authenticate": 'Bearer realm="mosaic"'})
             return
         if (via_cookie and scope.get("method") in _UNSAFE and path not in PUBLIC_PATHS
-                and not (path in FORM_PATHS and headers.get("content-type", "").startswith(_FORM_TYPES))
+                and not ((path in FORM_PATHS or any(pattern.match(path) for pattern in _FORM_PATTERNS))
+                         and headers.get("content-type", "").startswith(_FORM_TYPES))
                 and not secrets.compare_digest(headers.get(CSRF_HEADER, ""), principal.csrf_token)):
             await _send_error(send, 403, f"a browser session must send its CSRF token in {CSRF_HEADER}")
             return

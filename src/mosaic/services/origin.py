@@ -24,6 +24,8 @@ class Door(enum.StrEnum):
     """STOW-RS."""
     HL7 = "hl7"
     """A report (ORU^R01, MDM^T02) built into a DICOM object by :mod:`mosaic.services.reports`."""
+    PORTAL = "portal"
+    """Content captured in the portal (photos, video, PDFs uploaded by a clinician)."""
     IMPORT = "import"
     """``mosaic import`` of files and folders."""
     REPAIR = "repair"

@@ -9,19 +9,25 @@ stored file by byte range (``Range`` requests: a video seeks), never decoded."""
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from mosaic.governance.audit import AuditAction, AuditEntry
-from mosaic.governance.policy import Permission
-from mosaic.http.auth import require
+from mosaic.governance.policy import ALL, Permission
+from mosaic.http.auth import check_csrf_form, require
+from mosaic.services.capturing import CaptureFile, CaptureRefused, CaptureRequest
+from mosaic.services.origin import Door, IngestOrigin
 from mosaic.web.pages import page
 
 if TYPE_CHECKING:
     from mosaic.governance.policy import AccessPolicy
+    from mosaic.services.capturing import CaptureService
     from mosaic.services.content import Content, ContentService
     from mosaic.services.portal import PortalService, TimelineStudy
 
@@ -30,8 +36,8 @@ _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
 
-def create_portal_router(portal: PortalService, content: ContentService, policy: AccessPolicy, *,
-                         viewer_prefix: str = "/viewer") -> APIRouter:
+def create_portal_router(portal: PortalService, content: ContentService, policy: AccessPolicy,
+                         captures: CaptureService | None = None, *, viewer_prefix: str = "/viewer") -> APIRouter:
     router = APIRouter(prefix="/portal")
 
     @router.get("")
@@ -115,7 +121,72 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
                                                        if "range" in request.headers else {})})
         return _ranged(request, content, found, download=request.query_params.get("download") == "1")
 
+    @router.post("/patients/{patient_pk}/captures")
+    async def upload(request: Request, patient_pk: int) -> Response:
+        """Photos, video and PDFs a clinician captured for this patient (the page's form, drag and drop, a
+        phone's camera), with what they recorded: into the encounter's study (or a new one), through ingest."""
+        principal = require(request, Permission.STORE, action=AuditAction.STORE)
+        if captures is None:
+            raise HTTPException(404, "this node takes no captures")
+        form = await request.form()
+        check_csrf_form(request, form)
+        scope = policy.scope(principal)
+        found = await run_in_threadpool(portal.timeline, patient_pk, scope=scope)
+        if found is None:
+            raise HTTPException(404, f"patient {patient_pk} is not one you may see (or not in the archive)")
+        field = {key: str(form.get(key, "") or "").strip() for key in (
+            "encounter", "specialty", "body_site", "body_site_code", "laterality", "view", "description",
+            "StudyInstanceUID", "video_kind")}
+        uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile) and item.filename]
+        if not uploads:
+            return page(request, principal, "portal_captured.html", title="Nothing uploaded", status_code=400,
+                        patient=found.patient, results=[], name=_name,
+                        error="choose at least one file (a photo, a video or a PDF)")
+        facility = next(iter(principal.facilities)) if len(principal.facilities) == 1 and \
+            ALL not in principal.facilities else ""
+        capture_request = CaptureRequest(
+            PatientID=found.patient.PatientID, IssuerOfPatientID=found.patient.IssuerOfPatientID,
+            StudyInstanceUID=field["StudyInstanceUID"], encounter=field["encounter"], specialty=field["specialty"],
+            facility=facility, body_site_code=field["body_site_code"], body_site_meaning=field["body_site"],
+            laterality=field["laterality"].upper(), view=field["view"], operator=_operator(principal.name),
+            description=field["description"], video_kind=field["video_kind"] or "photographic")
+        origin = IngestOrigin(door=Door.PORTAL, principal=principal, address=principal.address, facility=facility,
+                              department=field["specialty"][:64])
+        files = [CaptureFile(await _spooled(item), _basename(item.filename or "upload"), item.content_type)
+                 for item in uploads]
+        try:
+            results = await run_in_threadpool(captures.capture, capture_request, files, origin, scope=scope)
+        except CaptureRefused as exc:
+            raise HTTPException(409, str(exc)) from None
+        finally:
+            for item in uploads:
+                await item.close()
+            for spooled in files:
+                spooled.path.unlink(missing_ok=True)
+        stored = [result for result in results if result.outcome != "failed"]
+        return page(request, principal, "portal_captured.html", title="Uploaded" if stored else "Not stored",
+                    status_code=201 if stored and len(stored) == len(results) else 200 if stored else 422,
+                    patient=found.patient, results=results, name=_name, error="")
+
     return router
+
+
+async def _spooled(item: UploadFile) -> Path:
+    """The upload as a file the converter reads (written in chunks: a video is never held whole)."""
+    with tempfile.NamedTemporaryFile(prefix="portal-upload-", delete=False) as handle:
+        await item.seek(0)
+        while chunk := await item.read(1 << 20):
+            handle.write(chunk)
+    return Path(handle.name)
+
+
+def _basename(name: str) -> str:
+    return name.replace("\\", "/").rsplit("/", 1)[-1][:128] or "upload"
+
+
+def _operator(name: str) -> str:
+    """The signed-in user as an operator's name (PN): ``jane.doe`` → ``jane.doe`` (no components invented)."""
+    return name.replace("^", " ")[:64]
 
 
 def _ranged(request: Request, content: ContentService, found: Content, *, download: bool) -> Response:
