@@ -33,6 +33,7 @@ from mosaic.index.database import Database
 from mosaic.jobs.runner import JobRunner
 from mosaic.jobs.store import JobStore
 from mosaic.services.availability import StudyAvailability
+from mosaic.services.capturing import CaptureService
 from mosaic.services.changes import ChangeFeed
 from mosaic.services.commitment import CommitmentService
 from mosaic.services.demographics import CurrentDemographics
@@ -74,6 +75,8 @@ class Mosaic:
         self.patients = PatientService(self.database)
         self.worklist = WorklistService(self.database)
         self.reports = ReportService(self.database, self.ingest)
+        self.captures = CaptureService(self.database, self.ingest, workdir=settings.data_dir / "capture")
+        """Photos, video and PDFs into patients' records (portal uploads, STOW-RS bulk data, import sidecars)."""
         self.changes = ChangeFeed(self.database)
         self.availability = StudyAvailability(self.database, settings.workflow)
         """Announces stable studies (``StudyAvailable`` events) once started; the outbound doors consume them."""
@@ -161,6 +164,7 @@ class Mosaic:
         ``sweep``: remove what stopped processes left half-written (not in DICOM workers: their parent did)."""
         self.audit.start()
         self.spool_folder.mkdir(parents=True, exist_ok=True)
+        self.captures.workdir.mkdir(parents=True, exist_ok=True)
         if sweep:
             self.sweep_leftovers()
         if http and self.settings.security.audit_syslog.host:
@@ -378,7 +382,7 @@ def create_http_app(node: Mosaic) -> Any:
     app.include_router(create_changes_router(node.changes, node.policy))
     app.include_router(create_landing_router(BrowseService(node.database), node.policy))
     app.include_router(create_portal_router(PortalService(node.database, node.query), ContentService(node.retrieve),
-                                            node.policy))
+                                            node.policy, node.captures))
     app.include_router(create_router(policy=node.policy, query_service=node.query,
                                      metadata_service=MetadataService(node.database), retrieve=node.retrieve,
                                      ingest=node.ingest, spool=Spool(node.spool_folder, node.blobs),

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from mosaic.core.errors import InvalidObject
 from mosaic.index.database import Database
 from mosaic.index.query import Scope
-from mosaic.index.schema import EncounterStudy, Study
+from mosaic.index.schema import EncounterStudy, Instance, Series, Study
 from mosaic.services.capture import CaptureContext, CaptureError, capture
 from mosaic.services.ingest import IngestService
 from mosaic.services.origin import IngestOrigin
@@ -135,6 +135,7 @@ class CaptureService:
         session_id = generate_uid()
         series: dict[str, str] = {}
         results = []
+        self.workdir.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="capture-", dir=self.workdir))
         try:
             for number, item in enumerate(files, start=1):
@@ -168,6 +169,11 @@ class CaptureService:
         except CaptureError as exc:
             return CaptureResult(item.filename, "failed", str(exc))
         labelled = replace(origin, department=origin.department or request.specialty.strip()[:64])
+        if self._stored(captured.SOPInstanceUID, target.StudyInstanceUID):
+            # the same file into the same study again (its UID comes from its bytes): what is stored is it
+            captured.path.unlink(missing_ok=True)
+            return CaptureResult(item.filename, "already stored", "", target.StudyInstanceUID, "",
+                                 captured.SOPInstanceUID, captured.kind, captured.media_type)
         try:
             result = self.ingest.store(captured.path, labelled)
         except InvalidObject as exc:
@@ -176,6 +182,14 @@ class CaptureService:
             captured.path.unlink(missing_ok=True)
         return CaptureResult(item.filename, result.outcome.value, "", result.study_instance_uid,
                              result.series_instance_uid, result.sop_instance_uid, captured.kind, captured.media_type)
+
+    def _stored(self, sop_instance_uid: str, study_instance_uid: str) -> bool:
+        with self.database.session() as session:
+            return session.scalar(
+                select(Instance.pk).join(Series, Instance.series_pk == Series.pk)
+                .join(Study, Series.study_pk == Study.pk)
+                .where(Instance.SOPInstanceUID == sop_instance_uid,
+                       Study.StudyInstanceUID == study_instance_uid)) is not None
 
     def _encounter_study(self, patient_id: str, issuer: str, encounter: str, now: datetime) -> _Target:
         """The encounter's study: found, or created once (two captures racing agree on one)."""

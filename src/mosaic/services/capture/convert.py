@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 from mosaic.services.capture import document, part10, photo, video
-from mosaic.services.capture.context import CaptureContext, CaptureError, Captured
+from mosaic.services.capture.context import CaptureContext, Captured, CaptureError
 from mosaic.services.capture.modules import instance_uid, set_character_set
 from mosaic.services.capture.sniff import label, normalise, sniff
 
