@@ -18,7 +18,9 @@ def import_(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Store DICOM files from folders; re-running after an interruption skips what is stored."""
+    """Store DICOM files from folders; re-running after an interruption skips what is stored. Photos, video and
+    PDFs are captured into their patient's record when a sidecar (capture.json, capture.csv or <file>.json)
+    names the patient and the context."""
     from mosaic.services.importer import import_paths, iter_files
     from mosaic.services.origin import Door, IngestOrigin
 
@@ -31,11 +33,12 @@ def import_(
     with Progress(TextColumn("[bold]Importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         task = progress.add_task("import", total=total)
-        summary = import_paths(node.ingest, paths, progress=lambda _file: progress.advance(task), origin=origin)
+        summary = import_paths(node.ingest, paths, progress=lambda _file: progress.advance(task), origin=origin,
+                               captures=node.captures)
     table = Table(title="Import summary")
     table.add_column("outcome")
     table.add_column("files", justify="right")
-    for outcome in ("stored", "already-stored", "replaced", "rejected"):
+    for outcome in ("stored", "already-stored", "replaced", "rejected"):  # captures count here too
         table.add_row(outcome, str(summary.outcomes.get(outcome, 0)))
     console.print(table)
     for file, reason in summary.rejected[:50]:
