@@ -6,7 +6,7 @@ Endoscopic Image (the MP4 encapsulated, never re-encoded); PDF → Encapsulated 
 ingests the file :func:`capture` writes.
 """
 
-from mosaic.services.capture.context import CaptureContext, CaptureError, Captured
+from mosaic.services.capture.context import CaptureContext, Captured, CaptureError
 from mosaic.services.capture.convert import capture
 from mosaic.services.capture.sniff import sniff
 

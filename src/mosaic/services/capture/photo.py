@@ -178,8 +178,9 @@ def from_still(data: bytes, media_type: str, context: CaptureContext, uid: str, 
         _register_heif()
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            if getattr(opened, "n_frames", 1) > 1 and media_type == "image/tiff":
-                raise CaptureError(filename, f"a TIFF with {opened.n_frames} pages: capture one image per file")
+            pages = int(getattr(opened, "n_frames", 1))
+            if pages > 1 and media_type == "image/tiff":
+                raise CaptureError(filename, f"a TIFF with {pages} pages: capture one image per file")
             taken = exif.read(opened.getexif())
             image = ImageOps.exif_transpose(opened)
             image.load()
