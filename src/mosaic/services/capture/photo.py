@@ -34,7 +34,8 @@ from mosaic.services.capture.modules import anatomic_region, common
 VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
 PRIVATE_GROUP = 0x0071
 PRIVATE_CREATOR = "MOSAIC CAPTURE"
-"""(0071,0010) LO; (0071,1010) OB the original bytes, (0071,1011) LO their media type, (0071,1012) LO the name."""
+"""(0071,0010) LO; (0071,1010) OB the original bytes, (0071,1011) LO their media type, (0071,1012) LO the name,
+(0071,1013) UL the original's length (the OB value is padded to even length)."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ def from_still(data: bytes, media_type: str, context: CaptureContext, uid: str, 
     block.add_new(0x10, "OB", kept)
     block.add_new(0x11, "LO", media_type)
     block.add_new(0x12, "LO", filename[:64])
+    block.add_new(0x13, "UL", len(kept))  # OB is even-padded: the original's own length
     if location_note:
         dataset.ImageComments = "; ".join([*([context.description] if context.description else []),
                                            location_note])
