@@ -3,8 +3,10 @@
 A JPEG is encapsulated as it came (JPEG Baseline, PS3.5 A.4.1): nothing is decoded, only marker segments that
 can hold a location are removed, and an EXIF orientation or progressive coding is resolved losslessly by
 ``jpegtran``. Other stills (PNG, TIFF, HEIC, WebP, GIF) are decoded (their pixels are exact), turned upright and
-stored uncompressed in Explicit VR Little Endian: RLE Lossless in pure Python took about 40 times longer for a
-12 MP photo for a third off its size (see the report). The original file is kept in the object, in the private
+stored uncompressed in Explicit VR Little Endian. RLE Lossless (pydicom's encoder) was measured on a 12 MP
+(4032 x 3024) RGB picture: 5 s for 22 % of the raw 36.6 MB when smooth, but 26 s and 108 % (larger than raw) once
+camera-like noise is added; uncompressed takes milliseconds and every viewer reads it.
+The original file is kept in the object, in the private
 block "MOSAIC CAPTURE" (0071,10xx): the archive can hand back exactly what was captured.
 """
 
