@@ -271,6 +271,9 @@ def test_mp4_location_is_blanked_in_place(tmp_path: Path, workdir: Path) -> None
     assert b"+48.8584" not in stream
     assert "location metadata blanked" in dataset.ImageComments
     assert ffprobe_codec(stream, tmp_path) == "h264"
+    tags = subprocess.run(["ffprobe", "-v", "error", "-show_format", str(tmp_path / "extracted.mp4")],
+                          capture_output=True, text=True, check=True).stdout
+    assert "48.8584" not in tags and "002.2945" not in tags  # 3GPP 'loci' is fixed-point: now 0, 0
 
 
 @needs_ffmpeg
