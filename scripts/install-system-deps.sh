@@ -11,6 +11,7 @@
 #   chromium          headless browser for the viewer tests (Playwright drives /usr/bin/chromium)
 #   ffmpeg            real H.264 / H.265 encoders that make the tests' video clips
 #   libjpeg-turbo-progs  jpegtran: a photo's EXIF orientation applied losslessly (also what `make run` needs)
+#   dicom3tools       dciodvfy: the capture tests check the IODs they write
 #
 #   nodejs npm        only when no `npm` is on PATH: builds the OHIF viewer (scripts/install-viewer.sh)
 #
@@ -18,7 +19,7 @@
 # Extra packages can be added with EXTRA_SYSTEM_PACKAGES="pkg1 pkg2".
 set -euo pipefail
 
-packages=(dcmtk postgresql orthanc orthanc-dicomweb chromium ffmpeg libjpeg-turbo-progs)
+packages=(dcmtk postgresql orthanc orthanc-dicomweb chromium ffmpeg libjpeg-turbo-progs dicom3tools)
 if [[ "${1:-}" == "runtime" ]]; then
     packages=(libjpeg-turbo-progs)
 fi

@@ -45,7 +45,7 @@ class Movie:
     constraints: int = 0
     """AVC: the constraint_set flags byte."""
     location: list[tuple[int, int]] = field(default_factory=list)
-    """(file offset, length) of location values (udta ©xyz, the ISO 6709 keys of 'meta')."""
+    """(file offset, length) of location values (udta ©xyz and 3GPP 'loci', the ISO 6709 keys of 'meta')."""
 
 
 def _boxes(data: bytes, start: int, end: int, base: int) -> Iterator[Box]:
@@ -128,6 +128,8 @@ def _walk(data: bytes, start: int, end: int, base: int, movie: Movie, keys: dict
             _ilst(data, body, local + box.size, base, movie, keys)
         elif box.kind == b"\xa9xyz" and box.size > box.header + 4:
             movie.location.append((box.body + 4, box.size - box.header - 4))  # 16-bit size, 16-bit language
+        elif box.kind == b"loci" and box.size > box.header + 6:
+            movie.location.append((box.body + 6, box.size - box.header - 6))  # 3GPP: version/flags, language
         elif box.kind == b"trak":
             _track(data, body, local + box.size, base, movie)
         elif box.kind in CONTAINERS:
@@ -240,8 +242,8 @@ def _sample_entry(data: bytes, stsd: Box, base: int, movie: Movie) -> None:
 
 
 def blank(path: Path, ranges: list[tuple[int, int]]) -> None:
-    """Overwrite values in place with spaces (text stays text, no size changes)."""
+    """Overwrite values in place with zeros (no box changes size: every offset stays valid)."""
     with path.open("r+b") as stream:
         for offset, length in ranges:
             stream.seek(offset)
-            stream.write(b" " * length)
+            stream.write(bytes(length))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from mosaic.services.capture import document, part10, photo, video
+from mosaic.services.capture import bmff, document, part10, photo, video
 from mosaic.services.capture.context import CaptureContext, Captured, CaptureError
 from mosaic.services.capture.modules import instance_uid, set_character_set
 from mosaic.services.capture.sniff import label, normalise, sniff
@@ -72,7 +72,7 @@ def capture(source: Path, context: CaptureContext, *, filename: str, claimed_typ
             set_character_set(prepared.dataset)
             start = part10.write_encapsulated(target, prepared.dataset, prepared.transfer_syntax, prepared.stream)
             if prepared.location:
-                video.bmff.blank(target, [(start + offset, length) for offset, length in prepared.location])
+                bmff.blank(target, [(start + offset, length) for offset, length in prepared.location])
         finally:
             scratch.unlink(missing_ok=True)
         return Captured(target, prepared.dataset.SOPClassUID, uid, "video", media_type, original_sha256)

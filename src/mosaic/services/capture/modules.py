@@ -72,8 +72,8 @@ def common(context: CaptureContext, SOPClassUID: str, SOPInstanceUID: str, modal
     dataset.Modality = modality
     dataset.SeriesInstanceUID = context.SeriesInstanceUID
     dataset.SeriesNumber = series_number if series_number is not None else context.SeriesNumber
-    if laterality_in_series:
-        dataset.Laterality = context.laterality if context.laterality in ("R", "L") else ""
+    if laterality_in_series and context.laterality in ("R", "L"):
+        dataset.Laterality = context.laterality  # 2C: absent for an unpaired or unknown part
     if context.description:
         dataset.SeriesDescription = context.description
     if context.operator:
@@ -114,7 +114,3 @@ def set_character_set(dataset: Dataset) -> None:
                 dataset.SpecificCharacterSet = UTF8
                 return
 
-
-def moment(value: datetime | None) -> datetime | None:
-    """A naive time is the capture device's local time: kept as is (no offset is invented)."""
-    return value

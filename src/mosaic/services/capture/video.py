@@ -1,7 +1,7 @@
 """Videos as Video Photographic / Video Endoscopic Image objects (PS3.3 A.32.7 / A.32.5), the coded stream never
 re-encoded.
 
-PS3.5 8.2.7–8.2.11: for the MPEG-4 AVC/H.264 and HEVC/H.265 transfer syntaxes the Pixel Data holds the bit stream
+PS3.5 8.2.7-8.2.11: for the MPEG-4 AVC/H.264 and HEVC/H.265 transfer syntaxes the Pixel Data holds the bit stream
 in an MPEG-2 Transport Stream or an MP4 container (ISO/IEC 14496-12/14), so an MP4 is encapsulated whole, byte for
 byte (what a browser's <video> plays when a viewer serves the bulk data). A QuickTime file is rewrapped as MP4 with
 its packets copied (``-c copy``: the coded stream is unchanged, only the container is new). For AVC "one fragment
@@ -90,7 +90,7 @@ def probe(path: Path, filename: str) -> Probe:
 
 
 def transfer_syntax(movie: bmff.Movie, info: Probe, filename: str, size: int) -> str:
-    """The transfer syntax the stream's codec, profile and level allow (PS3.5 A.4.5–A.4.8), or CaptureError."""
+    """The transfer syntax the stream's codec, profile and level allow (PS3.5 A.4.5-A.4.8), or CaptureError."""
     codec = movie.codec.decode("latin-1")
     big = size > MAX_FRAGMENT
     if info.codec == "h264" or codec in ("avc1", "avc3"):
@@ -185,8 +185,8 @@ def prepare(source: Path, media_type: str, context: CaptureContext, uid: str, fi
     if context.description:
         dataset.ImageComments = context.description
     if movie.location:
-        derived_note = "location metadata blanked in place"
-        dataset.ImageComments = "; ".join([*([context.description] if context.description else []), derived_note])
+        dataset.ImageComments = "; ".join([*([context.description] if context.description else []),
+                                           "location metadata blanked in place"])
     if derived:
         dataset.DerivationDescription = "; ".join(derived)
     dataset.AcquisitionContextSequence = Sequence()
@@ -202,7 +202,7 @@ def prepare(source: Path, media_type: str, context: CaptureContext, uid: str, fi
     dataset.FrameTime = round(1000 / fps, 3)
     dataset.CineRate = round(fps)
     dataset.RecommendedDisplayFrameRate = round(fps)
-    # Image Pixel, per PS3.5 8.2.7–8.2.11
+    # Image Pixel, per PS3.5 8.2.7-8.2.11
     dataset.Rows, dataset.Columns = info.height, info.width
     dataset.SamplesPerPixel = 3
     dataset.PhotometricInterpretation = "YBR_PARTIAL_420"
@@ -213,6 +213,5 @@ def prepare(source: Path, media_type: str, context: CaptureContext, uid: str, fi
     dataset.HighBit = dataset.BitsStored - 1
     dataset.PixelRepresentation = 0
     dataset.LossyImageCompression = "01"
-    dataset.LossyImageCompressionMethod = "ISO_14496_10" if syntax.startswith("1.2.840.10008.1.2.4.10") and \
-        syntax not in (HEVCMP51, HEVCM10P51) else "ISO_23008_2"
+    dataset.LossyImageCompressionMethod = "ISO_23008_2" if syntax in (HEVCMP51, HEVCM10P51) else "ISO_14496_10"
     return Video(dataset, syntax, stream, movie.location)
