@@ -22,7 +22,7 @@ MIME_TYPE_OF_ENCAPSULATED_DOCUMENT = 0x00420012
 ENCAPSULATED_DOCUMENT_LENGTH = 0x00420015
 ORIGINAL_CREATOR = "MOSAIC CAPTURE"
 """The private block (group 0071) where a converted photo keeps the file that came: (0071,xx10) its bytes,
-(0071,xx11) its media type, (0071,xx12) its file name."""
+(0071,xx11) its media type, (0071,xx12) its file name, (0071,xx13) its length."""
 ORIGINAL_GROUP = 0x0071
 
 STREAM_MEDIA_TYPES = {
@@ -138,7 +138,14 @@ def _original(instance: StoredInstance, dataset: pydicom.Dataset) -> Content | N
         if data is None:
             return None
         media_type = _text(dataset, base | 0x11) or "application/octet-stream"
-        return Content(instance, media_type, ((int(data.value_tell or 0), int(data.length)),),
+        length = int(data.length)
+        declared = dataset.get((ORIGINAL_GROUP << 16) | (block << 8) | 0x13)  # its length: the value is even-padded
+        try:
+            if declared is not None and 0 < int(declared.value) <= length:
+                length = int(declared.value)
+        except (TypeError, ValueError):
+            pass
+        return Content(instance, media_type, ((int(data.value_tell or 0), length),),
                        filename=_text(dataset, base | 0x12))
     return None
 
