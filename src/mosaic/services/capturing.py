@@ -64,6 +64,9 @@ class CaptureRequest:
     description: str = ""
     video_kind: str = "photographic"
     captured_at: datetime | None = None
+    session_key: str = ""
+    """A stable name of the session (an import's folder): without a study or an encounter, its captures go into
+    one study whose UID it determines, so importing the folder again stores nothing twice; empty: a new study."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class CaptureFile:
     path: Path
     filename: str
     claimed_type: str | None = None
+    request: CaptureRequest | None = None
+    """What was recorded for this file when it differs from the session's (its patient, study and encounter
+    are the session's whatever it says)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,9 @@ class CaptureService:
             target = self._encounter_study(demographics["PatientID"], demographics["IssuerOfPatientID"],
                                            request.encounter.strip()[:64], now)
         else:
-            uid = generate_uid()
+            uid = generate_uid(entropy_srcs=["mosaic capture session", demographics["PatientID"],
+                                             demographics["IssuerOfPatientID"], request.session_key]) \
+                if request.session_key else generate_uid()
             target = _Target(uid, _accession(uid), "", "", "")
         session_id = generate_uid()
         series: dict[str, str] = {}
@@ -145,9 +153,10 @@ class CaptureService:
             shutil.rmtree(folder, ignore_errors=True)
         return results
 
-    def _one(self, item: CaptureFile, number: int, request: CaptureRequest, demographics: dict[str, str],
+    def _one(self, item: CaptureFile, number: int, session: CaptureRequest, demographics: dict[str, str],
              target: _Target, series: dict[str, str], session_id: str, origin: IngestOrigin,
              folder: Path) -> CaptureResult:
+        request = item.request or session
         kind_hint = _kind_hint(item)
         series_uid = series.setdefault(kind_hint, generate_uid(entropy_srcs=[session_id, kind_hint]))
         context = CaptureContext(

@@ -32,7 +32,7 @@ from mosaic.services.ingest import IngestService
 from mosaic.services.origin import Door, IngestOrigin
 
 SIDECAR_JSON, SIDECAR_CSV = "capture.json", "capture.csv"
-_REQUEST_FIELDS = {item.name for item in fields(CaptureRequest)} - {"captured_at"}
+_REQUEST_FIELDS = {item.name for item in fields(CaptureRequest)} - {"captured_at", "session_key"}
 _FIELD_NAMES = {**{name: name for name in _REQUEST_FIELDS}, "body_site": "body_site_meaning",
                 "patient_id": "PatientID", "issuer": "IssuerOfPatientID"}
 """Sidecar keys → :class:`CaptureRequest` fields (``body_site`` is the site's name)."""
@@ -63,7 +63,7 @@ def import_paths(ingest: IngestService, paths: list[Path], progress: Callable[[P
     present. With ``captures``, photos, video and PDFs a sidecar names are captured into their patient's record."""
     origin = origin or IngestOrigin(door=Door.IMPORT)
     summary = ImportSummary()
-    sessions: dict[tuple[str, str], tuple[CaptureRequest, list[CaptureFile]]] = {}
+    sessions: dict[tuple[str, ...], tuple[CaptureRequest, list[CaptureFile]]] = {}
     for file in iter_files(paths):
         if _is_sidecar(file):
             if progress:
@@ -77,8 +77,10 @@ def import_paths(ingest: IngestService, paths: list[Path], progress: Callable[[P
                 summary.outcomes["rejected"] += 1
                 summary.rejected.append((str(file), str(exc)))
             else:
-                key = (str(file.parent), json.dumps(request.__dict__, sort_keys=True, default=str))
-                sessions.setdefault(key, (request, []))[1].append(CaptureFile(file, file.name, media_type))
+                # a folder is a session: its files of one patient and encounter go into one study
+                key = (str(file.parent), request.PatientID, request.IssuerOfPatientID, request.encounter,
+                       request.StudyInstanceUID)
+                sessions.setdefault(key, (request, []))[1].append(CaptureFile(file, file.name, media_type, request))
             if progress:
                 progress(file)
             continue
@@ -166,7 +168,7 @@ def _request_for(file: Path) -> CaptureRequest:
     if not request.get("PatientID"):
         raise ValueError(f"{file.name}: not DICOM, and no sidecar ({SIDECAR_JSON}, {SIDECAR_CSV} or "
                          f"{file.name}.json) names its patient (PatientID)")
-    return CaptureRequest(**request)
+    return CaptureRequest(**request, session_key=f"import:{file.parent.resolve()}")
 
 
 def _json(path: Path) -> dict[str, Any]:
