@@ -163,7 +163,7 @@ class CaptureService:
             PatientID=demographics["PatientID"], IssuerOfPatientID=demographics["IssuerOfPatientID"],
             PatientName=demographics["PatientName"], PatientBirthDate=demographics["PatientBirthDate"],
             PatientSex=demographics["PatientSex"], StudyInstanceUID=target.StudyInstanceUID,
-            SeriesInstanceUID=series_uid, AccessionNumber=target.AccessionNumber,
+            SeriesInstanceUID=series_uid, AccessionNumber=target.AccessionNumber, InstanceNumber=number,
             StudyDescription=target.StudyDescription or request.description or request.specialty.capitalize(),
             StudyDate=target.StudyDate, StudyTime=target.StudyTime, encounter=request.encounter.strip()[:64],
             encounter_issuer=request.encounter_issuer.strip()[:64], specialty=request.specialty.strip()[:64],

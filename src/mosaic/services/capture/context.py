@@ -25,6 +25,11 @@ class CaptureContext:
     """YYYYMMDD; empty: the capture date."""
     StudyTime: str = ""
     SeriesNumber: int | None = None
+    InstanceNumber: int | None = None
+    """Empty: 1."""
+    SOPInstanceUID: str = ""
+    """Empty: derived from the content and the study (the same file into the same study is the same instance);
+    a client that names its instance (STOW-RS metadata) keeps its UID."""
     encounter: str = ""
     """The visit → AdmissionID (0038,0010)."""
     encounter_issuer: str = ""

@@ -56,7 +56,7 @@ def capture(source: Path, context: CaptureContext, *, filename: str, claimed_typ
     (sniffed), not the claimed one: a claimed type that the content contradicts is a CaptureError naming both."""
     media_type = media_type_of(source, filename, claimed_type)
     original_sha256 = _sha256(source)
-    uid = instance_uid(original_sha256, context.StudyInstanceUID)
+    uid = context.SOPInstanceUID or instance_uid(original_sha256, context.StudyInstanceUID)
     target = workdir / f"{uid}.dcm"
     if media_type == "application/pdf":
         title = document.check(source, filename)

@@ -3,6 +3,7 @@ General Acquisition, SOP Common), filled from the :class:`CaptureContext`, and t
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
@@ -84,13 +85,17 @@ def common(context: CaptureContext, SOPClassUID: str, SOPInstanceUID: str, modal
         dataset.InstitutionName = context.facility
     if context.specialty:
         dataset.InstitutionalDepartmentName = context.specialty
+    if context.body_site_meaning:  # the site as the index keeps it (priors are grouped by it)
+        part = re.sub(r"[^A-Z0-9 _]", "", context.body_site_meaning.upper()).strip()[:16].strip()
+        if part:
+            dataset.BodyPartExamined = part
     if context.device_model or model:
         dataset.ManufacturerModelName = context.device_model or model
     # General Acquisition (C.7.10.1) and the content's own time
     dataset.AcquisitionDateTime = dicom_datetime(captured_at)
     dataset.ContentDate = dicom_date(captured_at)
     dataset.ContentTime = dicom_time(captured_at)
-    dataset.InstanceNumber = 1
+    dataset.InstanceNumber = context.InstanceNumber if context.InstanceNumber is not None else 1
     return dataset
 
 
