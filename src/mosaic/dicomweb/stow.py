@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from mosaic.core.errors import InvalidObject
 from mosaic.core.status import StorageStatus
 from mosaic.dicomweb.multipart import Part
 from mosaic.governance.policy import Principal
+from mosaic.services.capture import CAPTURE_TYPES, CaptureError, capture, context_from_metadata, normalise
 from mosaic.services.ingest import OUT_OF_RESOURCES, RETRY_AFTER_SECONDS, IngestService, out_of_resources
 from mosaic.services.origin import Door, IngestOrigin, StoreBatch
 from mosaic.storage.spool import Spool
@@ -192,8 +196,38 @@ class StowService:
                 else:
                     outcome.failed.append(_failure(sop_class, sop_instance, reason, problem))
 
+    def _captured(self, document: dict[str, Any], tag: str, part: Part) -> tuple[Path | None, str, int]:
+        """A photo, video or PDF with its DICOM JSON metadata, made a standard object by the capture converter
+        (the bulk data encapsulated as it came, the metadata's patient, study, series and instance kept)."""
+        if part.failure is not None or part.path is None:
+            if (reason := out_of_resources(part.failure or OSError("no spool file"))) is not None:
+                return None, reason, OUT_OF_RESOURCES
+            return None, "its bulk data part could not be read", CANNOT_UNDERSTAND
+        try:
+            given = {key: value for key, value in document.items() if key not in _CONTENT_ELEMENTS}
+            metadata = Dataset.from_json(given, bulk_data_uri_handler=lambda *_args: b"")
+            context = context_from_metadata(metadata)
+        except Exception as exc:
+            return None, f"the DICOM JSON data set cannot be read ({type(exc).__name__}: {exc})", CANNOT_UNDERSTAND
+        workdir = Path(tempfile.mkdtemp(prefix="stow-capture-", dir=part.path.parent))
+        try:
+            captured = capture(part.path, context, filename=part.headers.get("content-location", "") or "bulk data",
+                               claimed_type=part.content_type.split(";", 1)[0].strip(), workdir=workdir)
+            path = self.spool.new()
+            os.replace(captured.path, path)
+        except CaptureError as exc:
+            return None, str(exc), CANNOT_UNDERSTAND
+        except OSError as exc:
+            return None, out_of_resources(exc) or f"{type(exc).__name__}: {exc}", OUT_OF_RESOURCES
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return path, "", 0
+
     def _part10_from_json(self, document: Any, by_location: dict[str, Part]) -> tuple[Path | None, str, int]:
         """A Part 10 spool file of one DICOM JSON data set, or None, why not and the Failure Reason."""
+        content = _content_part(document, by_location)
+        if content is not None:
+            return self._captured(document, *content)
         def bulk(tag: str, vr: str, uri: str) -> bytes:
             part = by_location.get(uri) or by_location.get(uri.rsplit("/", 1)[-1])
             if part is None:
@@ -229,6 +263,27 @@ class StowService:
             return (None, f"the DICOM JSON data set cannot be written as Part 10 ({type(exc).__name__}: {exc})",
                     CANNOT_UNDERSTAND)
         return path, "", 0
+
+
+_CONTENT_ELEMENTS = ("7FE00010", "00420011")
+"""Pixel Data and Encapsulated Document: the elements whose bulk data may be a photo, a video or a PDF."""
+
+
+def _content_part(document: Any, by_location: dict[str, Part]) -> tuple[str, Part] | None:
+    """(tag, part) when the data set's Pixel Data or Encapsulated Document is a bulk data part of a capture media
+    type (``image/jpeg``, ``video/mp4``, ``application/pdf``, …: PS3.18 10.5.1.2 allows them), else None."""
+    if not isinstance(document, dict):
+        return None
+    for tag in _CONTENT_ELEMENTS:
+        element = document.get(tag)
+        uri = element.get("BulkDataURI") if isinstance(element, dict) else None
+        if not isinstance(uri, str):
+            continue
+        part = by_location.get(uri) or by_location.get(uri.rsplit("/", 1)[-1])
+        media_type = normalise(part.content_type.split(";", 1)[0].strip().lower()) if part is not None else None
+        if part is not None and media_type in CAPTURE_TYPES:
+            return tag, part
+    return None
 
 
 def _uids_in_json(document: Any) -> tuple[str, str]:

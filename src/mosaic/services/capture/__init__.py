@@ -6,8 +6,9 @@ Endoscopic Image (the MP4 encapsulated, never re-encoded); PDF → Encapsulated 
 ingests the file :func:`capture` writes.
 """
 
-from mosaic.services.capture.context import CaptureContext, Captured, CaptureError
-from mosaic.services.capture.convert import capture
-from mosaic.services.capture.sniff import sniff
+from mosaic.services.capture.context import CaptureContext, Captured, CaptureError, context_from_metadata
+from mosaic.services.capture.convert import CAPTURE_TYPES, capture
+from mosaic.services.capture.sniff import normalise, sniff
 
-__all__ = ["CaptureContext", "CaptureError", "Captured", "capture", "sniff"]
+__all__ = ["CAPTURE_TYPES", "CaptureContext", "CaptureError", "Captured", "capture", "context_from_metadata",
+           "normalise", "sniff"]

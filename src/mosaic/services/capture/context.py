@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,46 @@ class Captured:
     application/pdf."""
     original_sha256: str
     """Of the bytes as they came."""
+
+
+VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
+
+
+def context_from_metadata(metadata: Any) -> CaptureContext:
+    """The context a client gave as DICOM attributes (STOW-RS metadata with a photo, video or PDF as bulk data):
+    its patient, study, series and instance UIDs and what it recorded; a UID it leaves out is generated (the
+    study's and series') or derived from the content (the instance's)."""
+    from pydicom.uid import generate_uid
+
+    def text(keyword: str) -> str:
+        value = metadata.get(keyword)
+        return "" if value is None else str(value).strip()
+
+    def number(keyword: str) -> int | None:
+        value = metadata.get(keyword)
+        try:
+            return int(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    if not text("PatientID"):
+        raise ValueError("the metadata names no PatientID (0010,0020): a capture belongs to a patient")
+    site = (metadata.get("AnatomicRegionSequence") or [None])[0]
+    issuer = metadata.get("IssuerOfAdmissionIDSequence") or []
+    return CaptureContext(
+        PatientID=text("PatientID"), IssuerOfPatientID=text("IssuerOfPatientID"), PatientName=text("PatientName"),
+        PatientBirthDate=text("PatientBirthDate"), PatientSex=text("PatientSex"),
+        StudyInstanceUID=text("StudyInstanceUID") or generate_uid(),
+        SeriesInstanceUID=text("SeriesInstanceUID") or generate_uid(), SOPInstanceUID=text("SOPInstanceUID"),
+        AccessionNumber=text("AccessionNumber"), StudyDescription=text("StudyDescription"),
+        StudyDate=text("StudyDate"), StudyTime=text("StudyTime"), SeriesNumber=number("SeriesNumber"),
+        InstanceNumber=number("InstanceNumber"), encounter=text("AdmissionID"),
+        encounter_issuer=str(issuer[0].get("LocalNamespaceEntityID", "") or "") if issuer else "",
+        specialty=text("InstitutionalDepartmentName"), facility=text("InstitutionName"),
+        body_site_code=str(site.get("CodeValue", "") or "") if site is not None else "",
+        body_site_meaning=str(site.get("CodeMeaning", "") or "") if site is not None else text("BodyPartExamined"),
+        laterality=text("ImageLaterality") or text("Laterality"), operator=text("OperatorsName"),
+        description=text("SeriesDescription"), device_manufacturer=text("Manufacturer"),
+        device_model=text("ManufacturerModelName"), modality=text("Modality"),
+        video_kind="endoscopic" if text("SOPClassUID") == VIDEO_ENDOSCOPIC else "photographic",
+        ReferringPhysicianName=text("ReferringPhysicianName"))

@@ -13,6 +13,8 @@ from mosaic.services.capture.sniff import label, normalise, sniff
 
 STILLS = {"image/png", "image/tiff", "image/heic", "image/webp", "image/gif"}
 VIDEOS = {"video/mp4", "video/quicktime"}
+CAPTURE_TYPES = frozenset({"image/jpeg", "application/pdf", *STILLS, *VIDEOS})
+"""Every media type :func:`capture` takes."""
 _HEAD = 4096
 _BUFFER = 1 << 20
 
