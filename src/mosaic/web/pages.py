@@ -115,6 +115,12 @@ TITLES = {400: "The request cannot be answered", 401: "Sign-in needed", 403: "No
           429: "Too many attempts", 500: "Something went wrong", 502: "A service Mosaic relies on is unreachable",
           503: "Mosaic cannot answer now"}
 
+EXPLANATIONS = {400: "Something in the request is not as Mosaic expects; correct it and try again.",
+                403: "Your account is not allowed to open this.", 404: "Nothing is here, or not for you.",
+                409: "This conflicts with the archive's current state.", 413: "What was sent is too large.",
+                500: "This is a fault in Mosaic, not something you did.",
+                503: "Mosaic cannot answer right now; try again in a moment."}
+
 
 def error_page(request: Request, status_code: int, message: str, headers: dict[str, str] | None = None) -> HTMLResponse:
     """A refusal or error as a page: the status code kept, the sentence the JSON answer gives (never a stack
@@ -122,13 +128,13 @@ def error_page(request: Request, status_code: int, message: str, headers: dict[s
     principal = getattr(request.state, "principal", None)
     if not isinstance(principal, Principal):
         principal = ANONYMOUS
-    text = str(message)
-    sentence = f"{text[:1].upper()}{text[1:]}" if text else TITLES.get(status_code, "Error")
-    if sentence and sentence[-1] not in ".!?":
+    sentence = str(message) or TITLES.get(status_code, "Error")  # as the JSON answer gives it (user names kept)
+    if sentence[-1] not in ".!?":
         sentence += "."
     nav = navigation(principal, request.url.path)
     heading = TITLES.get(status_code, f"Error {status_code}")
     badges = _badges(request, principal) if status_code < 500 else []  # the index may be what failed
     return _render(request, principal, "error.html", status_code, heading, headers, badges,
                    {"status": status_code, "message": sentence, "heading": heading,
+                    "explanation": EXPLANATIONS.get(status_code, ""),
                     "home": next((link for link in nav if link.href != request.url.path), None)})
