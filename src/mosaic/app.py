@@ -369,7 +369,8 @@ def create_http_app(node: Mosaic) -> Any:
     app.add_middleware(AuthMiddleware, identity=node.identity, audit=node.audit,  # type: ignore[arg-type]
                        trusted_proxies=web.trusted_proxies, development_mode=settings.security.development_mode)
     app.add_middleware(AntiFramingHeaders)  # outermost: refusals by the middleware get the headers too
-    install_error_handlers(app)
+    install_error_handlers(app, page=web_pages.error_page)
+    web_pages.install(app, break_glass_openings=node.policy.break_glass_openings)
     if web.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -391,7 +392,7 @@ def create_http_app(node: Mosaic) -> Any:
     app.include_router(create_wado_router(node.retrieve, rs=False),
                        dependencies=[Depends(dicomweb_guard(node.policy))])
     app.include_router(create_account_router(node.identity, node.policy, node.audit, settings.security,
-                                             https=web.https, ae_title=settings.dicom.ae_title))
+                                             https=web.https, ae_title=settings.dicom.ae_title, query=node.query))
     app.include_router(create_export_router(node.exports, node.jobs, settings.export_path))
     app.include_router(create_users_router(node.identity, node.policy))
     app.include_router(create_retention_router(node.retention, node.retention_runs, node.holds, node.deleter,

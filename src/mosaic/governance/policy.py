@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mosaic.config import DicomPeer, SecuritySettings
+from mosaic.core.times import as_utc
 from mosaic.index.database import Database
 from mosaic.index.query import Scope
 from mosaic.index.schema import BreakGlassGrant, Patient, Study
@@ -58,6 +59,16 @@ class StudyAccess:
     IssuerOfPatientID: str = ""
     exists: bool = True
     """False for a study the index does not hold (``allowed`` is then True: there is nothing to protect)."""
+
+
+@dataclass(frozen=True)
+class BreakGlassOpening:
+    """An open break-glass grant of a principal: the study, whose it is, and when the grant ends."""
+
+    StudyInstanceUID: str
+    PatientName: str
+    PatientID: str
+    expires_at: datetime
 
 
 class AccessDenied(Exception):
@@ -237,6 +248,23 @@ class AccessPolicy:
                     self._grants_of.clear()
                 self._grants_of[principal.name] = (now + self.ttl, rows)
         return rows
+
+    def break_glass_openings(self, principal: Principal) -> list[BreakGlassOpening]:
+        """The studies ``principal`` has opened by break-glass and may still see, the soonest to end first (one
+        row per study: its latest grant), with the patient's name as the index holds it (the pages' badge)."""
+        if principal.kind in ("ae", "anonymous"):
+            return []
+        with self.database.session() as session:
+            rows = session.execute(
+                select(BreakGlassGrant.StudyInstanceUID, Patient.PatientName, Patient.PatientID,
+                       func.max(BreakGlassGrant.expires_at))
+                .outerjoin(Study, Study.StudyInstanceUID == BreakGlassGrant.StudyInstanceUID)
+                .outerjoin(Patient, Study.patient_pk == Patient.pk)
+                .where(BreakGlassGrant.username == principal.name, BreakGlassGrant.expires_at > datetime.now(UTC))
+                .group_by(BreakGlassGrant.StudyInstanceUID, Patient.PatientName, Patient.PatientID)).all()
+        openings = [BreakGlassOpening(uid, name or "", patient_id or "", as_utc(expires))
+                    for uid, name, patient_id, expires in rows]
+        return sorted(openings, key=lambda opening: opening.expires_at)[:10]
 
     BREAK_GLASS_REASON_MINIMUM = 10
     """Characters besides spaces a break-glass reason needs (the /break-glass page asks the same)."""

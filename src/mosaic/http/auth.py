@@ -328,6 +328,23 @@ def _wants_page(scope: Scope, headers: dict[str, str]) -> bool:
     return scope.get("method") == "GET" and "text/html" in headers.get("accept", "")
 
 
+NOT_PAGES = ("/api/", "/dicom-web", "/wado", "/fhir", "/metrics", "/healthz", "/viewer/")
+"""Paths whose answers keep their own formats (JSON, DICOM JSON, FHIR, the viewer's), whoever asks."""
+
+
+def wants_page(request: Request) -> bool:
+    """A browser navigating to one of the pages (or posting one of their forms): its errors and refusals are
+    answered with a page (``error.html``), not JSON. API paths never are, whatever the Accept header."""
+    if request.url.path.startswith(NOT_PAGES):
+        return False
+    accept = request.headers.get("accept", "")
+    if "text/html" not in accept or accept.lstrip().startswith(("application/json", "application/dicom")):
+        return False
+    if request.method in ("GET", "HEAD"):
+        return True
+    return request.method == "POST" and request.headers.get("content-type", "").startswith(_FORM_TYPES)
+
+
 def _login_for(scope: Scope, path: str) -> str:
     target = path + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
     return "/login?next=" + quote(target, safe="")

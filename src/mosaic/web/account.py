@@ -1,13 +1,14 @@
-"""Sign-in, sign-out, break-glass and the audit trail over HTTP (API and the auditors' page)."""
+"""Sign-in, sign-out, break-glass and the audit trail over HTTP (API and the pages: ``login.html``,
+``break_glass.html``, ``audit.html``)."""
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from html import escape
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -16,22 +17,24 @@ from starlette.concurrency import run_in_threadpool
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.audit_export import fhir_bundle, record_json
 from mosaic.governance.identity import AuthenticationFailed, SignInRefused
-from mosaic.governance.policy import AccessDenied, AccessPolicy, Permission
+from mosaic.governance.policy import ANONYMOUS, AccessDenied, AccessPolicy, Permission, Principal
 from mosaic.http.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, check_csrf_form, principal_of, require
 from mosaic.http.bodies import json_object
-from mosaic.web.landing import STYLE
+from mosaic.index.query import MatchKey, Scope
+from mosaic.index.query import Query as IndexQuery
+from mosaic.web.pages import dicom_date, page, person_name
 
 if TYPE_CHECKING:
     from mosaic.config import SecuritySettings
     from mosaic.governance.audit import AuditTrail
     from mosaic.governance.identity import IdentityService
-    from mosaic.governance.policy import AccessPolicy
+    from mosaic.services.query import QueryService
 
-
-def _page(title: str, body: str) -> str:
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} · Mosaic</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
-            f"<body>{body}</body></html>")
+BREAK_GLASS_SEARCH_LIMIT = 20
+"""At most this many studies are shown by a break-glass search (it looks at every study: keep it narrow)."""
+BREAK_GLASS_NAME_MINIMUM = 3
+"""Characters besides wildcards a patient name needs in a break-glass search."""
+AUDIT_ACTIONS = sorted(value for name, value in vars(AuditAction).items() if name.isupper())
 
 
 def _safe_next(target: str) -> str:
@@ -42,22 +45,41 @@ def _safe_next(target: str) -> str:
     return target
 
 
-def _login_form(next_path: str, csrf: str, message: str = "", sso: str = "") -> str:
-    """The password form; with single sign-on configured (``sso``: the provider's name), a link to it first."""
-    error = f'<p class="error">{escape(message)}</p>' if message else ""
-    single = (f'<p><a class="button" href="/login/oidc?next={quote(next_path)}">Sign in with {escape(sso)}</a></p>'
-              '<p>or with a Mosaic account:</p>') if sso else ""
-    return _page("Sign in", f"""<h1>Mosaic</h1><form method="post" action="/login" class="card">
-<h2>Sign in</h2>{error}{single}
-<label>User name <input name="username" autocomplete="username" required autofocus></label>
-<label>Password <input name="password" type="password" autocomplete="current-password" required></label>
-<input type="hidden" name="csrf_token" value="{escape(csrf)}"><input type="hidden" name="next"
-value="{escape(next_path)}"><button type="submit">Sign in</button></form>""")
+def _sentence(message: str) -> str:
+    text = f"{message[:1].upper()}{message[1:]}"
+    return text if not text or text[-1] in ".!?" else text + "."
+
+
+@dataclass(frozen=True)
+class FoundStudy:
+    """What a break-glass search shows of a study: only what picking the right one needs."""
+
+    StudyInstanceUID: str
+    name: str
+    PatientID: str
+    date: str
+    StudyDescription: str
+    modalities: str
+    AccessionNumber: str
+    facility: str
+
+
+def _audit_time(value: str | None, field: str) -> datetime | None:
+    """An audit page's time filter: empty is no filter; else an ISO 8601 date or date and time (UTC)."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{field} {text!r} is not a date and time (like 2024-05-31T14:30)") from None
 
 
 def create_account_router(identity: IdentityService, policy: AccessPolicy, audit: AuditTrail,
-                          security: SecuritySettings, *, https: bool, ae_title: str) -> APIRouter:
-    """Sign-in and sign-out, break-glass, and the audit trail's search and verification."""
+                          security: SecuritySettings, *, https: bool, ae_title: str,
+                          query: QueryService | None = None) -> APIRouter:
+    """Sign-in and sign-out, break-glass (its search over every study is ``query``'s, when given), and the
+    audit trail's search and verification."""
     router = APIRouter()
 
     sso = security.oidc.provider_name if security.oidc.client_id and security.oidc.issuer else ""
@@ -69,12 +91,18 @@ def create_account_router(identity: IdentityService, policy: AccessPolicy, audit
     if sso:
         from mosaic.web.oidc_login import create_oidc_router
 
-        router.include_router(create_oidc_router(identity, security, https, _safe_next, _page))
+        router.include_router(create_oidc_router(identity, security, https, _safe_next))
+
+    def login_form(request: Request, next_path: str, csrf: str, message: str = "", status_code: int = 200,
+                   headers: dict[str, str] | None = None) -> HTMLResponse:
+        """The password form; with single sign-on configured, a link to the provider first."""
+        return page(request, ANONYMOUS, "login.html", status_code=status_code, title="Sign in", headers=headers,
+                    next_path=next_path, login_csrf=csrf, message=message, sso=sso)
 
     @router.get("/login", response_class=HTMLResponse)
-    def login_page(next: str = "/") -> Response:
+    def login_page(request: Request, next: str = "/") -> Response:
         csrf = secrets.token_urlsafe(24)
-        response = HTMLResponse(_login_form(_safe_next(next), csrf, sso=sso))
+        response = login_form(request, _safe_next(next), csrf)
         response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, **cookie_options())
         return response
 
@@ -85,7 +113,7 @@ def create_account_router(identity: IdentityService, policy: AccessPolicy, audit
         next_path = _safe_next(str(form.get("next", "/")))
         expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         if not expected or not secrets.compare_digest(expected, str(form.get("csrf_token", ""))):
-            return HTMLResponse(_login_form(next_path, "", "The sign-in form expired; reload the page."), 403)
+            return login_form(request, next_path, "", "The sign-in form expired; reload the page.", 403)
         principal = principal_of(request)
         try:
             user = await run_in_threadpool(partial(identity.check_password, username, password,
@@ -96,11 +124,10 @@ def create_account_router(identity: IdentityService, policy: AccessPolicy, audit
                                              detail={"reason": str(exc)})
             csrf = secrets.token_urlsafe(24)
             if isinstance(exc, SignInRefused):
-                message = str(exc)
-                response = HTMLResponse(_login_form(next_path, csrf, f"{message[:1].upper()}{message[1:]}.", sso),
-                                        exc.status, headers={"Retry-After": str(exc.retry_after)})
+                response = login_form(request, next_path, csrf, _sentence(str(exc)), exc.status,
+                                      headers={"Retry-After": str(exc.retry_after)})
             else:
-                response = HTMLResponse(_login_form(next_path, csrf, "Wrong user name or password.", sso), 401)
+                response = login_form(request, next_path, csrf, "Wrong user name or password.", 401)
             response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, **cookie_options())
             return response
         session_id, _csrf = await run_in_threadpool(identity.open_session, user.name)
@@ -134,6 +161,68 @@ def create_account_router(identity: IdentityService, policy: AccessPolicy, audit
 
     # --- break-glass ------------------------------------------------------------------------
 
+    minimum = AccessPolicy.BREAK_GLASS_REASON_MINIMUM
+
+    def break_glass_form(request: Request, principal: Principal, *, status_code: int = 200, message: str = "",
+                         study: str = "", reason: str = "", search: dict[str, str] | None = None,
+                         studies: list[FoundStudy] | None = None, more: bool = False) -> HTMLResponse:
+        return page(request, principal, "break_glass.html", status_code=status_code, title="Emergency access",
+                    hours=f"{security.break_glass_hours:g}", minimum=minimum, message=message, study=study,
+                    reason=reason, search=search or {"name": "", "patient_id": "", "accession": ""},
+                    searched=studies is not None, studies=studies or [], more=more,
+                    limit=BREAK_GLASS_SEARCH_LIMIT, name_minimum=BREAK_GLASS_NAME_MINIMUM)
+
+    def search_all_studies(request: Request, principal: Principal, terms: dict[str, str]) -> tuple[
+            list[FoundStudy], bool]:
+        """Studies of every facility matching the terms (break-glass is for studies outside one's scope): at most
+        BREAK_GLASS_SEARCH_LIMIT, showing only what picking one needs; audited as a break-glass search."""
+        assert query is not None
+        keys = [MatchKey(keyword, value, vr) for keyword, value, vr in (
+            ("PatientName", terms["name"], "PN"), ("PatientID", terms["patient_id"], "LO"),
+            ("AccessionNumber", terms["accession"], "SH")) if value]
+        matches = query.find(IndexQuery(level="STUDY", keys=keys, limit=BREAK_GLASS_SEARCH_LIMIT + 1),
+                             door="http", scope=Scope.everything())
+        found = [FoundStudy(study.StudyInstanceUID, person_name(patient.PatientName), patient.PatientID,
+                            dicom_date(study.StudyDate), study.StudyDescription,
+                            ", ".join(value for value in study.ModalitiesInStudy.split("\\") if value),
+                            study.AccessionNumber, study.facility)
+                 for study, patient in ((match.rows["STUDY"], match.rows["PATIENT"]) for match in matches)]
+        shown = found[:BREAK_GLASS_SEARCH_LIMIT]
+        request.state.audit = AuditEntry.of(principal, AuditAction.QUERY, "", break_glass=True, detail={
+            "path": "/break-glass", "break_glass_search": {key: value for key, value in terms.items() if value},
+            "matches": len(shown), "more": len(found) > len(shown),
+            "studies": [study.StudyInstanceUID for study in shown]})
+        return shown, len(found) > len(shown)
+
+    def search_problem(terms: dict[str, str]) -> str:
+        if not any(terms.values()):
+            return ""
+        letters = len("".join(character for character in terms["name"] if character not in "*?^= "))
+        if terms["name"] and letters < BREAK_GLASS_NAME_MINIMUM:
+            return (f"A patient name needs at least {BREAK_GLASS_NAME_MINIMUM} letters besides wildcards "
+                    f"(this one has {letters}).")
+        if any(character in terms[field] for field in ("patient_id", "accession") for character in "*?\\"):
+            return "Patient ID and accession number match exactly: leave out wildcards."
+        if any(len(value) > 64 for value in terms.values()):
+            return "Search terms are at most 64 characters."
+        return ""
+
+    @router.get("/break-glass", response_class=HTMLResponse)
+    def break_glass_page(request: Request, study: str = "", name: str = "", patient_id: str = "",
+                         accession: str = "") -> HTMLResponse:
+        """The form a clinician uses to open a study outside their scope (emergency access): find it by patient
+        name, patient ID or accession number among every study, or give its Study Instance UID; then a reason."""
+        principal = require(request, Permission.READ, action=AuditAction.BREAK_GLASS)
+        terms = {"name": name.strip(), "patient_id": patient_id.strip(), "accession": accession.strip()}
+        problem = search_problem(terms)
+        if problem:
+            return break_glass_form(request, principal, status_code=400, message=problem, study=study,
+                                    search=terms)
+        if not any(terms.values()) or query is None:
+            return break_glass_form(request, principal, study=study, search=terms)
+        studies, more = search_all_studies(request, principal, terms)
+        return break_glass_form(request, principal, study=study, search=terms, studies=studies, more=more)
+
     async def _break_glass_fields(request: Request) -> tuple[str, str]:
         if request.headers.get("content-type", "").startswith("application/json"):
             body = await json_object(request)
@@ -142,41 +231,34 @@ def create_account_router(identity: IdentityService, policy: AccessPolicy, audit
         check_csrf_form(request, form)
         return str(form.get("StudyInstanceUID", "")), str(form.get("reason", ""))
 
-    @router.get("/break-glass", response_class=HTMLResponse)
-    def break_glass_page(request: Request, study: str = "") -> HTMLResponse:
-        """The form a clinician uses to open a study outside their scope (emergency access)."""
-        principal = principal_of(request)
-        minimum = AccessPolicy.BREAK_GLASS_REASON_MINIMUM
-        return HTMLResponse(_page("Emergency access", f"""<h1>Emergency access (break-glass)</h1>
-<p class="muted">Opening a study outside your facilities or departments is allowed for
-{security.break_glass_hours:g} hours, recorded with your reason and reviewed by the privacy office.</p>
-<form method="post" action="/api/break-glass" class="card">
-<label>Study Instance UID <input name="StudyInstanceUID" value="{escape(study)}" required></label>
-<label>Reason <input name="reason" required minlength="{minimum}" pattern="\\s*(\\S\\s*){{{minimum},}}"
-title="At least {minimum} characters besides spaces"></label>
-<input type="hidden" name="csrf_token" value="{escape(principal.csrf_token)}">
-<button type="submit">Open the study</button></form>"""))
-
     @router.post("/api/break-glass")
     async def break_glass(request: Request) -> Response:
         """Open an out-of-scope study, giving a reason: allowed for a while, flagged and audited. A form
-        (the /break-glass page) is sent on to the viewer; JSON callers get the grant's end."""
+        (the /break-glass page) is sent on to the viewer, or shown again with what was wrong; JSON callers get
+        the grant's end."""
         principal = principal_of(request)
         is_form = not request.headers.get("content-type", "").startswith("application/json")
-        study, reason = await _break_glass_fields(request)
-        if not study.strip():
-            raise HTTPException(400, "StudyInstanceUID is required")
-        given = len("".join(reason.split()))
-        if given < AccessPolicy.BREAK_GLASS_REASON_MINIMUM:
-            raise HTTPException(400, f"break-glass needs a reason of at least {AccessPolicy.BREAK_GLASS_REASON_MINIMUM}"
-                                     f" characters besides spaces (this one has {given})")
-        entry = AuditEntry.of(principal, AuditAction.BREAK_GLASS, "", StudyInstanceUID=study.strip(),
-                              break_glass=True, detail={"reason": reason})
-        request.state.audit = entry
+        study, reason = "", ""
         try:
-            expires = await run_in_threadpool(policy.break_glass, principal, study.strip(), reason)
-        except AccessDenied as exc:
-            raise HTTPException(403, str(exc)) from None
+            study, reason = await _break_glass_fields(request)
+            if not study.strip():
+                raise HTTPException(400, "StudyInstanceUID is required")
+            given = len("".join(reason.split()))
+            if given < minimum:
+                raise HTTPException(400, f"break-glass needs a reason of at least {minimum}"
+                                         f" characters besides spaces (this one has {given})")
+            entry = AuditEntry.of(principal, AuditAction.BREAK_GLASS, "", StudyInstanceUID=study.strip(),
+                                  break_glass=True, detail={"reason": reason})
+            request.state.audit = entry
+            try:
+                expires = await run_in_threadpool(policy.break_glass, principal, study.strip(), reason)
+            except AccessDenied as exc:
+                raise HTTPException(403, str(exc)) from None
+        except HTTPException as exc:
+            if not is_form or not principal.authenticated:
+                raise
+            return break_glass_form(request, principal, status_code=exc.status_code, message=_sentence(exc.detail),
+                                    study=study.strip(), reason=reason)
         access = await run_in_threadpool(policy.study_access, principal, study.strip())
         entry.PatientID, entry.IssuerOfPatientID = access.PatientID, access.IssuerOfPatientID
         if is_form:
@@ -189,7 +271,7 @@ title="At least {minimum} characters besides spaces"></label>
                 since: datetime | None, until: datetime | None, limit: int, offset: int) -> tuple[list[Any], int]:
         principal = require(request, Permission.READ_AUDIT, action=AuditAction.AUDIT_READ)
         rows, total = audit.search(patient_id=patient, user=user, study=study, action=action, since=since,
-                                          until=until, limit=limit, offset=offset)
+                                   until=until, limit=limit, offset=offset)
         request.state.audit = AuditEntry.of(principal, AuditAction.AUDIT_READ, "", PatientID=patient or "",
                                             StudyInstanceUID=study or "",
                                             detail={"user": user, "action": action, "matches": total})
@@ -220,32 +302,32 @@ title="At least {minimum} characters besides spaces"></label>
                 "reason": report.reason, "checkpoints": report.checkpoints, "anchored_seq": report.anchored_seq,
                 "bad_checkpoint_line": report.bad_checkpoint_line}
 
+    page_size = 100
+
     @router.get("/audit", response_class=HTMLResponse)
-    def audit_page(request: Request, patient: str | None = None, user: str | None = None,
-                   study: str | None = None, action: str | None = None, since: datetime | None = None,
-                   until: datetime | None = None, offset: int = Query(0, ge=0, le=2**31 - 1)) -> HTMLResponse:
-        """The auditors' page: search by patient, user, study, action and time range."""
-        rows, total = _search(request, patient or None, user or None, study or None, action or None, since, until,
-                              100, offset)
+    def audit_page(request: Request, patient: str = "", user: str = "", study: str = "", action: str = "",
+                   since: str = "", until: str = "", offset: int = Query(0, ge=0, le=2**31 - 1)) -> HTMLResponse:
+        """The auditors' page: search by patient, user, study, action and time range (a field left empty is no
+        filter; a time that is not one shows the form again, saying so)."""
+        principal = require(request, Permission.READ_AUDIT, action=AuditAction.AUDIT_READ)
+        filters = {"patient": patient.strip(), "user": user.strip(), "study": study.strip(),
+                   "action": action.strip(), "since": since.strip(), "until": until.strip()}
+        try:
+            start, end = _audit_time(since, "From"), _audit_time(until, "Until")
+        except ValueError as exc:
+            return page(request, principal, "audit.html", status_code=400, title="Audit trail", filters=filters,
+                        actions=AUDIT_ACTIONS, message=_sentence(str(exc)), rows=[], total=0, offset=offset,
+                        previous=None, following=None)
+        rows, total = _search(request, filters["patient"] or None, filters["user"] or None,
+                              filters["study"] or None, filters["action"] or None, start, end, page_size, offset)
 
-        def field(name: str, value: Any, kind: str = "text") -> str:
-            return (f'<label>{escape(name)} <input name="{escape(name)}" type="{kind}" '
-                    f'value="{escape(str(value or ""))}"></label>')
+        def at(position: int) -> str:
+            given = {key: value for key, value in filters.items() if value}
+            return "/audit?" + urlencode({**given, "offset": position}) if position or given else "/audit"
 
-        lines = "".join(
-            f"<tr class=\"{'flag' if row.break_glass else ''}\"><td>{row.seq}</td>"
-            f"<td>{escape(row.recorded_at.isoformat(sep=' ', timespec='seconds'))}</td>"
-            f"<td>{escape(row.actor)}<br><span class=muted>{escape(row.actor_kind)} {escape(row.roles)}</span></td>"
-            f"<td>{escape(row.address)}</td><td>{escape(row.interface)}</td><td>{escape(row.action)}"
-            f"{' <b>break-glass</b>' if row.break_glass else ''}</td><td>{escape(row.outcome)}</td>"
-            f"<td>{escape(row.PatientID)}</td><td class=uid>{escape(row.StudyInstanceUID)}</td></tr>"
-            for row in rows)
-        form = (f'<form method="get" action="/audit" class="filters">{field("patient", patient)}{field("user", user)}'
-                f'{field("study", study)}{field("action", action)}{field("since", since, "datetime-local")}'
-                f'{field("until", until, "datetime-local")}<button type="submit">Search</button></form>')
-        return HTMLResponse(_page("Audit trail", f"""<h1>Audit trail</h1>{form}
-<p class="muted">{total} matching records, newest first. <a href="/api/audit/verify">Verify the chain</a></p>
-<table><thead><tr><th>#</th><th>When (UTC)</th><th>Who</th><th>From</th><th>Door</th><th>Action</th>
-<th>Outcome</th><th>Patient</th><th>Study</th></tr></thead><tbody>{lines}</tbody></table>"""))
+        return page(request, principal, "audit.html", title="Audit trail", filters=filters, actions=AUDIT_ACTIONS,
+                    message="", rows=rows, total=total, offset=offset,
+                    previous=at(max(0, offset - page_size)) if offset else None,
+                    following=at(offset + page_size) if offset + page_size < total else None)
 
     return router

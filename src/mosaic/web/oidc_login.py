@@ -18,17 +18,19 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from html import escape
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from mosaic.governance.audit import AuditAction, AuditEntry
 from mosaic.governance.identity import AuthenticationFailed
+from mosaic.governance.policy import ANONYMOUS
 from mosaic.http.auth import SESSION_COOKIE, principal_of
 from mosaic.http.origin import client_origin
+from mosaic.web.pages import page
 
 if TYPE_CHECKING:
     from mosaic.config import OidcSettings, SecuritySettings
@@ -77,8 +79,8 @@ def _callback_url(request: Request) -> str:
     return client_origin(request) + CALLBACK
 
 
-def create_oidc_router(identity: IdentityService, security: SecuritySettings, https: bool, safe_next: Any,
-                       page: Any) -> APIRouter:
+def create_oidc_router(identity: IdentityService, security: SecuritySettings, https: bool,
+                       safe_next: Callable[[str], str]) -> APIRouter:
     router = APIRouter()
     oidc = security.oidc
     provider = _Provider(oidc)
@@ -89,9 +91,8 @@ def create_oidc_router(identity: IdentityService, security: SecuritySettings, ht
         request.state.audit = AuditEntry(action=AuditAction.LOGIN, outcome="denied", actor=claimed[:128] or "(sso)",
                                          actor_kind="user", address=principal.address, interface="http",
                                          detail={"via": "oidc", "reason": reason})
-        response = HTMLResponse(page("Sign-in failed", f"<h1>Mosaic</h1><div class=\"card\"><h2>Sign-in failed</h2>"
-                                                       f"<p class=\"error\">{escape(reason)}</p>"
-                                                       "<p><a href=\"/login\">Sign in again</a></p></div>"), 401)
+        response = page(request, ANONYMOUS, "sign_in_failed.html", status_code=401, title="Sign-in failed",
+                        heading="Sign-in failed", message=f"{reason[:1].upper()}{reason[1:]}.")
         response.delete_cookie(FLOW_COOKIE, path="/login/oidc")
         return response
 
@@ -100,8 +101,9 @@ def create_oidc_router(identity: IdentityService, security: SecuritySettings, ht
         try:
             authorization, _token = provider.endpoints()
         except (OSError, ValueError, KeyError) as exc:
-            return HTMLResponse(page("Sign in", f"<p class=\"error\">The identity provider cannot be reached: "
-                                                f"{escape(str(exc))}</p>"), 502)
+            return page(request, ANONYMOUS, "sign_in_failed.html", status_code=502, title="Sign in",
+                        heading="Single sign-on is unavailable",
+                        message=f"The identity provider cannot be reached: {exc}.")
         flow = {"state": secrets.token_urlsafe(24), "nonce": secrets.token_urlsafe(24),
                 "verifier": secrets.token_urlsafe(48), "next": safe_next(next)}
         query = urllib.parse.urlencode({
