@@ -58,7 +58,7 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
                 "path": "/portal", "terms": {key: value for key, value in terms.items() if value},
                 "patients": [f"{hit.PatientID}^^^{hit.IssuerOfPatientID}" if hit.IssuerOfPatientID else hit.PatientID
                              for hit in hits][:100]})
-        return page(request, principal, "portal_search.html", title="Patients", terms=terms, hits=hits,
+        return page(request, principal, "portal_search.html", title="Patients", terms=terms, hits=hits, name=_name,
                     error=error, status_code=400 if error else 200)
 
     @router.get("/patients/{patient_pk}")
@@ -101,7 +101,7 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
                                             StudyInstanceUID=study, detail={"path": request.url.path})
         return page(request, principal, "portal_study.html", title=view.study.StudyDescription or "Study",
                     view=view, viewer=viewer_prefix, name=_name, date=_date,
-                    break_glass=study in principal.break_glass_studies)
+                    opened_in_emergency=study in principal.break_glass_studies)
 
     @router.get("/content/{study}/{series}/{sop}")
     def content_of(request: Request, study: str, series: str, sop: str) -> Response:

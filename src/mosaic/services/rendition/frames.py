@@ -28,6 +28,7 @@ from mosaic.services.rendition.syntaxes import (
     FRAME_MEDIA_TYPES,
     IMPLICIT_LE,
     NATIVE,
+    VIDEO,
 )
 
 PIXEL_DATA = 0x7FE00010
@@ -214,6 +215,10 @@ def _map_fragments(stream: BinaryIO, layout: PixelLayout) -> None:
         raise FrameError("the encapsulated pixel data has no fragments", UNDECODABLE)
     if frames == 1:
         layout.frame_fragments = [list(range(count))]
+        return
+    if layout.transfer_syntax in VIDEO:
+        # one stream for all frames: whichever frame is asked for, the stream is the answer (PS3.18 8.7.3.3.2)
+        layout.frame_fragments = [list(range(count)) for _ in range(frames)]
         return
     if count == frames:
         layout.frame_fragments = [[index] for index in range(count)]

@@ -10,6 +10,14 @@ EXPLICIT_BE = "1.2.840.10008.1.2.2"
 NATIVE = frozenset({IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE, EXPLICIT_BE})
 """Uncompressed (native) transfer syntaxes: pixel data is not encapsulated."""
 
+VIDEO = frozenset({
+    *(f"1.2.840.10008.1.2.4.{number}" for number in range(100, 109)),  # MPEG-2, MPEG-4 AVC/H.264, HEVC/H.265
+    "1.2.840.10008.1.2.4.102.1", "1.2.840.10008.1.2.4.103.1", "1.2.840.10008.1.2.4.104.1",  # their fragmentable
+    "1.2.840.10008.1.2.4.105.1", "1.2.840.10008.1.2.4.106.1",
+})
+"""Video syntaxes: the pixel data is one coded stream (its frames are not fragments of their own, PS3.5 8.2.5 to
+8.2.8)."""
+
 LOSSY = frozenset({
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91",
     "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.203",
