@@ -37,11 +37,11 @@ def node(tmp_path: Path) -> Iterator[Mosaic]:
 
 def orm(control: str, accession: str, *, patient: str = "MRN1^^^GENHOSP", name: str = "Doe^John",
         modality: str = "CT", station: str = "CT01", start: str = "202612080900", procedure: str = "CTHEAD",
-        study_uid: str = "", application: str = "RIS") -> str:
+        study_uid: str = "", application: str = "RIS", visit: str = "") -> str:
     segments = [
         f"MSH|^~\\&|{application}|GENHOSP|MOSAIC|RAD|20261207||ORM^O01^ORM_O01|{accession}{control}|P|2.3.1",
         f"PID|1||{patient}||{name}||19600101|M",
-        "PV1|1|O||||||1234^Referring^Rita",
+        "PV1|1|O||||||1234^Referring^Rita" + (f"|||||||||||{visit}" if visit else ""),
         f"ORC|{control}|P{accession}|F{accession}||SC||^^^{start}^^R",
         f"OBR|1|P{accession}|F{accession}|{procedure}^CT head without contrast^L||||||||||||||{accession}|"
         f"RP{accession}|SPS{accession}|{station}|||{modality}",
@@ -428,3 +428,30 @@ def test_the_worklist_shows_the_patient_as_adt_last_left_them(node: Mosaic) -> N
     assert send(node, adt("A47", "PID|1||MRN78^^^GENHOSP||Dupont^Emile^Jean", "MRG|MRN77^^^GENHOSP",
                           control="ADT3")) == ["AA"]
     assert {item.PatientID for item in worklist(node)[0]} == {"MRN78"}
+
+
+def test_an_order_for_an_encounter_takes_the_study_of_its_orderless_captures(node: Mosaic, tmp_path: Path) -> None:
+    """IHE Encounter-Based Imaging Workflow: photos taken during visit V77 before anything was ordered made a
+    study; the order that arrives for that visit (PV1-19) schedules its step in that study."""
+    import io
+
+    from PIL import Image
+
+    from mosaic.index.query import Scope
+    from mosaic.services.capturing import CaptureFile, CaptureRequest
+    from mosaic.services.origin import IngestOrigin
+
+    assert send(node, adt("A04", "PID|1||MRN5^^^GENHOSP||Tane^Mahuta")) == ["AA"]
+    photo = tmp_path / "wound.jpg"
+    out = io.BytesIO()
+    Image.new("RGB", (32, 24), (90, 60, 40)).save(out, "JPEG")
+    photo.write_bytes(out.getvalue())
+    [captured] = node.captures.capture(CaptureRequest(PatientID="MRN5", IssuerOfPatientID="GENHOSP", encounter="V77"),
+                                       [CaptureFile(photo, "wound.jpg", "image/jpeg")],
+                                       IngestOrigin(door="test", facility="north"), scope=Scope.everything())
+    assert captured.outcome == "stored"
+    assert send(node, orm("NW", "L2001", patient="MRN5^^^GENHOSP", name="Tane^Mahuta", visit="V77"),
+                orm("NW", "L2002", patient="MRN5^^^GENHOSP", name="Tane^Mahuta", visit="V78")) == ["AA", "AA"]
+    steps = {str(item.AccessionNumber): item.StudyInstanceUID for item in worklist(node)[0]}
+    assert steps["L2001"] == captured.StudyInstanceUID
+    assert steps["L2002"] != captured.StudyInstanceUID  # another visit: a study of its own

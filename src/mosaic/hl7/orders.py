@@ -142,5 +142,5 @@ def _steps(message: Message, group: _Group, patient: PatientData, pv1: hl7.Segme
         values = {**common, **step, "Modality": step["Modality"].upper(),
                   "RequestedProcedureID": step["RequestedProcedureID"] or accession}
         orders.append(Order(control, accession, step_id[:16], patient.PatientID, patient.IssuerOfPatientID,
-                            values))
+                            values, encounter=text(pv1, 19)[:64]))
     return orders

@@ -24,7 +24,7 @@ from mosaic.core.status import ProcedureStepStatus
 from mosaic.index.attributes import column_widths
 from mosaic.index.database import Database
 from mosaic.index.query import Scope
-from mosaic.index.schema import Patient, PerformedStep, ScheduledStep, Study
+from mosaic.index.schema import EncounterStudy, Patient, PerformedStep, ScheduledStep, Study
 from mosaic.services.patients import apply_in
 
 ACTIVE = "SCHEDULED"
@@ -65,6 +65,8 @@ class Order:
     PatientID: str
     IssuerOfPatientID: str
     values: dict[str, str]
+    encounter: str = ""
+    """The visit (HL7 PV1-19): an order for an encounter whose orderless captures made a study takes that study."""
 
 
 class WorklistService:
@@ -279,9 +281,13 @@ def _apply_step(session: Session, order: Order, facility: str, source: str, now:
         connection.execute(_UPDATE_STEP, {**values, "_pk": found.pk})
         return "updated"
     if not values.get("StudyInstanceUID"):
-        # images that came before their order (orderless, with its accession) are its study
+        # images that came before their order (orderless, with its accession) are its study; else the study the
+        # encounter's orderless captures made (IHE Encounter-Based Imaging Workflow reconciliation)
         stored = connection.execute(_STORED_STUDY, {"accession": order.AccessionNumber, "id": order.PatientID,
                                                  "issuer": order.IssuerOfPatientID}).scalar()
+        if stored is None and order.encounter:
+            stored = connection.execute(_ENCOUNTER_STUDY, {"id": order.PatientID, "issuer": order.IssuerOfPatientID,
+                                                        "encounter": order.encounter}).scalar()
         values["StudyInstanceUID"] = stored or generate_uid()
     connection.execute(_INSERT_STEP, {**_STEP_DEFAULTS, **values, "AccessionNumber": order.AccessionNumber,
                                    "ScheduledProcedureStepID": order.ScheduledProcedureStepID,
@@ -298,6 +304,9 @@ _INSERT_STEP = insert(_STEP_TABLE)
 _STEP_DEFAULTS = {column.name: getattr(column.default, "arg", None) for column in _STEP_TABLE.columns
                   if column.default is not None and not callable(getattr(column.default, "arg", None))}
 """What a new step's columns are when the order does not say (every statement inserts every column)."""
+_ENCOUNTER_STUDY = select(EncounterStudy.StudyInstanceUID).where(
+    EncounterStudy.PatientID == bindparam("id"), EncounterStudy.IssuerOfPatientID == bindparam("issuer"),
+    EncounterStudy.encounter == bindparam("encounter"))
 _STORED_STUDY = select(Study.StudyInstanceUID).join(Patient, Study.patient_pk == Patient.pk).where(
     Study.AccessionNumber == bindparam("accession"), Patient.PatientID == bindparam("id"),
     Patient.IssuerOfPatientID == bindparam("issuer")).limit(1)
