@@ -88,3 +88,13 @@ def test_no_certificate_or_plain_mllp_gets_nothing_and_is_audited(node: Mosaic,
 
         from mosaic.index.schema import Patient
         assert session.scalars(select(Patient.PatientID)).all() == []
+
+
+def test_tls_settings_without_the_certificate_are_refused_at_start_up() -> None:
+    """A CA or key without the listener's certificate would leave MLLP in plain text: a configuration error."""
+    from pydantic import ValidationError
+
+    from mosaic.config import Hl7Settings
+
+    with pytest.raises(ValidationError, match="without tls_cert_file"):
+        Hl7Settings(tls_ca_file=Path("/etc/ssl/certs/ca-certificates.crt"))

@@ -350,6 +350,14 @@ class Hl7Settings(StrictModel):
             raise ValueError(f"receiver name(s) {', '.join(twice)} given more than once (each names its outbox cursor)")
         return value
 
+    @model_validator(mode="after")
+    def _check_tls(self) -> Hl7Settings:
+        # a key or CA without the certificate would otherwise leave MLLP in plain text with no word at start-up
+        if (self.tls_key_file is not None or self.tls_ca_file is not None) and self.tls_cert_file is None:
+            raise ValueError("tls_key_file / tls_ca_file are given without tls_cert_file: MLLP over TLS needs the "
+                             "listener's certificate")
+        return self
+
 
 class WorkflowSettings(StrictModel):
     """When a study counts as complete: what the "study available" announcements (HL7, FHIR) wait for."""
