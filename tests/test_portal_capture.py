@@ -128,3 +128,27 @@ def test_capture_needs_store_permission_and_a_known_patient(node: Mosaic) -> Non
     assert unknown.status_code == 404
     with node.database.session() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 1
+
+
+def test_captured_content_is_a_fhir_document_reference_whose_attachment_is_the_content(node: Mosaic) -> None:
+    from fhir.resources.R4B.bundle import Bundle
+    from fhir.resources.R4B.documentreference import DocumentReference
+
+    photo, document = jpeg(), tiny_pdf()
+    assert upload(node, [("wound.jpg", photo, "image/jpeg"), ("referral.pdf", document, "application/pdf")],
+                  specialty="wound care", description="Sacral wound").status_code == 201
+    base = f"http://{LOCALHOST}:{node.http_port}"
+    patient = httpx.get(f"{base}/fhir/Patient", params={"identifier": "P7"}, auth=VIEWER, timeout=30).json()
+    reference = f"Patient/{patient['entry'][0]['resource']['id']}"
+    found = Bundle.model_validate(httpx.get(f"{base}/fhir/DocumentReference", params={"patient": reference},
+                                            auth=VIEWER, timeout=30).json())
+    entries = [DocumentReference.model_validate(entry.resource.model_dump()) for entry in found.entry or []]
+    by_type = {entry.content[0].attachment.contentType: entry for entry in entries}
+    assert set(by_type) == {"image/jpeg", "application/pdf"} and found.total == 2
+    for media_type, original in (("image/jpeg", photo), ("application/pdf", document)):
+        entry = by_type[media_type]
+        assert entry.subject.reference == reference and entry.context.practiceSetting.text == "wound care"
+        fetched = httpx.get(entry.content[0].attachment.url, auth=VIEWER, timeout=30)
+        assert fetched.status_code == 200 and fetched.content == original
+    read = httpx.get(f"{base}/fhir/DocumentReference/{by_type['image/jpeg'].id}", auth=VIEWER, timeout=30)
+    assert read.status_code == 200 and DocumentReference.model_validate(read.json()).id == by_type["image/jpeg"].id

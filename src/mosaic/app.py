@@ -348,6 +348,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.retention.routes import create_retention_router
     from mosaic.services.browse import BrowseService
     from mosaic.services.content import ContentService
+    from mosaic.services.documents import DocumentService
     from mosaic.services.metadata import MetadataService
     from mosaic.services.portal import PortalService
     from mosaic.viewer import mount_viewer
@@ -400,7 +401,8 @@ def create_http_app(node: Mosaic) -> Any:
     app.include_router(create_jobs_router(node.jobs))
     app.include_router(create_patients_router(node.patients))
     app.include_router(create_fhir_router(policy=node.policy, query_service=node.query, patients=node.patients,
-                                          worklist=node.worklist, reports=node.reports, audit_trail=node.audit,
+                                          worklist=node.worklist, reports=node.reports,
+                                          documents=DocumentService(node.database), audit_trail=node.audit,
                                           observer=settings.dicom.ae_title))
     app.include_router(create_subscription_router(policy=node.policy, identity=node.identity,
                                                   subscriptions=node.subscriptions, settings=settings.fhir,

@@ -269,3 +269,42 @@ def document_reference_resource(report: Any, patient_pk: int, dicomweb_root: str
         names = _human_name(report.performer)
         data["author"] = [{"display": names[0]["text"] if names else report.performer}]
     return DocumentReference.model_validate(data)
+
+
+_CAPTURE_MEDIA = {**{syntax: "image/jpeg" for syntax in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+                                                       "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")},
+                  **{f"1.2.840.10008.1.2.4.{number}": "video/mp4" for number in range(102, 109)}}
+
+
+def captured_document_resource(document: Any, origin: str) -> DocumentReference:
+    """A photo, video or PDF of a study (captured in the portal, sent by STOW-RS or a modality) as a
+    DocumentReference: its content as it was captured, from the portal's content URL (the caller's own
+    credentials fetch it, within their scope), or for a photo stored decoded its rendering."""
+    content_url = (f"{origin}/portal/content/{document.StudyInstanceUID}/{document.SeriesInstanceUID}/"
+                   f"{document.SOPInstanceUID}")
+    if document.kind == "document":
+        attachment: dict[str, Any] = {"contentType": "application/pdf", "url": content_url}
+    elif document.TransferSyntaxUID in _CAPTURE_MEDIA:
+        attachment = {"contentType": _CAPTURE_MEDIA[document.TransferSyntaxUID], "url": content_url}
+    else:  # a photo converted losslessly: its rendering (the original file is at ?original=1)
+        attachment = {"contentType": "image/jpeg", "url": f"{origin}/dicom-web/studies/{document.StudyInstanceUID}"
+                      f"/series/{document.SeriesInstanceUID}/instances/{document.SOPInstanceUID}/rendered"}
+    title = document.SeriesDescription or {"photo": "Photo", "video": "Video", "document": "Document"}.get(
+        document.kind, "Document")
+    attachment["title"] = title
+    data: dict[str, Any] = {
+        "resourceType": "DocumentReference", "id": document.SOPInstanceUID,
+        "masterIdentifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{document.SOPInstanceUID}"},
+        "status": "current", "docStatus": "final", "type": {"text": title},
+        "category": [{"text": {"photo": "Clinical photograph", "video": "Clinical video"}.get(document.kind,
+                                                                                             "Clinical document")}],
+        "subject": {"reference": f"Patient/{document.patient_pk}"}, "date": _instant(document.received_at),
+        "content": [{"attachment": attachment}],
+        "context": {"related": [{"reference": f"ImagingStudy/{document.StudyInstanceUID}"}]},
+    }
+    if document.department:
+        data["context"]["practiceSetting"] = {"text": document.department}
+    if document.AccessionNumber:
+        data["identifier"] = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                    "code": "ACSN"}]}, "value": document.AccessionNumber}]
+    return DocumentReference.model_validate(data)

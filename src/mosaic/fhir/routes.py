@@ -21,6 +21,7 @@ from mosaic.core.errors import QueryError
 from mosaic.fhir.answers import MEDIA_TYPE, FhirError, outcome_answer, resource_answer
 from mosaic.fhir.resources import (
     ENDPOINT_ID,
+    captured_document_resource,
     diagnostic_report_resource,
     document_reference_resource,
     endpoint_resource,
@@ -35,6 +36,7 @@ from mosaic.governance.policy import AccessPolicy, Permission, Principal
 from mosaic.http.auth import principal_of, require
 from mosaic.http.origin import client_origin
 from mosaic.index.query import Match, MatchKey, Query
+from mosaic.services.documents import DocumentService
 from mosaic.services.patients import PatientService
 from mosaic.services.query import QueryService
 from mosaic.services.reports import ReportService
@@ -43,7 +45,7 @@ from mosaic.services.worklist import WorklistService
 
 def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, patients: PatientService,
                        worklist: WorklistService | None = None, reports: ReportService | None = None,
-                       audit_trail: AuditTrail | None = None,
+                       documents: DocumentService | None = None, audit_trail: AuditTrail | None = None,
                        observer: str = "MOSAIC") -> APIRouter:
     router = APIRouter(prefix="/fhir")
 
@@ -270,6 +272,9 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
         if "based-on" in given:
             number = given["based-on"].removeprefix("ServiceRequest/")
             step_pk = int(number) if number.isdigit() else 0
+        if resource == "DocumentReference" and documents is not None:
+            return document_resources(request, principal, reading, identifier, given, count, offset, patient,
+                                      sop_uid, accession)
         found, total = reports.find(scope=policy.scope(principal), patient=patient, step_pk=step_pk,
                                     kind="PDF" if resource == "DocumentReference" else None,
                                     status=given.get("status"), accession=accession, sop_instance_uid=sop_uid,
@@ -294,6 +299,35 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
                 raise FhirError(404, f"{resource}/{identifier} is not known")
             return Response(json.dumps(items[0]), media_type=MEDIA_TYPE)
         return searchset(request, resource, items, total, count, offset, list(given.items()))
+
+    def document_resources(request: Request, principal: Principal, reading: bool, identifier: str | None,
+                           given: dict[str, str], count: int, offset: int, patient: tuple[str, str] | None,
+                           sop_uid: str | None, accession: str | None) -> Response:
+        """DocumentReference: every PDF, photo and video of the caller's studies (an HL7 report's PDF with what
+        its report row says)."""
+        assert documents is not None
+        found, total = documents.find(scope=policy.scope(principal), patient=patient, sop_instance_uid=sop_uid,
+                                      accession=accession, limit=count, offset=offset) if count else ([], 0)
+        first = found[0] if found else None
+        patients = sorted({(item.PatientID, item.IssuerOfPatientID) for item in found})
+        audited = patients[0] if len(patients) == 1 else (patient or ("", "")) if not found else ("", "")
+        request.state.audit = AuditEntry.of(
+            principal, AuditAction.READ if reading else AuditAction.QUERY, "",
+            PatientID=audited[0], IssuerOfPatientID=audited[1],
+            StudyInstanceUID=first.StudyInstanceUID if reading and first else "",
+            SOPInstanceUID=first.SOPInstanceUID if reading and first else "",
+            detail={"path": request.url.path, "query": str(request.query_params)[:1000], "matches": total,
+                    "studies": sorted({item.StudyInstanceUID for item in found})[:100],
+                    "patients": sorted({item.PatientID for item in found})[:100]})
+        origin = client_origin(request)
+        items = [(document_reference_resource(item.report, item.patient_pk, origin + "/dicom-web")
+                  if item.report is not None else captured_document_resource(item, origin))
+                 .model_dump(mode="json", exclude_none=True) for item in found]
+        if reading:
+            if not items:  # unknown and outside the caller's scope answer alike
+                raise FhirError(404, f"DocumentReference/{identifier} is not known")
+            return Response(json.dumps(items[0]), media_type=MEDIA_TYPE)
+        return searchset(request, "DocumentReference", items, total, count, offset, list(given.items()))
 
     @router.get("/DiagnosticReport")
     def search_diagnostic_reports(request: Request) -> Response:
