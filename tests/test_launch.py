@@ -23,6 +23,7 @@ from mosaic.services.origin import IngestOrigin
 from tests.browser import chromium_context
 from tests.factory import make_bytes
 from tests.helpers import LOCALHOST
+from tests.oidc_support import IdentityProvider
 
 ROOT = "1.2.826.0.1.3680043.10.1234.58."
 OID = "1.2.840.99999.1"
@@ -281,3 +282,28 @@ def test_a_signed_launch_in_chromium_lands_on_the_study_page(node: Mosaic, tmp_p
         page.screenshot(path=str(tmp_path / "launched-study.png"), full_page=True)
         assert any(cookie["name"] == "mosaic_session" for cookie in context.cookies(base(node)))
 
+
+
+def test_single_sign_on_comes_back_to_the_launch_with_its_whole_query(tmp_path: Path) -> None:
+    provider = IdentityProvider()
+    sso = Mosaic(Settings(data_dir=tmp_path / "sso", http=HttpSettings(port=0), dicom=DicomSettings(port=0),
+                          security=SecuritySettings(oidc=provider.settings())))
+    try:
+        sso.ingest.store(make_bytes(patient_id="P1", issuer=OID, study_uid=ROOT + "77", accession="A77"),
+                         IngestOrigin(door="test", facility="north"))
+        sso.start(dicom=False)
+        provider.person = {"name": "dr.sso", "claims": {"roles": ["clinician"], "facilities": ["north"]}}
+        wanted = "/IHEInvokeImageDisplay?" + urlencode({"requestType": "STUDY", "accessionNumber": "A77",
+                                                        "patientID": f"P1^^^&{OID}&ISO"}, quote_via=quote)
+        with httpx.Client(base_url=base(sso), headers={"Accept": "text/html"}, timeout=30) as browser:
+            login = browser.get(wanted)
+            assert login.status_code == 303 and login.headers["location"].startswith("/login?next=")
+            page_text = browser.get(login.headers["location"]).text
+            link = page_text.split('href="/login/oidc?next=')[1].split('"')[0]
+            landed = browser.get("/login/oidc?next=" + link.replace("&amp;", "&"), follow_redirects=True)
+            assert landed.status_code == 200, landed.text
+            assert [str(hop.url.raw_path, "ascii") for hop in landed.history][-1] == wanted  # back at the launch
+            assert landed.url.path == f"/portal/studies/{ROOT}77" and "dr.sso" in landed.text
+    finally:
+        sso.stop()
+        provider.stop()
