@@ -349,6 +349,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.services.browse import BrowseService
     from mosaic.services.content import ContentService
     from mosaic.services.documents import DocumentService
+    from mosaic.services.launch import LaunchService, LaunchTokens
     from mosaic.services.metadata import MetadataService
     from mosaic.services.portal import PortalService
     from mosaic.viewer import mount_viewer
@@ -357,6 +358,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.web.changes_routes import create_changes_router
     from mosaic.web.jobs_routes import create_jobs_router
     from mosaic.web.landing import create_landing_router
+    from mosaic.web.launch import create_launch_router
     from mosaic.web.patients_routes import create_patients_router
     from mosaic.web.portal import create_portal_router
     from mosaic.web.status_routes import create_status_router
@@ -385,6 +387,10 @@ def create_http_app(node: Mosaic) -> Any:
     app.include_router(create_landing_router(BrowseService(node.database), node.policy))
     app.include_router(create_portal_router(PortalService(node.database, node.query), ContentService(node.retrieve),
                                             node.policy, node.captures))
+    app.include_router(create_launch_router(LaunchService(node.database),
+                                            LaunchTokens(settings.launch, settings.security, node.identity),
+                                            node.policy, node.identity, node.audit, settings.security,
+                                            https=web.https))
     app.include_router(create_router(policy=node.policy, query_service=node.query,
                                      metadata_service=MetadataService(node.database), retrieve=node.retrieve,
                                      ingest=node.ingest, spool=Spool(node.spool_folder, node.blobs),

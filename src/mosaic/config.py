@@ -536,6 +536,49 @@ class SecuritySettings(StrictModel):
     )
 
 
+class LaunchEhr(StrictModel):
+    """An EHR that may launch Mosaic's portal or viewer with a signed, expiring, single-use link
+    (``/IHEInvokeImageDisplay`` or ``/smart/launch`` with ``user``, ``expires``, ``nonce`` and ``signature``,
+    the hex HMAC-SHA256 of the link's canonical query with this EHR's secret; docs/launch.md)."""
+
+    name: str = Field(description="Names the EHR in audit records and in a link's optional `ehr` parameter.",
+                      min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._-]+$")
+    secret_file: Path = Field(description="File holding the shared secret (its first line, at least 32 bytes; "
+                              "never the secret itself in the configuration). Read at start-up: keep it readable "
+                              "by Mosaic's user only.")
+    users_may_be: list[str] = Field(
+        default_factory=lambda: ["*"], description="Mosaic accounts this EHR may launch as ([\"*\"]: any enabled "
+        "account). The account must exist and be enabled either way.",
+    )
+    max_lifetime_seconds: int = Field(
+        300, ge=1, le=3600, description="Longest a link may be valid: one whose `expires` is further in the "
+        "future than this (plus the clock skew) is refused.",
+    )
+
+
+class LaunchSettings(StrictModel):
+    """EHR image enablement: IHE Invoke Image Display at `/IHEInvokeImageDisplay` and a SMART-style launch at
+    `/smart/launch`, for a signed-in browser (single sign-on) or a signed link from an EHR in `ehrs`."""
+
+    ehrs: list[LaunchEhr] = Field(
+        default_factory=list, description="EHRs that may send signed launch links, each a table: `name`, "
+        "`secret_file` (the shared secret, read from that file), `users_may_be` (account names, or [\"*\"]) and "
+        "`max_lifetime_seconds` (300). Empty: only signed-in browsers can launch.",
+    )
+    clock_skew_seconds: int = Field(
+        30, ge=0, le=600, description="Allowed difference between the EHR's clock and Mosaic's on `expires`.",
+    )
+
+    @field_validator("ehrs")
+    @classmethod
+    def _check_names(cls, value: list[LaunchEhr]) -> list[LaunchEhr]:
+        names = [ehr.name for ehr in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # a link's `ehr` parameter must name one secret
+            raise ValueError(f"{', '.join(repeated)}: more than one EHR of this name")
+        return value
+
+
 class RetentionRule(StrictModel):
     """One retention policy: which studies it covers and how long they are kept. The first rule that matches a
     study decides; a study that no rule matches is kept forever."""
@@ -640,6 +683,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)  # type: ignore[arg-type]
     export: ExportSettings = Field(default_factory=ExportSettings)  # type: ignore[arg-type]
     jobs: JobSettings = Field(default_factory=JobSettings)  # type: ignore[arg-type]
+    launch: LaunchSettings = Field(default_factory=LaunchSettings)  # type: ignore[arg-type]
 
     _config_file: Path | None = None
 

@@ -40,9 +40,12 @@ SESSION_COOKIE = "mosaic_session"
 LOGIN_CSRF_COOKIE = "mosaic_login_csrf"
 CSRF_HEADER = "x-csrf-token"
 PUBLIC_PATHS = frozenset({"/healthz", "/login", "/login/oidc", "/login/oidc/callback", "/favicon.ico",
-                          "/viewer/manifest.json", "/static/mosaic.css", "/static/portal.js"})
+                          "/viewer/manifest.json", "/static/mosaic.css", "/static/portal.js",
+                          "/IHEInvokeImageDisplay", "/smart/launch"})
 """No patient data behind these; the viewer's web-app manifest is fetched by browsers without cookies, and the
-pages' style sheet and script are the sign-in page's too."""
+pages' style sheet and script are the sign-in page's too. The EHR launch doors (``mosaic.web.launch``) are reached
+without a session by an EHR's signed launch link, which is the credential: the route checks it, and sends a
+request with neither a link nor a session to ``/login?next=…`` itself, as this middleware would."""
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 FORM_PATHS = frozenset({"/logout", "/api/break-glass"})
 """The pages' forms: they carry the CSRF token as a form field, which the route checks (``check_csrf_form``);
