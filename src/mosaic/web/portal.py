@@ -62,17 +62,18 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
                     error=error, status_code=400 if error else 200)
 
     @router.get("/patients/{patient_pk}")
-    def timeline(request: Request, patient_pk: int) -> Response:
+    def timeline(request: Request, patient_pk: str) -> Response:
         """One patient's studies of every specialty, newest first; filters by specialty, modality, facility and
         dates; ``group=site`` groups priors by body site."""
         principal = require(request, Permission.QUERY, action=AuditAction.QUERY)
+        number = _number(patient_pk)
         params = request.query_params
         filters = {key: params.get(key, "").strip()[:64] for key in ("specialty", "modality", "facility",
                                                                         "since", "until", "group")}
         for key in ("since", "until"):
             if filters[key] and not _DATE.match(filters[key]):
                 filters[key] = ""
-        found = portal.timeline(patient_pk, scope=policy.scope(principal), specialty=filters["specialty"],
+        found = portal.timeline(number, scope=policy.scope(principal), specialty=filters["specialty"],
                                 modality=filters["modality"], facility=filters["facility"],
                                 since=filters["since"], until=filters["until"])
         if found is None:
@@ -123,16 +124,17 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
         return _ranged(request, content, found, download=request.query_params.get("download") == "1")
 
     @router.post("/patients/{patient_pk}/captures")
-    async def upload(request: Request, patient_pk: int) -> Response:
+    async def upload(request: Request, patient_pk: str) -> Response:
         """Photos, video and PDFs a clinician captured for this patient (the page's form, drag and drop, a
         phone's camera), with what they recorded: into the encounter's study (or a new one), through ingest."""
         principal = require(request, Permission.STORE, action=AuditAction.STORE)
+        number = _number(patient_pk)
         if captures is None:
             raise HTTPException(404, "this node takes no captures")
         form = await request.form()
         check_csrf_form(request, form)
         scope = policy.scope(principal)
-        found = await run_in_threadpool(portal.timeline, patient_pk, scope=scope)
+        found = await run_in_threadpool(portal.timeline, number, scope=scope)
         if found is None:
             raise HTTPException(404, f"patient {patient_pk} is not one you may see (or not in the archive)")
         field = {key: str(form.get(key, "") or "").strip() for key in (
@@ -170,6 +172,13 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
                     patient=found.patient, results=results, name=_name, error="")
 
     return router
+
+
+def _number(text: str) -> int:
+    """A patient's number in a path (after the permission check: a refused caller learns nothing of the path)."""
+    if not text.isdigit() or len(text) > 18:
+        raise HTTPException(404, f"patient {text[:20]} is not one you may see (or not in the archive)")
+    return int(text)
 
 
 async def _spooled(item: UploadFile) -> Path:
