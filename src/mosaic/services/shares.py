@@ -394,21 +394,18 @@ class ShareService:
             for study in view.studies:
                 for instance in self.retrieve.instances_in(study, scope=scope):
                     with self.retrieve.egress(instance, context) as path:
-                        if deidentifier is None:
-                            try:
-                                file_set.add(path)
-                            except Exception as exc:  # pydicom raises many kinds on odd headers
-                                left_out.append(f"{instance.SOPInstanceUID}: cannot be put in a DICOMDIR ({exc})")
-                            continue
                         dataset = pydicom.dcmread(path, force=True)
+                    if deidentifier is not None:
                         reason = burned_in_annotation_reason(dataset)
                         if reason is not None:
                             left_out.append(f"one instance: {reason}")
                             continue
-                        try:
-                            file_set.add(deidentifier.deidentify(dataset))
-                        except Exception as exc:  # one bad instance must not stop it
-                            left_out.append(f"an instance could not be de-identified ({type(exc).__name__})")
+                    try:
+                        if deidentifier is not None:
+                            dataset = deidentifier.deidentify(dataset)
+                        file_set.add(_for_media(dataset))
+                    except Exception as exc:  # pydicom raises many kinds on odd headers; one must not stop it
+                        left_out.append(f"one instance could not be written ({type(exc).__name__})")
             if len(file_set) == 0:
                 raise ShareRefused("nothing of these studies can be downloaded (see the page)", status=409)
             file_set.write(folder)
@@ -434,6 +431,19 @@ _REFUSALS = {
     "expired": "this link has expired: ask the person who shared it for a new one",
     "locked": "this link is locked after too many wrong PINs: ask the person who shared it for a new one",
 }
+
+
+_MEDIA_KEYS = {"StudyDate": "19000101", "StudyTime": "000000", "StudyID": "0", "Modality": "OT", "SeriesNumber": 0,
+               "InstanceNumber": 0}
+"""What a DICOMDIR record needs (PS3.3 F.5: Type 1 there, Type 2 in the instance) and the value the copy on the
+media gets when the instance has none (de-identification empties the Study ID, for one)."""
+
+
+def _for_media(dataset: pydicom.Dataset) -> pydicom.Dataset:
+    for keyword, value in _MEDIA_KEYS.items():
+        if dataset.get(keyword) in (None, ""):
+            setattr(dataset, keyword, value)
+    return dataset
 
 
 def _under_dicom_folder(file_set: FileSet, root: Path) -> None:
