@@ -394,7 +394,7 @@ class ShareService:
             for study in view.studies:
                 for instance in self.retrieve.instances_in(study, scope=scope):
                     with self.retrieve.egress(instance, context) as path:
-                        dataset = pydicom.dcmread(path, force=True)
+                        dataset: pydicom.Dataset = pydicom.dcmread(path, force=True)
                     if deidentifier is not None:
                         reason = burned_in_annotation_reason(dataset)
                         if reason is not None:
