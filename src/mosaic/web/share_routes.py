@@ -71,11 +71,11 @@ def create_share_router(shares: ShareService, portal: PortalService, content: Co
                     recipients=RECIPIENT_KINDS)
 
     @router.post("/shares/{share_id}/revoke")
-    async def revoke_from_form(request: Request, share_id: int) -> Response:
+    async def revoke_from_form(request: Request, share_id: str) -> Response:
         principal = require(request, Permission.SHARE, action=AuditAction.POLICY_CHANGE)
         form = await request.form()
         check_csrf_form(request, form)
-        await run_in_threadpool(_revoke, request, principal, share_id)
+        await run_in_threadpool(_revoke, request, principal, _number(share_id))
         return RedirectResponse("/shares", status_code=303)
 
     @router.post("/api/shares")
@@ -112,9 +112,9 @@ def create_share_router(shares: ShareService, portal: PortalService, content: Co
         return JSONResponse({"shares": [view.as_json() for view in shares.links(principal)]})
 
     @router.delete("/api/shares/{share_id}")
-    def revoke(request: Request, share_id: int) -> Response:
+    def revoke(request: Request, share_id: str) -> Response:
         principal = require(request, Permission.SHARE, action=AuditAction.POLICY_CHANGE)
-        return JSONResponse(_revoke(request, principal, share_id).as_json())
+        return JSONResponse(_revoke(request, principal, _number(share_id)).as_json())
 
     def _revoke(request: Request, principal: Principal, share_id: int) -> ShareView:
         try:
@@ -289,6 +289,13 @@ def _audit_refusal(request: Request, exc: ShareRefused) -> None:
                                      IssuerOfPatientID=view.IssuerOfPatientID if view is not None else "",
                                      detail={**(_who(view) if view is not None else {}), "reason": str(exc),
                                              "path": "/share/…"})
+
+
+def _number(share_id: str) -> int:
+    """A link's id from the path (checked after the caller's permission, so a stranger learns nothing)."""
+    if not share_id.isdigit() or len(share_id) > 18:
+        raise HTTPException(404, f"share link {share_id[:32]!r} is not one of yours (or does not exist)")
+    return int(share_id)
 
 
 def _who(view: ShareView) -> dict[str, Any]:
