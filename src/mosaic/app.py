@@ -42,6 +42,7 @@ from mosaic.services.patients import PatientService
 from mosaic.services.query import QueryService
 from mosaic.services.reports import ReportService
 from mosaic.services.retrieve import RetrieveService
+from mosaic.services.shares import ShareService
 from mosaic.services.subscriptions import SubscriptionService
 from mosaic.services.sweep import LeftoverSweep
 from mosaic.services.worklist import WorklistService
@@ -82,6 +83,9 @@ class Mosaic:
         """Announces stable studies (``StudyAvailable`` events) once started; the outbound doors consume them."""
         self.subscriptions = SubscriptionService(self.database)
         self.identity = IdentityService(self.database, settings.security, self.policy)
+        self.shares = ShareService(self.database, self.policy, self.retrieve, settings.sharing,
+                                   cache_seconds=settings.security.credential_cache_seconds)
+        """Share links: studies shared with people outside the hospital (``/shares``, ``/share/<token>``)."""
         self.jobs = JobStore(self.database, settings.jobs)
         self.job_runner = JobRunner(self.jobs, settings.jobs)
         """Runs queued jobs (exports, retention runs) on this node once started; the services register."""
@@ -361,6 +365,7 @@ def create_http_app(node: Mosaic) -> Any:
     from mosaic.web.launch import create_launch_router
     from mosaic.web.patients_routes import create_patients_router
     from mosaic.web.portal import create_portal_router
+    from mosaic.web.share_routes import create_share_router
     from mosaic.web.status_routes import create_status_router
     from mosaic.web.users_routes import create_users_router
 
@@ -370,7 +375,8 @@ def create_http_app(node: Mosaic) -> Any:
     app.state.public_url = web.public_url
     app.state.trusted_hosts = trusted_hosts(web.host, web.public_url, web.trusted_hosts)
     app.add_middleware(AuthMiddleware, identity=node.identity, audit=node.audit,  # type: ignore[arg-type]
-                       trusted_proxies=web.trusted_proxies, development_mode=settings.security.development_mode)
+                       trusted_proxies=web.trusted_proxies, development_mode=settings.security.development_mode,
+                       shares=node.shares)
     app.add_middleware(AntiFramingHeaders)  # outermost: refusals by the middleware get the headers too
     install_error_handlers(app, page=web_pages.error_page)
     web_pages.install(app, break_glass_openings=node.policy.break_glass_openings)
@@ -385,8 +391,10 @@ def create_http_app(node: Mosaic) -> Any:
                                             min_free_bytes=settings.storage.min_free_bytes))
     app.include_router(create_changes_router(node.changes, node.policy))
     app.include_router(create_landing_router(BrowseService(node.database), node.policy))
-    app.include_router(create_portal_router(PortalService(node.database, node.query), ContentService(node.retrieve),
-                                            node.policy, node.captures))
+    portal = PortalService(node.database, node.query)
+    content = ContentService(node.retrieve)
+    app.include_router(create_portal_router(portal, content, node.policy, node.captures))
+    app.include_router(create_share_router(node.shares, portal, content, https=web.https))
     app.include_router(create_launch_router(LaunchService(node.database),
                                             LaunchTokens(settings.launch, settings.security, node.identity),
                                             node.policy, node.identity, node.audit, settings.security,

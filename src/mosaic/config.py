@@ -628,6 +628,22 @@ class ExportSettings(StrictModel):
     )
 
 
+class SharingSettings(StrictModel):
+    """Links that share studies with people outside the hospital (``/shares``, ``/share/<token>``)."""
+
+    default_days: int = Field(7, ge=1, description="Days a new link stays valid when its creator gives no expiry.")
+    max_days: int = Field(30, ge=1, description="Longest a link may stay valid, in days (a longer expiry is "
+                          "refused).")
+    max_studies: int = Field(20, ge=1, le=500, description="Most studies one link carries (all of one patient).")
+    pin_attempts: int = Field(5, ge=1, le=100, description="Wrong PINs a link takes before it locks (an "
+                              "administrator or its creator then makes a new one).")
+    session_minutes: int = Field(60, ge=1, le=24 * 60, description="Minutes a recipient's browser stays let in "
+                                 "after opening a link (the `mosaic_share` cookie; never past the link's expiry).")
+    refusals_per_minute: int = Field(20, ge=1, description="Refused link openings (unknown tokens, wrong PINs, "
+                                     "expired or revoked links) one client address may have a minute; beyond, it "
+                                     "waits (HTTP 429).")
+
+
 class JobSettings(StrictModel):
     """Durable jobs: de-identified exports and retention runs are rows in the index that any node shows."""
 
@@ -684,6 +700,7 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)  # type: ignore[arg-type]
     jobs: JobSettings = Field(default_factory=JobSettings)  # type: ignore[arg-type]
     launch: LaunchSettings = Field(default_factory=LaunchSettings)  # type: ignore[arg-type]
+    sharing: SharingSettings = Field(default_factory=SharingSettings)  # type: ignore[arg-type]
 
     _config_file: Path | None = None
 

@@ -36,19 +36,23 @@ class Permission(enum.StrEnum):
     EXPORT = "export"
     ADMINISTER = "administer"
     READ_AUDIT = "read-audit"
+    SHARE = "share"
+    """Create links that share studies (of the creator's scope) with people outside the hospital."""
 
 
 _P = Permission
 DEFAULT_ROLES: dict[str, frozenset[Permission]] = {
     "administrator": frozenset(Permission),
-    "radiologist": frozenset({_P.QUERY, _P.READ, _P.STORE, _P.MODIFY}),
-    "clinician": frozenset({_P.QUERY, _P.READ}),
+    "radiologist": frozenset({_P.QUERY, _P.READ, _P.STORE, _P.MODIFY, _P.SHARE}),
+    "clinician": frozenset({_P.QUERY, _P.READ, _P.SHARE}),
     "technologist": frozenset({_P.QUERY, _P.READ, _P.STORE, _P.MODIFY}),
     "researcher": frozenset({_P.EXPORT}),
     "auditor": frozenset({_P.READ_AUDIT}),
     "integration": frozenset({_P.QUERY, _P.READ, _P.STORE}),
 }
-"""Roles and what they may do; ``security.roles`` adds or redefines roles."""
+"""Roles and what they may do; ``security.roles`` adds or redefines roles. Radiologists and clinicians may share
+(a second opinion, the patient's own copy, an outside provider taking over care: the studies they may see
+themselves); technologists, researchers (their way out is the de-identified export) and integrations may not."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ class Principal:
 
     name: str
     kind: str
-    """user (password or session), token, oidc, ae (a DICOM peer), anonymous."""
+    """user (password or session), token, oidc, ae (a DICOM peer), share (the recipient of a share link: its
+    scope is exactly the link's studies, as ``break_glass_studies`` with no facility or department), anonymous."""
     roles: frozenset[str] = frozenset()
     permissions: frozenset[Permission] = frozenset()
     facilities: frozenset[str] = frozenset({ALL})
@@ -202,7 +207,7 @@ class AccessPolicy:
         if Scope(scope.facilities, scope.departments).permits(facility, department, study_instance_uid):
             return StudyAccess(True, False, patient_id, issuer)
         opened = study_instance_uid in scope.studies
-        return StudyAccess(opened, opened, patient_id, issuer)
+        return StudyAccess(opened, opened and principal.kind != "share", patient_id, issuer)
 
     @staticmethod
     def _opens(scope: Scope, facts: tuple[str, str, str, str], study_instance_uid: str) -> bool:
@@ -232,7 +237,7 @@ class AccessPolicy:
         return facts
 
     def _grants(self, principal: Principal) -> frozenset[str]:
-        if principal.kind == "ae":
+        if principal.kind in ("ae", "share"):  # neither breaks the glass
             return frozenset()
         now = time.monotonic()
         with self._lock:
@@ -273,8 +278,8 @@ class AccessPolicy:
         """Open an out-of-scope study for ``principal`` until the returned time. Needs a reason a reviewer can
         read (BREAK_GLASS_REASON_MINIMUM characters besides spaces) and the permission to read at all; the
         caller audits it."""
-        if principal.kind == "ae":
-            raise AccessDenied("DICOM peers cannot break the glass")
+        if principal.kind in ("ae", "share"):
+            raise AccessDenied("DICOM peers and share links cannot break the glass")
         given = len("".join(reason.split()))
         if given < self.BREAK_GLASS_REASON_MINIMUM:
             raise AccessDenied(f"break-glass needs a reason of at least {self.BREAK_GLASS_REASON_MINIMUM} "

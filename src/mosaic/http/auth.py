@@ -8,6 +8,11 @@ but the sign-in page and ``/healthz`` is a 401 (or, for a browser, a redirect to
 patient data then ask the policy (:func:`require`, :mod:`mosaic.dicomweb.guard`) and put an
 :class:`~mosaic.governance.audit.AuditEntry` in ``request.state.audit``; the middleware records it with the
 outcome the answer had.
+
+The recipient of a share link has no account: ``/share/<token>/…`` is left to the share routes (the token, and
+its PIN, are their credential), which give the recipient's browser a ``mosaic_share`` cookie. With that cookie
+alone a request is the link's own principal (kind ``share``: it sees exactly the link's studies), and it may reach
+only the link's pages, the viewer and DICOMweb reads (:func:`share_may_reach`); anything else is a 403.
 """
 
 from __future__ import annotations
@@ -33,10 +38,14 @@ from mosaic.services.ingest import RETRY_AFTER_SECONDS, out_of_resources
 if TYPE_CHECKING:
     from mosaic.governance.audit import AuditTrail
     from mosaic.governance.identity import IdentityService
+    from mosaic.services.shares import ShareService
 
 log = logging.getLogger("mosaic.http.auth")
 
 SESSION_COOKIE = "mosaic_session"
+SHARE_COOKIE = "mosaic_share"
+"""A share link's recipient session (see :mod:`mosaic.services.shares`)."""
+SHARE_PREFIX = "/share/"
 LOGIN_CSRF_COOKIE = "mosaic_login_csrf"
 CSRF_HEADER = "x-csrf-token"
 PUBLIC_PATHS = frozenset({"/healthz", "/login", "/login/oidc", "/login/oidc/callback", "/favicon.ico",
@@ -47,11 +56,11 @@ pages' style sheet and script are the sign-in page's too. The EHR launch doors (
 without a session by an EHR's signed launch link, which is the credential: the route checks it, and sends a
 request with neither a link nor a session to ``/login?next=…`` itself, as this middleware would."""
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-FORM_PATHS = frozenset({"/logout", "/api/break-glass"})
+FORM_PATHS = frozenset({"/logout", "/api/break-glass", "/shares"})
 """The pages' forms: they carry the CSRF token as a form field, which the route checks (``check_csrf_form``);
 every other unsafe request of a browser session must send it in the header, whatever its body."""
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-_FORM_PATTERNS = (re.compile(r"^/portal/patients/\d+/captures$"),)
+_FORM_PATTERNS = (re.compile(r"^/portal/patients/\d+/captures$"), re.compile(r"^/shares/\d+/revoke$"))
 """Form routes with a variable part (the portal's upload form): they check the form's token too."""
 
 Scope = MutableMapping[str, Any]
@@ -72,6 +81,29 @@ def _cookies(header: str) -> dict[str, str]:
     return cookies
 
 
+def is_public(path: str) -> bool:
+    """Reached without an account: the sign-in pages, health, the styles; and a share link's pages, whose token
+    (and PIN) the share routes check themselves."""
+    return path in PUBLIC_PATHS or path.startswith(SHARE_PREFIX)
+
+
+_SHARE_READS = ("/dicom-web/", "/viewer/", "/static/")
+
+
+def share_may_reach(path: str, method: str) -> bool:
+    """What a share link's session may ask for: the link's pages, and reads of the viewer (which loads the
+    studies through DICOMweb) and of DICOMweb itself (scoped to the link's studies). Nothing else: not the portal,
+    the API, FHIR, the audit trail, the landing page."""
+    if is_public(path):
+        return True
+    return method in ("GET", "HEAD") and (path == "/viewer" or path.startswith(_SHARE_READS))
+
+
+def _audited_path(path: str) -> str:
+    """A path as audit records keep it: a share link's token is a credential and never written down."""
+    return SHARE_PREFIX + "…" if path.startswith(SHARE_PREFIX) else path
+
+
 def interface_of(path: str) -> str:
     if path.startswith("/dicom-web") or path.startswith("/wado"):
         return "dicomweb"
@@ -85,9 +117,11 @@ class AuthMiddleware:
     door's settings; nothing else."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], *, identity: IdentityService, audit: AuditTrail,
-                 trusted_proxies: list[str], development_mode: bool = False) -> None:
+                 trusted_proxies: list[str], development_mode: bool = False,
+                 shares: ShareService | None = None) -> None:
         self.app = app
         self.identity = identity
+        self.shares = shares
         self.audit = audit
         self.development_mode = development_mode
         self.proxies = TrustedProxies(trusted_proxies)
@@ -108,11 +142,11 @@ class AuthMiddleware:
         except AuthenticationFailed as exc:
             self.audit.record(AuditEntry(
                 action=AuditAction.LOGIN, outcome="denied", actor=_claimed_name(headers), address=address,
-                interface=interface_of(path), detail={"reason": str(exc), "path": path}))
+                interface=interface_of(path), detail={"reason": str(exc), "path": _audited_path(path)}))
             if isinstance(exc, SignInRefused):  # too many wrong passwords from this client, or no slot to check
                 await _send_error(send, exc.status, str(exc), {"retry-after": str(exc.retry_after)})
                 return
-            if path in PUBLIC_PATHS:
+            if is_public(path):
                 principal, via_cookie = ANONYMOUS, False  # a stale cookie must not lock anyone out of /login
             elif _wants_page(scope, headers) and not headers.get("authorization"):
                 # a browser whose session ended (signed out elsewhere, expired): to the sign-in page, cookie gone
@@ -133,7 +167,12 @@ class AuthMiddleware:
             return
         principal = principal.at(address=address, interface=interface_of(path))
         state["principal"] = principal
-        if not principal.authenticated and path not in PUBLIC_PATHS:
+        if principal.kind == "share" and not share_may_reach(path, str(scope.get("method", ""))):
+            await drain(receive)
+            await _send_error(send, 403, "a shared link opens only its own pages, the viewer and its studies; "
+                                         "sign in for anything else")
+            return
+        if not principal.authenticated and not is_public(path):
             if _wants_page(scope, headers):
                 await _send_redirect(send, _login_for(scope, path))
             else:
@@ -141,7 +180,7 @@ class AuthMiddleware:
                                              "token (Authorization: Bearer …), or sign in at /login",
                                   {"www-authenticate": 'Bearer realm="mosaic"'})
             return
-        if (via_cookie and scope.get("method") in _UNSAFE and path not in PUBLIC_PATHS
+        if (via_cookie and scope.get("method") in _UNSAFE and not is_public(path)
                 and not ((path in FORM_PATHS or any(pattern.match(path) for pattern in _FORM_PATTERNS))
                          and headers.get("content-type", "").startswith(_FORM_TYPES))
                 and not secrets.compare_digest(headers.get(CSRF_HEADER, ""), principal.csrf_token)):
@@ -186,10 +225,15 @@ class AuthMiddleware:
                 return principal, False
             identity.sign_in_allowed(username, address)
             return None
-        session_id = _cookies(headers.get("cookie", "")).get(SESSION_COOKIE) if not scheme else None
+        cookies = _cookies(headers.get("cookie", "")) if not scheme else {}
+        session_id = cookies.get(SESSION_COOKIE)
         if session_id:
             principal = identity.remembered("session", session_id)
             return (principal, True) if principal is not None else None
+        share_session = cookies.get(SHARE_COOKIE)
+        if share_session and self.shares is not None:
+            share = self.shares.remembered(share_session)
+            return (self.shares.principal(share), False) if share is not None else None
         return None
 
     def _authenticate(self, headers: dict[str, str], address: str) -> tuple[Principal, bool]:
@@ -203,9 +247,18 @@ class AuthMiddleware:
             return identity.check_password(username, password, address=address), False
         if authorization:
             raise AuthenticationFailed(f"authorization scheme {scheme!r} is not Bearer or Basic")
-        session_id = _cookies(headers.get("cookie", "")).get(SESSION_COOKIE)
+        cookies = _cookies(headers.get("cookie", ""))
+        session_id = cookies.get(SESSION_COOKIE)
         if session_id:
             return identity.check_session(session_id), True
+        share_session = cookies.get(SHARE_COOKIE)
+        if share_session and self.shares is not None:
+            share = self.shares.session(share_session)
+            if share is None:
+                raise AuthenticationFailed("the shared link's session has ended (or the link was withdrawn or has "
+                                           "expired): open the link again")
+            # not a browser session of an account: it changes nothing (share_may_reach), so it needs no CSRF token
+            return self.shares.principal(share), False
         return ANONYMOUS, False
 
 

@@ -567,3 +567,46 @@ class EncounterStudy(Base):
     StudyInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     AccessionNumber: Mapped[str] = _key(16)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class ShareLink(Base):
+    """A link that shares studies of one patient with someone outside the hospital (``/share/<token>``): only the
+    SHA-256 of its token is stored, its PIN (when it has one) as an argon2id hash; ``studies`` the Study Instance
+    UIDs it opens, backslash-separated. Its recipients' browser sessions are :class:`ShareSession` rows."""
+
+    __tablename__ = "share_link"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_by: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+    recipient_kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    """provider (an outside provider), patient, tumour-board."""
+    note: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    PatientID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    IssuerOfPatientID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    studies: Mapped[str] = mapped_column(Text, nullable=False)
+    pin_hash: Mapped[str] = mapped_column(String(256), nullable=False, default="")
+    """The PIN's argon2id hash; "" for a link without a PIN."""
+    pin_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    deidentified: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    deid_secret_hex: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    """The link's own de-identification secret (its pseudonyms, date shift and UIDs stay the same per download)."""
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_by: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    uses: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ShareSession(Base):
+    """A recipient's browser let in by a link (the ``mosaic_share`` cookie); only the SHA-256 of its identifier."""
+
+    __tablename__ = "share_session"
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    session_sha256: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    share_pk: Mapped[int] = mapped_column(ForeignKey("share_link.pk"), nullable=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+    address: Mapped[str] = mapped_column(String(64), nullable=False, default="")
