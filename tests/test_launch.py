@@ -7,6 +7,7 @@ portal, and one headless Chromium run of a signed launch landing on the study pa
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -244,8 +245,8 @@ def test_an_unauthenticated_browser_signs_in_and_comes_back_to_the_launch(node: 
         login = urlsplit(first.headers["location"])
         assert login.path == "/login" and parse_qs(login.query)["next"] == [wanted]  # the whole query
         form = browser.get(first.headers["location"])
-        csrf = form.text.split('name="csrf_token" value="')[1].split('"')[0]
-        next_field = form.text.split('name="next"\nvalue="')[1].split('"')[0]
+        csrf = re.search(r'name="csrf_token"\s+value="([^"]*)"', form.text).group(1)  # type: ignore[union-attr]
+        next_field = re.search(r'name="next"\s+value="([^"]*)"', form.text).group(1)  # type: ignore[union-attr]
         signed_in = browser.post("/login", data={"username": NORTH[0], "password": NORTH[1], "csrf_token": csrf,
                                                  "next": next_field.replace("&amp;", "&")})
         assert signed_in.status_code == 303 and signed_in.headers["location"] == wanted
