@@ -194,3 +194,23 @@ def test_an_unknown_patient_number_is_a_404_page(node: Mosaic) -> None:
     other = re.search(r"/portal/patients/(\d+)", get(node, "/portal", SOUTH, params={"name": "olga"}).text)
     assert other is not None
     assert get(node, f"/portal/patients/{other.group(1)}").status_code == 404  # south's patient, not north's
+
+
+def test_a_stored_type_that_would_run_script_is_served_as_an_attachment(node: Mosaic) -> None:
+    """An Encapsulated Document's MIME type is the sender's word: text/html there must not run on our origin."""
+    uid = ROOT + "30"
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    data = encapsulated_pdf(page, study=uid)
+    import pydicom
+
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.MIMETypeOfEncapsulatedDocument = "text/html"
+    node.ingest.store(to_bytes(dataset), IngestOrigin(door="test", facility="north"))
+    answer = get(node, f"/portal/content/{uid}/{uid}.8/{uid}.8.1")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/octet-stream"
+    assert answer.headers["content-disposition"].startswith("attachment")
+    assert "sandbox" in answer.headers["content-security-policy"]
+    pdf = get(node, f"/portal/content/{ROOT}6/{ROOT}6.8/{ROOT}6.8.1")
+    assert pdf.headers["content-type"] == "application/pdf" and "default-src 'none'" in \
+        pdf.headers["content-security-policy"]

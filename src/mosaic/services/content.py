@@ -24,6 +24,7 @@ ORIGINAL_CREATOR = "MOSAIC CAPTURE"
 """The private block (group 0071) where a converted photo keeps the file that came: (0071,xx10) its bytes,
 (0071,xx11) its media type, (0071,xx12) its file name, (0071,xx13) its length."""
 ORIGINAL_GROUP = 0x0071
+VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
 
 STREAM_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
@@ -62,10 +63,10 @@ class ContentService:
         instance = found[0]
         with self.retrieve.open(instance) as stream:
             dataset = pydicom.dcmread(stream, defer_size=1024, stop_before_pixels=True, force=True)
-            if original:  # a photo that came as JPEG is its own original
+            if original and instance.SOPClassUID == VL_PHOTOGRAPHIC:  # only what the capture library writes
                 kept = _original(instance, dataset)
                 if kept is not None:
-                    return kept
+                    return kept  # a photo that came as JPEG is its own original (below)
             document = _raw(dataset, ENCAPSULATED_DOCUMENT)
             if document is not None:
                 length = _document_length(dataset, document.length)

@@ -12,10 +12,9 @@ import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -24,15 +23,15 @@ from mosaic.governance.policy import ALL, Permission
 from mosaic.http.auth import check_csrf_form, require
 from mosaic.services.capturing import CaptureFile, CaptureRefused, CaptureRequest
 from mosaic.services.origin import Door, IngestOrigin
+from mosaic.web.content_answer import ranged
 from mosaic.web.pages import page
 
 if TYPE_CHECKING:
     from mosaic.governance.policy import AccessPolicy
     from mosaic.services.capturing import CaptureService
-    from mosaic.services.content import Content, ContentService
+    from mosaic.services.content import ContentService
     from mosaic.services.portal import PortalService, TimelineStudy
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
@@ -121,7 +120,7 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
                                             detail={"path": request.url.path, "what": found.media_type,
                                                     **({"range": request.headers["range"][:64]}
                                                        if "range" in request.headers else {})})
-        return _ranged(request, content, found, download=request.query_params.get("download") == "1")
+        return ranged(request, content, found, download=request.query_params.get("download") == "1")
 
     @router.post("/patients/{patient_pk}/captures")
     async def upload(request: Request, patient_pk: str) -> Response:
@@ -197,36 +196,6 @@ def _basename(name: str) -> str:
 def _operator(name: str) -> str:
     """The signed-in user as an operator's name (PN): ``jane.doe`` → ``jane.doe`` (no components invented)."""
     return name.replace("^", " ")[:64]
-
-
-def _ranged(request: Request, content: ContentService, found: Content, *, download: bool) -> Response:
-    size = found.length
-    headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, no-cache",
-               "ETag": f'"{found.instance.sha256}"', "X-Content-Type-Options": "nosniff"}
-    name = found.filename or f"{found.instance.SOPInstanceUID}{_suffix(found.media_type)}"
-    disposition = "attachment" if download else "inline"
-    headers["Content-Disposition"] = f"{disposition}; filename*=UTF-8''{quote(name)}"
-    wanted = request.headers.get("range", "")
-    match = _RANGE.match(wanted.strip()) if wanted else None
-    if match and (match.group(1) or match.group(2)):
-        if match.group(1):
-            start = int(match.group(1))
-            end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
-        else:
-            start, end = max(size - int(match.group(2)), 0), size - 1
-        if start >= size or end < start:
-            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        headers["Content-Length"] = str(end - start + 1)
-        return StreamingResponse(content.read(found, start, end), status_code=206, media_type=found.media_type,
-                                 headers=headers)
-    headers["Content-Length"] = str(size)
-    return StreamingResponse(content.read(found), media_type=found.media_type, headers=headers)
-
-
-def _suffix(media_type: str) -> str:
-    return {"image/jpeg": ".jpg", "image/png": ".png", "image/tiff": ".tif", "image/heic": ".heic",
-            "video/mp4": ".mp4", "video/quicktime": ".mov", "application/pdf": ".pdf"}.get(media_type, "")
 
 
 def _name(value: str) -> str:

@@ -26,14 +26,14 @@ from mosaic.http.auth import SHARE_COOKIE, check_csrf_form, require
 from mosaic.http.bodies import json_object
 from mosaic.http.origin import client_origin
 from mosaic.services.shares import RECIPIENT_KINDS, ShareRefused
+from mosaic.web.content_answer import ranged
 from mosaic.web.pages import page
 
 if TYPE_CHECKING:
-    from mosaic.services.content import Content, ContentService
+    from mosaic.services.content import ContentService
     from mosaic.services.portal import PortalService, StudyView
     from mosaic.services.shares import CreatedShare, ShareService, ShareView
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
 
@@ -179,7 +179,8 @@ def create_share_router(shares: ShareService, portal: PortalService, content: Co
                                             SOPInstanceUID=sop, PatientID=found.instance.PatientID,
                                             IssuerOfPatientID=found.instance.IssuerOfPatientID,
                                             detail={**_who(view), "what": found.media_type, "path": "/share/…"})
-        return _ranged(request, content, found, download=request.query_params.get("download") == "1")
+        return ranged(request, content, found, download=request.query_params.get("download") == "1",
+                      cache="private, no-store")
 
     @router.get("/share/{token}/download")
     def download(request: Request, token: str) -> Response:
@@ -314,29 +315,6 @@ def _address(request: Request) -> str:
 
 def _url(request: Request, token: str) -> str:
     return f"{client_origin(request)}/share/{token}"
-
-
-def _ranged(request: Request, content: ContentService, found: Content, *, download: bool) -> Response:
-    """The content by byte range (a video seeks), as the portal serves it."""
-    size = found.length
-    headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff",
-               "Content-Disposition": f"{'attachment' if download else 'inline'}; "
-                                      f"filename*=UTF-8''{quote(found.filename or found.instance.SOPInstanceUID)}"}
-    match = _RANGE.match(request.headers.get("range", "").strip())
-    if match and (match.group(1) or match.group(2)):
-        if match.group(1):
-            start = int(match.group(1))
-            end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
-        else:
-            start, end = max(size - int(match.group(2)), 0), size - 1
-        if start >= size or end < start:
-            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        headers["Content-Length"] = str(end - start + 1)
-        return StreamingResponse(content.read(found, start, end), status_code=206, media_type=found.media_type,
-                                 headers=headers)
-    headers["Content-Length"] = str(size)
-    return StreamingResponse(content.read(found), media_type=found.media_type, headers=headers)
 
 
 def _name(value: str) -> str:
