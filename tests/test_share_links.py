@@ -272,3 +272,14 @@ def _what(detail_json: str) -> str:
     import json
 
     return str(json.loads(detail_json).get("what", ""))
+
+
+def test_a_break_glass_opening_is_not_a_right_to_share(node: Mosaic) -> None:
+    """North's clinician may look at south's study for a few hours in an emergency; a 30-day outside link to it
+    would outlive the emergency and escape the break-glass review: refused, like a study they cannot see."""
+    opened = httpx.post(url(node, "/api/break-glass"), auth=NORTH, timeout=30,
+                        json={"StudyInstanceUID": ROOT + "3", "reason": "patient collapsed in clinic"})
+    assert opened.status_code in (200, 201), opened.text
+    assert httpx.get(url(node, f"/dicom-web/studies/{ROOT}3/metadata"), auth=NORTH, timeout=30).status_code == 200
+    refused = share(node, [ROOT + "3"], days=30)
+    assert refused.status_code == 404, refused.text

@@ -201,7 +201,10 @@ class ShareService:
         days = self.settings.default_days if days is None else days
         if not 1 <= days <= self.settings.max_days:
             raise ShareRefused(f"a link is valid 1 to {self.settings.max_days} days (sharing.max_days)", status=400)
-        scope = self.policy.scope(principal)
+        # the creator's own facilities and departments, never its break-glass openings: an emergency look at
+        # another site's study is not a right to hand it on for weeks
+        full = self.policy.scope(principal)
+        scope = Scope(full.facilities, full.departments)
         with self.database.session() as session:
             rows = session.execute(select(Study.StudyInstanceUID, Study.patient_pk, Patient.PatientID,
                                           Patient.IssuerOfPatientID).join(Patient, Study.patient_pk == Patient.pk)
