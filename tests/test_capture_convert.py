@@ -402,3 +402,31 @@ def test_non_ascii_names_are_utf8(tmp_path: Path, workdir: Path) -> None:
     assert str(dataset.PatientName) == "Müller^José" and dataset.SeriesDescription == "伤口"
     raw = (workdir / f"{dataset.SOPInstanceUID}.dcm").read_bytes()
     assert "Müller^José".encode() in raw
+
+
+def test_an_image_header_claiming_gigapixels_is_refused_before_decoding(tmp_path: Path) -> None:
+    """A few hundred bytes saying 30000 x 30000 (a progressive JPEG, which jpegtran would expand, or a PNG) must
+    not take gigabytes of memory: refused by the size in the header."""
+    import struct
+    import zlib
+
+    from mosaic.services.capture import CaptureContext, CaptureError, capture
+
+    context = CaptureContext(PatientID="P", StudyInstanceUID="1.2.3.4", SeriesInstanceUID="1.2.3.4.1")
+    png = tmp_path / "bomb.png"
+    header = struct.pack(">IIBBBBB", 13000, 13000, 8, 6, 0, 0, 0)  # RGBA, under Pillow's own bomb limit
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(  # noqa: E731
+        ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+                    + chunk(b"IEND", b""))
+    with pytest.raises(CaptureError, match="megapixels"):
+        capture(png, context, filename="bomb.png", workdir=tmp_path)
+    progressive = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(progressive, "JPEG", progressive=True)
+    data = bytearray(progressive.getvalue())
+    sof = data.find(b"\xff\xc2")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 30000, 30000)  # the frame header's rows and columns
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(bytes(data))
+    with pytest.raises(CaptureError, match="megapixels"):
+        capture(bomb, context, filename="bomb.jpg", workdir=tmp_path)

@@ -177,8 +177,11 @@ def jpegtran(data: bytes, arguments: list[str]) -> bytes:
     with tempfile.TemporaryDirectory(prefix="mosaic-jpegtran-") as scratch:
         source, target = Path(scratch, "in.jpg"), Path(scratch, "out.jpg")
         source.write_bytes(data)
-        result = subprocess.run([program, *arguments, "-outfile", str(target), str(source)], capture_output=True,
-                                timeout=300, check=False)
+        try:  # -maxmemory bounds jpegtran's own buffers (a progressive image's coefficients go to temp files)
+            result = subprocess.run([program, "-maxmemory", "256M", *arguments, "-outfile", str(target),
+                                     str(source)], capture_output=True, timeout=300, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise JPEGError("jpegtran took longer than 300 s") from exc
         if result.returncode != 0 or not target.exists():
             raise JPEGError(result.stderr.decode("utf-8", "replace").strip() or "jpegtran failed")
         return target.read_bytes()

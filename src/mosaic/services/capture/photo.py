@@ -75,6 +75,7 @@ def from_jpeg(data: bytes, context: CaptureContext, uid: str, filename: str) -> 
         structure = jpeg.parse(data)
     except jpeg.JPEGError as exc:
         raise CaptureError(filename, f"not a readable JPEG image: it {exc}") from exc
+    _check_size(structure.frame.rows, structure.frame.columns, filename)  # before jpegtran, which allocates it all
     taken = exif.read_image(data)
     derived: list[str] = []
     arguments: list[str] = []
@@ -173,6 +174,19 @@ def _predictor(data: bytes, structure: jpeg.Structure) -> int:
     return data[sos.start + 5 + 2 * count]
 
 
+MAX_PIXELS = 100_000_000
+"""The largest photo captured (100 megapixels: a medium-format camera's 16-bit frame is ~150 MB decoded). A header
+claiming more is refused before anything is decoded: a few hundred bytes must not take gigabytes of memory."""
+
+
+def _check_size(rows: int, columns: int, filename: str) -> None:
+    if rows <= 0 or columns <= 0:
+        raise CaptureError(filename, f"an image of {columns} x {rows} pixels")
+    if rows * columns > MAX_PIXELS:
+        raise CaptureError(filename, f"an image of {columns} x {rows} pixels, more than the "
+                                     f"{MAX_PIXELS // 1_000_000} megapixels Mosaic captures")
+
+
 def from_still(data: bytes, media_type: str, context: CaptureContext, uid: str, filename: str) -> Photo:
     """A decoded still, upright, RGB or MONOCHROME2 (16 bits kept for 16-bit grayscale), Explicit VR Little
     Endian; the original file kept in the private block. Alpha is composited on white (what the photo looked like
@@ -181,6 +195,7 @@ def from_still(data: bytes, media_type: str, context: CaptureContext, uid: str, 
         _register_heif()
     try:
         with Image.open(io.BytesIO(data)) as opened:
+            _check_size(opened.size[1], opened.size[0], filename)  # from the header, before any pixel is decoded
             pages = int(getattr(opened, "n_frames", 1))
             if pages > 1 and media_type == "image/tiff":
                 raise CaptureError(filename, f"a TIFF with {pages} pages: capture one image per file")
