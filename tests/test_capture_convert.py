@@ -430,3 +430,26 @@ def test_an_image_header_claiming_gigapixels_is_refused_before_decoding(tmp_path
     bomb.write_bytes(bytes(data))
     with pytest.raises(CaptureError, match="megapixels"):
         capture(bomb, context, filename="bomb.jpg", workdir=tmp_path)
+
+
+def test_a_sample_table_that_re_walks_every_chunk_is_refused_at_once(tmp_path: Path) -> None:
+    """stsc entries whose first chunks go 1, N+1, 1, N+1 … would make the truncation check walk every chunk per
+    entry (quadratic: minutes of CPU from a megabyte); first chunks must rise (ISO/IEC 14496-12 8.7.4)."""
+    import struct
+
+    from mosaic.services.capture import CaptureContext, CaptureError, capture
+
+    def box(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I4s", 8 + len(body), kind) + body
+
+    chunks, entries = 2000, 2000
+    stco = box(b"stco", b"\0\0\0\0" + struct.pack(">I", chunks) + b"\0\0\0\0" * chunks)
+    stsz = box(b"stsz", b"\0\0\0\0" + struct.pack(">II", 1, 1))
+    stsc = box(b"stsc", b"\0\0\0\0" + struct.pack(">I", entries) + b"".join(
+        struct.pack(">III", 1 if number % 2 == 0 else chunks + 1, 1, 1) for number in range(entries)))
+    moov = box(b"moov", box(b"trak", box(b"mdia", box(b"minf", box(b"stbl", stsz + stsc + stco)))))
+    clip = tmp_path / "crafted.mp4"
+    clip.write_bytes(box(b"ftyp", b"isom\0\0\0\0") + moov + box(b"mdat", b"\0" * 16))
+    context = CaptureContext(PatientID="P", StudyInstanceUID="1.2.3.4", SeriesInstanceUID="1.2.3.4.1")
+    with pytest.raises(CaptureError, match="sample-to-chunk"):
+        capture(clip, context, filename="crafted.mp4", workdir=tmp_path)

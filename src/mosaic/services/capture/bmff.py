@@ -214,7 +214,16 @@ def _check_samples(data: bytes, tables: dict[bytes, Box], base: int, file_size: 
         raise Truncated("its sample-to-chunk table is cut short")
     runs = [struct.unpack_from(">III", data, at + 8 + 12 * i)[:2] for i in range(entries)]
     sample = 0
+    previous = 0
+    for first_chunk, _per_chunk in runs:
+        # ISO/IEC 14496-12 8.7.4: first chunks rise; otherwise a crafted table re-walks every chunk per entry
+        if first_chunk <= previous or first_chunk > count:
+            raise Truncated("its sample-to-chunk table is malformed (its first chunks do not rise within the "
+                            "chunk offset table)")
+        previous = first_chunk
     for index, (first_chunk, per_chunk) in enumerate(runs):
+        if sample >= samples:
+            break
         last_chunk = runs[index + 1][0] - 1 if index + 1 < len(runs) else count
         for chunk in range(first_chunk, last_chunk + 1):
             if chunk < 1 or chunk > count:
