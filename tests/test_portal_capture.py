@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pydicom
@@ -152,3 +153,21 @@ def test_captured_content_is_a_fhir_document_reference_whose_attachment_is_the_c
         assert fetched.status_code == 200 and fetched.content == original
     read = httpx.get(f"{base}/fhir/DocumentReference/{by_type['image/jpeg'].id}", auth=VIEWER, timeout=30)
     assert read.status_code == 200 and DocumentReference.model_validate(read.json()).id == by_type["image/jpeg"].id
+
+
+def test_an_encounter_is_a_facility_s_own(node: Mosaic, tmp_path: pytest.TempPathFactory) -> None:
+    """Visit numbers are a facility's: south's captures for the same patient and visit number neither go into
+    north's study nor keep north's out of it."""
+    from mosaic.services.capturing import CaptureFile, CaptureRequest
+
+    folder = Path(str(tmp_path))
+    results = {}
+    for facility, colour in (("north", (10, 20, 30)), ("south", (30, 20, 10))):
+        photo = folder / f"{facility}.jpg"
+        photo.write_bytes(jpeg(colour))
+        [results[facility]] = node.captures.capture(
+            CaptureRequest(PatientID="P7", IssuerOfPatientID="HOSP", encounter="V-1"),
+            [CaptureFile(photo, photo.name, "image/jpeg")], IngestOrigin(door="test", facility=facility),
+            scope=Scope.everything())
+    assert results["north"].outcome == results["south"].outcome == "stored"
+    assert results["north"].StudyInstanceUID != results["south"].StudyInstanceUID

@@ -212,7 +212,7 @@ def test_images_and_their_order_find_each_other(node: Mosaic) -> None:
 
     # images that came first (orderless, with the accession) become the study of the order that follows
     node.ingest.store(make_bytes(patient_id="MRN1", issuer="GENHOSP", study_uid=orderless, accession="E5002"),
-                      door="test")
+                      door="test", facility="north")  # the RIS speaks for north: only north's studies are its own
     assert send(node, orm("NW", "E5002")) == ["AA"]
     [step] = worklist(node, AccessionNumber="E5002")[0]
     assert step.StudyInstanceUID == orderless
@@ -455,3 +455,16 @@ def test_an_order_for_an_encounter_takes_the_study_of_its_orderless_captures(nod
     steps = {str(item.AccessionNumber): item.StudyInstanceUID for item in worklist(node)[0]}
     assert steps["L2001"] == captured.StudyInstanceUID
     assert steps["L2002"] != captured.StudyInstanceUID  # another visit: a study of its own
+
+
+def test_an_order_takes_only_its_own_facility_s_stored_study(sites: Mosaic) -> None:
+    """South's RIS orders accession G9001 for a patient whose north study already has that accession: the south
+    step gets a study of its own, never north's Study Instance UID on south's worklist."""
+    from tests.factory import make_bytes
+
+    north_study = "1.2.826.0.1.3680043.10.1234.99.7"
+    sites.ingest.store(make_bytes(patient_id="MRN1", issuer="GENHOSP", study_uid=north_study, accession="G9001"),
+                       door="test", facility="north")
+    assert send(sites, orm("NW", "G9001", application="SRIS")) == ["AA"]
+    [step] = worklist(sites, calling="SOUTHMR", AccessionNumber="G9001")[0]
+    assert step.StudyInstanceUID != north_study

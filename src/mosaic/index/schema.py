@@ -557,13 +557,17 @@ class EncounterStudy(Base):
     number the archive generated; an order that later names that accession (or the encounter) is its order."""
 
     __tablename__ = "encounter_study"
-    __table_args__ = (UniqueConstraint("PatientID", "IssuerOfPatientID", "encounter", name="uq_encounter_study"),)
+    __table_args__ = (UniqueConstraint("PatientID", "IssuerOfPatientID", "encounter", "facility",
+                                       name="uq_encounter_study"),)
 
     pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     PatientID: Mapped[str] = mapped_column(String(64), nullable=False)
     IssuerOfPatientID: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     encounter: Mapped[str] = mapped_column(String(64), nullable=False)
     """The visit (AdmissionID; HL7 PV1-19); "" never: captures without an encounter get a study each."""
+    facility: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    """The facility of the captures: a visit number is a facility's, and one site's captures must not go into (or
+    be kept out of) another's study."""
     StudyInstanceUID: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     AccessionNumber: Mapped[str] = _key(16)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -134,7 +134,7 @@ class CaptureService:
                              existing.StudyDescription or "", existing.StudyDate or "", existing.StudyTime or "")
         elif request.encounter.strip():
             target = self._encounter_study(demographics["PatientID"], demographics["IssuerOfPatientID"],
-                                           request.encounter.strip()[:64], now)
+                                           request.encounter.strip()[:64], origin.facility[:64], now)
         else:
             uid = generate_uid(entropy_srcs=["mosaic capture session", demographics["PatientID"],
                                              demographics["IssuerOfPatientID"], request.session_key]) \
@@ -200,12 +200,14 @@ class CaptureService:
                 .where(Instance.SOPInstanceUID == sop_instance_uid,
                        Study.StudyInstanceUID == study_instance_uid)) is not None
 
-    def _encounter_study(self, patient_id: str, issuer: str, encounter: str, now: datetime) -> _Target:
-        """The encounter's study: found, or created once (two captures racing agree on one)."""
+    def _encounter_study(self, patient_id: str, issuer: str, encounter: str, facility: str,
+                         now: datetime) -> _Target:
+        """The encounter's study at ``facility`` (a visit number is a facility's): found, or created once (two
+        captures racing agree on one)."""
         def find(session: Session) -> _Target | None:
             row = session.scalar(select(EncounterStudy).where(
                 EncounterStudy.PatientID == patient_id, EncounterStudy.IssuerOfPatientID == issuer,
-                EncounterStudy.encounter == encounter))
+                EncounterStudy.encounter == encounter, EncounterStudy.facility == facility))
             if row is None:
                 return None
             study = session.scalar(select(Study).where(Study.StudyInstanceUID == row.StudyInstanceUID))
@@ -225,7 +227,8 @@ class CaptureService:
             if again is not None:
                 return again
             session.add(EncounterStudy(PatientID=patient_id, IssuerOfPatientID=issuer, encounter=encounter,
-                                       StudyInstanceUID=uid, AccessionNumber=_accession(uid), created_at=now))
+                                       facility=facility, StudyInstanceUID=uid, AccessionNumber=_accession(uid),
+                                       created_at=now))
             return _Target(uid, _accession(uid), "", "", "")
 
         try:

@@ -16,7 +16,7 @@ from typing import Any, cast
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from mosaic.core.errors import QueryError
@@ -283,11 +283,13 @@ def _apply_step(session: Session, order: Order, facility: str, source: str, now:
     if not values.get("StudyInstanceUID"):
         # images that came before their order (orderless, with its accession) are its study; else the study the
         # encounter's orderless captures made (IHE Encounter-Based Imaging Workflow reconciliation)
+        # only the sender's facility's studies (one that speaks for every facility: any)
+        where = {"facility": facility[:64], "any": not facility}
         stored = connection.execute(_STORED_STUDY, {"accession": order.AccessionNumber, "id": order.PatientID,
-                                                 "issuer": order.IssuerOfPatientID}).scalar()
+                                                 "issuer": order.IssuerOfPatientID, **where}).scalar()
         if stored is None and order.encounter:
             stored = connection.execute(_ENCOUNTER_STUDY, {"id": order.PatientID, "issuer": order.IssuerOfPatientID,
-                                                        "encounter": order.encounter}).scalar()
+                                                        "encounter": order.encounter, **where}).scalar()
         values["StudyInstanceUID"] = stored or generate_uid()
     connection.execute(_INSERT_STEP, {**_STEP_DEFAULTS, **values, "AccessionNumber": order.AccessionNumber,
                                    "ScheduledProcedureStepID": order.ScheduledProcedureStepID,
@@ -306,10 +308,12 @@ _STEP_DEFAULTS = {column.name: getattr(column.default, "arg", None) for column i
 """What a new step's columns are when the order does not say (every statement inserts every column)."""
 _ENCOUNTER_STUDY = select(EncounterStudy.StudyInstanceUID).where(
     EncounterStudy.PatientID == bindparam("id"), EncounterStudy.IssuerOfPatientID == bindparam("issuer"),
-    EncounterStudy.encounter == bindparam("encounter"))
+    EncounterStudy.encounter == bindparam("encounter"),
+    or_(bindparam("any"), EncounterStudy.facility == bindparam("facility"))).limit(1)
 _STORED_STUDY = select(Study.StudyInstanceUID).join(Patient, Study.patient_pk == Patient.pk).where(
     Study.AccessionNumber == bindparam("accession"), Patient.PatientID == bindparam("id"),
-    Patient.IssuerOfPatientID == bindparam("issuer")).limit(1)
+    Patient.IssuerOfPatientID == bindparam("issuer"),
+    or_(bindparam("any"), Study.facility == bindparam("facility"))).limit(1)
 
 
 def _step_item(identifier: Dataset) -> Dataset | None:

@@ -23,10 +23,11 @@ def upgrade() -> None:
         sa.Column('PatientID', sa.String(length=64), nullable=False),
         sa.Column('IssuerOfPatientID', sa.String(length=64), nullable=False, server_default=''),
         sa.Column('encounter', sa.String(length=64), nullable=False),
+        sa.Column('facility', sa.String(length=64), nullable=False, server_default=''),
         sa.Column('StudyInstanceUID', sa.String(length=64), nullable=False, unique=True),
         sa.Column('AccessionNumber', sa.String(length=16), nullable=False, server_default=''),
         sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-        sa.UniqueConstraint('PatientID', 'IssuerOfPatientID', 'encounter', name='uq_encounter_study'),
+        sa.UniqueConstraint('PatientID', 'IssuerOfPatientID', 'encounter', 'facility', name='uq_encounter_study'),
     )
     op.create_index('ix_encounter_study_AccessionNumber', 'encounter_study', ['AccessionNumber'])
 
