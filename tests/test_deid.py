@@ -688,3 +688,22 @@ def test_retain_institution_identity_keeps_the_institution() -> None:
     assert (kept.InstitutionName, kept.InstitutionAddress) == ("General Hospital", "1 Main St")
     _, removed = _deidentified(DeidentificationOptions(SECRET), InstitutionName="General Hospital")
     assert removed.InstitutionName != "General Hospital"
+
+
+def test_photographs_and_video_of_the_patient_are_excluded_unless_they_say_nobody_is_recognisable() -> None:
+    """A clinical photo says BurnedInAnnotation NO (no text in it), yet shows the patient: a de-identified export
+    or share must leave it out, unless RecognizableVisualFeatures says NO."""
+    from pydicom.dataset import Dataset
+
+    from mosaic.governance.deid import burned_in_annotation_reason
+
+    for sop_class in ("1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.77.1.1.1"):
+        photo = Dataset()
+        photo.SOPClassUID, photo.Modality, photo.BurnedInAnnotation = sop_class, "XC", "NO"
+        assert burned_in_annotation_reason(photo) is not None
+        photo.RecognizableVisualFeatures = "NO"
+        assert burned_in_annotation_reason(photo) is None
+    ct = Dataset()
+    ct.SOPClassUID, ct.Modality, ct.BurnedInAnnotation, ct.RecognizableVisualFeatures = \
+        "1.2.840.10008.5.1.4.1.1.2", "CT", "NO", "YES"  # a 3D surface rendering of a face
+    assert burned_in_annotation_reason(ct) is not None

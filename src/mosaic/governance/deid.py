@@ -412,13 +412,30 @@ def shift_datetime(value: str, days: int) -> str | None:
     return None if date is None else date + text[8:]
 
 
-def burned_in_annotation_reason(dataset: Dataset) -> str | None:
-    """Why this instance may show identifying text in its pixels, or None.
+VISIBLE_LIGHT_CLASSES: Final = frozenset({
+    "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL Photographic Image
+    "1.2.840.10008.5.1.4.1.1.77.1.1",  # VL Endoscopic Image
+    "1.2.840.10008.5.1.4.1.1.77.1.4.1",  # Video Photographic Image
+    "1.2.840.10008.5.1.4.1.1.77.1.1.1",  # Video Endoscopic Image
+})
+"""Photographs and video of the patient: a face, a tattoo, a wristband is in the picture whatever the text."""
 
-    BurnedInAnnotation YES excludes; NO is trusted. Without the attribute, instances of modalities
+
+def burned_in_annotation_reason(dataset: Dataset) -> str | None:
+    """Why this instance may show identifying text or features in its pixels, or None.
+
+    A photograph or video of the patient (:data:`VISIBLE_LIGHT_CLASSES`) is excluded unless it says it has no
+    recognizable visual features (RecognizableVisualFeatures NO), and so is anything that says it has
+    (YES). BurnedInAnnotation YES excludes; NO is trusted. Without the attribute, instances of modalities
     that usually burn text in (:data:`BURNED_IN_MODALITIES`), secondary captures and encapsulated
     documents are assumed to, and so are whole-slide LABEL images.
     """
+    recognizable = str(dataset.get("RecognizableVisualFeatures", "") or "").strip().upper()
+    if recognizable == "YES":
+        return "RecognizableVisualFeatures is YES: the patient can be recognised in the image"
+    if str(dataset.get("SOPClassUID", "") or "") in VISIBLE_LIGHT_CLASSES and recognizable != "NO":
+        return "a photograph or video of the patient without RecognizableVisualFeatures NO: the patient may be " \
+               "recognisable in it"
     flag = str(dataset.get("BurnedInAnnotation", "") or "").strip().upper()
     if flag == "YES":
         return "BurnedInAnnotation is YES: identifying text may be burned into the pixel data"
