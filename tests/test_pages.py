@@ -209,3 +209,25 @@ def test_api_clients_keep_json_answers_from_break_glass(node: Mosaic) -> None:
 def test_the_viewer_links_back_to_mosaic() -> None:
     config = render_app_config(dicomweb_root="/dicom-web", prefix="/viewer")
     assert "whiteLabeling" in config and "createLogoComponentFn" in config and "href: '/'" in config
+
+
+def test_the_break_glass_search_is_for_people_and_a_few_times_an_hour(tmp_path: Path) -> None:
+    """Searching every facility's patients is for a person in an emergency: an API token is refused, and one user
+    cannot list the directory by searching again and again."""
+    from mosaic.web.account import BREAK_GLASS_SEARCHES
+
+    node = Mosaic(Settings(data_dir=tmp_path, http=HttpSettings(port=0), dicom=DicomSettings(port=0)))
+    node.start(dicom=False)
+    try:
+        node.identity.add_user("er.doc", roles=["clinician"], password="er-doctor-password", facilities=["north"])
+        base = f"http://127.0.0.1:{node.http_port}/break-glass"
+        token = node.identity.issue_token("er.doc", name="script")
+        refused = httpx.get(base, params={"patient_id": "P1"}, timeout=30,
+                            headers={"Authorization": f"Bearer {token}", "Accept": "text/html"})
+        assert refused.status_code == 400 and "not for API tokens" in refused.text
+        answers = [httpx.get(base, params={"patient_id": f"P{number}"}, auth=("er.doc", "er-doctor-password"),
+                             timeout=30, headers={"Accept": "text/html"}).status_code
+                   for number in range(BREAK_GLASS_SEARCHES + 1)]
+        assert answers[:-1] == [200] * BREAK_GLASS_SEARCHES and answers[-1] == 400
+    finally:
+        node.stop()

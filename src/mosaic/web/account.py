@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -48,6 +50,10 @@ def _safe_next(target: str) -> str:
 def _sentence(message: str) -> str:
     text = f"{message[:1].upper()}{message[1:]}"
     return text if not text or text[-1] in ".!?" else text + "."
+
+
+BREAK_GLASS_SEARCHES = 20
+"""Emergency searches over every facility one user may run an hour."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,24 @@ def create_account_router(identity: IdentityService, policy: AccessPolicy, audit
             "studies": [study.StudyInstanceUID for study in shown]})
         return shown, len(found) > len(shown)
 
+    searches: dict[str, list[float]] = {}
+    searches_lock = threading.Lock()
+
+    def search_refusal(principal: Principal) -> str:
+        """A search over every facility's patients is for a person in an emergency, a few times: not for an
+        integration's token, and not a way to list the directory (BREAK_GLASS_SEARCHES an hour per user)."""
+        if principal.kind not in ("user", "oidc"):
+            return "Emergency access is for people signed in, not for API tokens."
+        now = time.monotonic()
+        with searches_lock:
+            recent = [moment for moment in searches.get(principal.name, []) if now - moment < 3600]
+            if len(recent) >= BREAK_GLASS_SEARCHES:
+                searches[principal.name] = recent
+                return (f"At most {BREAK_GLASS_SEARCHES} emergency searches an hour: give the study's UID, or "
+                        "ask a colleague with access to the patient's site.")
+            searches[principal.name] = [*recent, now]
+        return ""
+
     def search_problem(terms: dict[str, str]) -> str:
         if not any(terms.values()):
             return ""
@@ -215,6 +239,8 @@ def create_account_router(identity: IdentityService, policy: AccessPolicy, audit
         principal = require(request, Permission.READ, action=AuditAction.BREAK_GLASS)
         terms = {"name": name.strip(), "patient_id": patient_id.strip(), "accession": accession.strip()}
         problem = search_problem(terms)
+        if not problem and any(terms.values()):
+            problem = search_refusal(principal)
         if problem:
             return break_glass_form(request, principal, status_code=400, message=problem, study=study,
                                     search=terms)
