@@ -308,3 +308,12 @@ def test_single_sign_on_comes_back_to_the_launch_with_its_whole_query(tmp_path: 
     finally:
         sso.stop()
         provider.stop()
+
+
+def test_a_wildcard_secret_never_signs_an_administrator_in(node: Mosaic) -> None:
+    """users_may_be = ["*"] is the EHR's clinicians: an administrator's account needs its own sign-in."""
+    node.identity.add_user("it.admin", roles=["administrator"], password="it-admin-password-1")
+    answer = launch(node, signed({"requestType": "STUDY", "studyUID": ROOT + "1"}, user="it.admin"),
+                    address="198.51.100.77")
+    assert answer.status_code == 403 and "administrator" in answer.text
+    assert "mosaic_session" not in answer.cookies

@@ -47,6 +47,7 @@ from sqlalchemy import Select, func, select
 
 from mosaic.config import LaunchSettings, SecuritySettings, StartupError
 from mosaic.governance.identity import SignInRefused, _SignInThrottle
+from mosaic.governance.policy import Permission
 from mosaic.index.database import Database
 from mosaic.index.query import Scope
 from mosaic.index.schema import Patient, Study
@@ -299,6 +300,10 @@ class LaunchTokens:
         principal = self.identity.principal_for(claimed)
         if principal is None:
             raise LaunchRefused(f"no enabled account named {claimed!r}", ehr=ehr.name, user=claimed)
+        if claimed not in ehr.users and Permission.ADMINISTER in principal.permissions:
+            # "*" is the EHR's clinicians: an administrator signs in themselves, never through a shared secret
+            raise LaunchRefused(f"{ehr.name} may launch as {claimed!r} only by name (an administrator's account "
+                                "is never covered by users_may_be = [\"*\"])", ehr=ehr.name, user=claimed)
         return SignedLaunch(ehr.name, claimed, nonce, expires), principal
 
     def _use(self, ehr: str, nonce: str, forget_at: float, now: float, claimed: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -21,9 +22,6 @@ _TAIL = 1024
 
 def check(source: Path, filename: str) -> str:
     """Refuse what cannot be displayed; answer the PDF's /Title (may be empty)."""
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
-
     size = source.stat().st_size
     with source.open("rb") as stream:
         if not stream.read(5) == b"%PDF-":
@@ -32,8 +30,17 @@ def check(source: Path, filename: str) -> str:
         if b"%%EOF" not in stream.read(_TAIL):
             raise CaptureError(filename, "is truncated: no %%EOF in its last 1024 bytes")
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # non-strict reading warns about what it tolerates
+    # an open file, not its path: given a path, pypdf reads the whole document into memory
+    with source.open("rb") as handle:
+        return _read(handle, filename)
+
+
+def _read(handle: BinaryIO, filename: str) -> str:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
     try:
-        reader = PdfReader(source, strict=False)
+        reader = PdfReader(handle, strict=False)
         if reader.is_encrypted and not reader.decrypt(""):
             raise CaptureError(filename, "is encrypted with a password: the archive could not display it; "
                                          "upload it without protection")
