@@ -283,3 +283,26 @@ def test_a_break_glass_opening_is_not_a_right_to_share(node: Mosaic) -> None:
     assert httpx.get(url(node, f"/dicom-web/studies/{ROOT}3/metadata"), auth=NORTH, timeout=30).status_code == 200
     refused = share(node, [ROOT + "3"], days=30)
     assert refused.status_code == 404, refused.text
+
+
+def test_a_link_ends_with_its_creator_s_rights(node: Mosaic) -> None:
+    """Disabling the account that shared a link (or taking the facility away) ends its links at once."""
+    node.identity.add_user("leaving.doc", roles=["clinician"], password="leaving-doctor-password",
+                           facilities=["north"])
+    link = created_by(node, ("leaving.doc", "leaving-doctor-password"), [ROOT + "2"])
+    with recipient(node) as browser:
+        assert browser.get(path_of(link)).status_code == 200
+        assert browser.get(f"/dicom-web/studies/{ROOT}2/metadata").status_code == 200
+        node.identity.update_user("leaving.doc", active=False)
+        node.shares._sessions.clear()  # this node's session cache (another node's lasts credential_cache_seconds)
+        ended = browser.get(f"/dicom-web/studies/{ROOT}2/metadata", follow_redirects=False)
+        assert ended.status_code in (303, 401, 403, 404) and ROOT + "2" not in ended.text  # to sign-in, no data
+    with recipient(node) as browser:
+        again = browser.get(path_of(link))
+        assert again.status_code == 410 and "may no longer share" in again.text
+
+
+def created_by(node: Mosaic, who: tuple[str, str], studies: list[str]) -> dict[str, object]:
+    answer = share(node, studies, who)
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())

@@ -84,7 +84,8 @@ class Mosaic:
         self.subscriptions = SubscriptionService(self.database)
         self.identity = IdentityService(self.database, settings.security, self.policy)
         self.shares = ShareService(self.database, self.policy, self.retrieve, settings.sharing,
-                                   cache_seconds=settings.security.credential_cache_seconds)
+                                   cache_seconds=settings.security.credential_cache_seconds,
+                                   creator=self.identity.account_now)
         """Share links: studies shared with people outside the hospital (``/shares``, ``/share/<token>``)."""
         self.jobs = JobStore(self.database, settings.jobs)
         self.job_runner = JobRunner(self.jobs, settings.jobs)

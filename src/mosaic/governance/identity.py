@@ -318,6 +318,15 @@ class IdentityService:
                 return None
             return self._principal(row, kind)
 
+    def account_now(self, username: str) -> Principal | bool | None:
+        """The local account ``username`` as it stands now (a Principal), False when it is disabled, None when
+        there is no such account (a single sign-on user has none): what a share link's creator check asks."""
+        with self.database.session() as session:
+            row = session.scalar(select(UserAccount).where(UserAccount.username == username))
+            if row is None:
+                return None
+            return self._principal(row, "user") if row.active else False
+
     def _principal(self, row: UserAccount, kind: str, csrf_token: str = "") -> Principal:
         roles = _split(row.roles)
         return Principal(name=row.username, kind=kind, roles=roles, permissions=self.policy.permissions_of(roles),

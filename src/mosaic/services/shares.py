@@ -43,7 +43,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydicom.filebase import DicomFileLike
 from pydicom.fileset import FileSet
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from mosaic.config import SharingSettings
 from mosaic.core.times import as_utc
@@ -165,7 +165,11 @@ class ShareService:
     """Creates, lists, revokes and opens share links, and writes their downloads."""
 
     def __init__(self, database: Database, policy: AccessPolicy, retrieve: RetrieveService,
-                 settings: SharingSettings, *, cache_seconds: float = 0.0) -> None:
+                 settings: SharingSettings, *, cache_seconds: float = 0.0,
+                 creator: Callable[[str], Principal | bool | None] | None = None) -> None:
+        self.creator = creator
+        """The creator's account as it stands now (``IdentityService.account_now``): a Principal, False when it
+        was disabled or removed, None when there is no local account to ask (a single sign-on user)."""
         self.database = database
         self.policy = policy
         self.retrieve = retrieve
@@ -283,7 +287,25 @@ class ShareService:
         if state != "active":
             self.throttle.refused(address)
             raise ShareRefused(_REFUSALS[state], status=403 if state == "locked" else 410, share=view)
+        if not self._creator_may_share(view):
+            raise ShareRefused(_REFUSALS["creator"], status=410, share=view)
         return view
+
+    def _creator_may_share(self, view: ShareView) -> bool:
+        """A link lives on its creator's rights: a disabled account, or one that may no longer share or see these
+        studies (its own facilities and departments), ends its links."""
+        if self.creator is None:
+            return True
+        account = self.creator(view.created_by)
+        if account is None:
+            return True  # no local account to ask (single sign-on): the link's expiry bounds it
+        if account is False or isinstance(account, bool) or Permission.SHARE not in account.permissions:
+            return False
+        scope = Scope(self.policy.scope(account).facilities, self.policy.scope(account).departments)
+        with self.database.session() as session:
+            found = session.scalar(select(func.count()).select_from(Study).where(
+                Study.StudyInstanceUID.in_(list(view.studies)), scope.study_condition())) or 0
+        return int(found) == len(set(view.studies))
 
     def check_pin(self, view: ShareView, pin: str, address: str) -> None:
         """The link's PIN, or :class:`ShareRefused` 403 (the link locks after ``sharing.pin_attempts`` wrong
@@ -344,7 +366,7 @@ class ShareService:
             if row is None or as_utc(row[0]) <= now:
                 return None
             view = self._view(row[1])
-        if view.state(now) != "active":
+        if view.state(now) != "active" or not self._creator_may_share(view):
             return None
         if self.cache_seconds > 0:
             with self._lock:
@@ -430,6 +452,8 @@ class ShareService:
 
 
 _REFUSALS = {
+    "creator": "the person who shared this link may no longer share these studies: ask them, or their hospital, "
+               "for a new one",
     "revoked": "this link was withdrawn by the person who shared it: ask them for a new one",
     "expired": "this link has expired: ask the person who shared it for a new one",
     "locked": "this link is locked after too many wrong PINs: ask the person who shared it for a new one",
