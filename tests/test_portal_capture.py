@@ -23,6 +23,7 @@ from mosaic.index.schema import Instance
 from mosaic.services.origin import IngestOrigin
 from tests.factory import make_bytes
 from tests.helpers import LOCALHOST
+from tests.test_dicomweb_stow import leftovers
 from tests.test_reports import tiny_pdf
 
 NURSE = ("wound.nurse", "wound-nurse-password")
@@ -110,6 +111,7 @@ def test_photos_and_a_pdf_become_objects_of_the_encounter_s_study(node: Mosaic) 
     content = httpx.get(f"http://{LOCALHOST}:{node.http_port}/portal/content/{photo_ds.StudyInstanceUID}/"
                         f"{photo_ds.SeriesInstanceUID}/{photo_ds.SOPInstanceUID}", auth=VIEWER, timeout=30)
     assert content.status_code == 200 and content.content == photo
+    assert leftovers(node) == ([], [])  # every converted object linked into the store, nothing left in its spool
 
 
 def test_a_bad_file_is_refused_by_name_and_nothing_of_it_is_stored(node: Mosaic) -> None:
@@ -119,6 +121,7 @@ def test_a_bad_file_is_refused_by_name_and_nothing_of_it_is_stored(node: Mosaic)
     assert "photo.jpg" in answer.text and "scan.pdf" in answer.text
     with node.database.session() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 1
+    assert leftovers(node) == ([], [])  # no spool file, no orphan blob
 
 
 def test_capture_needs_store_permission_and_a_known_patient(node: Mosaic) -> None:

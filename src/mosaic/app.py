@@ -76,7 +76,8 @@ class Mosaic:
         self.patients = PatientService(self.database)
         self.worklist = WorklistService(self.database)
         self.reports = ReportService(self.database, self.ingest)
-        self.captures = CaptureService(self.database, self.ingest, workdir=settings.data_dir / "capture")
+        self.captures = CaptureService(self.database, self.ingest, workdir=settings.data_dir / "capture",
+                                       spool=Spool(self.spool_folder, self.blobs))
         """Photos, video and PDFs into patients' records (portal uploads, STOW-RS bulk data, import sidecars)."""
         self.changes = ChangeFeed(self.database)
         self.availability = StudyAvailability(self.database, settings.workflow)

@@ -17,6 +17,7 @@ the audit trail see it like any store; a file that cannot be converted stores no
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from mosaic.services.capture import CaptureContext, CaptureError, capture
 from mosaic.services.ingest import IngestService
 from mosaic.services.origin import IngestOrigin
 from mosaic.services.patients import resolve
+from mosaic.storage.spool import Spool
 
 PHOTO_SERIES, VIDEO_SERIES, DOCUMENT_SERIES = "photo", "video", "document"
 
@@ -102,10 +104,13 @@ class _Target:
 
 
 class CaptureService:
-    def __init__(self, database: Database, ingest: IngestService, workdir: Path) -> None:
+    def __init__(self, database: Database, ingest: IngestService, workdir: Path, spool: Spool | None = None) -> None:
         self.database = database
         self.ingest = ingest
         self.workdir = workdir
+        self.spool = spool
+        """Where a converted object is moved before ingest (the blob store's own spool: it is then linked into
+        the store, not copied and hashed again)."""
 
     def capture(self, request: CaptureRequest, files: list[CaptureFile], origin: IngestOrigin, *,
                 scope: Scope) -> list[CaptureResult]:
@@ -183,14 +188,32 @@ class CaptureService:
             captured.path.unlink(missing_ok=True)
             return CaptureResult(item.filename, "already stored", "", target.StudyInstanceUID, "",
                                  captured.SOPInstanceUID, captured.kind, captured.media_type)
+        source = self._spooled(captured.path)
         try:
-            result = self.ingest.store(captured.path, labelled)
+            result = self.ingest.store(source, labelled)
         except InvalidObject as exc:
             return CaptureResult(item.filename, "failed", f"{item.filename}: not stored: {exc.reason}")
         finally:
             captured.path.unlink(missing_ok=True)
+            if source != captured.path and self.spool is not None:
+                self.spool.discard(source)  # a no-op once ingest adopted it as its blob
         return CaptureResult(item.filename, result.outcome.value, "", result.study_instance_uid,
                              result.series_instance_uid, result.sop_instance_uid, captured.kind, captured.media_type)
+
+    def _spooled(self, path: Path) -> Path:
+        """``path`` moved into the spool (the same file system: a rename), or ``path`` itself when it cannot be."""
+        if self.spool is None:
+            return path
+        try:
+            target = self.spool.new()
+        except OSError:
+            return path
+        try:
+            os.replace(path, target)
+        except OSError:
+            self.spool.discard(target)
+            return path
+        return target
 
     def _stored(self, sop_instance_uid: str, study_instance_uid: str) -> bool:
         with self.database.session() as session:
