@@ -24,7 +24,7 @@ from mosaic.governance.policy import AccessDenied
 from mosaic.index.query import Scope
 from mosaic.index.schema import Series, Study
 from tests.factory import make_instance, to_bytes
-from tests.helpers import LOCALHOST
+from tests.helpers import LOCALHOST, wait_until
 
 ADMIN_PASSWORD = "correct horse battery staple"
 ISSUER = "https://idp.example.org/realms/hospital"
@@ -320,10 +320,15 @@ def test_break_glass_opens_one_study_with_a_reason_and_is_flagged(node: Mosaic) 
 def test_every_read_is_audited_with_who_what_where(node: Mosaic) -> None:
     admin = token_of(node, "admin")
     assert httpx.get(url(node, f"/dicom-web/studies/{DERM_STUDY}/metadata"), headers=admin).status_code == 200
+    # the middleware records the request once its answer is sent: the client can be told before it is queued
+    wait_until(lambda: audit_records(node, study=DERM_STUDY, user="admin", action="read"),
+               what="the read's audit record")
     record = audit_records(node, study=DERM_STUDY, user="admin", action="read")[0]
     assert (record.actor_kind, record.roles, record.address, record.interface, record.outcome) == (
         "token", "administrator", LOCALHOST, "dicomweb", "success")
     assert record.PatientID == "DERM-1"
+    assert httpx.get(url(node, "/dicom-web/studies"), headers=admin).status_code == 200
+    wait_until(lambda: audit_records(node, user="admin", action="query"), what="the query's audit record")
     query = audit_records(node, user="admin", action="query")
     assert query and all(row.interface in ("dicomweb", "http") for row in query)
 
