@@ -279,21 +279,31 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
                                     kind="PDF" if resource == "DocumentReference" else None,
                                     status=given.get("status"), accession=accession, sop_instance_uid=sop_uid,
                                     limit=count, offset=offset) if count else ([], 0)
-        first = found[0].row if found else None
-        patients = sorted({(item.PatientID, item.IssuerOfPatientID) for item in found})
-        # the patient whose reports were returned (one patient: named; several: listed in the detail)
-        audited = patients[0] if len(patients) == 1 else (patient or ("", "")) if not found else ("", "")
-        request.state.audit = AuditEntry.of(
-            principal, AuditAction.READ if reading else AuditAction.QUERY, "",
-            PatientID=audited[0], IssuerOfPatientID=audited[1],
-            StudyInstanceUID=first.StudyInstanceUID if reading and first else "",
-            SOPInstanceUID=first.SOPInstanceUID if reading and first else "",
-            detail={"path": request.url.path, "query": str(request.query_params)[:1000], "matches": total,
-                    "studies": sorted({item.row.StudyInstanceUID for item in found})[:100],
-                    "patients": sorted({item.PatientID for item in found})[:100]})
         root = client_origin(request) + "/dicom-web"
         build = diagnostic_report_resource if resource == "DiagnosticReport" else document_reference_resource
         items = [build(item.row, item.patient_pk, root).model_dump(mode="json", exclude_none=True) for item in found]
+        return audited_answer(request, principal, resource, identifier, items, total, count, offset, given, patient,
+                              [(item.PatientID, item.IssuerOfPatientID, item.row.StudyInstanceUID,
+                                item.row.SOPInstanceUID) for item in found])
+
+    def audited_answer(request: Request, principal: Principal, resource: str, identifier: str | None,
+                       items: list[dict[str, Any]], total: int, count: int, offset: int, given: dict[str, str],
+                       patient: tuple[str, str] | None, keys: list[tuple[str, str, str, str]]) -> Response:
+        """A read (``identifier``) or search of reports or documents, and its audit entry: ``keys`` are the
+        (PatientID, issuer, Study and SOP Instance UID) of each resource in ``items``."""
+        reading = identifier is not None
+        first = keys[0] if keys else None
+        patients = sorted({(key[0], key[1]) for key in keys})
+        # the patient whose resources were returned (one patient: named; several: listed in the detail)
+        audited = patients[0] if len(patients) == 1 else (patient or ("", "")) if not keys else ("", "")
+        request.state.audit = AuditEntry.of(
+            principal, AuditAction.READ if reading else AuditAction.QUERY, "",
+            PatientID=audited[0], IssuerOfPatientID=audited[1],
+            StudyInstanceUID=first[2] if reading and first else "",
+            SOPInstanceUID=first[3] if reading and first else "",
+            detail={"path": request.url.path, "query": str(request.query_params)[:1000], "matches": total,
+                    "studies": sorted({key[2] for key in keys})[:100],
+                    "patients": sorted({key[0] for key in keys})[:100]})
         if reading:
             if not items:  # unknown and outside the caller's scope answer alike
                 raise FhirError(404, f"{resource}/{identifier} is not known")
@@ -308,26 +318,14 @@ def create_fhir_router(*, policy: AccessPolicy, query_service: QueryService, pat
         assert documents is not None
         found, total = documents.find(scope=policy.scope(principal), patient=patient, sop_instance_uid=sop_uid,
                                       accession=accession, limit=count, offset=offset) if count else ([], 0)
-        first = found[0] if found else None
-        patients = sorted({(item.PatientID, item.IssuerOfPatientID) for item in found})
-        audited = patients[0] if len(patients) == 1 else (patient or ("", "")) if not found else ("", "")
-        request.state.audit = AuditEntry.of(
-            principal, AuditAction.READ if reading else AuditAction.QUERY, "",
-            PatientID=audited[0], IssuerOfPatientID=audited[1],
-            StudyInstanceUID=first.StudyInstanceUID if reading and first else "",
-            SOPInstanceUID=first.SOPInstanceUID if reading and first else "",
-            detail={"path": request.url.path, "query": str(request.query_params)[:1000], "matches": total,
-                    "studies": sorted({item.StudyInstanceUID for item in found})[:100],
-                    "patients": sorted({item.PatientID for item in found})[:100]})
         origin = client_origin(request)
         items = [(document_reference_resource(item.report, item.patient_pk, origin + "/dicom-web")
                   if item.report is not None else captured_document_resource(item, origin))
                  .model_dump(mode="json", exclude_none=True) for item in found]
-        if reading:
-            if not items:  # unknown and outside the caller's scope answer alike
-                raise FhirError(404, f"DocumentReference/{identifier} is not known")
-            return Response(json.dumps(items[0]), media_type=MEDIA_TYPE)
-        return searchset(request, "DocumentReference", items, total, count, offset, list(given.items()))
+        return audited_answer(request, principal, "DocumentReference", identifier if reading else None, items,
+                              total, count, offset, given, patient,
+                              [(item.PatientID, item.IssuerOfPatientID, item.StudyInstanceUID, item.SOPInstanceUID)
+                               for item in found])
 
     @router.get("/DiagnosticReport")
     def search_diagnostic_reports(request: Request) -> Response:
