@@ -71,6 +71,13 @@ def person_name(value: str) -> str:
     return " ".join(part for part in value.split("=")[0].split("^") if part.strip())
 
 
+def given_family(value: str) -> str:
+    """A DICOM PN as people say it: ``Doe^Jane^^Dr`` → Jane Doe (the alphabetic group's given and family names)."""
+    parts = value.split("=")[0].split("^")
+    family, given = [*parts, "", ""][:2]
+    return " ".join(part for part in (given.strip(), family.strip()) if part)
+
+
 def dicom_date(value: str) -> str:
     """``20240131`` → 2024-01-31 (anything else as it is)."""
     return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
@@ -138,3 +145,7 @@ def error_page(request: Request, status_code: int, message: str, headers: dict[s
                    {"status": status_code, "message": sentence, "heading": heading,
                     "explanation": EXPLANATIONS.get(status_code, ""),
                     "home": next((link for link in nav if link.href != request.url.path), None)})
+
+
+ENVIRONMENT.globals.update(name=given_family, date=dicom_date)
+"""Every template writes names and dates the same way: ``{{ name(patient.PatientName) }}``, ``{{ date(day) }}``."""

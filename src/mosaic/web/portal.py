@@ -24,7 +24,7 @@ from mosaic.http.auth import check_csrf_form, require
 from mosaic.services.capturing import CaptureFile, CaptureRefused, CaptureRequest
 from mosaic.services.origin import Door, IngestOrigin
 from mosaic.web.content_answer import ranged
-from mosaic.web.pages import page
+from mosaic.web.pages import given_family, page
 
 if TYPE_CHECKING:
     from mosaic.governance.policy import AccessPolicy
@@ -57,7 +57,7 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
                 "path": "/portal", "terms": {key: value for key, value in terms.items() if value},
                 "patients": [f"{hit.PatientID}^^^{hit.IssuerOfPatientID}" if hit.IssuerOfPatientID else hit.PatientID
                              for hit in hits][:100]})
-        return page(request, principal, "portal_search.html", title="Patients", terms=terms, hits=hits, name=_name,
+        return page(request, principal, "portal_search.html", title="Patients", terms=terms, hits=hits,
                     error=error, status_code=400 if error else 200)
 
     @router.get("/patients/{patient_pk}")
@@ -82,10 +82,10 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
                                                 "path": request.url.path, "what": "timeline",
                                                 "studies": [study.StudyInstanceUID for study in found.studies][:100]})
         groups = _groups(found.studies, by_site=filters["group"] == "site")
-        return page(request, principal, "portal_timeline.html", title=_name(found.patient.PatientName) or "Patient",
+        title = given_family(found.patient.PatientName) or "Patient"
+        return page(request, principal, "portal_timeline.html", title=title,
                     timeline=found, filters=filters, groups=groups, viewer=viewer_prefix,
-                    may_store=Permission.STORE in principal.permissions, name=_name, date=_date,
-                    years=_years_between)
+                    may_store=Permission.STORE in principal.permissions)
 
     @router.get("/studies/{study}")
     def study(request: Request, study: str) -> Response:
@@ -100,7 +100,7 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
                                             IssuerOfPatientID=view.patient.IssuerOfPatientID,
                                             StudyInstanceUID=study, detail={"path": request.url.path})
         return page(request, principal, "portal_study.html", title=view.study.StudyDescription or "Study",
-                    view=view, viewer=viewer_prefix, name=_name, date=_date,
+                    view=view, viewer=viewer_prefix,
                     opened_in_emergency=study in principal.break_glass_studies)
 
     @router.get("/content/{study}/{series}/{sop}")
@@ -142,7 +142,7 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
         uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile) and item.filename]
         if not uploads:
             return page(request, principal, "portal_captured.html", title="Nothing uploaded", status_code=400,
-                        patient=found.patient, results=[], name=_name,
+                        patient=found.patient, results=[],
                         error="choose at least one file (a photo, a video or a PDF)")
         facility = next(iter(principal.facilities)) if len(principal.facilities) == 1 and \
             ALL not in principal.facilities else ""
@@ -168,7 +168,7 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
         stored = [result for result in results if result.outcome != "failed"]
         return page(request, principal, "portal_captured.html", title="Uploaded" if stored else "Not stored",
                     status_code=201 if stored and len(stored) == len(results) else 200 if stored else 422,
-                    patient=found.patient, results=results, name=_name, error="")
+                    patient=found.patient, results=results, error="")
 
     return router
 
@@ -198,22 +198,10 @@ def _operator(name: str) -> str:
     return name.replace("^", " ")[:64]
 
 
-def _name(value: str) -> str:
-    """A DICOM person name as people write it: ``Doe^Jane^^Dr`` → ``Jane Doe`` (the first group only)."""
-    parts = value.split("=")[0].split("^")
-    family, given = [*parts, "", ""][:2]
-    return " ".join(part for part in (given.strip(), family.strip()) if part)
 
 
-def _date(value: str) -> str:
-    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
 
 
-def _years_between(birth: str, day: str) -> str:
-    if len(birth) != 8 or len(day) != 8 or not (birth + day).isdigit():
-        return ""
-    years = int(day[:4]) - int(birth[:4]) - (day[4:] < birth[4:])
-    return f"{years} y" if years >= 0 else ""
 
 
 def _groups(studies: list[TimelineStudy], *, by_site: bool) -> list[tuple[str, list[TimelineStudy]]]:

@@ -243,7 +243,7 @@ def create_share_router(shares: ShareService, portal: PortalService, content: Co
                                             detail={**_who(view), "what": "share opened",
                                                     "studies": list(view.studies)})
         return page(request, _nobody(request), "share_view.html", title="Shared studies", share=view,
-                    studies=studies, base=f"/share/{quote(token)}", viewer=viewer_prefix, name=_name, date=_date,
+                    studies=studies, base=f"/share/{quote(token)}", viewer=viewer_prefix,
                     recipients=RECIPIENT_KINDS)
 
     def _refused(request: Request, exc: ShareRefused) -> Response:
@@ -317,12 +317,5 @@ def _url(request: Request, token: str) -> str:
     return f"{client_origin(request)}/share/{token}"
 
 
-def _name(value: str) -> str:
-    """``Doe^Jane`` → ``Jane Doe`` (the first group only)."""
-    parts = value.split("=")[0].split("^")
-    family, given = [*parts, "", ""][:2]
-    return " ".join(part for part in (given.strip(), family.strip()) if part)
 
 
-def _date(value: str) -> str:
-    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
