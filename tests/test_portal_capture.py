@@ -174,3 +174,13 @@ def test_an_encounter_is_a_facility_s_own(node: Mosaic, tmp_path: pytest.TempPat
             scope=Scope.everything())
     assert results["north"].outcome == results["south"].outcome == "stored"
     assert results["north"].StudyInstanceUID != results["south"].StudyInstanceUID
+
+
+def test_an_upload_of_more_files_than_allowed_is_refused_whole(node: Mosaic) -> None:
+    from mosaic.web.portal import MAX_FILES
+
+    many = [(f"p{number}.jpg", jpeg(), "image/jpeg") for number in range(MAX_FILES + 1)]
+    answer = upload(node, many)
+    assert answer.status_code == 400
+    with node.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 1

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from mosaic.services.content import ContentService
     from mosaic.services.portal import PortalService, TimelineStudy
 
+MAX_FILES = 100
+"""Files in one upload (a wound-care session is a few photos; a folder of thousands goes through `mosaic import`)."""
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
@@ -130,7 +132,7 @@ def create_portal_router(portal: PortalService, content: ContentService, policy:
         number = _number(patient_pk)
         if captures is None:
             raise HTTPException(404, "this node takes no captures")
-        form = await request.form()
+        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)  # more: a 400, nothing spooled further
         check_csrf_form(request, form)
         scope = policy.scope(principal)
         found = await run_in_threadpool(portal.timeline, number, scope=scope)
