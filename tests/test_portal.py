@@ -214,3 +214,14 @@ def test_a_stored_type_that_would_run_script_is_served_as_an_attachment(node: Mo
     pdf = get(node, f"/portal/content/{ROOT}6/{ROOT}6.8/{ROOT}6.8.1")
     assert pdf.headers["content-type"] == "application/pdf" and "default-src 'none'" in \
         pdf.headers["content-security-policy"]
+
+
+def test_an_image_series_is_one_entry_of_the_study_page(node: Mosaic) -> None:
+    """A CT of many slices is listed once (its images open in the viewer), not once per slice."""
+    uid = ROOT + "40"
+    for number in range(1, 13):
+        node.ingest.store(make_bytes(patient_id="P1", issuer="HOSP", patient_name="Müller^Hans", charset="ISO_IR 100",
+                                     study_uid=uid, series_uid=f"{uid}.1", sop_uid=f"{uid}.1.{number}",
+                                     instance_number=number), IngestOrigin(door="test", facility="north"))
+    page = get(node, f"/portal/studies/{uid}").text
+    assert page.count('class="object image"') == 1 and "12 images" in page

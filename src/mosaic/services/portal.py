@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from mosaic.index.database import Database
@@ -128,6 +128,8 @@ class StudyObject:
     SeriesDescription: str
     InstanceNumber: int | None
     NumberOfFrames: int | None
+    count: int = 1
+    """Objects it stands for: an image series is one entry (its images open in the viewer, not one by one)."""
 
 
 @dataclass(frozen=True)
@@ -198,17 +200,35 @@ class PortalService:
             patient = session.get(Patient, row.patient_pk)
             assert patient is not None  # a study always has its patient
             [summary] = _summaries(session, [row], Study.pk == row.pk)
-            objects = [StudyObject(series_uid, sop_uid, sop_class, kind_of(sop_class), modality or "",
-                                   description or "", number, frames)
-                       for series_uid, modality, description, sop_uid, sop_class, number, frames in session.execute(
-                           select(Series.SeriesInstanceUID, Series.Modality, Series.SeriesDescription,
-                                  Instance.SOPInstanceUID, Instance.SOPClassUID, Instance.InstanceNumber,
-                                  Instance.NumberOfFrames)
-                           .join(Instance, Instance.series_pk == Series.pk).where(Series.study_pk == row.pk)
-                           .order_by(Series.SeriesNumber, Series.pk, Instance.InstanceNumber, Instance.pk))]
+            objects = _objects(session, row.pk)
             visible = session.scalar(select(func.count()).select_from(Study).where(
                 Study.patient_pk == patient.pk, scope.study_condition())) or 0
             return StudyView(summary, _hit(patient, [row], int(visible), scope), objects)
+
+
+_OPENED_ONE_BY_ONE = sorted(PHOTO_CLASSES | VIDEO_CLASSES | DOCUMENT_CLASSES)
+
+
+def _objects(session: Session, study_pk: int) -> list[StudyObject]:
+    """A study's objects as its page lists them: each photo, video, document and report, and each image series
+    once (with its first image and how many it has), in series order; two statements, whatever the study's size
+    (a CT of thousands of slices is one entry, not thousands)."""
+    one_by_one = or_(Instance.SOPClassUID.in_(_OPENED_ONE_BY_ONE), Instance.SOPClassUID.like(f"{REPORT_PREFIX}%"))
+    columns = (Series.SeriesInstanceUID, Series.Modality, Series.SeriesDescription, Instance.SOPInstanceUID,
+               Instance.SOPClassUID, Instance.InstanceNumber, Instance.NumberOfFrames, Series.SeriesNumber, Series.pk)
+    listed: list[tuple[tuple[Any, ...], int]] = [(tuple(row), 1) for row in session.execute(
+        select(*columns).join(Instance, Instance.series_pk == Series.pk)
+        .where(Series.study_pk == study_pk, one_by_one))]
+    images = (select(Instance.series_pk, func.min(Instance.pk).label("first"), func.count().label("images"))
+              .join(Series, Instance.series_pk == Series.pk)
+              .where(Series.study_pk == study_pk, ~one_by_one).group_by(Instance.series_pk).subquery())
+    listed += [(tuple(row)[:-1], int(row[-1])) for row in session.execute(
+        select(*columns, images.c.images).join(Instance, Instance.series_pk == Series.pk)
+        .join(images, Instance.pk == images.c.first))]
+    listed.sort(key=lambda item: (item[0][7] is None, item[0][7] or 0, item[0][8], item[0][5] or 0))
+    return [StudyObject(series_uid, sop_uid, sop_class, kind_of(sop_class), modality or "", description or "",
+                        number, frames, count)
+            for (series_uid, modality, description, sop_uid, sop_class, number, frames, _n, _pk), count in listed]
 
 
 def _hit(patient: Patient, studies: Sequence[_StudyRow], visible: int, scope: Scope) -> PatientHit:
