@@ -27,6 +27,8 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
+from mosaic.services.content import STREAM_MEDIA_TYPES
+
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 ENDPOINT_ID = "dicomweb"
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
@@ -271,11 +273,6 @@ def document_reference_resource(report: Any, patient_pk: int, dicomweb_root: str
     return DocumentReference.model_validate(data)
 
 
-_CAPTURE_MEDIA = {**{syntax: "image/jpeg" for syntax in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
-                                                       "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")},
-                  **{f"1.2.840.10008.1.2.4.{number}": "video/mp4" for number in range(102, 109)}}
-
-
 def captured_document_resource(document: Any, origin: str) -> DocumentReference:
     """A photo, video or PDF of a study (captured in the portal, sent by STOW-RS or a modality) as a
     DocumentReference: its content as it was captured, from the portal's content URL (the caller's own
@@ -284,8 +281,8 @@ def captured_document_resource(document: Any, origin: str) -> DocumentReference:
                    f"{document.SOPInstanceUID}")
     if document.kind == "document":
         attachment: dict[str, Any] = {"contentType": "application/pdf", "url": content_url}
-    elif document.TransferSyntaxUID in _CAPTURE_MEDIA:
-        attachment = {"contentType": _CAPTURE_MEDIA[document.TransferSyntaxUID], "url": content_url}
+    elif document.TransferSyntaxUID in STREAM_MEDIA_TYPES:  # the JPEG or MP4 as it came
+        attachment = {"contentType": STREAM_MEDIA_TYPES[document.TransferSyntaxUID], "url": content_url}
     else:  # a photo converted losslessly: its rendering (the original file is at ?original=1)
         attachment = {"contentType": "image/jpeg", "url": f"{origin}/dicom-web/studies/{document.StudyInstanceUID}"
                       f"/series/{document.SeriesInstanceUID}/instances/{document.SOPInstanceUID}/rendered"}
