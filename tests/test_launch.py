@@ -23,7 +23,7 @@ from mosaic.services.launch import canonical_query, sign
 from mosaic.services.origin import IngestOrigin
 from tests.browser import chromium_context
 from tests.factory import make_bytes
-from tests.helpers import LOCALHOST
+from tests.helpers import LOCALHOST, wait_until
 from tests.oidc_support import IdentityProvider
 
 ROOT = "1.2.826.0.1.3680043.10.1234.58."
@@ -150,9 +150,13 @@ def test_a_refused_link_is_a_403_and_an_audited_denied_sign_in(node: Mosaic, cas
     answer = launch(node, url(), address=address)  # type: ignore[operator]
     assert answer.status_code == 403, (case, answer.status_code, answer.text)
     assert reason in answer.text and "mosaic_session" not in answer.cookies
-    denied = [detail for action, outcome, detail in audit_records(node, action="login")
-              if outcome == "denied" and detail.get("via") == "signed launch"]
-    assert any(reason in str(detail["reason"]) for detail in denied), denied
+
+    def denied() -> list[dict[str, object]]:
+        return [detail for action, outcome, detail in audit_records(node, action="login")
+                if outcome == "denied" and detail.get("via") == "signed launch"]
+
+    # the middleware records the request once its answer is sent: the client can be told before it is queued
+    wait_until(lambda: any(reason in str(detail["reason"]) for detail in denied()), what=f"the {case} refusal")
 
 
 def test_refused_links_from_one_address_are_held_back(node: Mosaic) -> None:
